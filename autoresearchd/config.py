@@ -1,0 +1,334 @@
+"""Read a TOML config into frozen dataclasses, or fail with one clear line.
+
+Reading is separate from building: nothing here opens sockets, NVML or databases.
+Every section is a dataclass whose fields carry their defaults (named constants) and
+types; one generic validator walks them, so a wrong value or an unknown key becomes a
+:class:`ConfigError` naming the file, the dotted key path and what was expected.
+Relative paths resolve against the config file's folder, and ``~`` expands.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import socket
+import sys
+import tomllib
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from autoresearchd.errors import ConfigError
+
+DEFAULT_STATE_DIR = Path("~/.local/state/autoresearchd")
+DEFAULT_SHUTDOWN_GRACE_S = 60.0
+DEFAULT_TIME_BUDGET_S = 300.0
+DEFAULT_GRACE_S = 60.0
+DEFAULT_MIN_IMPROVEMENT = 0.001
+DEFAULT_REPLICATES = 2
+DEFAULT_KEEP_RUNS = 50
+DEFAULT_MAX_TEMPERATURE_C = 85
+DEFAULT_HEALTH_INTERVAL_S = 10.0
+DEFAULT_MAX_CHANGES = 3
+DEFAULT_WORKSPACE_IGNORE = (".git", ".venv", "__pycache__", "*.pyc", ".mypy_cache", "state")
+
+GPUS_EXPECTED = 'expected "auto", "none" or a list of indices/UUIDs'
+
+
+def _path(default: str | Path = "") -> Any:
+    """A path field; empty means "derive from other settings"."""
+    return field(default=Path(default) if default else Path(), metadata={"path": True})
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    agent: str = ""  # empty: derived from the host name
+    state_dir: Path = _path(DEFAULT_STATE_DIR)
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
+    on_shutdown: Literal["finish", "stop"] = "finish"
+    health_interval_s: float = DEFAULT_HEALTH_INTERVAL_S
+
+
+@dataclass(frozen=True, slots=True)
+class DevicesConfig:
+    gpus: str | tuple[str, ...] = "auto"
+    exclude: tuple[str, ...] = ()
+    cpu_workers: int | Literal["auto"] = "auto"
+    max_temperature_c: int = DEFAULT_MAX_TEMPERATURE_C
+    yield_to_foreign_processes: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentConfig:
+    workspace: Path = _path(".")
+    script: str = "train.py"
+    python: str = ""  # empty: the interpreter running the daemon
+    track: str = "synthetic"
+    data_dir: Path = _path()  # empty: <state_dir>/data
+    time_budget_s: float = DEFAULT_TIME_BUDGET_S
+    grace_s: float = DEFAULT_GRACE_S
+    min_improvement: float = DEFAULT_MIN_IMPROVEMENT
+    replicates: int = DEFAULT_REPLICATES
+    keep_runs: int = DEFAULT_KEEP_RUNS
+    workspace_ignore: tuple[str, ...] = DEFAULT_WORKSPACE_IGNORE
+
+
+@dataclass(frozen=True, slots=True)
+class ProposerConfig:
+    strategy: Literal["perturb"] = "perturb"
+    max_changes: int = DEFAULT_MAX_CHANGES
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryConfig:
+    backend: Literal["sqlite", "ensue"] = "sqlite"
+    path: Path = _path()  # empty: <state_dir>/memory.sqlite
+    url: str = ""
+    org: str = ""
+    api_key_file: Path = _path()
+    claim_ttl_s: float = 0.0  # 0: twice the run's budget plus grace
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: Path = Path("<defaults>")
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    proposer: ProposerConfig = field(default_factory=ProposerConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+
+    @property
+    def claim_ttl_s(self) -> float:
+        if self.memory.claim_ttl_s > 0:
+            return self.memory.claim_ttl_s
+        return 2 * (self.experiment.time_budget_s + self.experiment.grace_s)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.daemon.state_dir / "runs"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.daemon.state_dir / "outbox"
+
+
+SECTIONS: dict[str, type[Any]] = {
+    "daemon": DaemonConfig,
+    "devices": DevicesConfig,
+    "experiment": ExperimentConfig,
+    "proposer": ProposerConfig,
+    "memory": MemoryConfig,
+}
+
+#: Extra checks beyond the type, keyed by dotted path: return an error text or None.
+Check = Callable[[Any], str | None]
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else f"expected a number > 0, got {value!r}"
+
+
+def _non_negative(value: Any) -> str | None:
+    return None if value >= 0 else f"expected a number >= 0, got {value!r}"
+
+
+CHECKS: dict[str, Check] = {
+    "daemon.shutdown_grace_s": _non_negative,
+    "daemon.health_interval_s": _positive,
+    "devices.max_temperature_c": _positive,
+    "experiment.time_budget_s": _positive,
+    "experiment.grace_s": _non_negative,
+    "experiment.min_improvement": _non_negative,
+    "experiment.replicates": _non_negative,
+    "experiment.keep_runs": _positive,
+    "proposer.max_changes": _positive,
+    "memory.claim_ttl_s": _non_negative,
+}
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate ``path``; raise :class:`ConfigError` with one line on any problem."""
+    source = Path(path).expanduser()
+    try:
+        raw = tomllib.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("file not found", path=str(source)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", path=str(source)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", path=str(source)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("invalid TOML: not UTF-8 text", path=str(source)) from None
+    return parse_config(raw, source=source)
+
+
+def parse_config(raw: Mapping[str, Any], *, source: Path = Path("<defaults>")) -> Config:
+    """Validate an already-parsed TOML table; paths resolve against ``source``'s folder."""
+    reader = _Reader(source)
+    reader.reject_unknown(raw, SECTIONS, "")
+    sections = {name: reader.section(name, cls, raw.get(name, {})) for name, cls in SECTIONS.items()}
+    return _derive(Config(source=source, **sections))
+
+
+def _derive(config: Config) -> Config:
+    """Fill the settings whose defaults depend on others."""
+    daemon, experiment, memory = config.daemon, config.experiment, config.memory
+    if not daemon.agent:
+        daemon = dataclasses.replace(daemon, agent=default_agent_name())
+    if experiment.data_dir == Path():
+        experiment = dataclasses.replace(experiment, data_dir=daemon.state_dir / "data")
+    if not experiment.python:
+        experiment = dataclasses.replace(experiment, python=sys.executable)
+    if memory.path == Path():
+        memory = dataclasses.replace(memory, path=daemon.state_dir / "memory.sqlite")
+    if memory.backend == "ensue" and not memory.url:
+        raise ConfigError('expected a URL when backend = "ensue"', path=str(config.source),
+                          key="memory.url")
+    return dataclasses.replace(config, daemon=daemon, experiment=experiment, memory=memory)
+
+
+def default_agent_name() -> str:
+    """A stable, readable agent name for this machine."""
+    host = socket.gethostname().split(".")[0].lower() or "agent"
+    return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in host)
+
+
+class _Reader:
+    """Validates tables against dataclass fields, building error messages with the key path."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.base = source.parent if source.name != "<defaults>" else Path.cwd()
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(message, path=str(self.source), key=key)
+
+    def reject_unknown(self, table: Mapping[str, Any], known: Mapping[str, Any], prefix: str) -> None:
+        for key in table:
+            if key not in known:
+                hint = difflib.get_close_matches(key, list(known), n=1)
+                suffix = f" (did you mean {hint[0]}?)" if hint else ""
+                raise self.fail(f"{prefix}{key}", f"unknown key{suffix}")
+
+    def section(self, name: str, cls: type[Any], table: Any) -> Any:
+        if not isinstance(table, dict):
+            raise self.fail(name, f"expected a table, got {_show(table)}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        self.reject_unknown(table, fields, f"{name}.")
+        hints = get_type_hints(cls)
+        values = {
+            key: self.value(f"{name}.{key}", hints[key], value, fields[key])
+            for key, value in table.items()
+        }
+        return cls(**values)
+
+    def value(self, key: str, hint: Any, value: Any, spec: dataclasses.Field[Any]) -> Any:
+        if key == "devices.gpus":
+            return self.gpus(key, value)
+        if key == "devices.exclude":
+            return self.device_refs(key, value, expected="expected a list of indices/UUIDs")
+        converted = self.convert(key, hint, value)
+        if spec.metadata.get("path"):
+            converted = self.path(converted)
+        check = CHECKS.get(key)
+        problem = check(converted) if check else None
+        if problem:
+            raise self.fail(key, problem)
+        return converted
+
+    def path(self, value: Path) -> Path:
+        if value == Path():
+            return value
+        expanded = value.expanduser()
+        return expanded if expanded.is_absolute() else (self.base / expanded).resolve()
+
+    def convert(self, key: str, hint: Any, value: Any) -> Any:
+        origin = get_origin(hint)
+        if origin is Literal:
+            return self.literal(key, get_args(hint), value)
+        if origin in (Union, types.UnionType):
+            return self.union(key, get_args(hint), value)
+        if origin is tuple:
+            return self.sequence(key, get_args(hint)[0], value)
+        return self.scalar(key, hint, value)
+
+    def literal(self, key: str, choices: tuple[Any, ...], value: Any) -> Any:
+        if value in choices and type(value) is type(choices[choices.index(value)]):
+            return value
+        raise self.fail(key, f"expected one of {_choices(choices)}, got {_show(value)}")
+
+    def union(self, key: str, options: tuple[Any, ...], value: Any) -> Any:
+        errors = []
+        for option in options:
+            try:
+                return self.convert(key, option, value)
+            except ConfigError as exc:
+                errors.append(str(exc).rsplit(": expected ", 1)[-1].split(", got")[0])
+        raise self.fail(key, f"expected {' or '.join(errors)}, got {_show(value)}")
+
+    def sequence(self, key: str, item: Any, value: Any) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise self.fail(key, f"expected a list, got {_show(value)}")
+        return tuple(self.scalar(f"{key}[{i}]", item, v) for i, v in enumerate(value))
+
+    def scalar(self, key: str, hint: Any, value: Any) -> Any:
+        if hint is bool and isinstance(value, bool):
+            return value
+        if hint is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+            if math.isfinite(value):
+                return float(value)
+        if hint is str and isinstance(value, str):
+            return value
+        if hint is Path and isinstance(value, str):
+            return Path(value)
+        raise self.fail(key, f"expected {_TYPE_NAMES[hint]}, got {_show(value)}")
+
+    def gpus(self, key: str, value: Any) -> str | tuple[str, ...]:
+        if isinstance(value, str) and value in ("auto", "none"):
+            return value
+        if isinstance(value, list) and not value:
+            raise self.fail(key, f"{GPUS_EXPECTED}, got an empty list (use \"none\")")
+        return self.device_refs(key, value, expected=GPUS_EXPECTED)
+
+    def device_refs(self, key: str, value: Any, *, expected: str) -> tuple[str, ...]:
+        if isinstance(value, list) and all(_is_device_ref(v) for v in value):
+            return tuple(str(v).strip() for v in value)
+        raise self.fail(key, f"{expected}, got {_show(value)}")
+
+
+_TYPE_NAMES: dict[Any, str] = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    Path: "a path string",
+}
+
+
+def _is_device_ref(value: Any) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool) and value >= 0) or (
+        isinstance(value, str) and bool(value.strip())
+    )
+
+
+def _choices(choices: tuple[Any, ...]) -> str:
+    return ", ".join(_show(c) for c in choices)
+
+
+def _show(value: Any) -> str:
+    """Render a TOML value the way the user wrote it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, dict):
+        return "a table"
+    return repr(value)
