@@ -34,7 +34,7 @@ def backoff_delay(
     failures: int, min_s: float = BACKOFF_MIN_S, max_s: float = BACKOFF_MAX_S
 ) -> float:
     """Exponential backoff for the ``failures``-th consecutive failure (1-based)."""
-    return min(max_s, min_s * 2 ** max(0, failures - 1))
+    return min(max_s, min_s * 2.0 ** max(0, failures - 1))
 
 
 async def pause(seconds: float, interrupt: anyio.Event) -> None:

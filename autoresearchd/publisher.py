@@ -17,7 +17,7 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 
 from autoresearchd.errors import MemoryBackendError, TransientMemoryError
-from autoresearchd.memory.protocol import CollectiveMemory
+from autoresearchd.memory.protocol import CollectiveMemory, PublishOutcome
 from autoresearchd.models import Result
 from autoresearchd.outbox import Outbox
 
@@ -33,10 +33,10 @@ def jittered_backoff(min_s: float, max_s: float) -> Callable[[RetryCallState], f
     """``min·2^n`` capped at ``max_s``, times U(0.5, 1); at least the server's Retry-After."""
 
     def wait(state: RetryCallState) -> float:
-        base = min(max_s, min_s * 2 ** (state.attempt_number - 1))
+        base = min(max_s, min_s * 2.0 ** (state.attempt_number - 1))
         delay = base * random.uniform(0.5, 1.0)
         exc = state.outcome.exception() if state.outcome else None
-        hint = getattr(exc, "retry_after", None)
+        hint = exc.retry_after if isinstance(exc, TransientMemoryError) else None
         return max(delay, hint) if hint else delay
 
     return wait
@@ -102,7 +102,7 @@ class Publisher:
             reraise=True,
         )
         try:
-            outcome = await retrying(self.memory.publish, result)
+            outcome: PublishOutcome = await retrying(self.memory.publish, result)
         except MemoryBackendError as exc:
             log.error("publish_failed", result_id=result.id, error=str(exc))
             await anyio.to_thread.run_sync(self.outbox.fail, result.id, str(exc))
