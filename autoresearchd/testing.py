@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -126,3 +128,114 @@ class FakeNvml:
         if value is None:
             raise FakeNVMLErrorNotSupported("Not Supported")
         return value
+
+
+# -- Plan-driven and timing stand-ins for daemon tests and benchmarks -----------------
+
+PLAN_ENV = "AUTORESEARCH_PLAN_DIR"
+
+_PLAN_SCRIPT = '''"""Stand-in train.py: each run takes the next action from a plan (tests only).
+
+The plan is a JSON list in $AUTORESEARCH_PLAN_DIR/plan.json; run n claims step n by
+creating step-<n> exclusively and records its pids there. Actions: "ok", "crash",
+"hang" (ignores SIGTERM, with a grandchild), "nan". Past the plan's end: "ok".
+"""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+LR = 0.01  # search: log 0.001..0.1
+WIDTH = 64  # search: int 16..256
+SLEEP_S = {sleep_s!r}
+
+
+def claim_step(plan_dir):
+    n = 0
+    while True:
+        try:
+            path = os.path.join(plan_dir, f"step-{{n}}")
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            n += 1
+            continue
+        os.close(fd)
+        return n
+
+
+def record(plan_dir, n, **fields):
+    with open(os.path.join(plan_dir, f"step-{{n}}"), "a") as handle:
+        handle.write(json.dumps(fields) + "\\n")
+
+
+plan_dir = os.environ["{env}"]
+with open(os.path.join(plan_dir, "plan.json")) as handle:
+    plan = json.load(handle)
+step = claim_step(plan_dir)
+action = plan[step] if step < len(plan) else "ok"
+record(plan_dir, step, action=action, pid=os.getpid(), seed=os.environ.get("AUTORESEARCH_SEED"))
+if action == "crash":
+    raise RuntimeError("scripted crash")
+if action == "hang":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+    record(plan_dir, step, grandchild=child.pid)
+    time.sleep(3600)
+for i in range(5):
+    print(f"\\rstep {{i}}", end="", flush=True)
+    time.sleep(SLEEP_S / 5)
+print()
+seed = int(os.environ.get("AUTORESEARCH_SEED", "0"))
+noise = ((seed * 2654435761) % 1000 / 1000 - 0.5) * 0.006
+val = 3.0 + 0.1 * (math.log10(LR) + 2) ** 2 + 0.05 * ((WIDTH - 128) / 128) ** 2 + noise
+print("---")
+print(f"val_bpb: {{'nan' if action == 'nan' else round(val, 6)}}")
+print(f"training_seconds: {{SLEEP_S}}")
+print("num_steps: 5")
+'''
+
+
+def plan_script(sleep_s: float = 0.5) -> str:
+    """A stand-in train.py whose runs follow a plan file (see :func:`write_plan`).
+
+    Its val_bpb is ``3.0 + 0.1·(log10 LR + 2)² + 0.05·((WIDTH-128)/128)²`` plus seed
+    noise of ±0.003, so the optimum is LR = 0.01, WIDTH = 128.
+    """
+    return _PLAN_SCRIPT.format(sleep_s=sleep_s, env=PLAN_ENV)
+
+
+def write_plan(plan_dir: Path, actions: list[str]) -> None:
+    plan_dir.mkdir(parents=True, exist_ok=True)
+    (plan_dir / "plan.json").write_text(json.dumps(actions))
+
+
+def plan_steps(plan_dir: Path) -> list[list[dict[str, Any]]]:
+    """What each planned run recorded, in step order."""
+    steps = sorted(plan_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    return [[json.loads(line) for line in p.read_text().splitlines()] for p in steps]
+
+
+_TIMING_SCRIPT = '''"""Stand-in train.py for timing: logs its own start and end, sleeps, reports."""
+import os
+import time
+
+START = time.time()
+LR = 0.01  # search: log 0.001..0.1
+WIDTH = 64  # search: int 16..256
+SLEEP_S = {sleep_s!r}
+log = os.path.join(os.environ["{env}"], (os.environ.get("CUDA_VISIBLE_DEVICES") or "cpu") + ".log")
+time.sleep(SLEEP_S)
+END = time.time()
+with open(log, "a") as handle:
+    handle.write(f"{{START}} {{END}}\\n")
+print("---")
+print(f"val_bpb: {{3.0 + abs(LR - 0.02) + abs(WIDTH - 100) / 1000:.6f}}")
+'''
+
+
+def timing_script(sleep_s: float) -> str:
+    """A stand-in that appends ``start end`` wall-clock times to ``<plan dir>/<device>.log``."""
+    return _TIMING_SCRIPT.format(sleep_s=sleep_s, env=PLAN_ENV)
