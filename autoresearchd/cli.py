@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_option(gpus, required=False)
     gpus.add_argument("--json", action="store_true", help="print a JSON list")
     gpus.set_defaults(handler=cmd_gpus)
+
+    run = commands.add_parser("run", help="run the daemon in the foreground")
+    _config_option(run)
+    run.set_defaults(handler=cmd_run)
     _add_memory_commands(commands)
     return parser
 
@@ -81,6 +85,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.path)
     print(f"{config.source}: ok")
     return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    configure_logging(config.daemon.log_format, config.daemon.log_level)
+    # Imported here so light commands (check-config, gpus) skip the daemon's imports.
+    from autoresearchd.daemon import run_daemon
+
+    return run_daemon(args.config)
 
 
 def cmd_gpus(args: argparse.Namespace) -> int:

@@ -65,6 +65,8 @@ class Publisher:
         self.memory = memory
         self._wait = jittered_backoff(min_backoff_s, max_backoff_s)
         self._wake = anyio.Event()
+        # One drain at a time: the final flush must not race the serving loop's drain.
+        self._draining = anyio.Lock()
         self.best_bpb: float | None = None
 
     def notify(self) -> None:
@@ -88,9 +90,10 @@ class Publisher:
 
     async def drain(self) -> int:
         """Publish everything pending; returns how many results were sent."""
-        pending = await anyio.to_thread.run_sync(self.outbox.pending)
-        for result in pending:
-            await self._publish(result)
+        async with self._draining:
+            pending = await anyio.to_thread.run_sync(self.outbox.pending)
+            for result in pending:
+                await self._publish(result)
         return len(pending)
 
     async def _publish(self, result: Result) -> None:

@@ -105,6 +105,7 @@ class RunSpec:
             script=experiment.script,
             python=experiment.python or sys.executable,
             workspace_ignore=experiment.workspace_ignore,
+            kill_grace_s=experiment.kill_grace_s,
         )
 
     @property

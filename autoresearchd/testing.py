@@ -410,7 +410,7 @@ import time
 
 LR = 0.01  # search: log 0.001..0.1
 WIDTH = 64  # search: int 16..256
-SLEEP_S = {sleep_s!r}
+sleep_s = {sleep_s!r}  # lower case: a setting of the stand-in, not a hyperparameter
 
 
 def claim_step(plan_dir):
@@ -446,14 +446,14 @@ if action == "hang":
     time.sleep(3600)
 for i in range(5):
     print(f"\\rstep {{i}}", end="", flush=True)
-    time.sleep(SLEEP_S / 5)
+    time.sleep(sleep_s / 5)
 print()
 seed = int(os.environ.get("AUTORESEARCH_SEED", "0"))
 noise = ((seed * 2654435761) % 1000 / 1000 - 0.5) * 0.006
 val = 3.0 + 0.1 * (math.log10(LR) + 2) ** 2 + 0.05 * ((WIDTH - 128) / 128) ** 2 + noise
 print("---")
 print(f"val_bpb: {{'nan' if action == 'nan' else round(val, 6)}}")
-print(f"training_seconds: {{SLEEP_S}}")
+print(f"training_seconds: {{sleep_s}}")
 print("num_steps: 5")
 '''
 
@@ -485,9 +485,9 @@ import time
 START = time.time()
 LR = 0.01  # search: log 0.001..0.1
 WIDTH = 64  # search: int 16..256
-SLEEP_S = {sleep_s!r}
+sleep_s = {sleep_s!r}  # lower case: a setting of the stand-in, not a hyperparameter
 log = os.path.join(os.environ["{env}"], (os.environ.get("CUDA_VISIBLE_DEVICES") or "cpu") + ".log")
-time.sleep(SLEEP_S)
+time.sleep(sleep_s)
 END = time.time()
 with open(log, "a") as handle:
     handle.write(f"{{START}} {{END}}\\n")
