@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/autoresearchd run --config config.example.toml
+	$(BIN)/autoresearchd check-config config.example.toml
+	$(BIN)/autoresearchd gpus --config config.example.toml
 
 test: $(STAMP) lint typecheck unit
 

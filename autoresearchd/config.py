@@ -27,6 +27,7 @@ DEFAULT_STATE_DIR = Path("~/.local/state/autoresearchd")
 DEFAULT_SHUTDOWN_GRACE_S = 60.0
 DEFAULT_TIME_BUDGET_S = 300.0
 DEFAULT_GRACE_S = 60.0
+DEFAULT_KILL_GRACE_S = 10.0
 DEFAULT_MIN_IMPROVEMENT = 0.001
 DEFAULT_REPLICATES = 2
 DEFAULT_KEEP_RUNS = 50
@@ -38,15 +39,16 @@ DEFAULT_WORKSPACE_IGNORE = (".git", ".venv", "__pycache__", "*.pyc", ".mypy_cach
 GPUS_EXPECTED = 'expected "auto", "none" or a list of indices/UUIDs'
 
 
-def _path(default: str | Path = "") -> Any:
-    """A path field; empty means "derive from other settings"."""
-    return field(default=Path(default) if default else Path(), metadata={"path": True})
+#: Marks a field as a path: resolved against the config file's folder, "~" expanded.
+PATH = {"path": True}
+#: An empty path means "derive from other settings" (see ``_derive``).
+UNSET_PATH = Path()
 
 
 @dataclass(frozen=True, slots=True)
 class DaemonConfig:
     agent: str = ""  # empty: derived from the host name
-    state_dir: Path = _path(DEFAULT_STATE_DIR)
+    state_dir: Path = field(default=DEFAULT_STATE_DIR, metadata=PATH)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
@@ -65,13 +67,14 @@ class DevicesConfig:
 
 @dataclass(frozen=True, slots=True)
 class ExperimentConfig:
-    workspace: Path = _path(".")
+    workspace: Path = field(default=Path("."), metadata=PATH)
     script: str = "train.py"
     python: str = ""  # empty: the interpreter running the daemon
     track: str = "synthetic"
-    data_dir: Path = _path()  # empty: <state_dir>/data
+    data_dir: Path = field(default=UNSET_PATH, metadata=PATH)  # empty: <state_dir>/data
     time_budget_s: float = DEFAULT_TIME_BUDGET_S
     grace_s: float = DEFAULT_GRACE_S
+    kill_grace_s: float = DEFAULT_KILL_GRACE_S
     min_improvement: float = DEFAULT_MIN_IMPROVEMENT
     replicates: int = DEFAULT_REPLICATES
     keep_runs: int = DEFAULT_KEEP_RUNS
@@ -87,10 +90,10 @@ class ProposerConfig:
 @dataclass(frozen=True, slots=True)
 class MemoryConfig:
     backend: Literal["sqlite", "ensue"] = "sqlite"
-    path: Path = _path()  # empty: <state_dir>/memory.sqlite
+    path: Path = field(default=UNSET_PATH, metadata=PATH)  # empty: <state_dir>/memory.sqlite
     url: str = ""
     org: str = ""
-    api_key_file: Path = _path()
+    api_key_file: Path = field(default=UNSET_PATH, metadata=PATH)
     claim_ttl_s: float = 0.0  # 0: twice the run's budget plus grace
 
 
@@ -144,6 +147,7 @@ CHECKS: dict[str, Check] = {
     "devices.max_temperature_c": _positive,
     "experiment.time_budget_s": _positive,
     "experiment.grace_s": _non_negative,
+    "experiment.kill_grace_s": _non_negative,
     "experiment.min_improvement": _non_negative,
     "experiment.replicates": _non_negative,
     "experiment.keep_runs": _positive,
@@ -172,7 +176,9 @@ def parse_config(raw: Mapping[str, Any], *, source: Path = Path("<defaults>")) -
     """Validate an already-parsed TOML table; paths resolve against ``source``'s folder."""
     reader = _Reader(source)
     reader.reject_unknown(raw, SECTIONS, "")
-    sections = {name: reader.section(name, cls, raw.get(name, {})) for name, cls in SECTIONS.items()}
+    sections = {
+        name: reader.section(name, cls, raw.get(name, {})) for name, cls in SECTIONS.items()
+    }
     return _derive(Config(source=source, **sections))
 
 
@@ -181,15 +187,16 @@ def _derive(config: Config) -> Config:
     daemon, experiment, memory = config.daemon, config.experiment, config.memory
     if not daemon.agent:
         daemon = dataclasses.replace(daemon, agent=default_agent_name())
-    if experiment.data_dir == Path():
+    if experiment.data_dir == UNSET_PATH:
         experiment = dataclasses.replace(experiment, data_dir=daemon.state_dir / "data")
     if not experiment.python:
         experiment = dataclasses.replace(experiment, python=sys.executable)
-    if memory.path == Path():
+    if memory.path == UNSET_PATH:
         memory = dataclasses.replace(memory, path=daemon.state_dir / "memory.sqlite")
     if memory.backend == "ensue" and not memory.url:
-        raise ConfigError('expected a URL when backend = "ensue"', path=str(config.source),
-                          key="memory.url")
+        raise ConfigError(
+            'expected a URL when backend = "ensue"', path=str(config.source), key="memory.url"
+        )
     return dataclasses.replace(config, daemon=daemon, experiment=experiment, memory=memory)
 
 
@@ -209,7 +216,9 @@ class _Reader:
     def fail(self, key: str, message: str) -> ConfigError:
         return ConfigError(message, path=str(self.source), key=key)
 
-    def reject_unknown(self, table: Mapping[str, Any], known: Mapping[str, Any], prefix: str) -> None:
+    def reject_unknown(
+        self, table: Mapping[str, Any], known: Mapping[str, Any], prefix: str
+    ) -> None:
         for key in table:
             if key not in known:
                 hint = difflib.get_close_matches(key, list(known), n=1)
@@ -243,7 +252,7 @@ class _Reader:
         return converted
 
     def path(self, value: Path) -> Path:
-        if value == Path():
+        if value == UNSET_PATH:
             return value
         expanded = value.expanduser()
         return expanded if expanded.is_absolute() else (self.base / expanded).resolve()
@@ -295,7 +304,7 @@ class _Reader:
         if isinstance(value, str) and value in ("auto", "none"):
             return value
         if isinstance(value, list) and not value:
-            raise self.fail(key, f"{GPUS_EXPECTED}, got an empty list (use \"none\")")
+            raise self.fail(key, f'{GPUS_EXPECTED}, got an empty list (use "none")')
         return self.device_refs(key, value, expected=GPUS_EXPECTED)
 
     def device_refs(self, key: str, value: Any, *, expected: str) -> tuple[str, ...]:

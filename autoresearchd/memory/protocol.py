@@ -72,7 +72,7 @@ class CollectiveMemory(Protocol):
         ...
 
     async def results(self, track: str | None = None, limit: int | None = 100) -> list[Result]:
-        """Results newest first; all tracks when ``track`` is None, all rows when ``limit`` is None."""
+        """Results, newest first: every track when ``track`` is None, all when ``limit`` is None."""
         ...
 
     async def was_run(self, track: str, sha256: str) -> bool:

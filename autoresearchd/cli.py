@@ -1,0 +1,183 @@
+"""The ``autoresearchd`` command line: parse arguments, call one function, set the exit code.
+
+This module stays thin. Each subcommand is a small ``cmd_*`` function registered in
+:func:`build_parser`; the work itself lives in the modules it calls. Errors we raise on
+purpose (:class:`AutoresearchdError`) print one line to stderr and exit 2, never a
+traceback. Nothing imports this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import anyio
+
+from autoresearchd import __version__
+from autoresearchd.config import Config, load_config, parse_config
+from autoresearchd.errors import AutoresearchdError
+from autoresearchd.gpus import Gpus, plan_devices, select_gpus
+from autoresearchd.logs import configure_logging
+from autoresearchd.memory import memory_exists, open_memory
+from autoresearchd.models import Best, Device, Result
+from autoresearchd.report import TIERS, bests_json, bests_table, results_json, results_table
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+DEFAULT_RESULTS_LIMIT = 20
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Commands print their answer on stdout, so diagnostics must not mix into it.
+    configure_logging("auto", "warning", sys.stderr)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except AutoresearchdError as exc:
+        print(f"autoresearchd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autoresearchd",
+        description="Collaborative ML research: one worker per GPU improving a shared train.py.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    check = commands.add_parser("check-config", help="validate a config file")
+    check.add_argument("path", type=Path, help="the TOML config to check")
+    check.set_defaults(handler=cmd_check_config)
+
+    gpus = commands.add_parser("gpus", help="list the devices workers would use")
+    _config_option(gpus, required=False)
+    gpus.add_argument("--json", action="store_true", help="print a JSON list")
+    gpus.set_defaults(handler=cmd_gpus)
+    _add_memory_commands(commands)
+    return parser
+
+
+def _config_option(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument(
+        "--config", type=Path, required=required, metavar="PATH", help="the TOML config file"
+    )
+
+
+def _load(path: Path | None) -> Config:
+    return load_config(path) if path is not None else parse_config({})
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.path)
+    print(f"{config.source}: ok")
+    return EXIT_OK
+
+
+def cmd_gpus(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    devices = anyio.run(_discover_devices, config)
+    if args.json:
+        print(json.dumps([device.to_json() for device in devices], indent=2))
+    else:
+        print(_device_table(devices))
+    return EXIT_OK
+
+
+async def _discover_devices(config: Config) -> list[Device]:
+    async with Gpus() as gpus:
+        found = await gpus.discover()
+    return plan_devices(select_gpus(found.gpus, config.devices), config.devices)
+
+
+def _device_table(devices: list[Device]) -> str:
+    if not devices:
+        return "no devices: no GPU found and no CPU workers configured"
+    rows = [("INDEX", "KIND", "NAME", "UUID", "MEMORY", "TIER", "TEMP", "PROCS")]
+    for d in devices:
+        temp = "-" if d.temperature_c is None else f"{d.temperature_c}C"
+        memory = f"{d.memory_gb:g} GB" if d.is_gpu else "-"
+        rows.append(
+            (str(d.index), d.kind, d.name, d.uuid, memory, d.tier, temp, str(len(d.processes)))
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def _add_memory_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    results = commands.add_parser("results", help="list recent results, newest first")
+    _config_option(results)
+    results.add_argument("--json", action="store_true", help="print a JSON list")
+    results.add_argument("--full", action="store_true", help="include train_py in --json")
+    results.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=DEFAULT_RESULTS_LIMIT,
+        metavar="N",
+        help=f"show at most N results (default: {DEFAULT_RESULTS_LIMIT})",
+    )
+    results.add_argument("--track", metavar="T", help="the track (default: the configured one)")
+    results.set_defaults(handler=cmd_results)
+
+    best = commands.add_parser("best", help="show the best val_bpb of a track and of each tier")
+    _config_option(best)
+    best.add_argument("--json", action="store_true", help="print a JSON object")
+    best.add_argument("--full", action="store_true", help="include train_py in --json")
+    best.add_argument("--track", metavar="T", help="the track (default: the configured one)")
+    best.set_defaults(handler=cmd_best)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    track = args.track or config.experiment.track
+    results = anyio.run(_read_results, config, track, args.limit)
+    if args.json:
+        print(json.dumps(results_json(results, full=args.full), indent=2, allow_nan=False))
+    else:
+        print(results_table(results, track=track))
+    return EXIT_OK
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    track = args.track or config.experiment.track
+    best, tiers = anyio.run(_read_bests, config, track)
+    if args.json:
+        report = bests_json(track, best, tiers, full=args.full)
+        print(json.dumps(report, indent=2, allow_nan=False))
+    else:
+        print(bests_table(track, best, tiers))
+    return EXIT_OK
+
+
+async def _read_results(config: Config, track: str, limit: int) -> list[Result]:
+    if not memory_exists(config):  # reading must not create the state folder
+        return []
+    async with open_memory(config) as memory:
+        return await memory.results(track, limit)
+
+
+async def _read_bests(config: Config, track: str) -> tuple[Best | None, dict[str, Best]]:
+    if not memory_exists(config):
+        return None, {}
+    async with open_memory(config) as memory:
+        best = await memory.get_best(track)
+        tiers = {tier: b for tier in TIERS if (b := await memory.get_best(track, tier))}
+    return best, tiers

@@ -1,0 +1,126 @@
+"""The publisher: drains the outbox into the collective memory, retrying with backoff.
+
+It runs as its own task, so workers never wait on the network: they drop a result in
+the outbox and call :meth:`Publisher.notify`. Only transient failures are retried
+(``TransientMemoryError``: transport errors, 5xx, 429), with BOINC-style jittered,
+capped exponential backoff that honours a server's ``Retry-After``. Every retry is
+logged; a permanent refusal parks the result in ``outbox/failed`` instead of losing it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import anyio
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
+
+from autoresearchd.errors import MemoryBackendError, TransientMemoryError
+from autoresearchd.memory.protocol import CollectiveMemory, PublishOutcome
+from autoresearchd.models import Result
+from autoresearchd.outbox import Outbox
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_MIN_BACKOFF_S = 1.0
+DEFAULT_MAX_BACKOFF_S = 300.0
+#: How often the publisher looks at the outbox even without a notification.
+POLL_S = 30.0
+
+
+def jittered_backoff(min_s: float, max_s: float) -> Callable[[RetryCallState], float]:
+    """``min·2^n`` capped at ``max_s``, times U(0.5, 1); at least the server's Retry-After."""
+
+    def wait(state: RetryCallState) -> float:
+        base = min(max_s, min_s * 2.0 ** (state.attempt_number - 1))
+        delay = base * random.uniform(0.5, 1.0)
+        exc = state.outcome.exception() if state.outcome else None
+        hint = exc.retry_after if isinstance(exc, TransientMemoryError) else None
+        return max(delay, hint) if hint else delay
+
+    return wait
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    delay = state.next_action.sleep if state.next_action else 0.0
+    log.warning(
+        "publish_retry", attempt=state.attempt_number, delay_s=round(delay, 2), error=str(exc)
+    )
+
+
+class Publisher:
+    """Publishes queued results in completion order, each exactly once."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        memory: CollectiveMemory,
+        *,
+        min_backoff_s: float = DEFAULT_MIN_BACKOFF_S,
+        max_backoff_s: float = DEFAULT_MAX_BACKOFF_S,
+    ) -> None:
+        self.outbox = outbox
+        self.memory = memory
+        self._wait = jittered_backoff(min_backoff_s, max_backoff_s)
+        self._wake = anyio.Event()
+        self.best_bpb: float | None = None
+
+    def notify(self) -> None:
+        """A worker queued a result: drain soon."""
+        self._wake.set()
+
+    async def serve(self) -> None:
+        """Drain forever; the caller cancels this task to stop it."""
+        while True:
+            await self.drain()
+            with anyio.move_on_after(POLL_S):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Drain within ``timeout_s``; True when the outbox is empty afterwards."""
+        with anyio.move_on_after(timeout_s):
+            await self.drain()
+        depth = await anyio.to_thread.run_sync(self.outbox.depth)
+        return depth == 0
+
+    async def drain(self) -> int:
+        """Publish everything pending; returns how many results were sent."""
+        pending = await anyio.to_thread.run_sync(self.outbox.pending)
+        for result in pending:
+            await self._publish(result)
+        return len(pending)
+
+    async def _publish(self, result: Result) -> None:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(TransientMemoryError),
+            wait=self._wait,
+            stop=stop_never,
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+        try:
+            outcome: PublishOutcome = await retrying(self.memory.publish, result)
+        except MemoryBackendError as exc:
+            log.error("publish_failed", result_id=result.id, error=str(exc))
+            await anyio.to_thread.run_sync(self.outbox.fail, result.id, str(exc))
+            return
+        await anyio.to_thread.run_sync(self.outbox.remove, result.id)
+        log.info(
+            "result_published",
+            result_id=result.id,
+            status=str(result.status),
+            val_bpb=result.val_bpb,
+            replay=not outcome.created,
+        )
+        if outcome.best_improved:
+            self.best_bpb = result.best_bpb
+            log.info(
+                "best_improved",
+                result_id=result.id,
+                val_bpb=result.best_bpb,
+                scopes=list(outcome.best_improved),
+                description=result.description,
+            )

@@ -1,0 +1,508 @@
+"""Reference experiment: train a small GPT on a track for a fixed time, then report val_bpb.
+
+This is the script the swarm improves. The daemon runs it with the environment of
+DESIGN.md contract 1 (device, time budget, seed, track, data dir, result file) and reads
+the ``---`` summary it prints last, in karpathy/autoresearch's format. The mutator edits
+only the literals in the hyperparameter block below (contract 2). Everything that must
+stay comparable between runs (tokenizer, data, evaluation) lives in the fixed harness,
+``autoresearchd.harness``.
+
+On CUDA the model trains in bf16 autocast under ``torch.compile``; on CPU it trains in
+float32, eagerly, with the small ``CPU_*`` configuration. Compilation and warm-up steps
+run before the clock starts (the weights are reset afterwards) and are reported as
+``warmup_seconds``. A loss that becomes NaN or explodes stops the run at once with exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+# torch warns on import when numpy is absent; nothing here uses numpy.
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from autoresearchd.errors import DataError  # noqa: E402
+from autoresearchd.harness.data import BatchSampler, TrackData, load_track  # noqa: E402
+from autoresearchd.harness.evaluation import evaluate_bpb  # noqa: E402
+from autoresearchd.harness.prepare import prepare_track  # noqa: E402
+from autoresearchd.harness.tokenizer import VOCAB_SIZE  # noqa: E402
+from autoresearchd.harness.tracks import DEFAULT_DATA_DIR, get_track  # noqa: E402
+
+# =====================================================================================
+# Hyperparameters: the mutator edits these literals and nothing else (DESIGN.md, 2).
+# =====================================================================================
+# Model on CUDA: width = DEPTH * ASPECT_RATIO, rounded up to a multiple of HEAD_DIM.
+DEPTH = 8  # search: int 2..16
+ASPECT_RATIO = 64  # search: int 32..128
+HEAD_DIM = 2**6  # search: pow2 5..7
+MLP_RATIO = 4  # search: int 2..6
+LOGIT_SOFTCAP = 15.0  # search: log 5..50
+# Batches, in tokens: one optimizer step sees TOTAL_BATCH_SIZE tokens, accumulated in
+# micro-batches of DEVICE_BATCH_SIZE tokens (lower it when memory is short).
+TOTAL_BATCH_SIZE = 2**17  # search: pow2 14..20
+DEVICE_BATCH_SIZE = 2**15  # search: pow2 12..17
+# AdamW, one learning rate per kind of parameter.
+MATRIX_LR = 0.004  # search: log 0.0005..0.03
+EMBEDDING_LR = 0.02  # search: log 0.002..0.2
+UNEMBEDDING_LR = 0.004  # search: log 0.0005..0.03
+WEIGHT_DECAY = 0.1  # search: log 0.001..0.5
+ADAM_BETA1 = 0.9  # search: log 0.8..0.95
+ADAM_BETA2 = 0.95  # search: log 0.9..0.999
+GRAD_CLIP = 1.0  # search: log 0.1..10
+# Schedule over the time budget: linear warm-up, constant, linear warm-down.
+WARMUP_FRAC = 0.02  # search: log 0.005..0.2
+WARMDOWN_FRAC = 0.4  # search: log 0.05..0.9
+FINAL_LR_FRAC = 0.05  # search: log 0.01..0.5
+# CPU (float32, eager): small enough that seconds of training already lower val_bpb.
+# Width is CPU_WIDTH exactly; the batch is in tokens, with no accumulation.
+CPU_DEPTH = 2  # search: int 1..6
+CPU_WIDTH = 2**7  # search: pow2 6..9
+CPU_BATCH_SIZE = 2**12  # search: pow2 10..15
+# =====================================================================================
+
+# Dense bf16 tensor-core peaks (FLOP/s) by device name; the first matching key wins, so
+# specific names come before their families. Unknown devices report mfu_percent 0.
+GPU_PEAK_FLOPS = {
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H100": 989.4e12,
+    "H200": 989.4e12,
+    "H800": 989.4e12,
+    "GH200": 989.4e12,
+    "B200": 2250e12,
+    "A100": 312e12,
+    "A800": 312e12,
+    "L40S": 362.05e12,
+    "L40": 181.05e12,
+    "L4": 121e12,
+    "A10": 125e12,
+    "RTX 4090": 165.2e12,
+    "RTX 3090 Ti": 80e12,
+    "RTX 3090": 71e12,
+    "V100": 125e12,
+    "T4": 65e12,
+}
+
+
+class BadEnvironment(Exception):
+    """An AUTORESEARCH_* variable holds something this script cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the environment asks for (DESIGN.md contract 1)."""
+
+    device: torch.device
+    budget_s: float | None  # None: the track's default budget
+    seed: int
+    track: str
+    data_dir: Path
+    result_file: Path | None
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The model and batch sizes for this device."""
+
+    depth: int
+    width: int
+    heads: int
+    seq_len: int
+    micro_batch: int  # sequences per forward pass
+    accum_steps: int  # forward passes per optimizer step
+
+
+def read_settings(env: dict[str, str]) -> Settings:
+    """Parse the environment; raise BadEnvironment naming the variable on bad input."""
+    device = env.get("AUTORESEARCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cuda", "cpu"):
+        raise BadEnvironment(f"AUTORESEARCH_DEVICE: expected cuda or cpu, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BadEnvironment("AUTORESEARCH_DEVICE: cuda requested but no CUDA device is visible")
+    budget = _number(env, "AUTORESEARCH_TIME_BUDGET", float, None)
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise BadEnvironment(f"AUTORESEARCH_TIME_BUDGET: expected seconds > 0, got {budget}")
+    result = env.get("AUTORESEARCH_RESULT_FILE")
+    return Settings(
+        device=torch.device(device),
+        budget_s=budget,
+        seed=int(_number(env, "AUTORESEARCH_SEED", int, 0) or 0),
+        track=env.get("AUTORESEARCH_TRACK") or "synthetic",
+        data_dir=Path(env.get("AUTORESEARCH_DATA_DIR") or DEFAULT_DATA_DIR).expanduser(),
+        result_file=Path(result) if result else None,
+    )
+
+
+def _number(
+    env: dict[str, str], name: str, kind: Callable[[str], float], default: float | None
+) -> float | None:
+    text = env.get(name)
+    if not text:
+        return default
+    try:
+        return kind(text)
+    except ValueError:
+        raise BadEnvironment(f"{name}: expected a number, got {text!r}") from None
+
+
+def choose_shape(device: torch.device, seq_len: int) -> Shape:
+    """Model and batch sizes: the CUDA block on a GPU, the CPU block on a CPU."""
+    if device.type == "cpu":
+        width, depth, total, micro = CPU_WIDTH, CPU_DEPTH, CPU_BATCH_SIZE, CPU_BATCH_SIZE
+    else:
+        width = math.ceil(DEPTH * ASPECT_RATIO / HEAD_DIM) * HEAD_DIM
+        depth, total, micro = DEPTH, TOTAL_BATCH_SIZE, min(DEVICE_BATCH_SIZE, TOTAL_BATCH_SIZE)
+    micro_batch = max(1, micro // seq_len)
+    return Shape(
+        depth=depth,
+        width=width,
+        heads=max(1, width // HEAD_DIM),
+        seq_len=seq_len,
+        micro_batch=micro_batch,
+        accum_steps=max(1, total // (micro_batch * seq_len)),
+    )
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def rotary_tables(seq_len: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles, shaped to broadcast over (batch, time, head, dim/2)."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
+    return angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        self.proj = nn.Linear(width, width, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, c // self.heads).unbind(dim=2)
+        # Normalising queries and keys keeps attention logits bounded at high learning rates.
+        q, k = apply_rotary(rms_norm(q), cos, sin), apply_rotary(rms_norm(k), cos, sin)
+        y = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+        )
+        return self.proj(y.transpose(1, 2).reshape(b, t, c))
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, ratio: int) -> None:
+        super().__init__()
+        self.up = nn.Linear(width, ratio * width, bias=False)
+        self.down = nn.Linear(ratio * width, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.relu(self.up(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.attn = Attention(width, heads)
+        self.mlp = MLP(width, MLP_RATIO)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(rms_norm(x), cos, sin)
+        return x + self.mlp(rms_norm(x))
+
+
+class GPT(nn.Module):
+    """Byte-level GPT: embedding, pre-norm blocks with rotary attention, untied head."""
+
+    def __init__(self, shape: Shape) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB_SIZE, shape.width)
+        self.blocks = nn.ModuleList(Block(shape.width, shape.heads) for _ in range(shape.depth))
+        self.head = nn.Linear(shape.width, VOCAB_SIZE, bias=False)
+        cos, sin = rotary_tables(shape.seq_len, shape.width // shape.heads)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Unit embeddings, 1/sqrt(fan_in) matrices, zeroed residual outputs, a tiny head."""
+        nn.init.normal_(self.embed.weight, std=1.0)
+        for block in self.blocks:
+            for linear in (block.attn.qkv, block.mlp.up):
+                nn.init.normal_(linear.weight, std=linear.in_features**-0.5)
+            nn.init.zeros_(block.attn.proj.weight)
+            nn.init.zeros_(block.mlp.down.weight)
+        nn.init.normal_(self.head.weight, std=1e-3)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        t = idx.size(1)
+        cos, sin = self.cos[:, :t], self.sin[:, :t]
+        x = rms_norm(self.embed(idx))
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        logits = self.head(rms_norm(x)).float()
+        return LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: 6 per matrix weight plus attention (PaLM's estimate)."""
+        matrices = sum(p.numel() for p in self.parameters()) - self.embed.weight.numel()
+        depth, width, seq_len = len(self.blocks), self.head.in_features, self.cos.size(1)
+        return 6.0 * matrices + 12.0 * depth * width * seq_len
+
+
+def make_optimizer(model: GPT, device: torch.device) -> torch.optim.AdamW:
+    matrices = [p for p in model.blocks.parameters()]
+    groups = [
+        {"params": [model.embed.weight], "lr": EMBEDDING_LR, "weight_decay": 0.0},
+        {"params": [model.head.weight], "lr": UNEMBEDDING_LR, "weight_decay": 0.0},
+        {"params": matrices, "lr": MATRIX_LR, "weight_decay": WEIGHT_DECAY},
+    ]
+    for group in groups:
+        group["base_lr"] = group["lr"]
+    return torch.optim.AdamW(
+        groups, betas=(ADAM_BETA1, ADAM_BETA2), eps=1e-10, fused=device.type == "cuda"
+    )
+
+
+def lr_multiplier(progress: float) -> float:
+    """Warm up, hold, then decay linearly to FINAL_LR_FRAC, as a fraction of the budget."""
+    if progress < WARMUP_FRAC:
+        return (progress + 1e-3) / (WARMUP_FRAC + 1e-3)
+    if progress > 1.0 - WARMDOWN_FRAC:
+        remaining = max(0.0, 1.0 - progress) / WARMDOWN_FRAC
+        return remaining + (1.0 - remaining) * FINAL_LR_FRAC
+    return 1.0
+
+
+# -------------------------------------------------------------------------- training
+
+
+class Diverged(Exception):
+    """The training loss became NaN, infinite or exploded."""
+
+
+class Trainer:
+    """One optimizer step at a time: micro-batches, clipping, schedule, divergence check."""
+
+    def __init__(self, model: nn.Module, raw: GPT, sampler: BatchSampler, shape: Shape) -> None:
+        self.model, self.raw, self.sampler, self.shape = model, raw, sampler, shape
+        self.optimizer = make_optimizer(raw, sampler.tokens.device)
+        device = sampler.tokens.device
+        self.autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
+        # Twice the loss of a uniform guess: no healthy run gets there after its first steps.
+        self.loss_limit = 2.0 * math.log(VOCAB_SIZE)
+
+    def step(self, progress: float) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * lr_multiplier(progress)
+        total = torch.zeros((), device=self.sampler.tokens.device)
+        for _ in range(self.shape.accum_steps):
+            inputs, targets = self.sampler.next()
+            with self.autocast:
+                logits = self.model(inputs)
+            loss = F.cross_entropy(logits.view(-1, VOCAB_SIZE), targets.reshape(-1))
+            (loss / self.shape.accum_steps).backward()
+            total += loss.detach()
+        torch.nn.utils.clip_grad_norm_(self.raw.parameters(), GRAD_CLIP)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        value = total.item() / self.shape.accum_steps  # also waits for the device
+        if not math.isfinite(value) or value > self.loss_limit:
+            raise Diverged(f"loss {value:.4g}")
+        return value
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.shape.accum_steps * self.shape.micro_batch * self.shape.seq_len
+
+
+@dataclass
+class Progress:
+    steps: int = 0
+    seconds: float = 0.0
+    tokens: int = 0
+    loss: float = float("nan")
+
+
+def warm_up(trainer: Trainer, steps: int) -> float:
+    """Compile and warm caches on throw-away steps, then restore the initial weights."""
+    start = time.perf_counter()
+    initial = {name: value.clone() for name, value in trainer.raw.state_dict().items()}
+    for _ in range(steps):
+        trainer.step(progress=0.0)
+    trainer.raw.load_state_dict(initial)
+    trainer.optimizer = make_optimizer(trainer.raw, trainer.sampler.tokens.device)
+    _sync(trainer.sampler.tokens.device)
+    return time.perf_counter() - start
+
+
+def train(trainer: Trainer, budget_s: float) -> Progress:
+    """Step until ``budget_s`` seconds of training have passed; print progress with ``\\r``."""
+    progress = Progress()
+    while progress.seconds < budget_s:
+        start = time.perf_counter()
+        try:
+            progress.loss = trainer.step(progress.seconds / budget_s)
+        except Diverged as exc:
+            print(f"\nFAIL: training diverged at step {progress.steps}: {exc}", file=sys.stderr)
+            raise
+        elapsed = time.perf_counter() - start
+        progress.seconds += elapsed
+        progress.steps += 1
+        progress.tokens += trainer.tokens_per_step
+        _report(progress, budget_s, trainer.tokens_per_step / elapsed)
+    print(flush=True)
+    return progress
+
+
+def _report(progress: Progress, budget_s: float, tokens_per_s: float) -> None:
+    percent = min(100.0, 100.0 * progress.seconds / budget_s)
+    print(
+        f"\rstep {progress.steps:05d} ({percent:5.1f}%) | loss {progress.loss:.4f}"
+        f" | tok/s {tokens_per_s:,.0f} | left {max(0.0, budget_s - progress.seconds):.1f}s   ",
+        end="",
+        flush=True,
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The dense bf16 peak of this GPU from the table, or None (CPU, unknown GPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in GPU_PEAK_FLOPS.items() if key in name), None)
+
+
+def summarize(
+    *,
+    val_bpb: float,
+    progress: Progress,
+    model: GPT,
+    shape: Shape,
+    device: torch.device,
+    times: dict[str, float],
+) -> dict[str, float]:
+    peak = peak_flops(device)
+    achieved = model.flops_per_token() * progress.tokens / max(progress.seconds, 1e-9)
+    return {
+        "val_bpb": val_bpb,
+        "training_seconds": progress.seconds,
+        "total_seconds": times["total"],
+        "peak_vram_mb": torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda"
+        else 0.0,
+        "mfu_percent": 100.0 * achieved / peak if peak else 0.0,
+        "total_tokens_M": progress.tokens / 1e6,
+        "num_steps": progress.steps,
+        "num_params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+        "depth": shape.depth,
+        "warmup_seconds": times["warmup"],
+        "eval_seconds": times["eval"],
+    }
+
+
+def print_summary(summary: dict[str, float]) -> None:
+    """The ``---`` block, in karpathy/autoresearch's format."""
+    formats = {"val_bpb": ".6f", "mfu_percent": ".2f", "num_params_M": ".3f"}
+    print("---")
+    for key, value in summary.items():
+        if key in ("num_steps", "depth"):
+            text = str(int(value))
+        else:
+            text = format(value, formats.get(key, ".1f"))
+        print(f"{key + ':':<18}{text}", flush=True)
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def run(settings: Settings, started: float) -> dict[str, float]:
+    prepared = prepare_track(settings.track, settings.data_dir)
+    budget = settings.budget_s or get_track(settings.track).budget_s
+    torch.manual_seed(settings.seed)
+    data: TrackData = load_track(prepared, settings.device)
+    shape = choose_shape(settings.device, prepared.seq_len)
+    raw = GPT(shape).to(settings.device)
+    model: nn.Module = raw
+    if settings.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        model = torch.compile(raw, dynamic=False)  # type: ignore[assignment]
+    sampler = BatchSampler(data.train, shape.seq_len, shape.micro_batch, settings.seed)
+    trainer = Trainer(model, raw, sampler, shape)
+    warmup_s = warm_up(trainer, steps=3 if settings.device.type == "cuda" else 1)
+    print(
+        f"track {prepared.name} | device {settings.device} | depth {shape.depth} "
+        f"| width {shape.width} | batch {trainer.tokens_per_step} tokens | budget {budget}s"
+    )
+    progress = train(trainer, budget)
+    eval_start = time.perf_counter()
+    with trainer.autocast:
+        val_bpb = evaluate_bpb(
+            model,
+            data.val,
+            seq_len=prepared.seq_len,
+            eval_tokens=prepared.eval_tokens,
+            batch_size=shape.micro_batch,
+        )
+    times = {
+        "warmup": warmup_s,
+        "eval": time.perf_counter() - eval_start,
+        "total": time.perf_counter() - started,
+    }
+    return summarize(
+        val_bpb=val_bpb,
+        progress=progress,
+        model=raw,
+        shape=shape,
+        device=settings.device,
+        times=times,
+    )
+
+
+def main() -> int:
+    started = time.perf_counter()
+    try:
+        settings = read_settings(dict(os.environ))
+        summary = run(settings, started)
+    except (BadEnvironment, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Diverged:
+        return 1
+    print_summary(summary)
+    if settings.result_file is not None:
+        settings.result_file.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return 0 if math.isfinite(summary["val_bpb"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
