@@ -71,11 +71,15 @@ def check_params_only(baseline: str, candidate: str) -> TrustVerdict:
     try:
         return (
             _identifier_refusal(candidate)
-            or _compare_block(base_tree.body, tree.body, params, 1)
+            or _compare_block(base_tree.body, tree.body, params, _last_line(tree))
             or ACCEPTED
         )
     except RecursionError:  # a parseable tree can still outgrow Python's recursion limit
         return _refuse(1, "nested too deeply to check")
+
+
+def _last_line(tree: ast.Module) -> int:
+    return (tree.body[-1].end_lineno or 1) if tree.body else 1
 
 
 def _refuse(line: int, what: str) -> TrustVerdict:
@@ -128,20 +132,21 @@ def _compare_block(
             found = _compare_param(b, c, params) if tag == "equal" else _compare_nodes(b, c)
             if found:
                 return found
-        found = _extra(base[i1 + (j2 - j1) : i2], cand[j1 + (i2 - i1) : j2], cand, j2)
+        found = _extra(base[i1 + (j2 - j1) : i2], cand[j1 + (i2 - i1) : j2], cand[j2:], line)
         if found:
             return found
     return None
 
 
 def _extra(
-    removed: Sequence[ast.stmt], added: Sequence[ast.stmt], cand: Sequence[ast.stmt], at: int
+    removed: Sequence[ast.stmt], added: Sequence[ast.stmt], after: Sequence[ast.stmt], line: int
 ) -> TrustVerdict | None:
+    """Unpaired statements; a removal is reported where the next candidate statement is."""
     if added:
         return _refuse(added[0].lineno, f"new statement: {_show(added[0])}")
     if removed:
-        line = cand[at].lineno if at < len(cand) else (cand[-1].end_lineno or 1) if cand else 1
-        return _refuse(line, f"statement removed: {_show(removed[0])}")
+        where = after[0].lineno if after else line
+        return _refuse(where, f"statement removed: {_show(removed[0])}")
     return None
 
 

@@ -121,6 +121,7 @@ HOSTILE: list[tuple[str, str, str, str, str]] = [
      "MATRIX_LR: 0.9 is outside log 0.005..0.2", "MATRIX_LR"),
     ("param-removed", "WEIGHT_DECAY = 0.1  # search: float 0.0..0.3\n", "",
      "statement removed: WEIGHT_DECAY = 0.1", "WARMUP_RATIO"),
+    ("last-statement-removed", MAIN_CALL, "", "statement removed: if __name__", "    report("),
     ("param-added", "INIT_SEED = 1234\n", "INIT_SEED = 1234\nGRAD_CLIP = 1.0\n",
      "new statement: GRAD_CLIP = 1.0", "GRAD_CLIP"),
     ("params-reordered", "DEPTH = 4  # search: int 2..8\nHEAD_DIM = 64  # search: choice 32 64 128",
