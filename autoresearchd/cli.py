@@ -18,14 +18,16 @@ import anyio
 
 from autoresearchd import __version__
 from autoresearchd.config import Config, load_config, parse_config
-from autoresearchd.errors import AutoresearchdError
+from autoresearchd.errors import AutoresearchdError, MutationError
 from autoresearchd.gpus import Gpus, plan_devices, select_gpus
 from autoresearchd.logs import configure_logging
 from autoresearchd.memory import memory_exists, open_memory
 from autoresearchd.models import Best, Device, Result
 from autoresearchd.report import TIERS, bests_json, bests_table, results_json, results_table
+from autoresearchd.trust import check_params_only
 
 EXIT_OK = 0
+EXIT_REFUSED = 1
 EXIT_USAGE = 2
 DEFAULT_RESULTS_LIMIT = 20
 
@@ -68,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     _config_option(run)
     run.set_defaults(handler=cmd_run)
     _add_memory_commands(commands)
+
+    trust = commands.add_parser(
+        "trust-check", help="accept a train.py only if it changes hyperparameter values alone"
+    )
+    trust.add_argument("baseline", type=Path, help="the trusted train.py")
+    trust.add_argument("candidate", type=Path, help="the train.py to judge")
+    trust.set_defaults(handler=cmd_trust_check)
     return parser
 
 
@@ -94,6 +103,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     from autoresearchd.daemon import run_daemon
 
     return run_daemon(args.config)
+
+
+def cmd_trust_check(args: argparse.Namespace) -> int:
+    baseline, candidate = _read_script(args.baseline), _read_script(args.candidate)
+    try:
+        verdict = check_params_only(baseline, candidate)
+    except MutationError as exc:  # the trusted file itself is malformed: say which one
+        raise MutationError(f"{args.baseline}: {exc}") from None
+    print(f"{args.candidate}: {'ok' if verdict.ok else verdict.reason}")
+    return EXIT_OK if verdict.ok else EXIT_REFUSED
+
+
+def _read_script(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MutationError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise MutationError(f"{path}: not UTF-8 text") from None
 
 
 def cmd_gpus(args: argparse.Namespace) -> int:

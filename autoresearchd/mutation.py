@@ -184,6 +184,8 @@ def parse_module(source: str) -> ast.Module:
         raise MutationError(f"train.py does not parse: {exc.msg}", line=exc.lineno) from None
     except ValueError as exc:  # null bytes, oversized int literals
         raise MutationError(f"train.py does not parse: {exc}") from None
+    except RecursionError:
+        raise MutationError("train.py does not parse: nested too deeply") from None
 
 
 def _slots(tree: ast.Module) -> dict[str, _Slot]:
@@ -236,8 +238,9 @@ def _baseline_space(slot: _Slot, baseline: Mapping[str, Param]) -> Space:
     if trusted is None:
         return Space("fixed", choices=(slot.value,))
     if trusted.kind != slot.kind:
+        kinds = kind_phrase(slot.kind), kind_phrase(trusted.kind)
         raise MutationError(
-            f"{slot.name}: is a {slot.kind} literal, the baseline's is a {trusted.kind}",
+            f"{slot.name}: is {kinds[0]} literal, the baseline's is {kinds[1]}",
             line=slot.stmt.lineno,
         )
     return trusted.space
@@ -307,7 +310,9 @@ def _parse_range(slot: _Slot, kind: str, rest: str, line: int) -> Space:
         return MutationError(f"{slot.name}: malformed search annotation {text!r}: {why}", line=line)
 
     if slot.kind != _RANGE_KINDS[kind]:
-        raise fail(f"applies to a {_RANGE_KINDS[kind]} literal, not a {slot.kind}")
+        raise fail(
+            f"applies to {kind_phrase(_RANGE_KINDS[kind])} literal, not {kind_phrase(slot.kind)}"
+        )
     parts = rest.split("..")
     if len(parts) != 2:
         raise fail("expected LOW..HIGH")
@@ -336,7 +341,8 @@ def _parse_choices(slot: _Slot, rest: str, line: int) -> tuple[Value, ...]:
         found = _constant(choice)
         if found is None or found[0] != slot.kind:
             raise MutationError(
-                f"{slot.name}: choice {_text(choice)} is not a {slot.kind} literal", line=line
+                f"{slot.name}: choice {_text(choice)} is not {kind_phrase(slot.kind)} literal",
+                line=line,
             )
     return choices
 
@@ -511,7 +517,8 @@ def _checked(slot: _Slot, value: Value) -> Value:
     if slot.kind in ("int", "str", "bool", "tuple") and _kind_of(value) == slot.kind:
         return value
     raise MutationError(
-        f"{slot.name}: expected a {slot.kind} value, got {value!r}", line=slot.stmt.lineno
+        f"{slot.name}: expected {kind_phrase(slot.kind)} value, got {value!r}",
+        line=slot.stmt.lineno,
     )
 
 
@@ -585,6 +592,11 @@ def _cut(lines: list[str], line: int, col: int, end_line: int, end_col: int) -> 
 
 
 # --- values ------------------------------------------------------------------------------
+
+
+def kind_phrase(kind: str) -> str:
+    """``an int``, ``a float``: a literal kind with its article, for messages."""
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
 
 
 def _is_number(value: object) -> TypeGuard[int | float]:

@@ -131,7 +131,7 @@ def test_a_negative_number_and_a_multi_line_tuple_are_literals() -> None:
         ("LR = 0.04  # search: log 0.0..0.2", "LOW > 0"),
         ("LR = 0.04  # search: log 0.005-0.2", "LOW..HIGH"),
         ("LR = 0.04  # search: log a..b", "not numbers"),
-        ("LR = 0.04  # search: int 1..4", "applies to a int literal"),
+        ("LR = 0.04  # search: int 1..4", "applies to an int literal"),
         ("N = 4  # search: int 2.5..8", "not numbers"),
         ("N = 2**4  # search: pow2 2..99", "exponents must lie"),
         ("N = 4  # search: banana 1..9", "malformed search annotation 'banana 1..9'"),
@@ -166,6 +166,11 @@ def test_duplicate_param_and_syntax_error_raise_with_line() -> None:
     with pytest.raises(MutationError, match="does not parse") as caught:
         parse_params("A = 1\ndef (\n")
     assert caught.value.line == 2
+
+
+def test_a_source_nested_too_deeply_to_parse_raises_mutation_error() -> None:
+    with pytest.raises(MutationError, match="nested too deeply"):
+        parse_params("def f():\n    return " + "+1" * 5000 + "\n")
 
 
 def test_spaces_from_a_baseline_replace_the_scripts_own_annotations() -> None:
@@ -305,8 +310,8 @@ def test_apply_changes_writes_negative_values_and_coerces_ints_for_floats() -> N
         ({"NOPE": 1}, "NOPE is not a hyperparameter"),
         ({"F": "0.1"}, "F: expected a float value, got '0.1'"),
         ({"F": math.inf}, "expected a float value"),
-        ({"N": 2.0}, "N: expected a int value"),
-        ({"N": True}, "N: expected a int value"),
+        ({"N": 2.0}, "N: expected an int value"),
+        ({"N": True}, "N: expected an int value"),
         ({"P": 3 * 2**10}, "P: expected a pow2 value"),
         ({"S": 1}, "S: expected a str value"),
         ({"T": [1, 2]}, "T: expected a tuple value"),
