@@ -22,10 +22,13 @@ from autoresearchd.errors import AutoresearchdError
 from autoresearchd.gpus import Gpus, plan_devices, select_gpus
 from autoresearchd.harness import DEFAULT_DATA_DIR, prepare_track
 from autoresearchd.logs import configure_logging
-from autoresearchd.models import Device
+from autoresearchd.memory import memory_exists, open_memory
+from autoresearchd.models import Best, Device, Result
+from autoresearchd.report import TIERS, bests_json, bests_table, results_json, results_table
 
 EXIT_OK = 0
 EXIT_USAGE = 2
+DEFAULT_RESULTS_LIMIT = 20
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -68,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, default=DEFAULT_DATA_DIR, metavar="DIR", help="where data lives"
     )
     prepare.set_defaults(handler=cmd_prepare)
+    _add_memory_commands(commands)
     return parser
 
 
@@ -126,3 +130,71 @@ def _device_table(devices: list[Device]) -> str:
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     )
+
+
+def _add_memory_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    results = commands.add_parser("results", help="list recent results, newest first")
+    _config_option(results)
+    results.add_argument("--json", action="store_true", help="print a JSON list")
+    results.add_argument("--full", action="store_true", help="include train_py in --json")
+    results.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=DEFAULT_RESULTS_LIMIT,
+        metavar="N",
+        help=f"show at most N results (default: {DEFAULT_RESULTS_LIMIT})",
+    )
+    results.add_argument("--track", metavar="T", help="the track (default: the configured one)")
+    results.set_defaults(handler=cmd_results)
+
+    best = commands.add_parser("best", help="show the best val_bpb of a track and of each tier")
+    _config_option(best)
+    best.add_argument("--json", action="store_true", help="print a JSON object")
+    best.add_argument("--full", action="store_true", help="include train_py in --json")
+    best.add_argument("--track", metavar="T", help="the track (default: the configured one)")
+    best.set_defaults(handler=cmd_best)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    track = args.track or config.experiment.track
+    results = anyio.run(_read_results, config, track, args.limit)
+    if args.json:
+        print(json.dumps(results_json(results, full=args.full), indent=2, allow_nan=False))
+    else:
+        print(results_table(results, track=track))
+    return EXIT_OK
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    track = args.track or config.experiment.track
+    best, tiers = anyio.run(_read_bests, config, track)
+    if args.json:
+        report = bests_json(track, best, tiers, full=args.full)
+        print(json.dumps(report, indent=2, allow_nan=False))
+    else:
+        print(bests_table(track, best, tiers))
+    return EXIT_OK
+
+
+async def _read_results(config: Config, track: str, limit: int) -> list[Result]:
+    if not memory_exists(config):  # reading must not create the state folder
+        return []
+    async with open_memory(config) as memory:
+        return await memory.results(track, limit)
+
+
+async def _read_bests(config: Config, track: str) -> tuple[Best | None, dict[str, Best]]:
+    if not memory_exists(config):
+        return None, {}
+    async with open_memory(config) as memory:
+        best = await memory.get_best(track)
+        tiers = {tier: b for tier in TIERS if (b := await memory.get_best(track, tier))}
+    return best, tiers

@@ -27,6 +27,7 @@ DEFAULT_STATE_DIR = Path("~/.local/state/autoresearchd")
 DEFAULT_SHUTDOWN_GRACE_S = 60.0
 DEFAULT_TIME_BUDGET_S = 300.0
 DEFAULT_GRACE_S = 60.0
+DEFAULT_KILL_GRACE_S = 10.0
 DEFAULT_MIN_IMPROVEMENT = 0.001
 DEFAULT_REPLICATES = 2
 DEFAULT_KEEP_RUNS = 50
@@ -73,6 +74,7 @@ class ExperimentConfig:
     data_dir: Path = field(default=UNSET_PATH, metadata=PATH)  # empty: <state_dir>/data
     time_budget_s: float = DEFAULT_TIME_BUDGET_S
     grace_s: float = DEFAULT_GRACE_S
+    kill_grace_s: float = DEFAULT_KILL_GRACE_S
     min_improvement: float = DEFAULT_MIN_IMPROVEMENT
     replicates: int = DEFAULT_REPLICATES
     keep_runs: int = DEFAULT_KEEP_RUNS
@@ -145,6 +147,7 @@ CHECKS: dict[str, Check] = {
     "devices.max_temperature_c": _positive,
     "experiment.time_budget_s": _positive,
     "experiment.grace_s": _non_negative,
+    "experiment.kill_grace_s": _non_negative,
     "experiment.min_improvement": _non_negative,
     "experiment.replicates": _non_negative,
     "experiment.keep_runs": _positive,

@@ -1,0 +1,123 @@
+"""Turn results and bests read from the collective memory into text or JSON for people.
+
+Pure functions only: the ``results`` and ``best`` commands read the memory and hand
+what they got to these, so every format is tested without a terminal or a database.
+Tables are plain, space-aligned columns; JSON objects are community records, without the
+full ``train_py`` source unless asked for, and with non-finite numbers (a crashed run's
+NaN) as ``null`` so that any JSON parser accepts them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime, tzinfo
+from typing import Any
+
+from autoresearchd.models import CPU_TIER, TIER_BOUNDS_GB, Best, Result
+
+#: Every tier a best may be kept for, in the order reports list them.
+TIERS: tuple[str, ...] = (*(name for name, _ in TIER_BOUNDS_GB), "xl", CPU_TIER)
+SHA_SHOWN = 12
+MISSING = "-"
+
+
+def results_json(results: Sequence[Result], *, full: bool = False) -> list[dict[str, Any]]:
+    """Result records, leaving out the ``train_py`` source unless ``full``."""
+    return [_without_source(result.to_record(), full) for result in results]
+
+
+def results_table(results: Sequence[Result], *, track: str, tz: tzinfo | None = None) -> str:
+    """A table of results (time, agent, status, val_bpb, delta, description)."""
+    if not results:
+        return f"no results yet for track {track}"
+    rows = [("TIME", "AGENT", "STATUS", "VAL_BPB", "DELTA", "DESCRIPTION")]
+    rows += [
+        (
+            format_time(r.completed_at, tz),
+            r.agent_id,
+            str(r.status),
+            format_bpb(r.val_bpb),
+            format_delta(r.delta_vs_best),
+            r.description,
+        )
+        for r in results
+    ]
+    return align(rows)
+
+
+def bests_json(
+    track: str, best: Best | None, tiers: Mapping[str, Best], *, full: bool = False
+) -> dict[str, Any]:
+    """The track's best and its per-tier bests as one JSON object (``best`` may be null)."""
+    return {
+        "track": track,
+        "best": _without_source(best.to_record(), full) if best else None,
+        "tiers": {tier: _without_source(b.to_record(), full) for tier, b in tiers.items()},
+    }
+
+
+def bests_table(
+    track: str, best: Best | None, tiers: Mapping[str, Best], *, tz: tzinfo | None = None
+) -> str:
+    """A table with the track's best first, then one row per tier that has a best."""
+    if best is None and not tiers:
+        return f"no best yet for track {track}"
+    rows = [("SCOPE", "VAL_BPB", "AGENT", "RESULT", "SHA256", "UPDATED")]
+    scoped = [(f"track {track}", best)] if best else []
+    scoped += [(f"tier {tier}", b) for tier, b in tiers.items()]
+    rows += [
+        (
+            scope,
+            format_bpb(b.val_bpb),
+            b.agent_id,
+            b.result_id,
+            b.train_py_sha256[:SHA_SHOWN],
+            format_time(b.updated_at, tz),
+        )
+        for scope, b in scoped
+    ]
+    return align(rows)
+
+
+def align(rows: Sequence[Sequence[str]]) -> str:
+    """Left-align columns two spaces apart; the last column is not padded."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def format_time(timestamp: float, tz: tzinfo | None = None) -> str:
+    """A Unix time as ``YYYY-MM-DD HH:MM:SS``, local unless ``tz`` is given."""
+    return datetime.fromtimestamp(timestamp, tz).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_bpb(value: float | None) -> str:
+    if value is None:
+        return MISSING
+    return f"{value:.6f}" if math.isfinite(value) else str(value)
+
+
+def format_delta(value: float | None) -> str:
+    if value is None:
+        return MISSING
+    return f"{value:+.6f}" if math.isfinite(value) else str(value)
+
+
+def _without_source(record: dict[str, Any], full: bool) -> dict[str, Any]:
+    if not full:
+        record.pop("train_py", None)
+    return {key: _finite(value) for key, value in record.items()}
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity, however deeply nested, replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
