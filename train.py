@@ -205,6 +205,7 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, c // self.heads).unbind(dim=2)
         # Normalising queries and keys keeps attention logits bounded at high learning rates.
         q, k = apply_rotary(rms_norm(q), cos, sin), apply_rotary(rms_norm(k), cos, sin)
+        q, k = q.to(v.dtype), k.to(v.dtype)  # under autocast the norms may return float32
         y = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
         )

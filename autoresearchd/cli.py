@@ -20,6 +20,7 @@ from autoresearchd import __version__
 from autoresearchd.config import Config, load_config, parse_config
 from autoresearchd.errors import AutoresearchdError, MutationError
 from autoresearchd.gpus import Gpus, plan_devices, select_gpus
+from autoresearchd.harness import DEFAULT_DATA_DIR, prepare_track
 from autoresearchd.logs import configure_logging
 from autoresearchd.memory import memory_exists, open_memory
 from autoresearchd.models import Best, Device, Result
@@ -69,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the daemon in the foreground")
     _config_option(run)
     run.set_defaults(handler=cmd_run)
+
+    prepare = commands.add_parser("prepare", help="download or generate a track's data")
+    prepare.add_argument("--track", required=True, help="synthetic, shakespeare or text:<path>")
+    prepare.add_argument(
+        "--data-dir", type=Path, default=DEFAULT_DATA_DIR, metavar="DIR", help="where data lives"
+    )
+    prepare.set_defaults(handler=cmd_prepare)
     _add_memory_commands(commands)
 
     trust = commands.add_parser(
@@ -131,6 +139,15 @@ def cmd_gpus(args: argparse.Namespace) -> int:
         print(json.dumps([device.to_json() for device in devices], indent=2))
     else:
         print(_device_table(devices))
+    return EXIT_OK
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    prepared = prepare_track(args.track, args.data_dir)
+    print(f"{prepared.name}: {prepared.path}")
+    print(f"train_tokens: {prepared.train_tokens}  val_tokens: {prepared.val_tokens}")
+    if prepared.entropy_floor_bpb is not None:
+        print(f"entropy_floor_bpb: {prepared.entropy_floor_bpb:.6f}")
     return EXIT_OK
 
 

@@ -26,7 +26,6 @@ DEFAULT_ATTEMPTS = 5
 DEFAULT_WAIT_S = 1.0
 DEFAULT_MAX_WAIT_S = 30.0
 DEFAULT_TIMEOUT_S = 30.0
-_CHUNK = 1 << 16
 
 
 class _TransientError(Exception):
@@ -77,7 +76,10 @@ def sha256_file(path: Path) -> str:
 def _fetch(client: httpx.Client, url: str, part: Path) -> None:
     """One attempt: ask for the bytes ``part`` lacks and append them."""
     offset = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    # Ranges count encoded bytes, so ask for none: what arrives is what the checksum covers.
+    headers = {"Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
     try:
         with client.stream("GET", url, headers=headers) as response:
             if response.status_code == 416 and offset:
@@ -85,7 +87,8 @@ def _fetch(client: httpx.Client, url: str, part: Path) -> None:
             _check_status(response, url)
             resumed = response.status_code == 206
             with part.open("ab" if resumed else "wb") as handle:
-                for chunk in response.iter_bytes(_CHUNK):
+                # No chunk size: each piece is written as it arrives, so a cut keeps it.
+                for chunk in response.iter_raw():
                     handle.write(chunk)
     except httpx.TransportError as exc:
         raise _TransientError(_describe(exc)) from exc
@@ -115,7 +118,9 @@ def _backoff(base_s: float, cap_s: float) -> Callable[[RetryCallState], float]:
     """``min(cap, base * 2**n) * U(0.5, 1)``: capped exponential with jitter."""
 
     def wait(state: RetryCallState) -> float:
-        return min(cap_s, base_s * 2 ** (state.attempt_number - 1)) * random.uniform(0.5, 1.0)
+        return float(
+            min(cap_s, base_s * 2.0 ** (state.attempt_number - 1)) * random.uniform(0.5, 1.0)
+        )
 
     return wait
 

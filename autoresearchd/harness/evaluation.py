@@ -30,11 +30,17 @@ def evaluate_bpb(
     with torch.no_grad():
         for start in range(0, windows.size(0), batch_size):
             chunk = windows[start : start + batch_size].long()
-            logits = model(chunk[:, :-1])
-            total_nats += F.cross_entropy(
-                logits.float().reshape(-1, VOCAB_SIZE), chunk[:, 1:].reshape(-1), reduction="sum"
-            ).double()
+            logits = _at_least_float32(model(chunk[:, :-1]))
+            nats = F.cross_entropy(
+                logits.reshape(-1, VOCAB_SIZE), chunk[:, 1:].reshape(-1), reduction="none"
+            )
+            total_nats += nats.double().sum()
     return float(total_nats.item()) / (math.log(2) * eval_tokens)
+
+
+def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    """bf16 logits lose the digits that separate close runs; float64 ones are kept."""
+    return logits if logits.dtype == torch.float64 else logits.float()
 
 
 def _windows(val: torch.Tensor, seq_len: int, eval_tokens: int) -> torch.Tensor:

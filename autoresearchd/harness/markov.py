@@ -90,7 +90,7 @@ class MarkovSource:
             for symbol in successors
         ]
         last_byte = [self.spec.alphabet[(state // width) % size] for state in range(len(step))]
-        states = []
+        states: list[int] = []
         append = states.append
         state = start * width
         for pick in picks:

@@ -1,0 +1,154 @@
+"""Training throughput of train.py's model on CPU against a plain baseline, as a ratio.
+
+Both models have the same architecture and sizes (train.py's CPU configuration) and see
+the same batches. The baseline is what one writes without care for speed: separate
+query/key/value projections, attention as explicit matmuls with a mask and a softmax,
+hand-written RMSNorm, and a per-parameter (for-loop) AdamW. The two are measured in
+alternating short rounds in one process, so machine noise hits both alike; each model's
+best round counts (interference only ever slows a round down). The last line printed is
+the ratio (higher is better for train.py).
+
+    python benchmarks/train_throughput.py [--seconds 1] [--rounds 8] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+VOCAB = 256
+SEQ_LEN = 256
+
+
+def load_train_py() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("train", ROOT / "train.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class PlainBlock(nn.Module):
+    """The same block as train.py's, written the straightforward way."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v = (nn.Linear(width, width, bias=False) for _ in range(3))
+        self.proj = nn.Linear(width, width, bias=False)
+        self.up = nn.Linear(width, mlp_ratio * width, bias=False)
+        self.down = nn.Linear(mlp_ratio * width, width, bias=False)
+
+    def attention(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        split = [f(x).view(b, t, self.heads, c // self.heads) for f in (self.q, self.k, self.v)]
+        q, k = (plain_rotary(plain_norm(z), cos, sin).transpose(1, 2) for z in split[:2])
+        v = split[2].transpose(1, 2)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+        mask = torch.triu(torch.ones(t, t, dtype=torch.bool), diagonal=1)
+        weights = torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
+        return self.proj((weights @ v).transpose(1, 2).reshape(b, t, c))
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(plain_norm(x), cos, sin)
+        return x + self.down(torch.relu(self.up(plain_norm(x))) ** 2)
+
+
+class PlainGPT(nn.Module):
+    def __init__(self, depth: int, width: int, heads: int, mlp_ratio: int, cap: float) -> None:
+        super().__init__()
+        self.cap = cap
+        self.embed = nn.Embedding(VOCAB, width)
+        self.blocks = nn.ModuleList(PlainBlock(width, heads, mlp_ratio) for _ in range(depth))
+        self.head = nn.Linear(width, VOCAB, bias=False)
+        half = width // heads // 2
+        inv_freq = 1.0 / (10000 ** (torch.arange(half, dtype=torch.float32) / half))
+        angles = torch.outer(torch.arange(SEQ_LEN, dtype=torch.float32), inv_freq)
+        self.cos, self.sin = angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = plain_norm(self.embed(idx))
+        for block in self.blocks:
+            x = block(x, self.cos, self.sin)
+        return self.cap * torch.tanh(self.head(plain_norm(x)) / self.cap)
+
+
+def plain_norm(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+def plain_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+def tokens_per_second(
+    model: nn.Module, optimizer: torch.optim.Optimizer, batches: list[torch.Tensor], seconds: float
+) -> float:
+    """Train on the batches in a loop for ``seconds``; tokens per second of wall time."""
+    tokens, start, i = 0, time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        batch = batches[i % len(batches)]
+        logits = model(batch[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, VOCAB), batch[:, 1:].reshape(-1))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens, i = tokens + batch[:, 1:].numel(), i + 1
+    return tokens / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=1.0, help="per model per round")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=0, help="0: torch's default")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train = load_train_py()
+    shape = train.choose_shape(torch.device("cpu"), SEQ_LEN)
+    torch.manual_seed(0)
+    ours = train.GPT(shape)
+    plain = PlainGPT(shape.depth, shape.width, shape.heads, train.MLP_RATIO, train.LOGIT_SOFTCAP)
+    contenders = {
+        "train.py": (ours, train.make_optimizer(ours, torch.device("cpu"))),
+        "baseline": (plain, torch.optim.AdamW(plain.parameters(), lr=1e-3, foreach=False)),
+    }
+    batches = [torch.randint(0, VOCAB, (shape.micro_batch, SEQ_LEN + 1)) for _ in range(8)]
+    print(
+        f"cpu threads {torch.get_num_threads()} | depth {shape.depth} | width {shape.width}"
+        f" | batch {shape.micro_batch}x{SEQ_LEN} tokens"
+    )
+    for model, optimizer in contenders.values():
+        tokens_per_second(model, optimizer, batches, 0.5)  # warm caches and the allocator
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(args.rounds):
+        for name, (model, optimizer) in contenders.items():
+            rates[name].append(tokens_per_second(model, optimizer, batches, args.seconds))
+    best = {name: max(values) for name, values in rates.items()}
+    for name, values in rates.items():
+        median = statistics.median(values)
+        print(f"{name:<9} best {best[name]:>8,.0f} tokens/s | median {median:>8,.0f} tokens/s")
+    print(f"ratio train.py/baseline: {best['train.py'] / best['baseline']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
