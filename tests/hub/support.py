@@ -118,24 +118,28 @@ def hub_process(folder: Path, port: int | None = None) -> Iterator[HubProcess]:
     config = write_hub_config(folder, port)
     init = cli("hub", "init", "--config", str(config))
     assert init.returncode == 0, init.stderr
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "autoresearchd", "hub", "serve", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    log_path = folder / "hub.log"
+    with log_path.open("wb") as log_file:  # a file, not a pipe: a full pipe would stall the hub
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "autoresearchd", "hub", "serve", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
     url = f"http://127.0.0.1:{port}/"
     try:
-        wait_healthy(url, proc)
+        wait_healthy(url, proc, log_path)
         yield HubProcess(url, folder / "state" / "hub.sqlite", proc)
     finally:
         stop(proc)
 
 
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+def wait_healthy(
+    url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 20.0
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"hub exited: {proc.stderr.read() if proc.stderr else b''!r}")
+            raise AssertionError(f"hub exited: {log_path.read_text()}")
         try:
             if httpx.get(f"{url}healthz", timeout=1).status_code == 200:
                 return
@@ -152,5 +156,3 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    if proc.stderr:
-        proc.stderr.close()
