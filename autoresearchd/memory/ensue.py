@@ -70,6 +70,7 @@ DEFAULT_MAX_BACKOFF_S = 2.0
 NOTE_KINDS = ("hypotheses", "insights")
 #: JSON-RPC error codes our hub uses (see ``autoresearchd.hub.rpc``).
 CONFLICT = -32009
+FORBIDDEN = -32003
 GET_BATCH = 100
 LIST_LIMIT = 10_000
 #: How often a compare-and-set loop may lose before the call gives up (each loss means
@@ -201,9 +202,14 @@ class EnsueRpc:
         return state.attempt_number >= self._attempts or (hint or 0.0) > self._max_backoff_s
 
     async def call(
-        self, tool: str, arguments: Mapping[str, Any], *, key: str = "", tolerate: int = 0
+        self,
+        tool: str,
+        arguments: Mapping[str, Any],
+        *,
+        key: str = "",
+        tolerate: tuple[int, ...] = (),
     ) -> Reply:
-        """Call ``tool``; a JSON-RPC error is returned only if its code is ``tolerate``."""
+        """Call ``tool``; a JSON-RPC error is returned only if its code is in ``tolerate``."""
         body = {
             "jsonrpc": "2.0",
             "method": "tools/call",
@@ -218,7 +224,7 @@ class EnsueRpc:
             reraise=True,
         )
         reply: Reply = await retrying(self._post, tool, body, key)
-        if reply.error_code is not None and (reply.error_code != tolerate or not tolerate):
+        if reply.error_code is not None and reply.error_code not in tolerate:
             raise MemoryBackendError(
                 f"{tool} failed: {reply.error_message or reply.error_code}",
                 backend=BACKEND,
@@ -419,7 +425,7 @@ class EnsueMemory:
         self._check_open()
         item = {"key_name": key, "description": description, "value": _encode(text)}
         reply = await self._rpc.call(
-            "create_memory", {"items": [{**item, "base64": True}]}, key=key, tolerate=CONFLICT
+            "create_memory", {"items": [{**item, "base64": True}]}, key=key, tolerate=(CONFLICT,)
         )
         if reply.error_code is not None:
             return False
@@ -443,12 +449,17 @@ class EnsueMemory:
             found.update(_stored_entries(reply.payload))
         return [found.get(key) for key in keys]
 
-    async def _update(self, key: str, text: str, version: int | None) -> bool:
-        """Write ``key``; with a version, compare-and-set: False when someone wrote first."""
+    async def _update(
+        self, key: str, text: str, version: int | None, *, lost: tuple[int, ...] = (CONFLICT,)
+    ) -> bool:
+        """Write ``key``; with a version, compare-and-set: False when someone wrote first.
+
+        ``lost`` lists the error codes that mean "someone else won" rather than a fault.
+        """
         arguments: dict[str, Any] = {"key_name": key, "value": _encode(text), "base64": True}
         if version is not None:
             arguments["if_match"] = version
-        reply = await self._rpc.call("update_memory", arguments, key=key, tolerate=CONFLICT)
+        reply = await self._rpc.call("update_memory", arguments, key=key, tolerate=lost)
         return reply.error_code is None
 
     async def _write_verified(self, key: str, text: str, version: int | None) -> bool:
@@ -456,6 +467,9 @@ class EnsueMemory:
         if version is not None:
             return await self._update(key, text, version)
         await self._update(key, text, None)
+        return await self._reads_back(key, text)
+
+    async def _reads_back(self, key: str, text: str) -> bool:
         (again,) = await self._get([key])
         return again is not None and again.text == text
 
@@ -498,8 +512,9 @@ class EnsueMemory:
                 continue  # released by deletion between our calls: try to create again
             if not _claim_free_for(_json(stored.text), track, sha256, agent_id, now):
                 return False
-            if await self._write_verified(key, text, stored.version):
-                return True
+            # A hub whose clock says the claim is still live refuses (FORBIDDEN): claim lost.
+            if await self._update(key, text, stored.version, lost=(CONFLICT, FORBIDDEN)):
+                return stored.version is not None or await self._reads_back(key, text)
         return False
 
     async def release(self, track: str, sha256: str, agent_id: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -243,3 +244,20 @@ def test_missing_org_or_key_file_is_a_config_error(tmp_path: Path) -> None:
     del config["memory"]["org"]
     with pytest.raises(ConfigError, match=r"memory\.org"):
         open_memory(parse_config(config))
+
+
+async def test_taking_over_another_agents_claim_follows_the_hubs_clock(hub: InProcessHub) -> None:
+    """Separate keys: an expired claim is taken over; one the hub still sees live is lost."""
+    alice_key, bob_key = await hub.agent("alice"), await hub.agent("bob")
+    live_clock, old_clock = FakeClock(time.time()), FakeClock()
+    async with hub.memory(alice_key, clock=live_clock) as alice:
+        assert await alice.claim(TRACK, "sha-live", "alice", 60.0)
+    async with hub.memory(alice_key, clock=old_clock) as alice:
+        assert await alice.claim(TRACK, "sha-old", "alice", 60.0)
+    live_clock.advance(61.0)  # bob's clock runs ahead of the hub's
+    old_clock.advance(61.0)
+    async with hub.memory(bob_key, clock=live_clock) as bob:
+        assert not await bob.claim(TRACK, "sha-live", "bob", 60.0)
+    async with hub.memory(bob_key, clock=old_clock) as bob:
+        assert await bob.claim(TRACK, "sha-old", "bob", 60.0)
+        assert await bob.was_run(TRACK, "sha-old")
