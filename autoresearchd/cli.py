@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     trust.add_argument("baseline", type=Path, help="the trusted train.py")
     trust.add_argument("candidate", type=Path, help="the train.py to judge")
     trust.set_defaults(handler=cmd_trust_check)
+    _add_hub_commands(commands)
     return parser
 
 
@@ -239,3 +240,32 @@ async def _read_bests(config: Config, track: str) -> tuple[Best | None, dict[str
         best = await memory.get_best(track)
         tiers = {tier: b for tier in TIERS if (b := await memory.get_best(track, tier))}
     return best, tiers
+
+
+def _add_hub_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    hub = commands.add_parser("hub", help="run or set up a hub that speaks the Ensue protocol")
+    hub_commands = hub.add_subparsers(title="hub commands", metavar="COMMAND", required=True)
+    serve = hub_commands.add_parser("serve", help="serve the hub until stopped")
+    _config_option(serve)
+    serve.set_defaults(handler=cmd_hub_serve)
+    init = hub_commands.add_parser("init", help="create the org, print an admin key, seed best/")
+    _config_option(init)
+    init.add_argument("--baseline", type=Path, metavar="TRAIN_PY", help="seed best/ with it")
+    init.set_defaults(handler=cmd_hub_init)
+
+
+def cmd_hub_serve(args: argparse.Namespace) -> int:
+    from autoresearchd.hub.app import serve  # needs the hub extra; the daemon does not
+
+    config = load_config(args.config)
+    configure_logging(config.daemon.log_format, config.daemon.log_level, sys.stderr)
+    anyio.run(serve, config)
+    return EXIT_OK
+
+
+def cmd_hub_init(args: argparse.Namespace) -> int:
+    from autoresearchd.hub.app import init_hub
+
+    api_key = anyio.run(init_hub, load_config(args.config), args.baseline)
+    print(api_key)
+    return EXIT_OK

@@ -34,6 +34,11 @@ DEFAULT_KEEP_RUNS = 50
 DEFAULT_MAX_TEMPERATURE_C = 85
 DEFAULT_HEALTH_INTERVAL_S = 10.0
 DEFAULT_MAX_CHANGES = 3
+DEFAULT_HUB_PORT = 8765
+DEFAULT_HUB_MAX_BODY_BYTES = 1_048_576
+DEFAULT_HUB_MAX_VALUE_BYTES = 524_288
+DEFAULT_HUB_RATE_PER_S = 50.0
+DEFAULT_HUB_RATE_BURST = 200
 DEFAULT_WORKSPACE_IGNORE = (".git", ".venv", "__pycache__", "*.pyc", ".mypy_cache", "state")
 
 GPUS_EXPECTED = 'expected "auto", "none" or a list of indices/UUIDs'
@@ -98,6 +103,19 @@ class MemoryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HubConfig:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = DEFAULT_HUB_PORT
+    database: Path = field(default=UNSET_PATH, metadata=PATH)  # empty: <state_dir>/hub.sqlite
+    org: str = ""
+    public_url: str = ""  # empty: claim links use the address a request came to
+    max_body_bytes: int = DEFAULT_HUB_MAX_BODY_BYTES
+    max_value_bytes: int = DEFAULT_HUB_MAX_VALUE_BYTES
+    rate_limit_per_s: float = DEFAULT_HUB_RATE_PER_S
+    rate_limit_burst: int = DEFAULT_HUB_RATE_BURST
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: Path = Path("<defaults>")
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
@@ -105,6 +123,7 @@ class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     proposer: ProposerConfig = field(default_factory=ProposerConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
 
     @property
     def claim_ttl_s(self) -> float:
@@ -127,6 +146,7 @@ SECTIONS: dict[str, type[Any]] = {
     "experiment": ExperimentConfig,
     "proposer": ProposerConfig,
     "memory": MemoryConfig,
+    "hub": HubConfig,
 }
 
 #: Extra checks beyond the type, keyed by dotted path: return an error text or None.
@@ -153,6 +173,11 @@ CHECKS: dict[str, Check] = {
     "experiment.keep_runs": _positive,
     "proposer.max_changes": _positive,
     "memory.claim_ttl_s": _non_negative,
+    "hub.listen_port": _non_negative,
+    "hub.max_body_bytes": _positive,
+    "hub.max_value_bytes": _positive,
+    "hub.rate_limit_per_s": _positive,
+    "hub.rate_limit_burst": _positive,
 }
 
 

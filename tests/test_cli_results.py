@@ -169,13 +169,12 @@ def test_corrupt_memory_is_one_line_on_stderr(config: Path) -> None:
     assert str(memory_path(config)) in done.stderr
 
 
-def test_ensue_backend_is_refused_with_one_line(config: Path) -> None:
+def test_incomplete_ensue_config_is_refused_with_one_line(config: Path) -> None:
     config.write_text('[memory]\nbackend = "ensue"\nurl = "https://example.org/mcp"\n')
     done = cli("best", "--config", str(config))
     assert done.returncode == 2
-    assert done.stderr.strip().endswith(
-        'the ensue backend is not available yet; use backend = "sqlite"'
-    )
+    assert done.stderr.count("\n") == 1
+    assert done.stderr.strip().endswith('memory.org: expected a value when backend = "ensue"')
 
 
 @pytest.mark.parametrize("limit", ["0", "-3", "many"])

@@ -1,20 +1,22 @@
 """Collective memory backends: where workers read the best and publish results.
 
-``protocol`` defines what a worker needs; ``sqlite`` is the embedded solo-mode backend.
-:func:`open_memory` builds the backend the config names, unopened: use it with
-``async with``; :func:`memory_exists` lets read-only commands avoid creating one. The
-``ensue`` backend is not available yet.
+``protocol`` defines what a worker needs; ``sqlite`` is the embedded solo-mode backend
+and ``ensue`` the network one (the public Ensue network or our hub). :func:`open_memory`
+builds the backend the config names, unopened: use it with ``async with``;
+:func:`memory_exists` lets read-only commands avoid creating one.
 """
 
 from __future__ import annotations
 
-from autoresearchd.config import Config
-from autoresearchd.errors import MemoryBackendError
+from autoresearchd.config import UNSET_PATH, Config
+from autoresearchd.errors import ConfigError
+from autoresearchd.memory.ensue import EnsueMemory, read_api_key
 from autoresearchd.memory.protocol import CollectiveMemory, Note, PublishOutcome
 from autoresearchd.memory.sqlite import SqliteMemory
 
 __all__ = [
     "CollectiveMemory",
+    "EnsueMemory",
     "Note",
     "PublishOutcome",
     "SqliteMemory",
@@ -25,13 +27,21 @@ __all__ = [
 
 def open_memory(config: Config) -> CollectiveMemory:
     """The collective memory ``config.memory`` selects, not yet opened."""
-    backend = config.memory.backend
-    if backend == "sqlite":
-        return SqliteMemory(config.memory.path)
-    raise MemoryBackendError(
-        f'the {backend} backend is not available yet; use backend = "sqlite"',
-        backend=backend,
-    )
+    memory = config.memory
+    if memory.backend == "sqlite":
+        return SqliteMemory(memory.path)
+    for key, missing in (
+        ("org", not memory.org),
+        ("api_key_file", memory.api_key_file == UNSET_PATH),
+    ):
+        if missing:
+            raise ConfigError(
+                'expected a value when backend = "ensue"',
+                path=str(config.source),
+                key=f"memory.{key}",
+            )
+    api_key = read_api_key(memory.api_key_file)
+    return EnsueMemory(memory.url, memory.org, api_key, primary_track=config.experiment.track)
 
 
 def memory_exists(config: Config) -> bool:

@@ -224,9 +224,3 @@ def test_open_memory_builds_sqlite_at_the_configured_path(tmp_path: Path) -> Non
     assert isinstance(memory, SqliteMemory)
     assert memory.path == tmp_path / "m.sqlite"
     assert not memory.path.exists()  # building does not open
-
-
-def test_open_memory_refuses_ensue_for_now() -> None:
-    config = parse_config({"memory": {"backend": "ensue", "url": "https://example.org/mcp"}})
-    with pytest.raises(MemoryBackendError, match="ensue backend is not available yet"):
-        open_memory(config)

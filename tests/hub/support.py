@@ -1,0 +1,158 @@
+"""Helpers that build real hubs for tests: in-process apps and ``hub serve`` processes."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+
+from autoresearchd.config import HubConfig
+from autoresearchd.hub.app import build_app
+from autoresearchd.hub.auth import hash_key, new_api_key
+from autoresearchd.hub.store import Agent, SqliteStore
+from autoresearchd.memory.ensue import EnsueMemory
+
+ORG = "test"
+TRACK = "synthetic"
+URL = "http://hub.test/"
+#: Tests drive the hub much harder than one daemon would; the limit is tested on its own.
+TEST_HUB = HubConfig(rate_limit_per_s=1e6, rate_limit_burst=1_000_000)
+
+_orgs = itertools.count()
+
+
+@dataclass
+class InProcessHub:
+    """A hub app over a fresh SQLite file, reached through ``httpx.ASGITransport``."""
+
+    store: SqliteStore
+    app: Starlette
+
+    def transport(self) -> httpx.ASGITransport:
+        return httpx.ASGITransport(app=self.app)
+
+    async def agent(self, name: str, *, admin: bool = False) -> str:
+        key = new_api_key()
+        assert await self.store.register(Agent(name, is_admin=admin), hash_key(key), "c", 0.0)
+        return key
+
+    def memory(self, key: str, **options: Any) -> EnsueMemory:
+        return EnsueMemory(
+            URL, ORG, key, primary_track=TRACK, transport=self.transport(), **options
+        )
+
+
+async def in_process_hub(path: Path, config: HubConfig = TEST_HUB) -> InProcessHub:
+    store = SqliteStore(path)
+    await store.create_org(ORG, 0.0)
+    return InProcessHub(store, build_app(store, config))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_hub_config(folder: Path, port: int, **hub: Any) -> Path:
+    settings = {"listen_port": port, "org": ORG, "rate_limit_per_s": 1e6, "rate_limit_burst": 10**6}
+    settings.update(hub)
+    lines = ["[daemon]", f'state_dir = "{folder / "state"}"', "[hub]"]
+    lines += [
+        f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in settings.items()
+    ]
+    path = folder / "hub.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "autoresearchd", *args], capture_output=True, text=True, check=False
+    )
+
+
+@dataclass
+class HubProcess:
+    """A real ``autoresearchd hub serve`` process on loopback."""
+
+    url: str
+    database: Path
+    proc: subprocess.Popen[bytes]
+
+    def register(self, name: str) -> str:
+        reply = httpx.post(f"{self.url}auth/agent-register", json={"name": name}, timeout=10)
+        reply.raise_for_status()
+        return str(reply.json()["api_key"])
+
+    def new_org(self) -> str:
+        """A fresh, empty org: created straight in the hub's database while it runs."""
+        import anyio
+
+        name = f"org{next(_orgs)}-{os.getpid()}"
+
+        async def create() -> None:
+            store = SqliteStore(self.database)
+            await store.create_org(name, time.time())
+            await store.close()
+
+        anyio.run(create)
+        return name
+
+
+@contextmanager
+def hub_process(folder: Path, port: int | None = None) -> Iterator[HubProcess]:
+    """Start ``hub serve`` on a free loopback port; stop it on exit."""
+    port = port or free_port()
+    config = write_hub_config(folder, port)
+    init = cli("hub", "init", "--config", str(config))
+    assert init.returncode == 0, init.stderr
+    log_path = folder / "hub.log"
+    with log_path.open("wb") as log_file:  # a file, not a pipe: a full pipe would stall the hub
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "autoresearchd", "hub", "serve", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_healthy(url, proc, log_path)
+        yield HubProcess(url, folder / "state" / "hub.sqlite", proc)
+    finally:
+        stop(proc)
+
+
+def wait_healthy(
+    url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 20.0
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"hub exited: {log_path.read_text()}")
+        try:
+            if httpx.get(f"{url}healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise AssertionError("hub did not become healthy")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
