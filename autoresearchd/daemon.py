@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import signal
+import sys
 from enum import Enum
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import structlog
 
 from autoresearchd import __version__
 from autoresearchd.config import Config, load_config
-from autoresearchd.errors import AutoresearchdError, ConfigError
+from autoresearchd.errors import AutoresearchdError, ConfigError, DataError
 from autoresearchd.gpus import Discovery, Gpus, plan_devices, select_gpus
 from autoresearchd.harness.prepare import prepare_track
 from autoresearchd.memory import open_memory
@@ -124,7 +125,23 @@ class Daemon:
         log.info("daemon_stopped", outbox_flushed=flushed, pending=self.ctx.outbox.depth())
 
     async def _prepare_data(self, config: Config) -> None:
+        """Prepare the track in a child process, so the daemon's memory never holds the data."""
         exp = config.experiment
+        command = [
+            sys.executable,
+            "-m",
+            "autoresearchd",
+            "prepare",
+            "--track",
+            exp.track,
+            "--data-dir",
+            str(exp.data_dir),
+        ]
+        done = await anyio.run_process(command, check=False)
+        if done.returncode != 0:
+            lines = done.stderr.decode(errors="replace").strip().splitlines() or ["no output"]
+            raise DataError(lines[-1].removeprefix("autoresearchd: "), track=exp.track)
+        # Already prepared, so this only reads the metadata back.
         prepared = await anyio.to_thread.run_sync(prepare_track, exp.track, exp.data_dir)
         log.info(
             "data_ready",

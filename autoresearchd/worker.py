@@ -38,6 +38,17 @@ log = structlog.get_logger(__name__)
 IDLE_PAUSE_S = 5.0
 #: Pause after an unexpected error inside one worker; the others carry on meanwhile.
 ERROR_PAUSE_S = 30.0
+#: Proposals to try in one go when other workers keep winning the claims.
+CLAIM_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A claimed candidate, ready to run, and the best it was proposed against."""
+
+    candidate: Candidate
+    best: Best | None
+    claimed_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -52,6 +63,9 @@ class WorkerContext:
     draining: anyio.Event = field(default_factory=anyio.Event)
     stop_runs: anyio.Event = field(default_factory=anyio.Event)
     software: dict[str, str] = field(default_factory=dict)
+    #: Candidates this daemon's workers hold: a claim by our own agent would succeed again,
+    #: so workers in one daemon keep each other off the same candidate with this set.
+    in_flight: set[str] = field(default_factory=set)
     new_seed: Callable[[], int] = field(default=lambda: random.SystemRandom().randrange(2**31))
 
 
@@ -77,7 +91,9 @@ class Worker:
         self.run_started_at: float | None = None
         self.last_val_bpb: float | None = None
         self._best: Best | None = None
-        self._next: Candidate | None = None
+        self._next: Prepared | None = None
+        self._to_release: list[Candidate] = []
+        self._moved_best = False
         self._proposer_for: object = None
         self._proposer: Proposer | None = None
         self._flap_delay = 0.0
@@ -94,6 +110,7 @@ class Worker:
             if self.ctx.draining.is_set():
                 break
             await self._guarded_cycle()
+        await self._release_all()
         log.info("worker_stopped")
 
     async def _guarded_cycle(self) -> None:
@@ -109,26 +126,80 @@ class Worker:
 
     async def cycle(self) -> None:
         """One candidate, from proposal to queued results."""
-        best = await self.read_best()
-        candidate = self._take_prefetched(best) or await self.propose(best)
-        if candidate is None:
+        ready = await self._refresh(self._take_prepared()) or await self.prepare()
+        if ready is None:
             await pause(IDLE_PAUSE_S, self.ctx.draining)
             return
-        log.info(
-            "candidate_proposed",
-            sha=candidate.sha256[:12],
-            proposer=candidate.proposer,
-            description=candidate.description,
-        )
-        if not await self.claim(candidate):
-            return
-        self.current = candidate
+        self.current = ready.candidate
         try:
-            await self.evaluate(candidate, best)
+            await self.evaluate(ready.candidate, ready.best)
         finally:
             self.current = None
-            await self.release(candidate)
+            # Released during the next run, so the memory round-trip is not a gap between runs.
+            self._to_release.append(ready.candidate)
         await self._maybe_back_off()
+
+    async def prepare(self) -> Prepared | None:
+        """Everything a run needs from the memory: the best, a fresh candidate, its claim."""
+        for _ in range(CLAIM_ATTEMPTS):
+            best = await self.read_best()
+            candidate = await self.propose(best)
+            if candidate is None:
+                return None
+            log.info(
+                "candidate_proposed",
+                sha=candidate.sha256[:12],
+                proposer=candidate.proposer,
+                description=candidate.description,
+            )
+            if await self.claim(candidate):
+                return Prepared(candidate, best)
+        return None
+
+    def _take_prepared(self) -> Prepared | None:
+        ready, self._next = self._next, None
+        if ready is not None and self._moved_best:
+            # Proposed from a best we have since beaten: make a fresh one from the new best.
+            self._to_release.append(ready.candidate)
+            ready = None
+        self._moved_best = False
+        return ready
+
+    async def _refresh(self, ready: Prepared | None) -> Prepared | None:
+        """Renew the claim of a candidate that waited long (e.g. through replicates)."""
+        if ready is None or time.monotonic() - ready.claimed_at < self.config.claim_ttl_s / 2:
+            return ready
+        track, agent = self.config.experiment.track, self.config.daemon.agent
+        try:
+            won = await self.ctx.memory.claim(
+                track, ready.candidate.sha256, agent, self.config.claim_ttl_s
+            )
+        except MemoryBackendError:
+            won = True  # out of reach: run it, as an unclaimed run would
+        if won:
+            return Prepared(ready.candidate, ready.best)
+        self.ctx.in_flight.discard(ready.candidate.sha256)
+        log.info("claim_lost", sha=ready.candidate.sha256[:12], reason="expired while waiting")
+        return None
+
+    async def _alongside_run(self) -> None:
+        """While a run trains: release finished claims and prepare the next candidate."""
+        await self._release_finished()
+        if self._next is None and not self.ctx.draining.is_set():
+            try:
+                self._next = await self.prepare()
+            except AutoresearchdError as exc:
+                log.warning("prefetch_failed", error=str(exc))
+
+    async def _release_finished(self) -> None:
+        while self._to_release:
+            await self.release(self._to_release.pop())
+
+    async def _release_all(self) -> None:
+        if self._next is not None:
+            self._to_release.append(self._next.candidate)
+            self._next = None
+        await self._release_finished()
 
     # -- the memory, degrading gracefully when it is out of reach ------------------------
 
@@ -150,6 +221,10 @@ class Worker:
 
     async def claim(self, candidate: Candidate) -> bool:
         track, agent = self.config.experiment.track, self.config.daemon.agent
+        if candidate.sha256 in self.ctx.in_flight:
+            log.info("claim_lost", sha=candidate.sha256[:12], holder="this daemon")
+            return False
+        self.ctx.in_flight.add(candidate.sha256)
         try:
             won = await self.ctx.memory.claim(
                 track, candidate.sha256, agent, self.config.claim_ttl_s
@@ -161,11 +236,13 @@ class Worker:
         if won:
             log.info("claim_acquired", sha=candidate.sha256[:12])
         else:
+            self.ctx.in_flight.discard(candidate.sha256)
             log.info("claim_lost", sha=candidate.sha256[:12])
         return won
 
     async def release(self, candidate: Candidate) -> None:
         track, agent = self.config.experiment.track, self.config.daemon.agent
+        self.ctx.in_flight.discard(candidate.sha256)
         with anyio.CancelScope(shield=True):
             try:
                 await self.ctx.memory.release(track, candidate.sha256, agent)
@@ -200,19 +277,6 @@ class Worker:
             )
         )
         return await self.proposer().propose(parent, self.is_known)
-
-    def _take_prefetched(self, best: Best | None) -> Candidate | None:
-        candidate, self._next = self._next, None
-        parent_sha = best.train_py_sha256 if best else None
-        if candidate is not None and candidate.parent_sha256 in (parent_sha, None):
-            return candidate
-        return None
-
-    async def _prefetch(self, best: Best | None) -> None:
-        try:
-            self._next = await self.propose(best)
-        except AutoresearchdError as exc:
-            log.warning("prefetch_failed", error=str(exc))
 
     # -- running and judging ---------------------------------------------------------
 
@@ -265,10 +329,10 @@ class Worker:
             await self.queue(last)
 
     async def run_with_prefetch(self, candidate: Candidate, best: Best | None) -> Result | None:
-        """Run ``candidate`` while the next candidate is prepared alongside."""
+        """Run ``candidate`` while the memory work for the next run happens alongside."""
         result: Result | None = None
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._prefetch, best)
+            tg.start_soon(self._alongside_run)
             result = await self.run(candidate, best)
         return result
 
@@ -350,6 +414,7 @@ class Worker:
         with anyio.CancelScope(shield=True):  # a result half-handled is a result lost
             await anyio.to_thread.run_sync(self.ctx.outbox.put, result)
         self.ctx.publisher.notify()
+        self._moved_best = self._moved_best or result.status is Status.KEEP
         log.info(
             "result_queued",
             result_id=result.id,
