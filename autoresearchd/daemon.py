@@ -62,6 +62,7 @@ class Daemon:
         self.workers: list[Worker] = []
         self.forced = False
         self.ctx: WorkerContext | None = None
+        self._early_drain = ""
 
     async def serve(self) -> int:
         if self.state is not State.CREATED:
@@ -99,6 +100,8 @@ class Daemon:
 
     async def _supervise(self, devices: list[Device]) -> int:
         assert self.ctx is not None
+        if self._early_drain:
+            self.drain(self._early_drain)
         log.info(
             "daemon_started",
             agent=self.config.daemon.agent,
@@ -165,8 +168,13 @@ class Daemon:
                     scope.cancel()
 
     def drain(self, reason: str) -> None:
-        """Stage one: stop claiming, and stop running experiments after the grace period."""
-        assert self.ctx is not None
+        """Stage one: stop claiming, and stop running experiments after the grace period.
+
+        Asked for during start-up, it takes effect as soon as the workers exist.
+        """
+        if self.ctx is None:
+            self._early_drain = reason
+            return
         self.state = State.DRAINING
         mode = self.config.daemon.on_shutdown
         log.info(

@@ -44,10 +44,9 @@ CLAIM_ATTEMPTS = 3
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A claimed candidate, ready to run, and the best it was proposed against."""
+    """A claimed candidate, ready to run."""
 
     candidate: Candidate
-    best: Best | None
     claimed_at: float = field(default_factory=time.monotonic)
 
 
@@ -67,6 +66,20 @@ class WorkerContext:
     #: so workers in one daemon keep each other off the same candidate with this set.
     in_flight: set[str] = field(default_factory=set)
     new_seed: Callable[[], int] = field(default=lambda: random.SystemRandom().randrange(2**31))
+
+
+def best_from(result: Result) -> Best:
+    """The best a kept result makes, as this worker knows it before the memory confirms."""
+    return Best(
+        track=result.track,
+        tier=result.vram_tier,
+        val_bpb=result.best_bpb or math.inf,
+        train_py=result.train_py,
+        train_py_sha256=result.train_py_sha256,
+        result_id=result.id,
+        agent_id=result.agent_id,
+        updated_at=result.completed_at,
+    )
 
 
 def improves(val_bpb: float | None, best: Best | None, min_improvement: float) -> bool:
@@ -91,6 +104,7 @@ class Worker:
         self.run_started_at: float | None = None
         self.last_val_bpb: float | None = None
         self._best: Best | None = None
+        self._own_best: Best | None = None
         self._next: Prepared | None = None
         self._to_release: list[Candidate] = []
         self._moved_best = False
@@ -132,7 +146,7 @@ class Worker:
             return
         self.current = ready.candidate
         try:
-            await self.evaluate(ready.candidate, ready.best)
+            await self.evaluate(ready.candidate)
         finally:
             self.current = None
             # Released during the next run, so the memory round-trip is not a gap between runs.
@@ -153,7 +167,7 @@ class Worker:
                 description=candidate.description,
             )
             if await self.claim(candidate):
-                return Prepared(candidate, best)
+                return Prepared(candidate)
         return None
 
     def _take_prepared(self) -> Prepared | None:
@@ -177,7 +191,7 @@ class Worker:
         except MemoryBackendError:
             won = True  # out of reach: run it, as an unclaimed run would
         if won:
-            return Prepared(ready.candidate, ready.best)
+            return Prepared(ready.candidate)
         self.ctx.in_flight.discard(ready.candidate.sha256)
         log.info("claim_lost", sha=ready.candidate.sha256[:12], reason="expired while waiting")
         return None
@@ -204,14 +218,18 @@ class Worker:
     # -- the memory, degrading gracefully when it is out of reach ------------------------
 
     async def read_best(self) -> Best | None:
-        """The best for this device's tier, else the track's; the last known on failure."""
+        """The best for this device's tier, else the track's; the last known on failure.
+
+        Our own latest keep counts too: the publisher may not have delivered it yet.
+        """
         track = self.config.experiment.track
         try:
             best = await self.ctx.memory.get_best(track, self.device.tier)
             self._best = best or await self.ctx.memory.get_best(track)
         except MemoryBackendError as exc:
             log.warning("best_unavailable", error=str(exc))
-        return self._best
+        known = [b for b in (self._best, self._own_best) if b is not None]
+        return min(known, key=lambda b: b.val_bpb) if known else None
 
     async def is_known(self, sha256: str) -> bool:
         try:
@@ -280,9 +298,13 @@ class Worker:
 
     # -- running and judging ---------------------------------------------------------
 
-    async def evaluate(self, candidate: Candidate, best: Best | None) -> None:
-        """Run a candidate, and its replicates when it looks like an improvement."""
-        result = await self.run_with_prefetch(candidate, best)
+    async def evaluate(self, candidate: Candidate) -> None:
+        """Run a candidate, and its replicates when it looks like an improvement.
+
+        Each result is judged against the best as it stands after the run, not as it
+        stood when the candidate was proposed: the best may have moved meanwhile.
+        """
+        result, best = await self.run_judged(candidate, alongside=True)
         if result is None:
             return
         min_improvement = self.config.experiment.min_improvement
@@ -304,7 +326,7 @@ class Worker:
             if self.ctx.draining.is_set():
                 return
             log.info("replicate_started", sha=candidate.sha256[:12], replicate=n)
-            result = await self.run(candidate, await self.read_best())
+            result, _ = await self.run_judged(candidate)
             if result is None:
                 return
             if result.status is not Status.DISCARD:
@@ -328,15 +350,23 @@ class Worker:
             log.info("replication_failed", mean_val_bpb=mean, runs=len(values))
             await self.queue(last)
 
-    async def run_with_prefetch(self, candidate: Candidate, best: Best | None) -> Result | None:
-        """Run ``candidate`` while the memory work for the next run happens alongside."""
-        result: Result | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._alongside_run)
-            result = await self.run(candidate, best)
-        return result
+    async def run_judged(
+        self, candidate: Candidate, *, alongside: bool = False
+    ) -> tuple[Result | None, Best | None]:
+        """Run ``candidate`` (with the next run's memory work alongside, if asked), then
+        read the best and record the result's distance to it."""
+        if alongside:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._alongside_run)
+                result = await self.run(candidate)
+        else:
+            result = await self.run(candidate)
+        best = await self.read_best()
+        if result is None or result.val_bpb is None or best is None:
+            return result, best
+        return result.with_(delta_vs_best=result.val_bpb - best.val_bpb), best
 
-    async def run(self, candidate: Candidate, best: Best | None) -> Result | None:
+    async def run(self, candidate: Candidate) -> Result | None:
         run_id = f"{self.config.daemon.agent}-{uuid.uuid4().hex[:12]}"
         seed = self.ctx.new_seed()
         structlog.contextvars.bind_contextvars(run_id=run_id)
@@ -348,7 +378,7 @@ class Worker:
         finally:
             self.run_started_at = None
             structlog.contextvars.unbind_contextvars("run_id")
-        return self.record(candidate, report, seed, best)
+        return self.record(candidate, report, seed)
 
     def spec(self, run_id: str, candidate: Candidate, seed: int) -> RunSpec:
         return RunSpec.from_config(
@@ -360,9 +390,7 @@ class Worker:
             seed=seed,
         )
 
-    def record(
-        self, candidate: Candidate, report: RunReport, seed: int, best: Best | None
-    ) -> Result | None:
+    def record(self, candidate: Candidate, report: RunReport, seed: int) -> Result | None:
         """Turn a run into a result; a run stopped by shutdown is no result at all."""
         log.info(
             "run_finished",
@@ -375,11 +403,9 @@ class Worker:
         self._flap_delay = self.flaps.record(report.outcome == "crash", report.duration_s)
         if report.outcome == "stopped":
             return None
-        return self.build_result(candidate, report, seed, best)
+        return self.build_result(candidate, report, seed)
 
-    def build_result(
-        self, candidate: Candidate, report: RunReport, seed: int, best: Best | None
-    ) -> Result:
+    def build_result(self, candidate: Candidate, report: RunReport, seed: int) -> Result:
         summary = report.summary
         val = summary.val_bpb if summary and report.outcome == "ok" else None
         self.last_val_bpb = val if val is not None else self.last_val_bpb
@@ -402,7 +428,6 @@ class Worker:
             started_at=report.started_at,
             completed_at=report.completed_at,
             duration_s=report.duration_s,
-            delta_vs_best=None if val is None or best is None else val - best.val_bpb,
             metrics=dict(summary.metrics) if summary else {},
             proposer=candidate.proposer,
             error=report.error,
@@ -414,7 +439,9 @@ class Worker:
         with anyio.CancelScope(shield=True):  # a result half-handled is a result lost
             await anyio.to_thread.run_sync(self.ctx.outbox.put, result)
         self.ctx.publisher.notify()
-        self._moved_best = self._moved_best or result.status is Status.KEEP
+        if result.status is Status.KEEP:
+            self._moved_best = True
+            self._own_best = best_from(result)
         log.info(
             "result_queued",
             result_id=result.id,
