@@ -157,7 +157,7 @@ class MemoryConformance:
     async def test_first_keep_result_sets_track_and_tier_best(
         self, memory: CollectiveMemory, clock: FakeClock
     ) -> None:
-        result = make_result(val_bpb=0.99, vram_tier="medium", agent_id="bob")
+        result = make_result(val_bpb=0.99, vram_tier="medium")
         outcome = await memory.publish(result)
         assert outcome.created
         assert set(outcome.best_improved) == {"track", "medium"}
@@ -165,7 +165,7 @@ class MemoryConformance:
             best = await memory.get_best(TRACK, tier)
             assert best is not None
             assert (best.track, best.tier, best.val_bpb) == (TRACK, tier, 0.99)
-            assert (best.result_id, best.agent_id) == (result.id, "bob")
+            assert (best.result_id, best.agent_id) == (result.id, result.agent_id)
             assert (best.train_py, best.train_py_sha256) == (
                 result.train_py,
                 result.train_py_sha256,
