@@ -38,7 +38,7 @@ class Note:
 
 @dataclass(frozen=True, slots=True)
 class BestChange:
-    """One move of a best: when (the memory's clock), to which result, by whom."""
+    """One move of a best: when (by the memory's clock: the hub's for a hub), to what, by whom."""
 
     at: float
     agent_id: str

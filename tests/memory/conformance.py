@@ -252,6 +252,29 @@ class MemoryConformance:
             assert best is not None
             assert (best.val_bpb, best.result_id) == (winner.val_bpb, winner.id)
 
+    async def test_best_history_lists_every_move_newest_first(
+        self, memory: CollectiveMemory, clock: FakeClock
+    ) -> None:
+        assert await memory.best_history(TRACK) == []
+        first = make_result(val_bpb=0.99, vram_tier="small")
+        await memory.publish(first)
+        clock.advance(10)
+        await memory.publish(make_result(val_bpb=1.2))  # moves nothing
+        second = make_result(val_bpb=0.95, vram_tier="medium")
+        await memory.publish(second)
+        history = await memory.best_history(TRACK)
+        assert [(c.result_id, c.val_bpb) for c in history] == [(second.id, 0.95), (first.id, 0.99)]
+        assert history[0].at >= history[1].at  # a network memory stamps moves by its own clock
+        latest = history[0]
+        assert (latest.agent_id, latest.description, latest.train_py_sha256) == (
+            second.agent_id,
+            second.description,
+            second.train_py_sha256,
+        )
+        assert [c.result_id for c in await memory.best_history(TRACK, "small")] == [first.id]
+        assert len(await memory.best_history(TRACK, limit=1)) == 1
+        assert await memory.best_history("other") == []
+
     # --- reading results ------------------------------------------------------------------
 
     async def test_results_are_newest_first_then_by_insertion(
