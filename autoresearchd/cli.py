@@ -316,6 +316,11 @@ def cmd_register(args: argparse.Namespace) -> int:
     registration = anyio.run(register_agent, url, args.name, args.email)
     write_api_key(key_file, registration.api_key, force=args.force)
     print(f"registered {registration.agent}; the API key is in {key_file} (mode 0600)")
+    if config.daemon.agent != registration.agent:
+        print(
+            f'set daemon.agent = "{registration.agent}" in {config.source}: the hub accepts'
+            " results only under the registered name"
+        )
     if registration.claim_url:
         print(f"verify the agent by opening: {registration.claim_url}")
     else:

@@ -290,6 +290,7 @@ def test_register_and_whoami_commands_end_to_end(tmp_path: Path, smtp: MailServe
         assert key.startswith("ard_") and key not in done.stdout + done.stderr
         assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
         assert "nova@ex.org" in done.stdout and "inbox" in done.stdout
+        assert 'set daemon.agent = "nova"' in done.stdout
         before = cli("whoami", "--config", config)
         assert before.returncode == 0 and "nova: not verified" in before.stdout
         assert httpx.get(smtp.inbox.link(), timeout=10).status_code == 200
