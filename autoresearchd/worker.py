@@ -62,6 +62,17 @@ def improves(val_bpb: float | None, best: Best | None, min_improvement: float) -
     return best is None or val_bpb < best.val_bpb - min_improvement
 
 
+def delta_vs_best(val_bpb: float | None, best: Best | None) -> float | None:
+    """``val_bpb`` minus the best's; None unless both are finite.
+
+    A hub seeds ``best/`` with an unscored baseline (an infinite ``val_bpb``), and an
+    infinite delta is not valid JSON for the other clients that read our records.
+    """
+    if val_bpb is None or best is None or not math.isfinite(best.val_bpb):
+        return None
+    return val_bpb - best.val_bpb
+
+
 class Worker:
     """Keeps one device busy with experiments until the daemon drains."""
 
@@ -76,8 +87,10 @@ class Worker:
         self.current: Candidate | None = None
         self.run_started_at: float | None = None
         self.last_val_bpb: float | None = None
+        self.results_queued = 0
         self._best: Best | None = None
         self._next: Candidate | None = None
+        self._baselines: set[str] = set()
         self._proposer_for: object = None
         self._proposer: Proposer | None = None
         self._flap_delay = 0.0
@@ -122,12 +135,15 @@ class Worker:
         )
         if not await self.claim(candidate):
             return
-        self.current = candidate
+        self.current, queued = candidate, self.results_queued
         try:
             await self.evaluate(candidate, best)
         finally:
             self.current = None
-            await self.release(candidate)
+            # Until a queued result is published only our claim says the candidate was
+            # run, so such a claim is left to expire; a run without a result frees it.
+            if self.results_queued == queued:
+                await self.release(candidate)
         await self._maybe_back_off()
 
     # -- the memory, degrading gracefully when it is out of reach ------------------------
@@ -187,8 +203,11 @@ class Worker:
 
     async def propose(self, best: Best | None) -> Candidate | None:
         baseline = self.baseline()
-        if best is None and not await self.is_known(baseline.sha256):
-            return baseline
+        # Once per process: with the memory out of reach, is_known cannot say it was run.
+        if best is None and baseline.sha256 not in self._baselines:
+            self._baselines.add(baseline.sha256)
+            if not await self.is_known(baseline.sha256):
+                return baseline
         parent = (
             baseline
             if best is None
@@ -256,7 +275,7 @@ class Worker:
         mean = statistics.fmean(v for v in values if v is not None)
         best = await self.read_best()
         if improves(mean, best, self.config.experiment.min_improvement):
-            delta = None if best is None else mean - best.val_bpb
+            delta = delta_vs_best(mean, best)
             await self.queue(
                 last.with_(status=Status.KEEP, confirmed_bpb=mean, delta_vs_best=delta)
             )
@@ -338,7 +357,7 @@ class Worker:
             started_at=report.started_at,
             completed_at=report.completed_at,
             duration_s=report.duration_s,
-            delta_vs_best=None if val is None or best is None else val - best.val_bpb,
+            delta_vs_best=delta_vs_best(val, best),
             metrics=dict(summary.metrics) if summary else {},
             proposer=candidate.proposer,
             error=report.error,
@@ -349,6 +368,7 @@ class Worker:
         """Durably queue a result for the publisher, then wake it."""
         with anyio.CancelScope(shield=True):  # a result half-handled is a result lost
             await anyio.to_thread.run_sync(self.ctx.outbox.put, result)
+            self.results_queued += 1
         self.ctx.publisher.notify()
         log.info(
             "result_queued",
