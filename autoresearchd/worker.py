@@ -82,6 +82,17 @@ def best_from(result: Result) -> Best:
     )
 
 
+def delta_vs_best(val_bpb: float | None, best: Best | None) -> float | None:
+    """``val_bpb`` minus the best's; None unless both are finite.
+
+    A hub seeds ``best/`` with an unscored baseline (an infinite ``val_bpb``), and an
+    infinite delta is not valid JSON for the other clients that read our records.
+    """
+    if val_bpb is None or best is None or not math.isfinite(best.val_bpb):
+        return None
+    return val_bpb - best.val_bpb
+
+
 def improves(val_bpb: float | None, best: Best | None, min_improvement: float) -> bool:
     """True when ``val_bpb`` beats the best by more than ``min_improvement``."""
     if val_bpb is None or not math.isfinite(val_bpb):
@@ -103,8 +114,11 @@ class Worker:
         self.current: Candidate | None = None
         self.run_started_at: float | None = None
         self.last_val_bpb: float | None = None
+        self.results_queued = 0
+        self._baselines: set[str] = set()
         self._best: Best | None = None
         self._own_best: Best | None = None
+        self._memory_answered = False  # a None best means "none yet" only once it has
         self._next: Prepared | None = None
         self._to_release: list[Candidate] = []
         self._moved_best = False
@@ -144,13 +158,16 @@ class Worker:
         if ready is None:
             await pause(IDLE_PAUSE_S, self.ctx.draining)
             return
-        self.current = ready.candidate
+        self.current, queued = ready.candidate, self.results_queued
         try:
             await self.evaluate(ready.candidate)
         finally:
             self.current = None
-            # Released during the next run, so the memory round-trip is not a gap between runs.
-            self._to_release.append(ready.candidate)
+            # Until a queued result is published only our claim says the candidate was run,
+            # so such a claim is left to expire (and stays in this daemon's in-flight set);
+            # a run without a result frees it, during the next run, off the critical path.
+            if self.results_queued == queued:
+                self._to_release.append(ready.candidate)
         await self._maybe_back_off()
 
     async def prepare(self) -> Prepared | None:
@@ -226,6 +243,7 @@ class Worker:
         try:
             best = await self.ctx.memory.get_best(track, self.device.tier)
             self._best = best or await self.ctx.memory.get_best(track)
+            self._memory_answered = True
         except MemoryBackendError as exc:
             log.warning("best_unavailable", error=str(exc))
         known = [b for b in (self._best, self._own_best) if b is not None]
@@ -282,8 +300,11 @@ class Worker:
 
     async def propose(self, best: Best | None) -> Candidate | None:
         baseline = self.baseline()
-        if best is None and not await self.is_known(baseline.sha256):
-            return baseline
+        # Once per worker: with the memory out of reach, is_known cannot say it was run.
+        if best is None and baseline.sha256 not in self._baselines:
+            self._baselines.add(baseline.sha256)
+            if not await self.is_known(baseline.sha256):
+                return baseline
         parent = (
             baseline
             if best is None
@@ -312,10 +333,17 @@ class Worker:
             result.val_bpb, best, min_improvement
         ):
             await self.queue(result)
-        elif best is None or self.config.experiment.replicates == 0:
+        elif self._first_ever(best) or self.config.experiment.replicates == 0:
             await self.queue(result.with_(status=Status.KEEP, confirmed_bpb=result.val_bpb))
         else:
             await self.replicate(candidate, result)
+
+    def _first_ever(self, best: Best | None) -> bool:
+        """The memory said there is no best: the first valid result sets it unreplicated.
+
+        A best we could not read is unknown, not absent, so that result replicates as usual.
+        """
+        return best is None and self._memory_answered
 
     async def replicate(self, candidate: Candidate, first: Result) -> None:
         """Confirm a provisional improvement with more seeds before calling it a keep."""
@@ -342,7 +370,7 @@ class Worker:
         mean = statistics.fmean(v for v in values if v is not None)
         best = await self.read_best()
         if improves(mean, best, self.config.experiment.min_improvement):
-            delta = None if best is None else mean - best.val_bpb
+            delta = delta_vs_best(mean, best)
             await self.queue(
                 last.with_(status=Status.KEEP, confirmed_bpb=mean, delta_vs_best=delta)
             )
@@ -362,9 +390,9 @@ class Worker:
         else:
             result = await self.run(candidate)
         best = await self.read_best()
-        if result is None or result.val_bpb is None or best is None:
+        if result is None:
             return result, best
-        return result.with_(delta_vs_best=result.val_bpb - best.val_bpb), best
+        return result.with_(delta_vs_best=delta_vs_best(result.val_bpb, best)), best
 
     async def run(self, candidate: Candidate) -> Result | None:
         run_id = f"{self.config.daemon.agent}-{uuid.uuid4().hex[:12]}"
@@ -438,6 +466,7 @@ class Worker:
         """Durably queue a result for the publisher, then wake it."""
         with anyio.CancelScope(shield=True):  # a result half-handled is a result lost
             await anyio.to_thread.run_sync(self.ctx.outbox.put, result)
+            self.results_queued += 1
         self.ctx.publisher.notify()
         if result.status is Status.KEEP:
             self._moved_best = True
