@@ -263,6 +263,8 @@ def open_sandbox(config: Config) -> Sandbox | None:
 
 def probe(config: Config, **limits: int) -> Sandbox:
     """The best plan that runs ``experiment.python`` here; ``limits`` override nproc/fsize."""
+    run_root = config.run_dir
+    run_root.mkdir(parents=True, exist_ok=True)  # before the state directory is looked up
     binaries = {name: path for name in _TOOLS if (path := shutil.which(name))}
     base = Sandbox(
         Isolation(),
@@ -273,8 +275,6 @@ def probe(config: Config, **limits: int) -> Sandbox:
         **limits,
     )
     base = replace(base, isolation=_helpers(base))
-    run_root = config.run_dir
-    run_root.mkdir(parents=True, exist_ok=True)
     for plan in _plans(base):
         error = _try(plan, config.experiment.python, run_root)
         if error is None:

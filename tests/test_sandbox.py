@@ -376,3 +376,19 @@ def test_real_train_py_runs_in_the_sandbox(config: Config, sandbox: Sandbox) -> 
     report = run(spec_for(config, source, sandbox, budget=3.0, grace=60.0))
     assert report.outcome == "ok", report.error + "\n" + report.log_path.read_text()[-2000:]
     assert report.summary is not None and report.summary.is_valid
+
+
+def test_secrets_never_reach_a_child_even_with_the_sandbox_off(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTORESEARCHD_TOKEN", "secret")
+    monkeypatch.setenv("MY_API_KEY", "secret")
+    monkeypatch.setenv("INHERITED_FLAG", "on")
+    script = summary_script(
+        'names = ("AUTORESEARCHD_TOKEN", "MY_API_KEY")\n'
+        'metrics["secret_env"] = sum(name in os.environ for name in names)\n'
+        'metrics["inherited"] = int(os.environ.get("INHERITED_FLAG") == "on")\n'
+    )
+    report = run(spec_for(config, script, None))
+    assert metric(report, "secret_env") == 0
+    assert metric(report, "inherited") == 1
