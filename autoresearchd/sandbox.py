@@ -234,7 +234,8 @@ def _chown_tree(root: Path, uid: int) -> None:
 def open_sandbox(config: Config) -> Sandbox | None:
     """The sandbox ``experiment.sandbox`` asks for, probed on this host, or None when off.
 
-    Raises :class:`ConfigError` when ``"required"`` and full isolation is not available.
+    Raises :class:`ConfigError` when full isolation is not available but ``"required"``, or
+    ``trust = "sandboxed"`` (which runs unchecked network code).
     """
     experiment = config.experiment
     if experiment.trust == "any":
@@ -251,9 +252,11 @@ def open_sandbox(config: Config) -> Sandbox | None:
     missing = sandbox.isolation.missing()
     event = log.warning if missing else log.info
     event("sandbox_ready", **sandbox.isolation.fields(), mode=experiment.sandbox, missing=missing)
-    if missing and experiment.sandbox == "required":
+    if missing and (experiment.sandbox == "required" or experiment.trust == "sandboxed"):
+        # Unchecked network code runs only in a complete sandbox.
+        why = '"required"' if experiment.sandbox == "required" else 'trust = "sandboxed"'
         raise ConfigError(
-            f'"required" but this host lacks: {", ".join(missing)} (install bubblewrap, run as '
+            f"{why} but this host lacks: {', '.join(missing)} (install bubblewrap, run as "
             'root or allow user namespaces, or set sandbox = "auto")',
             path=str(config.source),
             key="experiment.sandbox",

@@ -151,6 +151,16 @@ def test_required_fails_at_start_when_tools_are_missing(
         open_sandbox(config)
 
 
+def test_trust_sandboxed_refuses_an_incomplete_sandbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = {"daemon": {"state_dir": str(tmp_path / "s")}, "experiment": {"trust": "sandboxed"}}
+    config = parse_config(raw, source=tmp_path / "c.toml")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match=r'trust = "sandboxed" but this host lacks'):
+        open_sandbox(config)
+
+
 def test_trust_any_warns_loudly_at_start(tmp_path: Path) -> None:
     raw = {"daemon": {"state_dir": str(tmp_path / "s")}, "experiment": {"trust": "any"}}
     with capture_logs() as logs:
