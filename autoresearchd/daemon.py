@@ -34,6 +34,7 @@ from autoresearchd.models import Device
 from autoresearchd.outbox import Outbox
 from autoresearchd.publisher import Publisher
 from autoresearchd.runner import prune_runs
+from autoresearchd.sandbox import open_sandbox
 from autoresearchd.worker import Worker, WorkerContext
 
 log = structlog.get_logger(__name__)
@@ -76,6 +77,7 @@ class Daemon:
     async def _serve(self) -> int:
         config = self.config
         await self._prepare_data(config)
+        sandbox = await anyio.to_thread.run_sync(open_sandbox, config)
         outbox = Outbox(config.outbox_dir)
         await anyio.to_thread.run_sync(outbox.open)
         async with Gpus(self.nvml) as gpus, open_memory(config) as memory:
@@ -94,6 +96,7 @@ class Daemon:
                 publisher=publisher,
                 gpus=gpus,
                 software=software_versions(discovery),
+                sandbox=sandbox,
             )
             self.workers = [Worker(device, self.ctx) for device in devices]
             return await self._supervise(devices)

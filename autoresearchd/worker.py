@@ -10,11 +10,13 @@ A candidate that beats the best by ``min_improvement`` is provisional: it become
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import statistics
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,6 +33,8 @@ from autoresearchd.outbox import Outbox
 from autoresearchd.proposers import Proposer, make_proposer
 from autoresearchd.publisher import Publisher
 from autoresearchd.runner import RunReport, RunSpec, run_experiment
+from autoresearchd.sandbox import Sandbox
+from autoresearchd.trust import check_params_only
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +69,9 @@ class WorkerContext:
     #: Candidates this daemon's workers hold: a claim by our own agent would succeed again,
     #: so workers in one daemon keep each other off the same candidate with this set.
     in_flight: set[str] = field(default_factory=set)
+    sandbox: Sandbox | None = None
+    #: sha256s of network scripts refused by the trust check, recorded once per daemon.
+    refused: set[str] = field(default_factory=set)
     new_seed: Callable[[], int] = field(default=lambda: random.SystemRandom().randrange(2**31))
 
 
@@ -125,6 +132,7 @@ class Worker:
         self._proposer_for: object = None
         self._proposer: Proposer | None = None
         self._flap_delay = 0.0
+        self._trusted: dict[str, Candidate] = {}  # network bests accepted, by baseline sha
 
     @property
     def config(self) -> Config:
@@ -292,10 +300,15 @@ class Worker:
         source = script.read_text(encoding="utf-8")
         return Candidate(source=source, parent_sha256=None, description="baseline")
 
-    def proposer(self) -> Proposer:
-        if self._proposer is None or self._proposer_for != self.config.proposer:
-            self._proposer = make_proposer(self.config.proposer, self.rng)
-            self._proposer_for = self.config.proposer
+    def proposer(self, baseline: Candidate | None = None) -> Proposer:
+        """The proposer; under params-only its spaces come from the trusted ``baseline``."""
+        trusted = (
+            baseline.source if baseline and self.config.experiment.trust == "params-only" else None
+        )
+        key = (self.config.proposer, trusted)
+        if self._proposer is None or self._proposer_for != key:
+            self._proposer = make_proposer(self.config.proposer, self.rng, baseline=trusted)
+            self._proposer_for = key
         return self._proposer
 
     async def propose(self, best: Best | None) -> Candidate | None:
@@ -305,17 +318,64 @@ class Worker:
             self._baselines.add(baseline.sha256)
             if not await self.is_known(baseline.sha256):
                 return baseline
-        parent = (
-            baseline
-            if best is None
-            else Candidate(
-                source=best.train_py,
-                parent_sha256=None,
-                description="best",
-                sha256=best.train_py_sha256,
-            )
+        parent = baseline if best is None else await self.trusted_parent(best, baseline)
+        return await self.proposer(baseline).propose(parent, self.is_known)
+
+    # -- trust (DESIGN.md, contract 2) --------------------------------------------------
+
+    async def trusted_parent(self, best: Best, baseline: Candidate) -> Candidate:
+        """``best`` as a parent if the trust policy accepts it, else the last trusted parent.
+
+        A refused best is recorded once as an ``invalid`` result and never run.
+        """
+        candidate = Candidate(
+            source=best.train_py, parent_sha256=None, description="best", proposer="memory"
         )
-        return await self.proposer().propose(parent, self.is_known)
+        if self.config.experiment.trust != "params-only" or candidate.sha256 == baseline.sha256:
+            return candidate
+        fallback = self._trusted.get(baseline.sha256, baseline)
+        if candidate.sha256 in self.ctx.refused:
+            return fallback
+        verdict = check_params_only(baseline.source, candidate.source)
+        if verdict.ok:
+            self._trusted[baseline.sha256] = candidate
+            return candidate
+        self.ctx.refused.add(candidate.sha256)
+        log.warning(
+            "best_refused",
+            sha=candidate.sha256[:12],
+            agent=best.agent_id,
+            reason=verdict.reason,
+            parent=fallback.sha256[:12],
+        )
+        await self.queue(self.invalid_result(candidate, f"trust: {verdict.reason}"))
+        return fallback
+
+    def invalid_result(self, candidate: Candidate, reason: str) -> Result:
+        """A result for a script refused by policy: it was never run."""
+        now = time.time()
+        return Result(
+            id=f"{self.config.daemon.agent}-{uuid.uuid4().hex[:12]}",
+            agent_id=self.config.daemon.agent,
+            track=self.config.experiment.track,
+            status=Status.INVALID,
+            val_bpb=None,
+            description=candidate.description,
+            train_py=candidate.source,
+            train_py_sha256=candidate.sha256,
+            parent_sha256=candidate.parent_sha256,
+            seed=0,
+            device_name=self.device.name,
+            device_uuid=self.device.uuid,
+            memory_gb=self.device.memory_gb,
+            vram_tier=self.device.tier,
+            started_at=now,
+            completed_at=now,
+            duration_s=0.0,
+            proposer=candidate.proposer,
+            error=reason,
+            software=self.ctx.software,
+        )
 
     # -- running and judging ---------------------------------------------------------
 
@@ -409,7 +469,7 @@ class Worker:
         return self.record(candidate, report, seed)
 
     def spec(self, run_id: str, candidate: Candidate, seed: int) -> RunSpec:
-        return RunSpec.from_config(
+        spec = RunSpec.from_config(
             self.config.experiment,
             run_root=self.config.run_dir,
             run_id=run_id,
@@ -417,6 +477,11 @@ class Worker:
             device=self.device,
             seed=seed,
         )
+        sandbox = self.ctx.sandbox
+        if sandbox is None or self.config.experiment.sandbox == "off":
+            return spec
+        slot = zlib.crc32(self.device.uuid.encode())
+        return dataclasses.replace(spec, wrap=sandbox.wrapper(spec.run_dir, slot))
 
     def record(self, candidate: Candidate, report: RunReport, seed: int) -> Result | None:
         """Turn a run into a result; a run stopped by shutdown is no result at all."""

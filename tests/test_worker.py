@@ -71,7 +71,8 @@ async def run_daemon(
         f'[daemon]\nagent = "solo"\nstate_dir = "{tmp_path / "state"}"\nhealth_interval_s = 0.5\n'
         f"{devices}"
         f'[experiment]\nworkspace = "{workspace}"\ntime_budget_s = 5.0\ngrace_s = 1.0\n'
-        f'data_dir = "{data_dir}"\nreplicates = 1\n'
+        # The plan stand-in reads and writes its plan folder, outside the run directory.
+        f'data_dir = "{data_dir}"\nreplicates = 1\nsandbox = "off"\n'
     )
     daemon = Daemon(config, nvml=nvml)
 
