@@ -95,6 +95,7 @@ class Daemon:
         self.connectivity = Connectivity(self.config.memory.backend, self.config.memory.url)
         self.started_at = time.time()
         self.publisher_alive = False
+        self._status_shown = ""
         self.state = State.CREATED
         self.workers: list[Worker] = []
         self.forced = False
@@ -147,7 +148,7 @@ class Daemon:
             memory=self.config.memory.backend,
             pending=self.ctx.outbox.depth(),
         )
-        self.notifier.ready(status_line(await self.snapshot()))
+        await self._ready()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._handle_signals, tg.cancel_scope)
             tg.start_soon(self._serve_publisher)
@@ -185,7 +186,7 @@ class Daemon:
                 if signum == signal.SIGHUP:
                     self.notifier.reloading()
                     await self.reload()
-                    self.notifier.ready(status_line(await self.snapshot()))
+                    await self._ready()
                 elif self.state is State.RUNNING:
                     self.drain(signal.Signals(signum).name)
                 else:
@@ -260,10 +261,14 @@ class Daemon:
         finally:
             self.publisher_alive = False
 
+    async def _ready(self) -> None:
+        self._status_shown = status_line(await self.snapshot())
+        self.notifier.ready(self._status_shown)
+
     async def _notify_loop(self) -> None:
         """Refresh STATUS= and ping the watchdog, at half of ``WATCHDOG_USEC``."""
         interval = self.notifier.watchdog_s or STATUS_INTERVAL_S
-        shown, withheld, lag = "", "", 0.0
+        withheld, lag = "", 0.0
         while True:
             problem = self.unhealthy(lag, interval)
             if problem is None:
@@ -272,9 +277,9 @@ class Daemon:
                 log.error("watchdog_withheld", reason=problem)
             withheld = problem or ""
             line = status_line(await self.snapshot())
-            if line != shown:
+            if line != self._status_shown:
                 self.notifier.status(line)
-                shown = line
+                self._status_shown = line
             before = anyio.current_time()
             await anyio.sleep(interval)
             lag = anyio.current_time() - before - interval
