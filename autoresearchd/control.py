@@ -24,7 +24,7 @@ from typing import Any, Protocol, Self, TypeVar
 
 import anyio
 import structlog
-from anyio.abc import SocketAttribute, SocketStream
+from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from autoresearchd.errors import ControlError, DaemonNotRunning, MemoryBackendError
@@ -95,14 +95,17 @@ class ControlServer:
         self.target = target
         self._inode: int | None = None
 
-    async def serve(self) -> None:
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Listen until cancelled; ``task_status.started()`` fires once the socket is there."""
         try:
             listener = await self._listen()
         except OSError as exc:
             # Status is a convenience: a daemon without it still does its real work.
             log.error("control_unavailable", path=str(self.path), error=str(exc))
+            task_status.started()
             return
         log.info("control_listening", path=str(self.path))
+        task_status.started()
         try:
             async with listener:
                 await listener.serve(self._handle)
