@@ -9,22 +9,36 @@ traceback. Nothing imports this module.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 
 from autoresearchd import __version__
-from autoresearchd.config import Config, load_config, parse_config
+from autoresearchd.config import UNSET_PATH, Config, load_config, parse_config
 from autoresearchd.control import request, socket_path
-from autoresearchd.errors import AutoresearchdError, DaemonNotRunning, MutationError
+from autoresearchd.errors import (
+    AutoresearchdError,
+    ConfigError,
+    DaemonNotRunning,
+    MutationError,
+)
 from autoresearchd.gpus import Gpus, plan_devices, select_gpus
 from autoresearchd.harness import DEFAULT_DATA_DIR, prepare_track
 from autoresearchd.logs import configure_logging
-from autoresearchd.memory import memory_exists, open_memory
+from autoresearchd.memory import BestChange, memory_exists, open_memory
+from autoresearchd.memory.ensue import (
+    check_key_file,
+    read_api_key,
+    register_agent,
+    whoami,
+    write_api_key,
+)
 from autoresearchd.models import Best, Device, Result
 from autoresearchd.report import (
     TIERS,
@@ -90,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prepare.set_defaults(handler=cmd_prepare)
     _add_memory_commands(commands)
+    _add_identity_commands(commands)
 
     trust = commands.add_parser(
         "trust-check", help="accept a train.py only if it changes hyperparameter values alone"
@@ -207,6 +222,7 @@ def _add_memory_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     best.add_argument("--json", action="store_true", help="print a JSON object")
     best.add_argument("--full", action="store_true", help="include train_py in --json")
     best.add_argument("--track", metavar="T", help="the track (default: the configured one)")
+    best.add_argument("--history", action="store_true", help="show every change of the best")
     best.set_defaults(handler=cmd_best)
 
 
@@ -230,6 +246,8 @@ def cmd_results(args: argparse.Namespace) -> int:
 def cmd_best(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     track = args.track or config.experiment.track
+    if args.history:
+        return _best_history(config, track, as_json=args.json)
     best, tiers = anyio.run(_read_bests, config, track)
     if args.json:
         report = bests_json(track, best, tiers, full=args.full)
@@ -253,6 +271,88 @@ async def _read_bests(config: Config, track: str) -> tuple[Best | None, dict[str
         best = await memory.get_best(track)
         tiers = {tier: b for tier in TIERS if (b := await memory.get_best(track, tier))}
     return best, tiers
+
+
+def _best_history(config: Config, track: str, *, as_json: bool) -> int:
+    changes = anyio.run(_read_best_history, config, track)
+    if as_json:
+        print(json.dumps([dataclasses.asdict(c) for c in changes], indent=2, allow_nan=False))
+        return EXIT_OK
+    if not changes:
+        print(f"{track}: the best has not moved yet")
+        return EXIT_OK
+    rows = [("TIME", "AGENT", "VAL_BPB", "SHA", "DESCRIPTION")]
+    for change in changes:
+        when = datetime.fromtimestamp(change.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        sha = change.train_py_sha256[:12]
+        rows.append((when, change.agent_id, f"{change.val_bpb:.6f}", sha, change.description))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+async def _read_best_history(config: Config, track: str) -> list[BestChange]:
+    if not memory_exists(config):
+        return []
+    async with open_memory(config) as memory:
+        return await memory.best_history(track, limit=None)
+
+
+def _add_identity_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    register = commands.add_parser(
+        "register", help="register this agent with the hub at memory.url and store its key"
+    )
+    _config_option(register)
+    register.add_argument("--name", required=True, help="the agent name to register")
+    register.add_argument("--email", help="where the hub sends the verification link")
+    register.add_argument(
+        "--force", action="store_true", help="replace an existing memory.api_key_file"
+    )
+    register.set_defaults(handler=cmd_register)
+    who = commands.add_parser("whoami", help="show this agent's name and verification state")
+    _config_option(who)
+    who.set_defaults(handler=cmd_whoami)
+
+
+def _hub_settings(config: Config) -> tuple[str, Path]:
+    """memory.url and memory.api_key_file, which both identity commands need."""
+    memory = config.memory
+    unset = (("url", not memory.url), ("api_key_file", memory.api_key_file == UNSET_PATH))
+    for key, missing in unset:
+        if missing:
+            raise ConfigError(
+                "expected a value to talk to a hub", path=str(config.source), key=f"memory.{key}"
+            )
+    return memory.url, memory.api_key_file
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    url, key_file = _hub_settings(config)
+    check_key_file(key_file, force=args.force)  # before registering: a key we cannot save is lost
+    registration = anyio.run(register_agent, url, args.name, args.email)
+    write_api_key(key_file, registration.api_key, force=args.force)
+    print(f"registered {registration.agent}; the API key is in {key_file} (mode 0600)")
+    if config.daemon.agent != registration.agent:
+        print(
+            f'set daemon.agent = "{registration.agent}" in {config.source}: the hub accepts'
+            " results only under the registered name"
+        )
+    if registration.claim_url:
+        print(f"verify the agent by opening: {registration.claim_url}")
+    else:
+        print(f"check {args.email}'s inbox for the verification link")
+    return EXIT_OK
+
+
+def cmd_whoami(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    url, key_file = _hub_settings(config)
+    identity = anyio.run(whoami, url, read_api_key(key_file))
+    state = "verified" if identity.verified else "not verified (check your inbox)"
+    print(f"{identity.agent}: {state}{' (admin)' if identity.admin else ''}")
+    return EXIT_OK
 
 
 def _add_hub_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -39,6 +39,12 @@ DEFAULT_HUB_MAX_BODY_BYTES = 1_048_576
 DEFAULT_HUB_MAX_VALUE_BYTES = 524_288
 DEFAULT_HUB_RATE_PER_S = 50.0
 DEFAULT_HUB_RATE_BURST = 200
+DEFAULT_HUB_IP_RATE_PER_S = 100.0
+DEFAULT_HUB_IP_RATE_BURST = 400
+DEFAULT_HUB_AUTH_RATE_PER_S = 0.2
+DEFAULT_HUB_AUTH_RATE_BURST = 10
+DEFAULT_HUB_REPLICATES = 2
+DEFAULT_SMTP_PORT = 587
 DEFAULT_WORKSPACE_IGNORE = (".git", ".venv", "__pycache__", "*.pyc", ".mypy_cache", "state")
 
 GPUS_EXPECTED = 'expected "auto", "none" or a list of indices/UUIDs'
@@ -113,6 +119,19 @@ class HubConfig:
     max_value_bytes: int = DEFAULT_HUB_MAX_VALUE_BYTES
     rate_limit_per_s: float = DEFAULT_HUB_RATE_PER_S
     rate_limit_burst: int = DEFAULT_HUB_RATE_BURST
+    rate_limit_ip_per_s: float = DEFAULT_HUB_IP_RATE_PER_S
+    rate_limit_ip_burst: int = DEFAULT_HUB_IP_RATE_BURST
+    auth_rate_limit_per_s: float = DEFAULT_HUB_AUTH_RATE_PER_S  # per IP, on /auth routes
+    auth_rate_limit_burst: int = DEFAULT_HUB_AUTH_RATE_BURST
+    require_email: bool = True
+    replicates: int = DEFAULT_HUB_REPLICATES
+    replication: Literal["any", "other-agent"] = "any"
+    smtp_host: str = ""  # empty: the hub sends no email
+    smtp_port: int = DEFAULT_SMTP_PORT
+    smtp_security: Literal["starttls", "tls", "plain"] = "starttls"
+    smtp_user: str = ""
+    smtp_password_file: Path = field(default=UNSET_PATH, metadata=PATH)
+    smtp_from: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +197,12 @@ CHECKS: dict[str, Check] = {
     "hub.max_value_bytes": _positive,
     "hub.rate_limit_per_s": _positive,
     "hub.rate_limit_burst": _positive,
+    "hub.rate_limit_ip_per_s": _positive,
+    "hub.rate_limit_ip_burst": _positive,
+    "hub.auth_rate_limit_per_s": _positive,
+    "hub.auth_rate_limit_burst": _positive,
+    "hub.replicates": _non_negative,
+    "hub.smtp_port": _positive,
 }
 
 

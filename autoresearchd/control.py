@@ -28,7 +28,7 @@ from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from autoresearchd.errors import ControlError, DaemonNotRunning, MemoryBackendError
-from autoresearchd.memory.protocol import CollectiveMemory, Note, PublishOutcome
+from autoresearchd.memory.protocol import BestChange, CollectiveMemory, Note, PublishOutcome
 from autoresearchd.models import Best, Device, Result
 
 log = structlog.get_logger(__name__)
@@ -288,6 +288,11 @@ class TrackedMemory:
 
     async def publish(self, result: Result) -> PublishOutcome:
         return await self._track(lambda: self.inner.publish(result))
+
+    async def best_history(
+        self, track: str, tier: str | None = None, limit: int | None = 100
+    ) -> list[BestChange]:
+        return await self._track(lambda: self.inner.best_history(track, tier, limit))
 
     async def results(self, track: str | None = None, limit: int | None = 100) -> list[Result]:
         return await self._track(lambda: self.inner.results(track, limit))

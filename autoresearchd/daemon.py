@@ -25,6 +25,7 @@ import importlib.metadata
 import os
 import platform
 import signal
+import sys
 import time
 from enum import Enum
 from pathlib import Path
@@ -43,7 +44,7 @@ from autoresearchd.control import (
     socket_path,
     status_line,
 )
-from autoresearchd.errors import AutoresearchdError, ConfigError
+from autoresearchd.errors import AutoresearchdError, ConfigError, DataError
 from autoresearchd.gpus import Discovery, Gpus, plan_devices, select_gpus
 from autoresearchd.harness.prepare import prepare_track
 from autoresearchd.health import backoff_delay
@@ -100,6 +101,7 @@ class Daemon:
         self.workers: list[Worker] = []
         self.forced = False
         self.ctx: WorkerContext | None = None
+        self._early_drain = ""
 
     async def serve(self) -> int:
         if self.state is not State.CREATED:
@@ -140,6 +142,9 @@ class Daemon:
 
     async def _supervise(self, devices: list[Device]) -> int:
         assert self.ctx is not None
+        await self._ready()  # before an early drain, so STOPPING=1 is the last word
+        if self._early_drain:
+            self.drain(self._early_drain)
         log.info(
             "daemon_started",
             agent=self.config.daemon.agent,
@@ -148,7 +153,6 @@ class Daemon:
             memory=self.config.memory.backend,
             pending=self.ctx.outbox.depth(),
         )
-        await self._ready()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._handle_signals, tg.cancel_scope)
             tg.start_soon(self._serve_publisher)
@@ -169,7 +173,23 @@ class Daemon:
         log.info("daemon_stopped", outbox_flushed=flushed, pending=self.ctx.outbox.depth())
 
     async def _prepare_data(self, config: Config) -> None:
+        """Prepare the track in a child process, so the daemon's memory never holds the data."""
         exp = config.experiment
+        command = [
+            sys.executable,
+            "-m",
+            "autoresearchd",
+            "prepare",
+            "--track",
+            exp.track,
+            "--data-dir",
+            str(exp.data_dir),
+        ]
+        done = await anyio.run_process(command, check=False)
+        if done.returncode != 0:
+            lines = done.stderr.decode(errors="replace").strip().splitlines() or ["no output"]
+            raise DataError(lines[-1].removeprefix("autoresearchd: "), track=exp.track)
+        # Already prepared, so this only reads the metadata back.
         prepared = await anyio.to_thread.run_sync(prepare_track, exp.track, exp.data_dir)
         log.info(
             "data_ready",
@@ -195,8 +215,13 @@ class Daemon:
                     scope.cancel()
 
     def drain(self, reason: str) -> None:
-        """Stage one: stop claiming, and stop running experiments after the grace period."""
-        assert self.ctx is not None
+        """Stage one: stop claiming, and stop running experiments after the grace period.
+
+        Asked for during start-up, it takes effect as soon as the workers exist.
+        """
+        if self.ctx is None:
+            self._early_drain = reason
+            return
         self.state = State.DRAINING
         mode = self.config.daemon.on_shutdown
         log.info(

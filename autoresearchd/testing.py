@@ -398,7 +398,8 @@ _PLAN_SCRIPT = '''"""Stand-in train.py: each run takes the next action from a pl
 
 The plan is a JSON list in $AUTORESEARCH_PLAN_DIR/plan.json; run n claims step n by
 creating step-<n> exclusively and records its pids there. Actions: "ok", "crash",
-"hang" (ignores SIGTERM, with a grandchild), "nan". Past the plan's end: "ok".
+"hang" (ignores SIGTERM, with a grandchild), "nan", "val=<x>" (report exactly x).
+Past the plan's end: "ok".
 """
 import json
 import math
@@ -452,6 +453,8 @@ seed = int(os.environ.get("AUTORESEARCH_SEED", "0"))
 noise = ((seed * 2654435761) % 1000 / 1000 - 0.5) * 0.006
 val = 3.0 + 0.1 * (math.log10(LR) + 2) ** 2 + 0.05 * ((WIDTH - 128) / 128) ** 2 + noise
 print("---")
+if action.startswith("val="):
+    val = float(action[4:])
 print(f"val_bpb: {{'nan' if action == 'nan' else round(val, 6)}}")
 print(f"training_seconds: {{sleep_s}}")
 print("num_steps: 5")

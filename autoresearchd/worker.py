@@ -48,6 +48,16 @@ HEALTH_STATES = {
     "too_hot": "too_hot",
     "backing_off": "backing_off",
 }
+#: Proposals to try in one go when other workers keep winning the claims.
+CLAIM_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A claimed candidate, ready to run."""
+
+    candidate: Candidate
+    claimed_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -62,7 +72,24 @@ class WorkerContext:
     draining: anyio.Event = field(default_factory=anyio.Event)
     stop_runs: anyio.Event = field(default_factory=anyio.Event)
     software: dict[str, str] = field(default_factory=dict)
+    #: Candidates this daemon's workers hold: a claim by our own agent would succeed again,
+    #: so workers in one daemon keep each other off the same candidate with this set.
+    in_flight: set[str] = field(default_factory=set)
     new_seed: Callable[[], int] = field(default=lambda: random.SystemRandom().randrange(2**31))
+
+
+def best_from(result: Result) -> Best:
+    """The best a kept result makes, as this worker knows it before the memory confirms."""
+    return Best(
+        track=result.track,
+        tier=result.vram_tier,
+        val_bpb=result.best_bpb or math.inf,
+        train_py=result.train_py,
+        train_py_sha256=result.train_py_sha256,
+        result_id=result.id,
+        agent_id=result.agent_id,
+        updated_at=result.completed_at,
+    )
 
 
 def improves(val_bpb: float | None, best: Best | None, min_improvement: float) -> bool:
@@ -87,7 +114,10 @@ class Worker:
         self.run_started_at: float | None = None
         self.last_val_bpb: float | None = None
         self._best: Best | None = None
-        self._next: Candidate | None = None
+        self._own_best: Best | None = None
+        self._next: Prepared | None = None
+        self._to_release: list[Candidate] = []
+        self._moved_best = False
         self._proposer_for: object = None
         self._proposer: Proposer | None = None
         self._flap_delay = 0.0
@@ -113,6 +143,7 @@ class Worker:
             if self.paused:
                 continue
             await self._guarded_cycle()
+        await self._release_all()
         log.info("worker_stopped")
 
     async def _guarded_cycle(self) -> None:
@@ -128,38 +159,96 @@ class Worker:
 
     async def cycle(self) -> None:
         """One candidate, from proposal to queued results."""
-        best = await self.read_best()
-        candidate = self._take_prefetched(best) or await self.propose(best)
-        if candidate is None:
+        ready = await self._refresh(self._take_prepared()) or await self.prepare()
+        if ready is None:
             await pause(IDLE_PAUSE_S, self.ctx.draining)
             return
-        log.info(
-            "candidate_proposed",
-            sha=candidate.sha256[:12],
-            proposer=candidate.proposer,
-            description=candidate.description,
-        )
-        if not await self.claim(candidate):
-            return
-        self.current = candidate
+        self.current = ready.candidate
         try:
-            await self.evaluate(candidate, best)
+            await self.evaluate(ready.candidate)
         finally:
             self.current = None
-            await self.release(candidate)
+            # Released during the next run, so the memory round-trip is not a gap between runs.
+            self._to_release.append(ready.candidate)
         await self._maybe_back_off()
+
+    async def prepare(self) -> Prepared | None:
+        """Everything a run needs from the memory: the best, a fresh candidate, its claim."""
+        for _ in range(CLAIM_ATTEMPTS):
+            best = await self.read_best()
+            candidate = await self.propose(best)
+            if candidate is None:
+                return None
+            log.info(
+                "candidate_proposed",
+                sha=candidate.sha256[:12],
+                proposer=candidate.proposer,
+                description=candidate.description,
+            )
+            if await self.claim(candidate):
+                return Prepared(candidate)
+        return None
+
+    def _take_prepared(self) -> Prepared | None:
+        ready, self._next = self._next, None
+        if ready is not None and self._moved_best:
+            # Proposed from a best we have since beaten: make a fresh one from the new best.
+            self._to_release.append(ready.candidate)
+            ready = None
+        self._moved_best = False
+        return ready
+
+    async def _refresh(self, ready: Prepared | None) -> Prepared | None:
+        """Renew the claim of a candidate that waited long (e.g. through replicates)."""
+        if ready is None or time.monotonic() - ready.claimed_at < self.config.claim_ttl_s / 2:
+            return ready
+        track, agent = self.config.experiment.track, self.config.daemon.agent
+        try:
+            won = await self.ctx.memory.claim(
+                track, ready.candidate.sha256, agent, self.config.claim_ttl_s
+            )
+        except MemoryBackendError:
+            won = True  # out of reach: run it, as an unclaimed run would
+        if won:
+            return Prepared(ready.candidate)
+        self.ctx.in_flight.discard(ready.candidate.sha256)
+        log.info("claim_lost", sha=ready.candidate.sha256[:12], reason="expired while waiting")
+        return None
+
+    async def _alongside_run(self) -> None:
+        """While a run trains: release finished claims and prepare the next candidate."""
+        await self._release_finished()
+        if self._next is None and not self.ctx.draining.is_set() and not self._winding_down:
+            try:
+                self._next = await self.prepare()
+            except AutoresearchdError as exc:
+                log.warning("prefetch_failed", error=str(exc))
+
+    async def _release_finished(self) -> None:
+        while self._to_release:
+            await self.release(self._to_release.pop())
+
+    async def _release_all(self) -> None:
+        if self._next is not None:
+            self._to_release.append(self._next.candidate)
+            self._next = None
+        await self._release_finished()
 
     # -- the memory, degrading gracefully when it is out of reach ------------------------
 
     async def read_best(self) -> Best | None:
-        """The best for this device's tier, else the track's; the last known on failure."""
+        """The best for this device's tier, else the track's; the last known on failure.
+
+        Our own latest keep counts too: the publisher may not have delivered it yet.
+        """
         track = self.config.experiment.track
         try:
             best = await self.ctx.memory.get_best(track, self.device.tier)
             self._best = best or await self.ctx.memory.get_best(track)
         except MemoryBackendError as exc:
             log.warning("best_unavailable", error=str(exc))
-        return self._best
+        known = [b for b in (self._best, self._own_best) if b is not None]
+        return min(known, key=lambda b: b.val_bpb) if known else None
 
     async def is_known(self, sha256: str) -> bool:
         try:
@@ -169,6 +258,10 @@ class Worker:
 
     async def claim(self, candidate: Candidate) -> bool:
         track, agent = self.config.experiment.track, self.config.daemon.agent
+        if candidate.sha256 in self.ctx.in_flight:
+            log.info("claim_lost", sha=candidate.sha256[:12], holder="this daemon")
+            return False
+        self.ctx.in_flight.add(candidate.sha256)
         try:
             won = await self.ctx.memory.claim(
                 track, candidate.sha256, agent, self.config.claim_ttl_s
@@ -180,11 +273,13 @@ class Worker:
         if won:
             log.info("claim_acquired", sha=candidate.sha256[:12])
         else:
+            self.ctx.in_flight.discard(candidate.sha256)
             log.info("claim_lost", sha=candidate.sha256[:12])
         return won
 
     async def release(self, candidate: Candidate) -> None:
         track, agent = self.config.experiment.track, self.config.daemon.agent
+        self.ctx.in_flight.discard(candidate.sha256)
         with anyio.CancelScope(shield=True):
             try:
                 await self.ctx.memory.release(track, candidate.sha256, agent)
@@ -220,24 +315,15 @@ class Worker:
         )
         return await self.proposer().propose(parent, self.is_known)
 
-    def _take_prefetched(self, best: Best | None) -> Candidate | None:
-        candidate, self._next = self._next, None
-        parent_sha = best.train_py_sha256 if best else None
-        if candidate is not None and candidate.parent_sha256 in (parent_sha, None):
-            return candidate
-        return None
-
-    async def _prefetch(self, best: Best | None) -> None:
-        try:
-            self._next = await self.propose(best)
-        except AutoresearchdError as exc:
-            log.warning("prefetch_failed", error=str(exc))
-
     # -- running and judging ---------------------------------------------------------
 
-    async def evaluate(self, candidate: Candidate, best: Best | None) -> None:
-        """Run a candidate, and its replicates when it looks like an improvement."""
-        result = await self.run_with_prefetch(candidate, best)
+    async def evaluate(self, candidate: Candidate) -> None:
+        """Run a candidate, and its replicates when it looks like an improvement.
+
+        Each result is judged against the best as it stands after the run, not as it
+        stood when the candidate was proposed: the best may have moved meanwhile.
+        """
+        result, best = await self.run_judged(candidate, alongside=True)
         if result is None:
             return
         min_improvement = self.config.experiment.min_improvement
@@ -259,7 +345,7 @@ class Worker:
             if self.ctx.draining.is_set():
                 return
             log.info("replicate_started", sha=candidate.sha256[:12], replicate=n)
-            result = await self.run(candidate, await self.read_best())
+            result, _ = await self.run_judged(candidate)
             if result is None:
                 return
             if result.status is not Status.DISCARD:
@@ -283,15 +369,23 @@ class Worker:
             log.info("replication_failed", mean_val_bpb=mean, runs=len(values))
             await self.queue(last)
 
-    async def run_with_prefetch(self, candidate: Candidate, best: Best | None) -> Result | None:
-        """Run ``candidate`` while the next candidate is prepared alongside."""
-        result: Result | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._prefetch, best)
-            result = await self.run(candidate, best)
-        return result
+    async def run_judged(
+        self, candidate: Candidate, *, alongside: bool = False
+    ) -> tuple[Result | None, Best | None]:
+        """Run ``candidate`` (with the next run's memory work alongside, if asked), then
+        read the best and record the result's distance to it."""
+        if alongside:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._alongside_run)
+                result = await self.run(candidate)
+        else:
+            result = await self.run(candidate)
+        best = await self.read_best()
+        if result is None or result.val_bpb is None or best is None:
+            return result, best
+        return result.with_(delta_vs_best=result.val_bpb - best.val_bpb), best
 
-    async def run(self, candidate: Candidate, best: Best | None) -> Result | None:
+    async def run(self, candidate: Candidate) -> Result | None:
         run_id = f"{self.config.daemon.agent}-{uuid.uuid4().hex[:12]}"
         seed = self.ctx.new_seed()
         structlog.contextvars.bind_contextvars(run_id=run_id)
@@ -302,7 +396,7 @@ class Worker:
         finally:
             self.run_started_at = self.run_id = None
             structlog.contextvars.unbind_contextvars("run_id")
-        return self.record(candidate, report, seed, best)
+        return self.record(candidate, report, seed)
 
     def spec(self, run_id: str, candidate: Candidate, seed: int) -> RunSpec:
         return RunSpec.from_config(
@@ -314,9 +408,7 @@ class Worker:
             seed=seed,
         )
 
-    def record(
-        self, candidate: Candidate, report: RunReport, seed: int, best: Best | None
-    ) -> Result | None:
+    def record(self, candidate: Candidate, report: RunReport, seed: int) -> Result | None:
         """Turn a run into a result; a run stopped by shutdown is no result at all."""
         log.info(
             "run_finished",
@@ -329,11 +421,9 @@ class Worker:
         self._flap_delay = self.flaps.record(report.outcome == "crash", report.duration_s)
         if report.outcome == "stopped":
             return None
-        return self.build_result(candidate, report, seed, best)
+        return self.build_result(candidate, report, seed)
 
-    def build_result(
-        self, candidate: Candidate, report: RunReport, seed: int, best: Best | None
-    ) -> Result:
+    def build_result(self, candidate: Candidate, report: RunReport, seed: int) -> Result:
         summary = report.summary
         val = summary.val_bpb if summary and report.outcome == "ok" else None
         self.last_val_bpb = val if val is not None else self.last_val_bpb
@@ -356,7 +446,6 @@ class Worker:
             started_at=report.started_at,
             completed_at=report.completed_at,
             duration_s=report.duration_s,
-            delta_vs_best=None if val is None or best is None else val - best.val_bpb,
             metrics=dict(summary.metrics) if summary else {},
             proposer=candidate.proposer,
             error=report.error,
@@ -368,6 +457,9 @@ class Worker:
         with anyio.CancelScope(shield=True):  # a result half-handled is a result lost
             await anyio.to_thread.run_sync(self.ctx.outbox.put, result)
         self.ctx.publisher.notify()
+        if result.status is Status.KEEP:
+            self._moved_best = True
+            self._own_best = best_from(result)
         log.info(
             "result_queued",
             result_id=result.id,
@@ -411,9 +503,15 @@ class Worker:
             self.paused, self.finishing = True, False
         if not self.paused:
             return
+        await self._release_all()  # a paused device holds no claims
         log.info("worker_paused")
         await wait_any(self._resumed, self.ctx.draining)
         log.info("worker_resumed", draining=self.ctx.draining.is_set())
+
+    @property
+    def _winding_down(self) -> bool:
+        """Paused or finishing: claim nothing more."""
+        return self.paused or self.finishing
 
     @asynccontextmanager
     async def _stop_signal(self) -> AsyncIterator[anyio.Event]:

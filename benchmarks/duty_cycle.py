@@ -4,10 +4,14 @@ Setup: the real daemon in-process, a fake NVML showing 8 GPUs, and a stand-in tr
 script that sleeps T seconds and logs its own start and end wall-clock times. We read
 those logs to get, per device, the busy fraction and the gaps between one run's end
 and the next run's start. In the same run we measure the cost of spawning the bare
-stand-in (from just before the spawn to its first line) with no daemon around.
+stand-in with no daemon around: the wall time of a whole run of it with T = 0, since a
+gap also spans one process's exit and the next one's start-up.
 
-Printed last: ``overhead_ratio = median gap / median bare spawn``. Targets: ratio <= 2,
-busy fraction >= 99% for T = 30 s. Usage: ``python benchmarks/duty_cycle.py [--seconds T]``.
+Runs of equal length end at the same moment, so the fair baseline for N devices is N bare
+stand-ins started at once on the same cores; both that and a lone spawn are measured, and
+both ratios printed. Printed last: ``overhead_ratio = median gap / median simultaneous bare
+spawn``. Targets: ratio <= 2, busy fraction >= 99% for T = 30 s.
+Usage: ``python benchmarks/duty_cycle.py [--seconds T] [--runs R] [--devices N]``.
 """
 
 from __future__ import annotations
@@ -15,37 +19,69 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import anyio
 
 from autoresearchd.daemon import Daemon
+from autoresearchd.logs import configure_logging
 from autoresearchd.testing import PLAN_ENV, FakeNvml, timing_script
 
-DEVICES = 8
+DEFAULT_DEVICES = 8
 
 
 def bare_spawn_seconds(workdir: Path, repeats: int) -> list[float]:
-    """Spawn the stand-in (sleep 0) directly; time from spawn to its first line."""
+    """Run the stand-in (sleep 0) directly, as the daemon would, and time each whole run."""
     script = workdir / "bare.py"
     script.write_text(timing_script(0.0))
-    env = {PLAN_ENV: str(workdir), "CUDA_VISIBLE_DEVICES": "bare", "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, PLAN_ENV: str(workdir), "CUDA_VISIBLE_DEVICES": "bare"}
     costs = []
     for _ in range(repeats):
-        (workdir / "bare.log").unlink(missing_ok=True)
-        before = time.time()
+        before = time.perf_counter()
         subprocess.run(
             [sys.executable, str(script)], env=env, check=True, stdout=subprocess.DEVNULL
         )
-        start = float((workdir / "bare.log").read_text().split()[0])
-        costs.append(start - before)
+        costs.append(time.perf_counter() - before)
     return costs
+
+
+def herd_spawn_seconds(workdir: Path, devices: int, repeats: int) -> list[float]:
+    """Start ``devices`` bare stand-ins at the same instant, as devices whose runs end
+    together must be restarted; each one's whole-run time is a sample."""
+    script = workdir / "bare.py"
+    env = {**os.environ, PLAN_ENV: str(workdir), "CUDA_VISIBLE_DEVICES": "bare"}
+    costs: list[float] = []
+
+    def one(barrier: threading.Barrier) -> None:
+        barrier.wait()
+        before = time.perf_counter()
+        subprocess.run(
+            [sys.executable, str(script)], env=env, check=True, stdout=subprocess.DEVNULL
+        )
+        costs.append(time.perf_counter() - before)
+
+    for _ in range(repeats):
+        barrier = threading.Barrier(devices)
+        threads = [threading.Thread(target=one, args=(barrier,)) for _ in range(devices)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return costs
+
+
+def rss_mib() -> float:
+    """This process's resident memory now (not the high-water mark of start-up)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def write_config(root: Path, seconds: float) -> Path:
@@ -69,20 +105,25 @@ def device_runs(logs: Path) -> dict[str, list[tuple[float, float]]]:
     return runs
 
 
-async def drive(config: Path, logs: Path, runs: int) -> None:
-    daemon = Daemon(config, nvml=FakeNvml.with_gpus(DEVICES))
+async def drive(config: Path, logs: Path, runs: int, devices: int) -> float:
+    """Run the daemon until every device has done ``runs`` runs; returns the peak RSS in MiB."""
+    daemon = Daemon(config, nvml=FakeNvml.with_gpus(devices))
+    peak = 0.0
 
     async def stop_when_done() -> None:
+        nonlocal peak
         while True:
             await anyio.sleep(0.5)
+            peak = max(peak, rss_mib())
             done = device_runs(logs)
-            if len(done) == DEVICES and all(len(r) >= runs for r in done.values()):
+            if len(done) == devices and all(len(r) >= runs for r in done.values()):
                 daemon.drain("benchmark_done")
                 return
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(stop_when_done)
         await daemon.serve()
+    return peak
 
 
 def summarise(runs: dict[str, list[tuple[float, float]]]) -> tuple[list[float], list[float]]:
@@ -103,26 +144,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="T: each run's sleep")
     parser.add_argument("--runs", type=int, default=3, help="runs per device")
+    parser.add_argument("--devices", type=int, default=DEFAULT_DEVICES, help="fake GPUs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         bare = bare_spawn_seconds(root, repeats=20)
+        herd = herd_spawn_seconds(root, args.devices, repeats=5)
         logs = root / "logs"
         logs.mkdir()
         config = write_config(root, args.seconds)
         os.environ[PLAN_ENV] = str(logs)
-        anyio.run(drive, config, logs, args.runs)
+        configure_logging("console", "warning", sys.stderr)
+        peak_mb = anyio.run(drive, config, logs, args.runs, args.devices)
         gaps, busy = summarise(device_runs(logs))
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"devices: {DEVICES}  T: {args.seconds}s  runs per device: {args.runs}")
+    print(f"devices: {args.devices}  T: {args.seconds}s  runs per device: {args.runs}")
     print(f"busy fraction: min {min(busy):.4f}  mean {statistics.fmean(busy):.4f}")
     print(
         f"gap between runs: median {statistics.median(gaps) * 1000:.1f} ms  "
         f"p99 {percentile(gaps, 0.99) * 1000:.1f} ms  (n={len(gaps)})"
     )
-    print(f"bare spawn: median {statistics.median(bare) * 1000:.1f} ms")
-    print(f"daemon peak RSS with {DEVICES} workers: {peak_mb:.1f} MiB")
-    print(f"overhead_ratio = {statistics.median(gaps) / statistics.median(bare):.2f}")
+    gap = statistics.median(gaps)
+    print(
+        f"bare spawn (a whole run of the stand-in with T = 0): median "
+        f"{statistics.median(bare) * 1000:.1f} ms alone, "
+        f"{statistics.median(herd) * 1000:.1f} ms with {args.devices} started at once"
+    )
+    print(f"daemon RSS with {args.devices} workers: peak {peak_mb:.1f} MiB while running")
+    print(f"gap / single bare spawn = {gap / statistics.median(bare):.2f}")
+    # Runs of equal length end together, so the fair floor is that many simultaneous spawns.
+    print(f"overhead_ratio = {gap / statistics.median(herd):.2f}")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,19 @@
 """The hub's HTTP side: a Starlette app with the JSON-RPC endpoint and the ``/auth`` routes.
 
 :func:`build_app` wires a :class:`~autoresearchd.hub.store.HubStore` into routes:
-``POST /`` (and ``/mcp``) for JSON-RPC, ``POST /auth/agent-register`` and
-``GET /healthz``. Every JSON-RPC call needs ``Authorization: Bearer <key>``; bodies over
-``max_body_bytes`` are refused before they are parsed, and each key is rate limited.
-Errors are always JSON-RPC replies, never tracebacks: storage trouble is 503 so that
-clients retry it. :func:`serve` runs the app under uvicorn; :func:`init_hub` creates the
-org and the admin key and seeds ``best/``.
+``POST /`` (and ``/mcp``) for JSON-RPC; ``POST /auth/agent-register`` ``{"name",
+"email"}``, which stores an unverified agent and emails it a verification link;
+``GET /auth/verify?agent=&code=`` (the link; ``/auth/claim`` too) and ``POST
+/auth/verify`` ``{"name", "code"}``, which verify it; ``GET /auth/whoami`` (with a key)
+and ``GET /healthz``. With ``hub.require_email = false`` an email is optional and a
+registration without one gets the link and code in its reply, as before email
+verification existed. Every JSON-RPC call needs ``Authorization: Bearer <key>``; bodies
+over ``max_body_bytes`` are refused before they are parsed. Requests are rate limited per
+client IP (the ``/auth`` routes more tightly) and per key; a limited request gets 429 with
+``Retry-After``. The limits live in each hub process, so they apply per replica. Errors
+are JSON, never tracebacks: storage or mail trouble is 503 so that clients retry it.
+:func:`serve` runs the app under uvicorn; :func:`init_hub` creates the org and the admin
+key and seeds ``best/``.
 """
 
 from __future__ import annotations
@@ -18,22 +25,26 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from autoresearchd.config import UNSET_PATH, Config, HubConfig
 from autoresearchd.errors import ConfigError, HubError
 from autoresearchd.hub.auth import (
     AGENT_NAME,
+    EMAIL,
     RateLimiter,
+    Rules,
     hash_key,
     new_api_key,
     new_verification_code,
 )
+from autoresearchd.hub.mail import Mailer, SmtpMailer, verification_message
 from autoresearchd.hub.rpc import (
     RATE_LIMITED,
     TOO_LARGE,
@@ -52,7 +63,8 @@ from autoresearchd.models import sha256_text
 log = structlog.get_logger(__name__)
 
 ADMIN = "admin"
-MAX_REGISTER_BYTES = 4096
+MAX_AUTH_BYTES = 4096
+MAX_CODE_CHARS = 128
 
 
 def database_path(config: Config) -> Path:
@@ -61,16 +73,29 @@ def database_path(config: Config) -> Path:
 
 
 class Hub:
-    """The request handlers, bound to one store and one ``[hub]`` config."""
+    """The request handlers, bound to one store, one ``[hub]`` config and a mailer."""
 
-    def __init__(self, store: HubStore, config: HubConfig, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        store: HubStore,
+        config: HubConfig,
+        clock: Callable[[], float],
+        mailer: Mailer | None = None,
+    ) -> None:
         self.store = store
         self.config = config
         self.clock = clock
-        self.tools = Tools(store, max_value_bytes=config.max_value_bytes, clock=clock)
+        self.mailer = mailer
+        rules = Rules(config.replicates, config.replication)
+        self.tools = Tools(store, max_value_bytes=config.max_value_bytes, clock=clock, rules=rules)
         self.limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
+        self.ip_limiter = RateLimiter(config.rate_limit_ip_per_s, config.rate_limit_ip_burst)
+        self.auth_limiter = RateLimiter(config.auth_rate_limit_per_s, config.auth_rate_limit_burst)
 
     async def rpc(self, request: Request) -> Response:
+        limited = self._limit(request, self.ip_limiter)
+        if limited is not None:
+            return limited
         body = await _read_body(request, self.config.max_body_bytes)
         if body is None:
             fault = RpcFault(TOO_LARGE, f"body exceeds {self.config.max_body_bytes} bytes")
@@ -106,18 +131,100 @@ class Hub:
             raise RpcFault(UNAUTHORISED, "unknown API key")
         return agent, key_hash
 
+    def _limit(self, request: Request, *limiters: RateLimiter) -> Response | None:
+        """A 429 when any limiter refuses this client's IP, else None."""
+        ip = request.client.host if request.client else "unknown"
+        for limiter in limiters:
+            wait = limiter.retry_after(ip)
+            if wait > 0:
+                seconds = math.ceil(wait)
+                log.info("rate_limited", ip=ip, path=request.url.path, retry_after=seconds)
+                return _too_many(seconds)
+        return None
+
     async def register(self, request: Request) -> Response:
-        body = await _read_body(request, MAX_REGISTER_BYTES)
-        name = _name_from(body)
-        if name is None:
-            return JSONResponse({"error": 'expected {"name": <1-64 of A-Z a-z 0-9 _ . ->}'}, 400)
+        limited = self._limit(request, self.ip_limiter, self.auth_limiter)
+        if limited is not None:
+            return limited
+        form = _form(await _read_body(request, MAX_AUTH_BYTES))
+        name, email = form.get("name"), form.get("email")
+        if not isinstance(name, str) or not AGENT_NAME.match(name):
+            return _error(400, 'expected {"name": <1-64 of A-Z a-z 0-9 _ . ->, "email": ...}')
+        if email is not None and (not isinstance(email, str) or not EMAIL.match(email)):
+            return _error(400, "expected a valid email address")
+        if email is None and self.config.require_email:
+            return _error(400, 'this hub needs an "email" to send a verification link to')
+        return await self._register(request, name, email or "")
+
+    async def _register(self, request: Request, name: str, email: str) -> Response:
         api_key, code = new_api_key(), new_verification_code()
-        if not await self.store.register(Agent(name), hash_key(api_key), code, self.clock()):
-            return JSONResponse({"error": f"the name {name} is taken"}, 409)
-        base = self.config.public_url or str(request.base_url).rstrip("/")
-        log.info("agent_registered", agent=name)
-        claim_url = f"{base}/auth/claim?agent={name}&code={code}"
-        return JSONResponse({"api_key": api_key, "claim_url": claim_url, "verification_code": code})
+        key_hash, now = hash_key(api_key), self.clock()
+        if not await self.store.register(Agent(name, email=email), key_hash, hash_key(code), now):
+            return _error(409, f"the name {name} is taken")
+        link = f"{self._base(request)}/auth/verify?agent={quote(name)}&code={code}"
+        log.info("agent_registered", agent=name, email=bool(email))
+        if not email or self.mailer is None:
+            return JSONResponse({"api_key": api_key, "claim_url": link, "verification_code": code})
+        try:
+            await self.mailer.send(email, *verification_message(name, link, code))
+        except HubError as exc:
+            await self.store.forget(name, key_hash, now)
+            log.error("verification_mail_failed", agent=name, error=str(exc))
+            return _error(503, "cannot send the verification email now; register again later")
+        return JSONResponse(
+            {
+                "api_key": api_key,
+                "agent": name,
+                "verified": False,
+                "message": f"a verification link was sent to {email}",
+            }
+        )
+
+    def _base(self, request: Request) -> str:
+        return self.config.public_url.rstrip("/") or str(request.base_url).rstrip("/")
+
+    async def verify_link(self, request: Request) -> Response:
+        limited = self._limit(request, self.ip_limiter, self.auth_limiter)
+        if limited is not None:
+            return limited
+        name, code = request.query_params.get("agent", ""), request.query_params.get("code", "")
+        if not await self._verify(name, code):
+            return PlainTextResponse("This link is not valid: unknown agent or code.\n", 404)
+        return PlainTextResponse(f"The agent {name} is verified. You may close this page.\n")
+
+    async def verify_code(self, request: Request) -> Response:
+        limited = self._limit(request, self.ip_limiter, self.auth_limiter)
+        if limited is not None:
+            return limited
+        form = _form(await _read_body(request, MAX_AUTH_BYTES))
+        name, code = form.get("name"), form.get("code")
+        if not isinstance(name, str) or not isinstance(code, str):
+            return _error(400, 'expected {"name": ..., "code": ...}')
+        if not await self._verify(name, code):
+            return _error(404, "unknown agent or code")
+        return JSONResponse({"agent": name, "verified": True})
+
+    async def _verify(self, name: str, code: str) -> bool:
+        if not AGENT_NAME.match(name) or not code or len(code) > MAX_CODE_CHARS:
+            return False
+        verified = await self.store.verify(name, hash_key(code), self.clock())
+        log.info("agent_verification", agent=name, verified=verified)
+        return verified
+
+    async def whoami(self, request: Request) -> Response:
+        limited = self._limit(request, self.ip_limiter)
+        if limited is not None:
+            return limited
+        try:
+            agent, key_hash = await self._authenticate(request)
+        except RpcFault as fault:
+            return _error(401, str(fault))
+        wait = self.limiter.retry_after(key_hash)
+        if wait > 0:
+            return _too_many(math.ceil(wait))
+        return JSONResponse(
+            {"agent": agent.name, "verified": agent.verified, "admin": agent.is_admin}
+        )
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -136,13 +243,25 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return bytes(body)
 
 
-def _name_from(body: bytes | None) -> str | None:
+def _form(body: bytes | None) -> dict[str, Any]:
+    """A JSON object body, or an empty dict when the body is anything else."""
     try:
         message = json.loads(body) if body is not None else None
     except (ValueError, UnicodeDecodeError):
-        return None
-    name = message.get("name") if isinstance(message, dict) else None
-    return name if isinstance(name, str) and AGENT_NAME.match(name) else None
+        return {}
+    return message if isinstance(message, dict) else {}
+
+
+def _error(status: int, message: str) -> Response:
+    return JSONResponse({"error": message}, status)
+
+
+def _too_many(seconds: int) -> Response:
+    return JSONResponse(
+        {"error": f"rate limited; retry after {seconds} s", "retry_after": seconds},
+        429,
+        headers={"Retry-After": str(seconds)},
+    )
 
 
 def _retry_after(fault: RpcFault) -> dict[str, str]:
@@ -157,25 +276,49 @@ def _reply(
 
 
 def build_app(
-    store: HubStore, config: HubConfig, *, clock: Callable[[], float] = time.time
+    store: HubStore,
+    config: HubConfig,
+    *,
+    clock: Callable[[], float] = time.time,
+    mailer: Mailer | None = None,
 ) -> Starlette:
-    """The hub as an ASGI app over an opened ``store``."""
-    hub = Hub(store, config, clock)
+    """The hub as an ASGI app over an opened ``store``; ``mailer`` sends verification mail."""
+    hub = Hub(store, config, clock, mailer)
     routes = [
         Route("/", hub.rpc, methods=["POST"]),
         Route("/mcp", hub.rpc, methods=["POST"]),
         Route("/auth/agent-register", hub.register, methods=["POST"]),
+        Route("/auth/verify", hub.verify_link, methods=["GET"]),
+        Route("/auth/claim", hub.verify_link, methods=["GET"]),
+        Route("/auth/verify", hub.verify_code, methods=["POST"]),
+        Route("/auth/whoami", hub.whoami, methods=["GET"]),
         Route("/healthz", hub.health, methods=["GET"]),
     ]
     return Starlette(routes=routes)
+
+
+def mailer_for(config: Config) -> Mailer | None:
+    """The hub's mailer, or None when it sends no mail; a ConfigError names what is missing."""
+    hub = config.hub
+    try:
+        if not hub.smtp_host:
+            if hub.require_email:
+                raise ConfigError(
+                    "expected a mail server when hub.require_email = true", key="hub.smtp_host"
+                )
+            return None
+        return SmtpMailer(hub)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), path=str(config.source)) from None
 
 
 async def serve(config: Config) -> None:
     """Run the hub under uvicorn until cancelled or signalled."""
     import uvicorn  # the server is needed only here, not by tests that drive the app
 
+    mailer = mailer_for(config)
     store = SqliteStore(database_path(config))
-    app = build_app(store, config.hub)
+    app = build_app(store, config.hub, mailer=mailer)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -210,7 +353,7 @@ async def _init(store: HubStore, org: str, baseline: Path | None, now: float) ->
     await store.create_org(org, now)
     api_key = new_api_key()
     admin = Agent(ADMIN, is_admin=True, verified=True)
-    if not await store.register(admin, hash_key(api_key), new_verification_code(), now):
+    if not await store.register(admin, hash_key(api_key), hash_key(new_verification_code()), now):
         raise HubError(f"this hub already has an {ADMIN} agent; it was initialised before")
     if source is not None:
         await _seed_best(store, org, source, now)
@@ -237,4 +380,9 @@ async def _seed_best(store: HubStore, org: str, source: str, now: float) -> None
     }
     for rest, text in (("best/metadata", json.dumps(metadata)), ("best/train_py", source)):
         value = base64.b64encode(text.encode("utf-8")).decode("ascii")
-        await store.create(ADMIN, NewMemory(f"@{org}/{rest}", value, True, rest), now)
+        await store.create(
+            Agent(ADMIN, is_admin=True, verified=True),
+            NewMemory(f"@{org}/{rest}", value, True, rest),
+            now,
+            detail=json.dumps(metadata) if rest == "best/metadata" else "",
+        )

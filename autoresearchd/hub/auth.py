@@ -1,13 +1,33 @@
-"""Who may do what on the hub: API keys, the write policy and the per-key rate limit.
+"""Who may do what on the hub: API keys, codes, the write policies and the rate limits.
 
-API keys are random 256-bit tokens; the hub stores only their sha256, so a leaked
-database does not leak keys. The write policy is pure: it looks at the stored row and
-the new value and says why a write is refused. An agent may update only keys it
-created, with two shared exceptions the collective relies on: the ``best/`` pairs
-(any agent, but only by compare-and-set and only with a finite, strictly better
-``val_bpb``), and a claim whose holder released it or let it expire (by the hub's
-clock). The rate limiter is per process: a limit, not a guarantee, so it needs no
-shared state.
+API keys are random 256-bit tokens and verification codes random 128-bit ones; the hub
+stores only their sha256, so a leaked database leaks neither. The write policies are
+pure: given the stored row and the :class:`~autoresearchd.hub.store.Evidence` the store
+read in the write's own transaction, they say why a write is refused. The rules:
+
+- An agent may update only keys it created; ``results/`` records are write-once and must
+  carry the writer's own ``agent_id`` (and a ``train_py_sha256`` that hashes its
+  ``train_py``). A claim whose holder released it or let it expire (by the hub's clock)
+  may be taken over by anyone.
+- The shared ``best/`` pairs (``best/metadata`` + ``best/train_py``, per tier and per
+  track) change only by a *verified* agent, by compare-and-set (``if_match``, or a create
+  when absent). New metadata names a ``result_key`` under ``@<org>/results/`` that exists,
+  was written by this agent while verified, and has the metadata's ``train_py_sha256``;
+  its ``val_bpb`` is finite, beats the current best, and is no better than the replicates'
+  mean (below). ``best/train_py`` must hash to its metadata's ``train_py_sha256``.
+- Replication (BOINC's quorum): the hub counts the indexed results of the same track and
+  ``train_py_sha256`` written by verified agents with a finite ``val_bpb`` and status
+  ``keep``, or ``discard`` marked ``provisional``, one per distinct ``seed``. It needs
+  ``1 + replicates`` of them (the candidate's run and ``replicates`` confirmations), and
+  their mean must beat the current best. With ``replication = "other-agent"`` at least one
+  of them must come from an agent other than the writer. A daemon whose
+  ``experiment.replicates`` is at least the hub's satisfies this: it publishes the first
+  run and every confirmation but the last as provisional discards, then the last as a
+  ``keep`` whose ``confirmed_bpb`` is their mean, in that order.
+- The admin agent bypasses every rule.
+
+The rate limiters are token buckets in process memory: a limit per hub replica, not a
+global guarantee, so they need no shared state.
 """
 
 from __future__ import annotations
@@ -17,19 +37,31 @@ import json
 import math
 import re
 import secrets
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Literal
 
-from autoresearchd.hub.store import Agent, Memory, WritePolicy
+from autoresearchd.hub.store import Agent, Evidence, Memory, Needs, ResultRow, WritePolicy
+from autoresearchd.models import sha256_text
 
 KEY_PREFIX = "ard_"
-#: ``best/`` keys every agent may move (but not ``best/agent/<name>``, which is personal).
+#: ``best/`` keys every verified agent may move (not ``best/agent/<name>``, which is personal).
 SHARED_BEST = re.compile(
     r"^(tracks/[^/]+/)?best/(metadata|train_py|tier/[^/]+/(metadata|train_py))$"
 )
 CLAIM = re.compile(r"^claims/")
+RESULT = re.compile(r"^results/")
 AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+EMAIL = re.compile(r"^[^@\s<>\"',;]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,63}$")
+#: Statuses whose finite val_bpb counts toward replication (a discard only if provisional).
+COUNTED = ("keep", "discard")
+#: How far a claimed val_bpb may sit below the replicates' mean: float summation noise only.
+MEAN_TOLERANCE = 1e-9
+MAX_BUCKETS = 100_000
+
+Replication = Literal["any", "other-agent"]
 
 
 def new_api_key() -> str:
@@ -41,7 +73,7 @@ def hash_key(api_key: str) -> str:
 
 
 def new_verification_code() -> str:
-    return secrets.token_hex(4)
+    return secrets.token_urlsafe(16)
 
 
 def split_key(key_name: str) -> tuple[str, str] | None:
@@ -52,43 +84,15 @@ def split_key(key_name: str) -> tuple[str, str] | None:
     return (org, rest) if org and rest else None
 
 
-def write_policy(
-    agent: Agent, key_name: str, new_text: str | None, if_match: int | None, now: float
-) -> WritePolicy:
-    """The policy for one update by ``agent`` (see the module docstring)."""
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The hub-wide settings the write policies read."""
 
-    def check(current: Memory) -> str | None:
-        if agent.is_admin:
-            return None
-        rest = (split_key(key_name) or ("", key_name))[1]
-        if SHARED_BEST.match(rest):
-            return _best_refusal(current, new_text, if_match, rest)
-        if current.owner == agent.name:
-            return None
-        if CLAIM.match(rest) and _claim_is_free(current, now):
-            return None
-        return f"{key_name} belongs to {current.owner}"
-
-    return check
+    replicates: int = 2
+    replication: Replication = "any"
 
 
-def _best_refusal(
-    current: Memory, new_text: str | None, if_match: int | None, rest: str
-) -> str | None:
-    if if_match is None:
-        return "best/ keys change only by compare-and-set: send if_match"
-    if not rest.endswith("/metadata") and rest != "best/metadata":
-        return None
-    new_bpb = _bpb(new_text)
-    if new_bpb is None:
-        return "best metadata needs a finite val_bpb"
-    old_bpb = _bpb(current.text)
-    if old_bpb is not None and not new_bpb < old_bpb:
-        return f"val_bpb {new_bpb} does not beat the best {old_bpb}"
-    return None
-
-
-def _record(text: str | None) -> dict[str, object]:
+def record_of(text: str | None) -> dict[str, Any]:
     try:
         record = json.loads(text) if text is not None else None
     except ValueError:
@@ -96,18 +100,206 @@ def _record(text: str | None) -> dict[str, object]:
     return record if isinstance(record, dict) else {}
 
 
-def _bpb(text: str | None) -> float | None:
-    value = _record(text).get("val_bpb")
+def finite(value: Any) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
 
 
+# --- results ---------------------------------------------------------------------------
+
+
+def index_result(agent: Agent, key_name: str, text: str | None) -> tuple[ResultRow | None, str]:
+    """The index row of a new ``results/`` record, or a reason to refuse it."""
+    org = (split_key(key_name) or ("", ""))[0]
+    record = record_of(text)
+    if record.get("agent_id") != agent.name and not agent.is_admin:
+        return None, f"a result record must carry agent_id {agent.name!r}, the key's agent"
+    source, sha = record.get("train_py"), record.get("train_py_sha256")
+    if isinstance(source, str) and isinstance(sha, str) and sha256_text(source) != sha:
+        return None, "train_py_sha256 does not hash train_py"
+    seed = record.get("seed")
+    row = ResultRow(
+        key_name=key_name,
+        org=org,
+        agent=str(record.get("agent_id", agent.name)),
+        verified=agent.verified,
+        result_id=str(record.get("id", "")),
+        track=str(record.get("track", "")),
+        train_py_sha256=sha if isinstance(sha, str) else "",
+        seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+        status=str(record.get("status", "")),
+        provisional=record.get("provisional") is True,
+        val_bpb=finite(record.get("val_bpb")),
+    )
+    return row, ""
+
+
+# --- write policies --------------------------------------------------------------------
+
+
+def create_policy(agent: Agent, key_name: str, new_text: str | None, rules: Rules) -> WritePolicy:
+    """The policy for creating ``key_name``: shared bests follow the best rules."""
+    rest = (split_key(key_name) or ("", key_name))[1]
+    if agent.is_admin or not SHARED_BEST.match(rest):
+        return WritePolicy(lambda current, evidence: None)
+    return _best_policy(agent, key_name, rest, new_text, None, rules)
+
+
+def write_policy(
+    agent: Agent,
+    key_name: str,
+    new_text: str | None,
+    if_match: int | None,
+    now: float,
+    rules: Rules,
+) -> WritePolicy:
+    """The policy for one update by ``agent`` (see the module docstring)."""
+    rest = (split_key(key_name) or ("", key_name))[1]
+    if agent.is_admin:
+        return WritePolicy(lambda current, evidence: None)
+    if SHARED_BEST.match(rest):
+        if if_match is None:
+            return _refuse("best/ keys change only by compare-and-set: send if_match")
+        return _best_policy(agent, key_name, rest, new_text, if_match, rules)
+    if RESULT.match(rest):
+        return _refuse("results are write-once")
+
+    def check(current: Memory | None, evidence: Evidence) -> str | None:
+        if current is None or current.owner == agent.name:
+            return None
+        if CLAIM.match(rest) and _claim_is_free(current, now):
+            return None
+        return f"{key_name} belongs to {current.owner}"
+
+    return WritePolicy(check)
+
+
+def _refuse(reason: str) -> WritePolicy:
+    return WritePolicy(lambda current, evidence: reason)
+
+
+def _best_policy(
+    agent: Agent,
+    key_name: str,
+    rest: str,
+    new_text: str | None,
+    if_match: int | None,
+    rules: Rules,
+) -> WritePolicy:
+    if not agent.verified:
+        return _refuse(f"only verified agents may write best/; {agent.name} is not verified")
+    if rest.endswith("train_py"):
+        return _source_policy(key_name, new_text)
+    org = (split_key(key_name) or ("", ""))[0]
+    record = record_of(new_text)
+    result_key, sha = record.get("result_key"), record.get("train_py_sha256")
+    if not isinstance(result_key, str) or not result_key.startswith(f"@{org}/results/"):
+        return _refuse(f"best metadata must name its result_key under @{org}/results/")
+    if not isinstance(sha, str) or not sha:
+        return _refuse("best metadata needs a train_py_sha256")
+    claim = _BestClaim(agent.name, record, result_key, sha, rules)
+    return WritePolicy(claim.check, Needs(result_key=result_key, replicates_of=(org, sha)))
+
+
+def _source_policy(key_name: str, new_text: str | None) -> WritePolicy:
+    sibling = key_name[: -len("train_py")] + "metadata"
+    sha = sha256_text(new_text) if new_text is not None else ""
+
+    def check(current: Memory | None, evidence: Evidence) -> str | None:
+        meta = record_of(evidence.sibling.text if evidence.sibling else None)
+        if not sha or meta.get("train_py_sha256") != sha:
+            return f"the source does not match the train_py_sha256 in {sibling}"
+        return None
+
+    return WritePolicy(check, Needs(sibling_key=sibling))
+
+
+@dataclass(frozen=True, slots=True)
+class _BestClaim:
+    """New best metadata, checked against the stored best and the evidence."""
+
+    agent: str
+    record: dict[str, Any]
+    result_key: str
+    sha: str
+    rules: Rules
+
+    def check(self, current: Memory | None, evidence: Evidence) -> str | None:
+        new_bpb = finite(self.record.get("val_bpb"))
+        if new_bpb is None:
+            return "best metadata needs a finite val_bpb"
+        old_bpb = finite(record_of(current.text if current else None).get("val_bpb"))
+        if old_bpb is not None and not new_bpb < old_bpb:
+            return f"val_bpb {new_bpb} does not beat the best {old_bpb}"
+        return self._check_result(evidence.result) or self._check_replicates(
+            evidence.result, evidence.replicates, new_bpb, old_bpb
+        )
+
+    def _check_result(self, result: ResultRow | None) -> str | None:
+        if result is None:
+            return f"the result {self.result_key} does not exist"
+        if result.agent != self.agent:
+            return f"the result {self.result_key} is not by {self.agent}"
+        if not result.verified:
+            return f"the result {self.result_key} was published before its agent was verified"
+        if result.train_py_sha256 != self.sha:
+            return f"the result {self.result_key} has another train_py_sha256"
+        result_id = self.record.get("result_id")
+        if result_id is not None and result_id != result.result_id:
+            return f"result_id {result_id!r} is not the id of {self.result_key}"
+        return None
+
+    def _check_replicates(
+        self,
+        result: ResultRow | None,
+        rows: tuple[ResultRow, ...],
+        new_bpb: float,
+        old_bpb: float | None,
+    ) -> str | None:
+        track = result.track if result else ""
+        counted = _counted(rows, track)
+        need = 1 + self.rules.replicates
+        if len(counted) < need:
+            return (
+                f"needs {need} verified results with distinct seeds of this source,"
+                f" has {len(counted)}"
+            )
+        if self.rules.replication == "other-agent" and self.rules.replicates > 0:
+            if all(row.agent == self.agent for row in counted):
+                return "needs a confirming result by another agent"
+        mean = statistics.fmean(row.val_bpb or 0.0 for row in counted)
+        if old_bpb is not None and not mean < old_bpb:
+            return f"the replicates' mean {mean} does not beat the best {old_bpb}"
+        if new_bpb < mean - MEAN_TOLERANCE * max(1.0, abs(mean)):
+            return f"val_bpb {new_bpb} is better than the replicates' mean {mean}"
+        return None
+
+
+def _counted(rows: tuple[ResultRow, ...], track: str) -> list[ResultRow]:
+    """One row per distinct seed among the results that count toward replication."""
+    by_seed: dict[int, ResultRow] = {}
+    for row in rows:
+        counts = row.status == "keep" or (row.status == "discard" and row.provisional)
+        if (
+            row.verified
+            and counts
+            and row.track == track
+            and row.val_bpb is not None
+            and row.seed is not None
+        ):
+            by_seed.setdefault(row.seed, row)
+    return list(by_seed.values())
+
+
 def _claim_is_free(current: Memory, now: float) -> bool:
-    record = _record(current.text)
+    record = record_of(current.text)
     expires = record.get("expires_at")
     released = record.get("released") is True
     return released or (isinstance(expires, int | float) and expires <= now)
+
+
+# --- rate limits -----------------------------------------------------------------------
 
 
 @dataclass
@@ -117,7 +309,7 @@ class _Bucket:
 
 
 class RateLimiter:
-    """A token bucket per API key: ``rate`` calls a second, bursts up to ``burst``."""
+    """A token bucket per key (an API key's hash, or an IP): ``rate`` a second, up to ``burst``."""
 
     def __init__(
         self, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic
@@ -130,6 +322,8 @@ class RateLimiter:
     def retry_after(self, key: str) -> float:
         """Take one token for ``key``: 0 when allowed, else seconds until one is free."""
         now = self._clock()
+        if len(self._buckets) >= MAX_BUCKETS:
+            self._prune(now)
         bucket = self._buckets.setdefault(key, _Bucket(self.burst, now))
         bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
         bucket.stamp = now
@@ -137,3 +331,13 @@ class RateLimiter:
             bucket.tokens -= 1.0
             return 0.0
         return (1.0 - bucket.tokens) / self.rate
+
+    def _prune(self, now: float) -> None:
+        """Forget buckets that have refilled: they would start full anyway."""
+        full = [
+            key
+            for key, bucket in self._buckets.items()
+            if bucket.tokens + (now - bucket.stamp) * self.rate >= self.burst
+        ]
+        for key in full:
+            del self._buckets[key]

@@ -2,7 +2,9 @@
 
 This speaks the Ensue wire protocol (DESIGN.md, contract 4): ``tools/call`` with
 ``create_memory``, ``get_memory``, ``update_memory``, ``list_keys`` and
-``search_memories``; a tool's answer travels as JSON text in ``result.content[0].text``.
+``search_memories``, plus our ``best_history`` (the audited changes of one best metadata
+key, newest first); a tool's answer travels as JSON text in ``result.content[0].text``.
+Keys come back with ``verified``: whether their writer was a verified agent then.
 Requests that are not JSON-RPC get the standard codes (-32700 parse error, -32600 invalid
 request, -32601 method not found, -32602 invalid params). Tool refusals use the
 server range: -32001 unauthorised, -32003 forbidden, -32004 not found, -32009 conflict
@@ -20,14 +22,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from autoresearchd.errors import HubError
-from autoresearchd.hub.auth import split_key, write_policy
+from autoresearchd.hub.auth import (
+    RESULT,
+    SHARED_BEST,
+    Rules,
+    create_policy,
+    index_result,
+    split_key,
+    write_policy,
+)
 from autoresearchd.hub.store import (
+    REASON_EXISTS,
     REASON_NOT_FOUND,
     REASON_VERSION,
     Agent,
+    AuditEntry,
     HubStore,
     Memory,
     NewMemory,
+    ResultRow,
     decode_text,
 )
 
@@ -48,6 +61,7 @@ MAX_KEYS = 1000
 MAX_LIST = 10_000
 MAX_KEY_CHARS = 512
 DEFAULT_LIMIT = 100
+MAX_HISTORY = 1000
 
 
 class RpcFault(HubError):
@@ -155,11 +169,17 @@ class Tools:
     """The Ensue tools over a :class:`HubStore`, for one authenticated agent at a time."""
 
     def __init__(
-        self, store: HubStore, *, max_value_bytes: int, clock: Callable[[], float]
+        self,
+        store: HubStore,
+        *,
+        max_value_bytes: int,
+        clock: Callable[[], float],
+        rules: Rules | None = None,
     ) -> None:
         self.store = store
         self.max_value_bytes = max_value_bytes
         self.clock = clock
+        self.rules = rules or Rules()
         self._orgs: set[str] = set()  # a cache of orgs seen to exist; orgs are never dropped
         self._tools: dict[str, Callable[[Agent, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
             "create_memory": self.create_memory,
@@ -167,6 +187,7 @@ class Tools:
             "update_memory": self.update_memory,
             "list_keys": self.list_keys,
             "search_memories": self.search_memories,
+            "best_history": self.best_history,
         }
 
     async def call(self, agent: Agent, call: Call) -> dict[str, Any]:
@@ -213,10 +234,25 @@ class Tools:
         value, is_base64 = self._value(item)
         description = _arg(item, "description", str, "")
         new = NewMemory(key, value, is_base64, description)
-        version = await self.store.create(agent.name, new, self.clock())
-        if version is None:
-            return {"key_name": key, "status": "error", "code": "exists", "error": "key exists"}
-        return {"key_name": key, "status": "created", "version": version}
+        text = decode_text(value, is_base64)
+        result: ResultRow | None = None
+        if RESULT.match(_rest(key)):
+            result, refusal = index_result(agent, key, text)
+            if result is None:
+                return _create_error(key, "refused", f"refused: {refusal}")
+        outcome = await self.store.create(
+            agent,
+            new,
+            self.clock(),
+            policy=create_policy(agent, key, text, self.rules),
+            result=result,
+            detail=_audit_detail(key, text),
+        )
+        if outcome.version is not None:
+            return {"key_name": key, "status": "created", "version": outcome.version}
+        if outcome.reason == REASON_EXISTS:
+            return _create_error(key, "exists", "key exists")
+        return _create_error(key, "refused", f"refused: {outcome.detail}")
 
     async def get_memory(self, agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
         keys = _arg(args, "key_names", list)
@@ -233,9 +269,11 @@ class Tools:
         value, is_base64 = self._value(args)
         if_match = _arg(args, "if_match", int, None)
         new = NewMemory(key, value, is_base64)
-        now = self.clock()
-        policy = write_policy(agent, key, decode_text(value, is_base64), if_match, now)
-        outcome = await self.store.update(agent.name, new, if_match, policy, now)
+        now, text = self.clock(), decode_text(value, is_base64)
+        policy = write_policy(agent, key, text, if_match, now, self.rules)
+        outcome = await self.store.update(
+            agent, new, if_match, policy, now, detail=_audit_detail(key, text)
+        )
         if outcome.version is not None:
             return {"key_name": key, "status": "updated", "version": outcome.version}
         if outcome.reason == REASON_NOT_FOUND:
@@ -262,6 +300,43 @@ class Tools:
             ]
         }
 
+    async def best_history(self, agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
+        key = _key(args.get("key_name"))
+        if not SHARED_BEST.match(_rest(key)):
+            raise _invalid("best_history reads a best/ key only")
+        entries = await self.store.history(key, _limit(args, MAX_HISTORY))
+        return {"changes": [_change(entry) for entry in entries]}
+
+
+def _rest(key: str) -> str:
+    """The key without its ``@org/`` prefix."""
+    return (split_key(key) or ("", ""))[1]
+
+
+def _create_error(key: str, code: str, message: str) -> dict[str, Any]:
+    return {"key_name": key, "status": "error", "code": code, "error": message}
+
+
+def _audit_detail(key: str, text: str | None) -> str:
+    """What the audit log keeps of a write: a best's whole metadata, else nothing."""
+    rest = _rest(key)
+    return text or "" if SHARED_BEST.match(rest) and rest.endswith("metadata") else ""
+
+
+def _change(entry: AuditEntry) -> dict[str, Any]:
+    try:
+        # Non-finite numbers become null: replies are strict JSON.
+        metadata = json.loads(entry.detail, parse_constant=lambda _: None) if entry.detail else {}
+    except ValueError:
+        metadata = {}
+    return {
+        "at": entry.at,
+        "agent": entry.agent,
+        "action": entry.action,
+        "version": entry.version,
+        "metadata": metadata if isinstance(metadata, dict) else {},
+    }
+
 
 def _summary(memory: Memory) -> dict[str, Any]:
     return {
@@ -271,6 +346,7 @@ def _summary(memory: Memory) -> dict[str, Any]:
         "owner": memory.owner,
         "created_at": memory.created_at,
         "updated_at": memory.updated_at,
+        "verified": memory.verified,
     }
 
 

@@ -3,10 +3,14 @@
 Every guarantee the hub gives lives in the database, never in process memory, so a
 PostgreSQL store can implement the same Protocol and several hub replicas can share one
 database: create-if-absent is one ``INSERT ... ON CONFLICT DO NOTHING``; compare-and-set
-is one ``UPDATE ... WHERE version = ?`` inside the transaction that read the row and ran
-the write policy on it; every write appends to the ``audit`` table (which triggers keep
-append-only) in the same transaction. :class:`SqliteStore` gives each worker thread its
-own connection in WAL mode and runs every call in a thread, off the event loop.
+is one ``UPDATE ... WHERE version = ?`` inside the transaction that read the row, read
+the :class:`Evidence` the write policy asked for (:class:`Needs`) and ran the policy on
+them; every write appends to the ``audit`` table (which triggers keep append-only) in the
+same transaction. A ``results/`` record is indexed in the ``results`` table in the
+transaction that creates it (results are write-once), so a policy can count replicates
+with one indexed ``SELECT``. Verification is one ``UPDATE ... WHERE`` on the agent's
+code hash. :class:`SqliteStore` gives each worker thread its own connection in WAL mode
+and runs every call in a thread, off the event loop.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import anyio.to_thread
 
 from autoresearchd.errors import HubError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 30.0
 
 SCHEMA = """
@@ -37,7 +41,9 @@ CREATE TABLE IF NOT EXISTS agents (
     is_admin INTEGER NOT NULL DEFAULT 0,
     verified INTEGER NOT NULL DEFAULT 0,
     verification_code TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    email TEXT NOT NULL DEFAULT '',
+    verified_at REAL
 );
 CREATE TABLE IF NOT EXISTS memories (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -48,8 +54,24 @@ CREATE TABLE IF NOT EXISTS memories (
     is_base64 INTEGER NOT NULL,
     version INTEGER NOT NULL,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    verified INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS results (
+    key_name TEXT PRIMARY KEY,
+    org TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    verified INTEGER NOT NULL,
+    result_id TEXT NOT NULL,
+    track TEXT NOT NULL,
+    train_py_sha256 TEXT NOT NULL,
+    seed INTEGER,
+    status TEXT NOT NULL,
+    provisional INTEGER NOT NULL,
+    val_bpb REAL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS results_by_sha ON results (org, train_py_sha256);
 CREATE VIRTUAL TABLE IF NOT EXISTS memories_fts USING fts5(key_name, description, body);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -60,11 +82,21 @@ CREATE TABLE IF NOT EXISTS audit (
     version INTEGER,
     detail TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS audit_by_key ON audit (key_name, seq);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END
 """
+
+#: Columns schema 2 added to tables schema 1 created: (table, column, declaration).
+MIGRATIONS = (
+    ("agents", "email", "TEXT NOT NULL DEFAULT ''"),
+    ("agents", "verified_at", "REAL"),
+    ("memories", "verified", "INTEGER NOT NULL DEFAULT 0"),
+)
+#: The most rows one replication query returns; a source run more often is an outlier.
+MAX_CONFIRMATIONS = 1000
 
 T = TypeVar("T")
 
@@ -76,11 +108,15 @@ class Agent:
     name: str
     is_admin: bool = False
     verified: bool = False
+    email: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Memory:
-    """One stored key. ``value`` is exactly what was sent; ``is_base64`` says how to read it."""
+    """One stored key. ``value`` is exactly what was sent; ``is_base64`` says how to read it.
+
+    ``verified`` says whether its writer was a verified agent when it was created.
+    """
 
     key_name: str
     owner: str
@@ -90,6 +126,7 @@ class Memory:
     version: int
     created_at: float
     updated_at: float
+    verified: bool = False
 
     @property
     def text(self) -> str | None:
@@ -111,12 +148,56 @@ class Hit:
     score: float
 
 
-#: The write policy: given the stored row, why this write is refused, or None to allow it.
-WritePolicy = Callable[[Memory], str | None]
+@dataclass(frozen=True, slots=True)
+class ResultRow:
+    """The indexed fields of one ``results/`` record; ``val_bpb`` is None unless finite."""
+
+    key_name: str
+    org: str
+    agent: str
+    verified: bool
+    result_id: str
+    track: str
+    train_py_sha256: str
+    seed: int | None
+    status: str
+    provisional: bool
+    val_bpb: float | None
 
 
 @dataclass(frozen=True, slots=True)
-class UpdateOutcome:
+class Needs:
+    """What a write policy must see besides the row it writes, read in the same transaction.
+
+    ``result_key``: the indexed result at that key; ``replicates_of``: ``(org, sha256)``,
+    every indexed result of that source; ``sibling_key``: another stored key.
+    """
+
+    result_key: str = ""
+    replicates_of: tuple[str, str] | None = None
+    sibling_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """The rows :class:`Needs` asked for, as the write's transaction sees them."""
+
+    result: ResultRow | None = None
+    replicates: tuple[ResultRow, ...] = ()
+    sibling: Memory | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WritePolicy:
+    """Why a write is refused (a reason) or None to allow it, given the stored row (None
+    on create) and the evidence ``needs`` names. ``check`` must be pure."""
+
+    check: Callable[[Memory | None, Evidence], str | None]
+    needs: Needs = Needs()
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
     """``version`` is set on success; otherwise ``reason`` is one of the ``REASON_*`` names."""
 
     version: int | None = None
@@ -125,7 +206,20 @@ class UpdateOutcome:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One audit row: who did what to which key, with the change's ``detail``."""
+
+    at: float
+    agent: str
+    action: str
+    key_name: str
+    version: int | None
+    detail: str
+
+
 REASON_NOT_FOUND = "not_found"
+REASON_EXISTS = "exists"
 REASON_VERSION = "version_mismatch"
 REASON_REFUSED = "refused"
 
@@ -137,14 +231,31 @@ class HubStore(Protocol):
 
     async def org_exists(self, name: str) -> bool: ...
 
-    async def register(self, agent: Agent, key_hash: str, code: str, now: float) -> bool:
-        """Store a new agent; False when the name or key is taken."""
+    async def register(self, agent: Agent, key_hash: str, code_hash: str, now: float) -> bool:
+        """Store a new agent (with ``agent.email``); False when the name or key is taken."""
+        ...
+
+    async def verify(self, name: str, code_hash: str, now: float) -> bool:
+        """Mark ``name`` verified if ``code_hash`` is its code's hash; True if it now is."""
+        ...
+
+    async def forget(self, name: str, key_hash: str, now: float) -> bool:
+        """Drop an agent that is still unverified (its email could not be sent)."""
         ...
 
     async def agent_for(self, key_hash: str) -> Agent | None: ...
 
-    async def create(self, agent: str, item: NewMemory, now: float) -> int | None:
-        """Create-if-absent; the new version, or None when the key exists."""
+    async def create(
+        self,
+        agent: Agent,
+        item: NewMemory,
+        now: float,
+        *,
+        policy: WritePolicy | None = None,
+        result: ResultRow | None = None,
+        detail: str = "",
+    ) -> WriteOutcome:
+        """Create-if-absent after ``policy`` allowed it; index ``result`` with it."""
         ...
 
     async def get(self, key_names: Sequence[str]) -> list[Memory | None]:
@@ -153,12 +264,14 @@ class HubStore(Protocol):
 
     async def update(
         self,
-        agent: str,
+        agent: Agent,
         item: NewMemory,
         if_match: int | None,
         policy: WritePolicy,
         now: float,
-    ) -> UpdateOutcome:
+        *,
+        detail: str = "",
+    ) -> WriteOutcome:
         """Compare-and-set one key after ``policy`` allowed the write."""
         ...
 
@@ -168,6 +281,10 @@ class HubStore(Protocol):
 
     async def search(self, query: str, prefix: str, limit: int) -> list[Hit]:
         """Keys under ``prefix`` ranked by text relevance; scores in [0, 1]."""
+        ...
+
+    async def history(self, key_name: str, limit: int) -> list[AuditEntry]:
+        """The audited creates and updates of one key, newest first."""
         ...
 
     async def close(self) -> None: ...
@@ -192,10 +309,7 @@ class SqliteStore:
         self._all_lock = threading.Lock()  # guards the list of connections, not the data
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._translate(), _transaction(self._conn()) as conn:
-            for statement in filter(str.strip, SCHEMA.split(";\n")):
-                conn.execute(statement)
-            if conn.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 0:
-                conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            _prepare(conn)
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -239,32 +353,53 @@ class SqliteStore:
         )
         return row is not None
 
-    async def register(self, agent: Agent, key_hash: str, code: str, now: float) -> bool:
-        return await self._run(lambda c: _insert_agent(c, agent, key_hash, code, now))
+    async def register(self, agent: Agent, key_hash: str, code_hash: str, now: float) -> bool:
+        return await self._run(lambda c: _insert_agent(c, agent, key_hash, code_hash, now))
+
+    async def verify(self, name: str, code_hash: str, now: float) -> bool:
+        return await self._run(lambda c: _verify(c, name, code_hash, now))
+
+    async def forget(self, name: str, key_hash: str, now: float) -> bool:
+        return await self._run(lambda c: _forget(c, name, key_hash, now))
 
     async def agent_for(self, key_hash: str) -> Agent | None:
         row = await self._run(
             lambda c: c.execute(
-                "SELECT name, is_admin, verified FROM agents WHERE key_hash = ?", (key_hash,)
+                "SELECT name, is_admin, verified, email FROM agents WHERE key_hash = ?",
+                (key_hash,),
             ).fetchone()
         )
-        return Agent(row[0], bool(row[1]), bool(row[2])) if row else None
+        return Agent(row[0], bool(row[1]), bool(row[2]), str(row[3])) if row else None
 
-    async def create(self, agent: str, item: NewMemory, now: float) -> int | None:
-        return await self._run(lambda c: _create(c, agent, item, now))
+    async def create(
+        self,
+        agent: Agent,
+        item: NewMemory,
+        now: float,
+        *,
+        policy: WritePolicy | None = None,
+        result: ResultRow | None = None,
+        detail: str = "",
+    ) -> WriteOutcome:
+        return await self._run(
+            lambda c: _create(c, _Write(agent, item, now, policy, result, detail))
+        )
 
     async def get(self, key_names: Sequence[str]) -> list[Memory | None]:
         return await self._run(lambda c: _get(c, key_names))
 
     async def update(
         self,
-        agent: str,
+        agent: Agent,
         item: NewMemory,
         if_match: int | None,
         policy: WritePolicy,
         now: float,
-    ) -> UpdateOutcome:
-        return await self._run(lambda c: _update(c, agent, item, if_match, policy, now))
+        *,
+        detail: str = "",
+    ) -> WriteOutcome:
+        write = _Write(agent, item, now, policy, None, detail)
+        return await self._run(lambda c: _update(c, write, if_match))
 
     async def list_keys(self, prefix: str, limit: int) -> list[Memory]:
         return await self._run(lambda c: _list(c, prefix, limit))
@@ -272,10 +407,44 @@ class SqliteStore:
     async def search(self, query: str, prefix: str, limit: int) -> list[Hit]:
         return await self._run(lambda c: _search(c, query, prefix, limit))
 
+    async def history(self, key_name: str, limit: int) -> list[AuditEntry]:
+        return await self._run(lambda c: _history(c, key_name, limit))
+
 
 # --- statements: each runs in a worker thread on that thread's connection -------------
 
-COLUMNS = "key_name, owner, description, value, is_base64, version, created_at, updated_at"
+COLUMNS = (
+    "key_name, owner, description, value, is_base64, version, created_at, updated_at, verified"
+)
+RESULT_COLUMNS = (
+    "key_name, org, agent, verified, result_id, track, train_py_sha256, seed, status,"
+    " provisional, val_bpb"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    agent: Agent
+    item: NewMemory
+    now: float
+    policy: WritePolicy | None
+    result: ResultRow | None
+    detail: str
+
+
+def _prepare(conn: sqlite3.Connection) -> None:
+    """Create the schema, or bring a schema 1 database up to date."""
+    for statement in filter(str.strip, SCHEMA.split(";\n")):
+        conn.execute(statement)
+    for table, column, declaration in MIGRATIONS:
+        known = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in known:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    if row[0] is None:
+        conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+    elif row[0] < SCHEMA_VERSION:
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
 
 @contextmanager
@@ -290,17 +459,40 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
-def _row(row: tuple[Any, ...]) -> Memory:
-    k, o, d, v, b, ver, c, u = row
-    return Memory(str(k), str(o), str(d), str(v), bool(b), int(ver), float(c), float(u))
+def _row(row: Sequence[Any]) -> Memory:
+    k, o, d, v, b, ver, c, u, ok = row
+    return Memory(str(k), str(o), str(d), str(v), bool(b), int(ver), float(c), float(u), bool(ok))
+
+
+def _result_row(row: Sequence[Any]) -> ResultRow:
+    k, org, agent, ok, rid, track, sha, seed, status, prov, bpb = row
+    return ResultRow(
+        str(k),
+        str(org),
+        str(agent),
+        bool(ok),
+        str(rid),
+        str(track),
+        str(sha),
+        None if seed is None else int(seed),
+        str(status),
+        bool(prov),
+        None if bpb is None else float(bpb),
+    )
 
 
 def _audit(
-    conn: sqlite3.Connection, now: float, agent: str, action: str, key: str, version: int | None
+    conn: sqlite3.Connection,
+    now: float,
+    agent: str,
+    action: str,
+    key: str,
+    version: int | None,
+    detail: str = "",
 ) -> None:
     conn.execute(
-        "INSERT INTO audit (at, agent, action, key_name, version, detail) VALUES (?,?,?,?,?,'')",
-        (now, agent, action, key, version),
+        "INSERT INTO audit (at, agent, action, key_name, version, detail) VALUES (?,?,?,?,?,?)",
+        (now, agent, action, key, version, detail),
     )
 
 
@@ -315,35 +507,144 @@ def _insert_org(conn: sqlite3.Connection, name: str, now: float) -> bool:
 
 
 def _insert_agent(
-    conn: sqlite3.Connection, agent: Agent, key_hash: str, code: str, now: float
+    conn: sqlite3.Connection, agent: Agent, key_hash: str, code_hash: str, now: float
 ) -> bool:
     with _transaction(conn):
         cur = conn.execute(
             "INSERT INTO agents (name, key_hash, is_admin, verified, verification_code,"
-            " created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (agent.name, key_hash, int(agent.is_admin), int(agent.verified), code, now),
+            " created_at, email, verified_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            (
+                agent.name,
+                key_hash,
+                int(agent.is_admin),
+                int(agent.verified),
+                code_hash,
+                now,
+                agent.email,
+                now if agent.verified else None,
+            ),
         )
         if cur.rowcount:
             _audit(conn, now, agent.name, "register", "", None)
         return bool(cur.rowcount)
 
 
-def _create(conn: sqlite3.Connection, agent: str, item: NewMemory, now: float) -> int | None:
+def _verify(conn: sqlite3.Connection, name: str, code_hash: str, now: float) -> bool:
     with _transaction(conn):
         cur = conn.execute(
-            f"INSERT INTO memories ({COLUMNS}) VALUES (?, ?, ?, ?, ?, 1, ?, ?)"
-            " ON CONFLICT (key_name) DO NOTHING",
-            (item.key_name, agent, item.description, item.value, int(item.is_base64), now, now),
+            "UPDATE agents SET verified = 1, verified_at = ?"
+            " WHERE name = ? AND verification_code = ? AND verified = 0",
+            (now, name, code_hash),
         )
-        if not cur.rowcount:
-            return None
+        if cur.rowcount:
+            _audit(conn, now, name, "verify", "", None)
+            return True
+        row = conn.execute(
+            "SELECT 1 FROM agents WHERE name = ? AND verification_code = ? AND verified = 1",
+            (name, code_hash),
+        ).fetchone()
+        return row is not None  # opening the link twice is fine
+
+
+def _forget(conn: sqlite3.Connection, name: str, key_hash: str, now: float) -> bool:
+    with _transaction(conn):
+        cur = conn.execute(
+            "DELETE FROM agents WHERE name = ? AND key_hash = ? AND verified = 0",
+            (name, key_hash),
+        )
+        if cur.rowcount:
+            _audit(conn, now, name, "forget", "", None)
+        return bool(cur.rowcount)
+
+
+def _evidence(conn: sqlite3.Connection, needs: Needs) -> Evidence:
+    result = replicates = sibling = None
+    if needs.result_key:
+        row = conn.execute(
+            f"SELECT {RESULT_COLUMNS} FROM results WHERE key_name = ?", (needs.result_key,)
+        ).fetchone()
+        result = _result_row(row) if row else None
+    if needs.replicates_of is not None:
+        rows = conn.execute(
+            f"SELECT {RESULT_COLUMNS} FROM results WHERE org = ? AND train_py_sha256 = ?"
+            " ORDER BY created_at, key_name LIMIT ?",
+            (*needs.replicates_of, MAX_CONFIRMATIONS),
+        ).fetchall()
+        replicates = tuple(_result_row(row) for row in rows)
+    if needs.sibling_key:
+        row = conn.execute(
+            f"SELECT {COLUMNS} FROM memories WHERE key_name = ?", (needs.sibling_key,)
+        ).fetchone()
+        sibling = _row(row) if row else None
+    return Evidence(result, replicates or (), sibling)
+
+
+def _refusal(
+    conn: sqlite3.Connection, policy: WritePolicy | None, current: Memory | None
+) -> str | None:
+    if policy is None:
+        return None
+    return policy.check(current, _evidence(conn, policy.needs))
+
+
+def _create(conn: sqlite3.Connection, write: _Write) -> WriteOutcome:
+    item, agent, now = write.item, write.agent, write.now
+    with _transaction(conn):
+        exists = conn.execute(
+            "SELECT version FROM memories WHERE key_name = ?", (item.key_name,)
+        ).fetchone()
+        if exists:
+            return WriteOutcome(reason=REASON_EXISTS, current_version=int(exists[0]))
+        refusal = _refusal(conn, write.policy, None)
+        if refusal:
+            return WriteOutcome(reason=REASON_REFUSED, detail=refusal)
+        cur = conn.execute(
+            f"INSERT INTO memories ({COLUMNS}) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?)"
+            " ON CONFLICT (key_name) DO NOTHING",
+            (
+                item.key_name,
+                agent.name,
+                item.description,
+                item.value,
+                int(item.is_base64),
+                now,
+                now,
+                int(agent.verified),
+            ),
+        )
+        if not cur.rowcount:  # a writer that does not lock on read got there first
+            return WriteOutcome(reason=REASON_EXISTS, current_version=1)
         body = decode_text(item.value, item.is_base64) or ""
         conn.execute(
             "INSERT INTO memories_fts (rowid, key_name, description, body) VALUES (?, ?, ?, ?)",
             (cur.lastrowid, item.key_name, item.description, body),
         )
-        _audit(conn, now, agent, "create", item.key_name, 1)
-        return 1
+        if write.result is not None:
+            _index_result(conn, write.result, now)
+        _audit(conn, now, agent.name, "create", item.key_name, 1, write.detail)
+        return WriteOutcome(version=1)
+
+
+def _index_result(conn: sqlite3.Connection, row: ResultRow, now: float) -> None:
+    conn.execute(
+        f"INSERT INTO results ({RESULT_COLUMNS}, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            row.key_name,
+            row.org,
+            row.agent,
+            int(row.verified),
+            row.result_id,
+            row.track,
+            row.train_py_sha256,
+            row.seed,
+            row.status,
+            int(row.provisional),
+            row.val_bpb,
+            now,
+        ),
+    )
 
 
 def _get(conn: sqlite3.Connection, key_names: Sequence[str]) -> list[Memory | None]:
@@ -361,26 +662,20 @@ def _get(conn: sqlite3.Connection, key_names: Sequence[str]) -> list[Memory | No
     return [found.get(key) for key in key_names]
 
 
-def _update(
-    conn: sqlite3.Connection,
-    agent: str,
-    item: NewMemory,
-    if_match: int | None,
-    policy: WritePolicy,
-    now: float,
-) -> UpdateOutcome:
+def _update(conn: sqlite3.Connection, write: _Write, if_match: int | None) -> WriteOutcome:
+    item, now = write.item, write.now
     with _transaction(conn):
         row = conn.execute(
             f"SELECT {COLUMNS} FROM memories WHERE key_name = ?", (item.key_name,)
         ).fetchone()
         if row is None:
-            return UpdateOutcome(reason=REASON_NOT_FOUND)
+            return WriteOutcome(reason=REASON_NOT_FOUND)
         current = _row(row)
         if if_match is not None and if_match != current.version:
-            return UpdateOutcome(reason=REASON_VERSION, current_version=current.version)
-        refusal = policy(current)
+            return WriteOutcome(reason=REASON_VERSION, current_version=current.version)
+        refusal = _refusal(conn, write.policy, current)
         if refusal:
-            return UpdateOutcome(reason=REASON_REFUSED, detail=refusal)
+            return WriteOutcome(reason=REASON_REFUSED, detail=refusal)
         # The version in WHERE makes this a compare-and-set even where the read above
         # does not lock the row (PostgreSQL at READ COMMITTED).
         cur = conn.execute(
@@ -389,15 +684,25 @@ def _update(
             (item.value, int(item.is_base64), now, item.key_name, current.version),
         )
         if not cur.rowcount:
-            return UpdateOutcome(reason=REASON_VERSION, current_version=current.version)
+            return WriteOutcome(reason=REASON_VERSION, current_version=current.version)
         body = decode_text(item.value, item.is_base64) or ""
         conn.execute(
             "UPDATE memories_fts SET body = ? WHERE rowid ="
             " (SELECT seq FROM memories WHERE key_name = ?)",
             (body, item.key_name),
         )
-        _audit(conn, now, agent, "update", item.key_name, current.version + 1)
-        return UpdateOutcome(version=current.version + 1)
+        version = current.version + 1
+        _audit(conn, now, write.agent.name, "update", item.key_name, version, write.detail)
+        return WriteOutcome(version=version)
+
+
+def _history(conn: sqlite3.Connection, key_name: str, limit: int) -> list[AuditEntry]:
+    rows = conn.execute(
+        "SELECT at, agent, action, key_name, version, detail FROM audit"
+        " WHERE key_name = ? AND action IN ('create', 'update') ORDER BY seq DESC LIMIT ?",
+        (key_name, limit),
+    ).fetchall()
+    return [AuditEntry(float(a), str(g), str(c), str(k), v, str(d)) for a, g, c, k, v, d in rows]
 
 
 def _like_prefix(prefix: str) -> str:
@@ -430,7 +735,7 @@ def _search(conn: sqlite3.Connection, query: str, prefix: str, limit: int) -> li
         " ORDER BY rank LIMIT ?",
         (match, _like_prefix(prefix), limit),
     ).fetchall()
-    return [Hit(_row(row[:8]), _score(row[8])) for row in rows]
+    return [Hit(_row(row[:9]), _score(row[9])) for row in rows]
 
 
 def _score(rank: float) -> float:

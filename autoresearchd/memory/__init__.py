@@ -11,10 +11,11 @@ from __future__ import annotations
 from autoresearchd.config import UNSET_PATH, Config
 from autoresearchd.errors import ConfigError
 from autoresearchd.memory.ensue import EnsueMemory, read_api_key
-from autoresearchd.memory.protocol import CollectiveMemory, Note, PublishOutcome
+from autoresearchd.memory.protocol import BestChange, CollectiveMemory, Note, PublishOutcome
 from autoresearchd.memory.sqlite import SqliteMemory
 
 __all__ = [
+    "BestChange",
     "CollectiveMemory",
     "EnsueMemory",
     "Note",

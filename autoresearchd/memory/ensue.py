@@ -41,15 +41,17 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import random
 import re
 import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import httpx
@@ -57,7 +59,7 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from autoresearchd.errors import ConfigError, MemoryBackendError, TransientMemoryError
-from autoresearchd.memory.protocol import Note, PublishOutcome
+from autoresearchd.memory.protocol import BestChange, Note, PublishOutcome
 from autoresearchd.models import Best, Result, Status, sha256_text
 
 log = structlog.get_logger(__name__)
@@ -71,8 +73,11 @@ NOTE_KINDS = ("hypotheses", "insights")
 #: JSON-RPC error codes our hub uses (see ``autoresearchd.hub.rpc``).
 CONFLICT = -32009
 FORBIDDEN = -32003
+#: What a server without our ``best_history`` tool answers (unknown tool or method).
+NO_SUCH_TOOL = (-32601, -32602)
 GET_BATCH = 100
 LIST_LIMIT = 10_000
+HISTORY_LIMIT = 1000
 #: How often a compare-and-set loop may lose before the call gives up (each loss means
 #: someone else made progress, so this bounds only pathological contention).
 CAS_ATTEMPTS = 100
@@ -328,6 +333,14 @@ class Stored:
 # --- the backend ---------------------------------------------------------------------------
 
 
+class Write(enum.Enum):
+    """How a write of a contested key went."""
+
+    WON = 1
+    LOST = 2  # someone else wrote first
+    REFUSED = 3  # the hub's write rules said no
+
+
 class MemoryState(enum.Enum):
     UNOPENED = 1
     OPENED = 2
@@ -422,21 +435,31 @@ class EnsueMemory:
 
     async def _create(self, key: str, text: str, description: str = "") -> bool:
         """Create-if-absent; False when the key exists."""
+        outcome = await self._create_outcome(key, text, description)
+        if outcome is Write.REFUSED:
+            raise MemoryBackendError("the hub refused to create the key", backend=BACKEND, key=key)
+        return outcome is Write.WON
+
+    async def _create_outcome(self, key: str, text: str, description: str = "") -> Write:
+        """Create-if-absent: WON, LOST (the key exists) or REFUSED (by the hub's rules)."""
         self._check_open()
         item = {"key_name": key, "description": description, "value": _encode(text)}
         reply = await self._rpc.call(
             "create_memory", {"items": [{**item, "base64": True}]}, key=key, tolerate=(CONFLICT,)
         )
         if reply.error_code is not None:
-            return False
+            return Write.LOST
         results = reply.payload.get("results")
         entry = results[0] if isinstance(results, list) and results else {}
         status = str(entry.get("status", "created")) if isinstance(entry, dict) else ""
         if status in ("created", "ok", "success"):
-            return True
+            return Write.WON
         detail = json.dumps(entry)[:200]
+        if isinstance(entry, dict) and entry.get("code") == "refused":
+            log.info("write_refused", backend=BACKEND, key=key, reason=entry.get("error"))
+            return Write.REFUSED
         if "exist" in detail:
-            return False
+            return Write.LOST
         raise MemoryBackendError(f"create_memory failed: {detail}", backend=BACKEND, key=key)
 
     async def _get(self, keys: Sequence[str]) -> list[Stored | None]:
@@ -461,6 +484,25 @@ class EnsueMemory:
             arguments["if_match"] = version
         reply = await self._rpc.call("update_memory", arguments, key=key, tolerate=lost)
         return reply.error_code is None
+
+    async def _best_write(self, key: str, text: str, stored: Stored | None) -> Write:
+        """Write a best key by compare-and-set (a create when absent); the hub may refuse."""
+        if stored is None:
+            return await self._create_outcome(key, text)
+        if stored.version is None:
+            won = await self._write_verified(key, text, None)
+            return Write.WON if won else Write.LOST
+        arguments = {"key_name": key, "value": _encode(text), "base64": True}
+        reply = await self._rpc.call(
+            "update_memory",
+            {**arguments, "if_match": stored.version},
+            key=key,
+            tolerate=(CONFLICT, FORBIDDEN),
+        )
+        if reply.error_code == FORBIDDEN:
+            log.info("write_refused", backend=BACKEND, key=key, reason=reply.error_message)
+            return Write.REFUSED
+        return Write.LOST if reply.error_code is not None else Write.WON
 
     async def _write_verified(self, key: str, text: str, version: int | None) -> bool:
         """Compare-and-set where the server has versions; else write, then read back."""
@@ -640,13 +682,10 @@ class EnsueMemory:
                 "previous_best_by": current.get("agent_id"),
                 "previous_best_description": current.get("description"),
             }
-            text = json.dumps(full)
-            won = (
-                await self._create(meta_key, text, "best metadata")
-                if meta is None
-                else await self._write_verified(meta_key, text, meta.version)
-            )
-            if won:
+            outcome = await self._best_write(meta_key, json.dumps(full), meta)
+            if outcome is Write.REFUSED:
+                return False  # the hub's rules: unverified, not replicated yet, ...
+            if outcome is Write.WON:
                 if train_key is not None:
                     await self._put_source(meta_key, train_key, result, train[0])
                 return True
@@ -659,12 +698,9 @@ class EnsueMemory:
         for _ in range(CAS_ATTEMPTS):
             if train is not None and train.text == result.train_py:
                 return
-            if train is None:
-                done = await self._create(train_key, result.train_py, "best train.py")
-            else:
-                done = await self._write_verified(train_key, result.train_py, train.version)
-            if done:
-                return
+            outcome = await self._best_write(train_key, result.train_py, train)
+            if outcome is not Write.LOST:
+                return  # written, or refused: the metadata no longer names this source
             meta, train = await self._get([meta_key, train_key])
             if meta is None or _json(meta.text).get("result_id") != result.id:
                 return  # a newer best owns the pair now; its writer sets the source
@@ -699,6 +735,22 @@ class EnsueMemory:
         raise TransientMemoryError(
             "best/metadata and best/train_py disagree", backend=BACKEND, key=meta_key
         )
+
+    async def best_history(
+        self, track: str, tier: str | None = None, limit: int | None = 100
+    ) -> list[BestChange]:
+        """The hub's audited moves of the best metadata; empty on a server without them."""
+        self._check_open()
+        key = self._best_base(track, tier) + "metadata"
+        reply = await self._rpc.call(
+            "best_history",
+            {"key_name": key, "limit": HISTORY_LIMIT if limit is None else limit},
+            key=key,
+            tolerate=NO_SUCH_TOOL,
+        )
+        changes = reply.payload.get("changes")
+        found = [_change_from(c) for c in changes] if isinstance(changes, list) else []
+        return [change for change in found if change is not None]
 
     async def results(self, track: str | None = None, limit: int | None = 100) -> list[Result]:
         found = []
@@ -782,6 +834,22 @@ def _result_from(text: str | None) -> Result | None:
         return None  # a record from another client that lacks our fields
 
 
+def _change_from(entry: Any) -> BestChange | None:
+    """One ``best_history`` entry; None for one without a finite val_bpb (a seeded baseline)."""
+    meta = entry.get("metadata") if isinstance(entry, dict) else None
+    bpb = _finite(meta.get("val_bpb")) if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or bpb is None:
+        return None
+    return BestChange(
+        at=_finite(entry.get("at")) or 0.0,
+        agent_id=str(meta.get("agent_id") or entry.get("agent") or ""),
+        val_bpb=bpb,
+        description=str(meta.get("description") or ""),
+        train_py_sha256=str(meta.get("train_py_sha256") or ""),
+        result_id=str(meta.get("result_id") or ""),
+    )
+
+
 def _note_from(record: Mapping[str, Any]) -> Note | None:
     value, created = record.get("value"), _finite(record.get("created_at"))
     if not isinstance(value, dict) or created is None or not isinstance(record.get("key"), str):
@@ -807,6 +875,135 @@ def _check_kind(kind: str) -> None:
     if kind not in NOTE_KINDS:
         expected = " or ".join(NOTE_KINDS)
         raise MemoryBackendError(f"unknown note kind {kind!r}; expected {expected}", key=kind)
+
+
+# --- identity: registration, whoami and the key file ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A hub's answer to a registration. ``claim_url`` is set only by hubs that send no mail."""
+
+    agent: str
+    api_key: str = field(repr=False)
+    message: str = ""
+    claim_url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a key belongs to, as the hub sees it."""
+
+    agent: str
+    verified: bool
+    admin: bool = False
+
+
+def auth_url(url: str, route: str) -> str:
+    """``/auth/<route>`` beside the JSON-RPC endpoint ``url`` (which may end in ``/mcp``)."""
+    parts = urlsplit(url)
+    base = parts.path.rsplit("/", 1)[0] if not parts.path.endswith("/") else parts.path[:-1]
+    if base.endswith("/mcp"):
+        base = base[: -len("/mcp")]
+    return urlunsplit((parts.scheme, parts.netloc, f"{base}/auth/{route}", "", ""))
+
+
+async def register_agent(
+    url: str,
+    name: str,
+    email: str | None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> Registration:
+    """Register ``name`` at the hub behind ``url``; the hub mails ``email`` a link."""
+    body: dict[str, str] = {"name": name} | ({"email": email} if email else {})
+    register_url = auth_url(url, "agent-register")
+    reply = await _auth_call("POST", register_url, body, None, transport, timeout_s)
+    api_key = reply.get("api_key")
+    if not isinstance(api_key, str) or not api_key:
+        raise MemoryBackendError("the registration reply carries no api_key", backend=BACKEND)
+    claim_url = reply.get("claim_url")
+    return Registration(
+        agent=name,
+        api_key=api_key,
+        message=str(reply.get("message", "")),
+        claim_url=claim_url if isinstance(claim_url, str) else "",
+    )
+
+
+async def whoami(
+    url: str,
+    api_key: str,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> Identity:
+    """The agent ``api_key`` belongs to and whether it is verified."""
+    reply = await _auth_call("GET", auth_url(url, "whoami"), None, api_key, transport, timeout_s)
+    return Identity(
+        agent=str(reply.get("agent", "")),
+        verified=reply.get("verified") is True,
+        admin=reply.get("admin") is True,
+    )
+
+
+async def _auth_call(
+    method: str,
+    url: str,
+    body: dict[str, str] | None,
+    api_key: str | None,
+    transport: httpx.AsyncBaseTransport | None,
+    timeout_s: float,
+) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(transport=transport, timeout=timeout_s) as client:
+        try:
+            response = await client.request(method, url, json=body, headers=headers)
+        except httpx.TransportError as exc:
+            raise TransientMemoryError(
+                f"cannot reach {url}: {type(exc).__name__}", backend=BACKEND
+            ) from None
+    reply = _json(response.text)
+    if response.status_code != 200:
+        reason = str(reply.get("error") or response.reason_phrase)
+        raise MemoryBackendError(
+            f"{url} answered {response.status_code}: {reason}", backend=BACKEND
+        )
+    return reply
+
+
+def write_api_key(path: Path, api_key: str, *, force: bool = False) -> None:
+    """Store ``api_key`` in ``path`` with mode 0600; an existing file only with ``force``."""
+    check_key_file(path, force=force)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(api_key + "\n")
+        if force:
+            os.replace(temporary, path)
+        else:
+            os.link(temporary, path)  # fails if the file appeared meanwhile
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the API key: {exc.strerror or exc}",
+            path=str(path),
+            key="memory.api_key_file",
+        ) from None
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def check_key_file(path: Path, *, force: bool) -> None:
+    """Refuse to overwrite an existing key file unless ``force``: its key would be lost."""
+    if path.exists() and not force:
+        raise ConfigError(
+            "an API key file exists already; pass --force to replace it",
+            path=str(path),
+            key="memory.api_key_file",
+        )
 
 
 def read_api_key(path: Path) -> str:

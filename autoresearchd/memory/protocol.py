@@ -36,6 +36,18 @@ class Note:
     created_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class BestChange:
+    """One move of a best: when (by the memory's clock: the hub's for a hub), to what, by whom."""
+
+    at: float
+    agent_id: str
+    val_bpb: float
+    description: str
+    train_py_sha256: str
+    result_id: str
+
+
 class CollectiveMemory(Protocol):
     """What workers need from a collective memory. This is a Protocol: implement, don't subclass."""
 
@@ -69,6 +81,12 @@ class CollectiveMemory(Protocol):
         A ``keep`` result whose ``best_bpb`` beats the current best moves the best of its
         track and of its tier, atomically with storing it.
         """
+        ...
+
+    async def best_history(
+        self, track: str, tier: str | None = None, limit: int | None = 100
+    ) -> list[BestChange]:
+        """Every move of the best of ``track`` (of one tier when given), newest first."""
         ...
 
     async def results(self, track: str | None = None, limit: int | None = 100) -> list[Result]:

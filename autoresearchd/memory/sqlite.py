@@ -6,7 +6,8 @@ loop, and one lock serialises them, so the many workers of one daemon may call i
 once. Each operation is one ``BEGIN IMMEDIATE`` transaction, so claims and bests stay
 atomic even when another process opens the same file; the busy timeout makes that
 process wait its turn instead of failing. Results are stored whole as JSON, with the
-columns that queries need alongside.
+columns that queries need alongside. Every move of a best is appended to
+``best_history`` in the transaction that stores the result.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import anyio.to_thread
 import structlog
 
 from autoresearchd.errors import MemoryBackendError, TransientMemoryError
-from autoresearchd.memory.protocol import Note, PublishOutcome
+from autoresearchd.memory.protocol import BestChange, Note, PublishOutcome
 from autoresearchd.models import Best, Result, Status
 
 log = structlog.get_logger(__name__)
@@ -62,6 +63,18 @@ CREATE TABLE IF NOT EXISTS bests (
     record TEXT NOT NULL,
     PRIMARY KEY (track, scope)
 );
+CREATE TABLE IF NOT EXISTS best_history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    track TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    at REAL NOT NULL,
+    agent_id TEXT NOT NULL,
+    val_bpb REAL NOT NULL,
+    description TEXT NOT NULL,
+    train_py_sha256 TEXT NOT NULL,
+    result_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS best_history_by_scope ON best_history (track, scope, seq);
 CREATE TABLE IF NOT EXISTS claims (
     track TEXT NOT NULL,
     sha256 TEXT NOT NULL,
@@ -164,6 +177,12 @@ class SqliteMemory:
             best_improved=list(outcome.best_improved),
         )
         return outcome
+
+    async def best_history(
+        self, track: str, tier: str | None = None, limit: int | None = 100
+    ) -> list[BestChange]:
+        scope = TRACK_SCOPE if tier is None else tier
+        return await self._call(lambda conn: _best_history(conn, track, scope, limit))
 
     async def results(self, track: str | None = None, limit: int | None = 100) -> list[Result]:
         return await self._call(lambda conn: _results(conn, track, limit))
@@ -334,6 +353,20 @@ def _move_bests(conn: sqlite3.Connection, result: Result, now: float) -> tuple[s
             "INSERT OR REPLACE INTO bests (track, scope, val_bpb, record) VALUES (?, ?, ?, ?)",
             (result.track, scope, bpb, json.dumps(best.to_record())),
         )
+        conn.execute(
+            "INSERT INTO best_history (track, scope, at, agent_id, val_bpb, description,"
+            " train_py_sha256, result_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                result.track,
+                scope,
+                now,
+                result.agent_id,
+                bpb,
+                result.description,
+                result.train_py_sha256,
+                result.id,
+            ),
+        )
         moved.append("track" if scope == TRACK_SCOPE else scope)
     return tuple(moved)
 
@@ -349,6 +382,17 @@ def _best_from(result: Result, tier: str | None, bpb: float, now: float) -> Best
         agent_id=result.agent_id,
         updated_at=now,
     )
+
+
+def _best_history(
+    conn: sqlite3.Connection, track: str, scope: str, limit: int | None
+) -> list[BestChange]:
+    rows = conn.execute(
+        "SELECT at, agent_id, val_bpb, description, train_py_sha256, result_id FROM best_history"
+        " WHERE track = ? AND scope = ? ORDER BY seq DESC LIMIT ?",
+        (track, scope, -1 if limit is None else limit),
+    ).fetchall()
+    return [BestChange(*row) for row in rows]
 
 
 def _results(conn: sqlite3.Connection, track: str | None, limit: int | None) -> list[Result]:

@@ -20,14 +20,24 @@ from starlette.applications import Starlette
 from autoresearchd.config import HubConfig
 from autoresearchd.hub.app import build_app
 from autoresearchd.hub.auth import hash_key, new_api_key
+from autoresearchd.hub.mail import Mailer
 from autoresearchd.hub.store import Agent, SqliteStore
 from autoresearchd.memory.ensue import EnsueMemory
 
 ORG = "test"
 TRACK = "synthetic"
 URL = "http://hub.test/"
-#: Tests drive the hub much harder than one daemon would; the limit is tested on its own.
-TEST_HUB = HubConfig(rate_limit_per_s=1e6, rate_limit_burst=1_000_000)
+#: Tests drive the hub much harder than one daemon would, so the limits are tested on their
+#: own; conformance publishes single keep results, so no replicates are needed.
+UNLIMITED: dict[str, Any] = {
+    "rate_limit_per_s": 1e6,
+    "rate_limit_burst": 10**6,
+    "rate_limit_ip_per_s": 1e6,
+    "rate_limit_ip_burst": 10**6,
+    "auth_rate_limit_per_s": 1e6,
+    "auth_rate_limit_burst": 10**6,
+}
+TEST_HUB = HubConfig(**UNLIMITED, require_email=False, replicates=0)
 
 _orgs = itertools.count()
 
@@ -42,9 +52,11 @@ class InProcessHub:
     def transport(self) -> httpx.ASGITransport:
         return httpx.ASGITransport(app=self.app)
 
-    async def agent(self, name: str, *, admin: bool = False) -> str:
+    async def agent(self, name: str, *, admin: bool = False, verified: bool = True) -> str:
+        """A new agent's API key, registered straight in the store."""
         key = new_api_key()
-        assert await self.store.register(Agent(name, is_admin=admin), hash_key(key), "c", 0.0)
+        agent = Agent(name, is_admin=admin, verified=verified)
+        assert await self.store.register(agent, hash_key(key), hash_key("code"), 0.0)
         return key
 
     def memory(self, key: str, **options: Any) -> EnsueMemory:
@@ -53,10 +65,12 @@ class InProcessHub:
         )
 
 
-async def in_process_hub(path: Path, config: HubConfig = TEST_HUB) -> InProcessHub:
+async def in_process_hub(
+    path: Path, config: HubConfig = TEST_HUB, mailer: Mailer | None = None
+) -> InProcessHub:
     store = SqliteStore(path)
     await store.create_org(ORG, 0.0)
-    return InProcessHub(store, build_app(store, config))
+    return InProcessHub(store, build_app(store, config, mailer=mailer))
 
 
 def free_port() -> int:
@@ -66,11 +80,22 @@ def free_port() -> int:
 
 
 def write_hub_config(folder: Path, port: int, **hub: Any) -> Path:
-    settings = {"listen_port": port, "org": ORG, "rate_limit_per_s": 1e6, "rate_limit_burst": 10**6}
+    settings = {
+        "listen_port": port,
+        "org": ORG,
+        **UNLIMITED,
+        "require_email": False,
+        "replicates": 0,
+    }
     settings.update(hub)
     lines = ["[daemon]", f'state_dir = "{folder / "state"}"', "[hub]"]
     lines += [
-        f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in settings.items()
+        f'{k} = "{v}"'
+        if isinstance(v, str)
+        else f"{k} = {str(v).lower()}"
+        if isinstance(v, bool)
+        else f"{k} = {v!r}"
+        for k, v in settings.items()
     ]
     path = folder / "hub.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -91,9 +116,12 @@ class HubProcess:
     database: Path
     proc: subprocess.Popen[bytes]
 
-    def register(self, name: str) -> str:
+    def register(self, name: str, *, verify: bool = True) -> str:
+        """A new agent's API key; verified by opening the link the reply carries."""
         reply = httpx.post(f"{self.url}auth/agent-register", json={"name": name}, timeout=10)
         reply.raise_for_status()
+        if verify:
+            httpx.get(reply.json()["claim_url"], timeout=10).raise_for_status()
         return str(reply.json()["api_key"])
 
     def new_org(self) -> str:
@@ -112,10 +140,10 @@ class HubProcess:
 
 
 @contextmanager
-def hub_process(folder: Path, port: int | None = None) -> Iterator[HubProcess]:
-    """Start ``hub serve`` on a free loopback port; stop it on exit."""
+def hub_process(folder: Path, port: int | None = None, **hub: Any) -> Iterator[HubProcess]:
+    """Start ``hub serve`` on a free loopback port; stop it on exit. ``hub``: [hub] keys."""
     port = port or free_port()
-    config = write_hub_config(folder, port)
+    config = write_hub_config(folder, port, **hub)
     init = cli("hub", "init", "--config", str(config))
     assert init.returncode == 0, init.stderr
     log_path = folder / "hub.log"

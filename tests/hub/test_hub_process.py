@@ -15,19 +15,20 @@ from tests.memory.conformance import FakeClock, MemoryConformance, MemoryFactory
 
 
 @pytest.fixture(scope="session")
-def served_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
+def served_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HubProcess, str]]:
+    """The shared hub and the key of its verified agent alice (agents span orgs)."""
     with hub_process(tmp_path_factory.mktemp("hub")) as hub:
-        yield hub
+        yield hub, hub.register("alice")
 
 
 class TestEnsueOverServedHubConformance(MemoryConformance):
     """Every conformance test over real HTTP; each test gets a fresh org on the shared hub."""
 
     @pytest.fixture
-    def make_memory(self, served_hub: HubProcess) -> MemoryFactory:
-        org = served_hub.new_org()
-        key = served_hub.register(f"agent-{org}")
-        return lambda clock: EnsueMemory(served_hub.url, org, key, primary_track=TRACK, clock=clock)
+    def make_memory(self, served_hub: tuple[HubProcess, str]) -> MemoryFactory:
+        hub, key = served_hub
+        org = hub.new_org()
+        return lambda clock: EnsueMemory(hub.url, org, key, primary_track=TRACK, clock=clock)
 
 
 pytestmark = pytest.mark.anyio

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import random
 import sqlite3
@@ -14,10 +15,17 @@ import anyio
 import httpx
 import pytest
 
-from autoresearchd.config import HubConfig
 from autoresearchd.hub.store import SqliteStore
 from autoresearchd.models import sha256_text
-from tests.hub.support import ORG, TRACK, InProcessHub, cli, in_process_hub, write_hub_config
+from tests.hub.support import (
+    ORG,
+    TEST_HUB,
+    TRACK,
+    InProcessHub,
+    cli,
+    in_process_hub,
+    write_hub_config,
+)
 from tests.memory.conformance import make_result
 
 pytestmark = pytest.mark.anyio
@@ -95,7 +103,7 @@ async def test_create_get_and_create_again(http: httpx.AsyncClient) -> None:
     item = {
         "key_name": f"@{ORG}/results/nova--lr-up--a1b2c3",
         "description": "LR up",
-        "value": b64('{"val_bpb": 0.99}'),
+        "value": b64('{"agent_id": "nova", "val_bpb": 0.99}'),
         "base64": True,
     }
     assert await call(http, key, "create_memory", {"items": [item]}) == {
@@ -134,7 +142,7 @@ async def test_an_agent_may_update_only_its_own_keys_except_free_claims(
     http: httpx.AsyncClient,
 ) -> None:
     nova, raven = await register(http, "nova"), await register(http, "raven")
-    name = f"@{ORG}/results/nova--x--000001"
+    name = f"@{ORG}/insights/nova--x--000001"
     await call(http, nova, "create_memory", {"items": [{"key_name": name, "value": "mine"}]})
     refused = await call(
         http, raven, "update_memory", {"key_name": name, "value": "theirs", "if_match": 1}
@@ -151,37 +159,13 @@ async def test_an_agent_may_update_only_its_own_keys_except_free_claims(
         assert ("version" in reply) is allowed
 
 
-async def test_best_metadata_moves_only_by_cas_to_a_finite_better_bpb(
-    http: httpx.AsyncClient,
-) -> None:
-    nova, raven = await register(http, "nova"), await register(http, "raven")
-    meta = f"@{ORG}/best/metadata"
-    await call(
-        http,
-        nova,
-        "create_memory",
-        {"items": [{"key_name": meta, "value": json.dumps({"val_bpb": 0.99})}]},
-    )
-    cases = [
-        ({"val_bpb": 0.98}, None, -32003),
-        ({"val_bpb": 1.5}, 1, -32003),
-        ({"val_bpb": None}, 1, -32003),
-        ({"val_bpb": 0.98}, 1, None),
-    ]
-    for record, if_match, code in cases:
-        args: dict[str, Any] = {"key_name": meta, "value": json.dumps(record)}
-        if if_match is not None:
-            args["if_match"] = if_match
-        reply = await call(http, raven, "update_memory", args)
-        assert reply.get("code") == code, (record, if_match, reply)
-
-
 async def test_list_keys_filters_by_prefix_in_creation_order_with_a_limit(
     http: httpx.AsyncClient,
 ) -> None:
     key = await register(http, "nova")
     names = [f"@{ORG}/results/nova--r{i}--00000{i}" for i in (3, 1, 2)]
-    items = [{"key_name": n, "value": "x"} for n in [*names, f"@{ORG}/insights/other"]]
+    record = json.dumps({"agent_id": "nova"})
+    items = [{"key_name": n, "value": record} for n in [*names, f"@{ORG}/insights/other"]]
     await call(http, key, "create_memory", {"items": items})
     listed = await call(http, key, "list_keys", {"prefix": f"@{ORG}/results/", "limit": 2})
     assert [k["key_name"] for k in listed["keys"]] == names[:2]
@@ -274,9 +258,7 @@ async def test_malformed_requests_get_json_rpc_errors_never_500(
 async def test_body_and_value_size_limits(tmp_path: Path) -> None:
     hub = await in_process_hub(
         tmp_path / "hub.sqlite",
-        HubConfig(
-            max_body_bytes=2000, max_value_bytes=100, rate_limit_per_s=1e6, rate_limit_burst=10**6
-        ),
+        dataclasses.replace(TEST_HUB, max_body_bytes=2000, max_value_bytes=100),
     )
     async with httpx.AsyncClient(transport=hub.transport(), base_url="http://h") as http:
         key = await register(http, "nova")
@@ -295,7 +277,8 @@ async def test_body_and_value_size_limits(tmp_path: Path) -> None:
 
 async def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
     hub = await in_process_hub(
-        tmp_path / "hub.sqlite", HubConfig(rate_limit_per_s=0.5, rate_limit_burst=2)
+        tmp_path / "hub.sqlite",
+        dataclasses.replace(TEST_HUB, rate_limit_per_s=0.5, rate_limit_burst=2),
     )
     async with httpx.AsyncClient(transport=hub.transport(), base_url="http://h") as http:
         key = await register(http, "nova")

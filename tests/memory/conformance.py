@@ -157,7 +157,7 @@ class MemoryConformance:
     async def test_first_keep_result_sets_track_and_tier_best(
         self, memory: CollectiveMemory, clock: FakeClock
     ) -> None:
-        result = make_result(val_bpb=0.99, vram_tier="medium", agent_id="bob")
+        result = make_result(val_bpb=0.99, vram_tier="medium")
         outcome = await memory.publish(result)
         assert outcome.created
         assert set(outcome.best_improved) == {"track", "medium"}
@@ -165,7 +165,7 @@ class MemoryConformance:
             best = await memory.get_best(TRACK, tier)
             assert best is not None
             assert (best.track, best.tier, best.val_bpb) == (TRACK, tier, 0.99)
-            assert (best.result_id, best.agent_id) == (result.id, "bob")
+            assert (best.result_id, best.agent_id) == (result.id, result.agent_id)
             assert (best.train_py, best.train_py_sha256) == (
                 result.train_py,
                 result.train_py_sha256,
@@ -251,6 +251,29 @@ class MemoryConformance:
             best = await memory.get_best(TRACK, tier)
             assert best is not None
             assert (best.val_bpb, best.result_id) == (winner.val_bpb, winner.id)
+
+    async def test_best_history_lists_every_move_newest_first(
+        self, memory: CollectiveMemory, clock: FakeClock
+    ) -> None:
+        assert await memory.best_history(TRACK) == []
+        first = make_result(val_bpb=0.99, vram_tier="small")
+        await memory.publish(first)
+        clock.advance(10)
+        await memory.publish(make_result(val_bpb=1.2))  # moves nothing
+        second = make_result(val_bpb=0.95, vram_tier="medium")
+        await memory.publish(second)
+        history = await memory.best_history(TRACK)
+        assert [(c.result_id, c.val_bpb) for c in history] == [(second.id, 0.95), (first.id, 0.99)]
+        assert history[0].at >= history[1].at  # a network memory stamps moves by its own clock
+        latest = history[0]
+        assert (latest.agent_id, latest.description, latest.train_py_sha256) == (
+            second.agent_id,
+            second.description,
+            second.train_py_sha256,
+        )
+        assert [c.result_id for c in await memory.best_history(TRACK, "small")] == [first.id]
+        assert len(await memory.best_history(TRACK, limit=1)) == 1
+        assert await memory.best_history("other") == []
 
     # --- reading results ------------------------------------------------------------------
 

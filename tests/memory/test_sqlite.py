@@ -224,3 +224,21 @@ def test_open_memory_builds_sqlite_at_the_configured_path(tmp_path: Path) -> Non
     assert isinstance(memory, SqliteMemory)
     assert memory.path == tmp_path / "m.sqlite"
     assert not memory.path.exists()  # building does not open
+
+
+async def test_best_history_is_written_with_the_result_and_stamped_by_the_clock(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    path = tmp_path / "memory.sqlite"
+    first, second = make_result(val_bpb=0.99), make_result(val_bpb=0.95)
+    async with SqliteMemory(path, clock=clock) as memory:
+        await memory.publish(first)
+        clock.advance(10)
+        await memory.publish(second)
+    async with SqliteMemory(path, clock=clock) as memory:
+        history = await memory.best_history(TRACK)
+    assert [(c.result_id, c.at) for c in history] == [
+        (second.id, clock()),
+        (first.id, clock() - 10),
+    ]

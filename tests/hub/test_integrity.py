@@ -1,0 +1,349 @@
+"""Integrity of the best: who may move best/, with what evidence, and how it is audited."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from autoresearchd.models import Result, Status, sha256_text
+from tests.hub.support import ORG, TEST_HUB, TRACK, InProcessHub, in_process_hub
+from tests.memory.conformance import FakeClock, make_result
+
+pytestmark = pytest.mark.anyio
+
+META = f"@{ORG}/best/metadata"
+SOURCE = f"@{ORG}/best/train_py"
+REPLICATED = dataclasses.replace(TEST_HUB, replicates=2)
+
+
+@dataclasses.dataclass
+class Swarm:
+    """A hub that needs two replicates, its HTTP client, and keys: alice and bob are
+    verified, eve is not."""
+
+    hub: InProcessHub
+    http: httpx.AsyncClient
+    keys: dict[str, str]
+
+    async def call(self, agent: str, tool: str, arguments: dict[str, Any]) -> Any:
+        body = {
+            "jsonrpc": "2.0",
+            "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments},
+            "id": 1,
+        }
+        headers = {"Authorization": f"Bearer {self.keys[agent]}"}
+        message = (await self.http.post("/", json=body, headers=headers)).json()
+        if "error" in message:
+            return message["error"]
+        return json.loads(message["result"]["content"][0]["text"])
+
+    async def publish(self, agent: str, result: Result) -> str:
+        """Store ``result`` under ``agent``'s key; its key name (asserting it was created)."""
+        name = f"@{ORG}/results/{result.agent_id}--{result.id}"
+        item = {"key_name": name, "value": json.dumps(result.to_record())}
+        reply = await self.call(agent, "create_memory", {"items": [item]})
+        assert reply["results"][0]["status"] == "created", reply
+        return name
+
+    async def replicated(self, agent: str, values: tuple[float, ...], source: str) -> str:
+        """The daemon's flow: provisional discards, then a keep carrying the mean."""
+        runs = [
+            make_result(
+                agent_id=agent,
+                train_py=source,
+                status=Status.DISCARD,
+                provisional=True,
+                val_bpb=value,
+            )
+            for value in values
+        ]
+        last = runs[-1].with_(
+            status=Status.KEEP, provisional=False, confirmed_bpb=statistics.fmean(values)
+        )
+        for run in runs[:-1]:
+            await self.publish(agent, run)
+        return await self.publish(agent, last)
+
+    async def write_best(
+        self, agent: str, record: dict[str, Any], if_match: int | None = None, key: str = META
+    ) -> Any:
+        """Create best metadata (if_match None) or update it; the reply or the error."""
+        text = json.dumps(record)
+        if if_match is None:
+            reply = await self.call(
+                agent, "create_memory", {"items": [{"key_name": key, "value": text}]}
+            )
+            return reply["results"][0]
+        args = {"key_name": key, "value": text, "if_match": if_match}
+        return await self.call(agent, "update_memory", args)
+
+
+def metadata(result_key: str, source: str, val_bpb: Any, agent: str = "alice") -> dict[str, Any]:
+    return {
+        "track": TRACK,
+        "val_bpb": val_bpb,
+        "train_py_sha256": sha256_text(source),
+        "result_key": result_key,
+        "agent_id": agent,
+        "description": "LR up",
+    }
+
+
+def refused(reply: Any, reason: str) -> bool:
+    text = json.dumps(reply)
+    return ("refused" in text or reply.get("code") == -32003) and reason in text
+
+
+async def make_swarm(tmp_path: Path, **hub: Any) -> AsyncIterator[Swarm]:
+    config = dataclasses.replace(REPLICATED, **hub)
+    in_process = await in_process_hub(tmp_path / "hub.sqlite", config)
+    keys = {
+        "alice": await in_process.agent("alice"),
+        "bob": await in_process.agent("bob"),
+        "eve": await in_process.agent("eve", verified=False),
+        "admin": await in_process.agent("admin", admin=True),
+    }
+    async with httpx.AsyncClient(transport=in_process.transport(), base_url="http://h") as http:
+        yield Swarm(in_process, http, keys)
+    await in_process.store.close()
+
+
+@pytest.fixture
+async def swarm(tmp_path: Path) -> AsyncIterator[Swarm]:
+    async for swarm in make_swarm(tmp_path):
+        yield swarm
+
+
+@pytest.fixture
+async def other_agent_swarm(tmp_path: Path) -> AsyncIterator[Swarm]:
+    async for swarm in make_swarm(tmp_path, replication="other-agent"):
+        yield swarm
+
+
+async def test_a_verified_replicated_result_moves_the_best_and_then_its_source(
+    swarm: Swarm,
+) -> None:
+    source = "LR = 0.05\n"
+    key = await swarm.replicated("alice", (0.90, 0.91, 0.92), source)
+    reply = await swarm.write_best("alice", metadata(key, source, 0.91))
+    assert reply["status"] == "created", reply
+    wrong = await swarm.call(
+        "alice", "create_memory", {"items": [{"key_name": SOURCE, "value": "LR = 9\n"}]}
+    )
+    assert refused(wrong["results"][0], "does not match the train_py_sha256")
+    right = await swarm.call(
+        "alice", "create_memory", {"items": [{"key_name": SOURCE, "value": source}]}
+    )
+    assert right["results"][0]["status"] == "created"
+
+
+async def test_a_result_must_carry_the_key_agents_own_name(swarm: Swarm) -> None:
+    forged = make_result(agent_id="bob", val_bpb=0.5)
+    item = {"key_name": f"@{ORG}/results/bob--forged", "value": json.dumps(forged.to_record())}
+    reply = await swarm.call("alice", "create_memory", {"items": [item]})
+    assert refused(reply["results"][0], "must carry agent_id 'alice'")
+
+
+async def test_results_must_hash_their_source_and_are_write_once(swarm: Swarm) -> None:
+    lying = make_result(agent_id="alice").to_record() | {"train_py_sha256": "0" * 64}
+    item = {"key_name": f"@{ORG}/results/alice--lying", "value": json.dumps(lying)}
+    reply = await swarm.call("alice", "create_memory", {"items": [item]})
+    assert refused(reply["results"][0], "does not hash train_py")
+    key = await swarm.publish("alice", make_result(agent_id="alice"))
+    again = await swarm.call("alice", "update_memory", {"key_name": key, "value": "{}"})
+    assert refused(again, "write-once")
+
+
+async def test_an_unverified_agent_cannot_move_a_best(swarm: Swarm) -> None:
+    source = "LR = 0.05\n"
+    key = await swarm.replicated("eve", (0.90, 0.91, 0.92), source)
+    reply = await swarm.write_best("eve", metadata(key, source, 0.91, agent="eve"))
+    assert refused(reply, "only verified agents")
+
+
+async def test_results_of_unverified_agents_are_marked_and_do_not_count(swarm: Swarm) -> None:
+    source = "LR = 0.05\n"
+    for value in (0.90, 0.91):
+        await swarm.publish(
+            "eve",
+            make_result(agent_id="eve", train_py=source, provisional=True, val_bpb=value),
+        )
+    key = await swarm.publish("alice", make_result(agent_id="alice", train_py=source, val_bpb=0.92))
+    got = await swarm.call("alice", "list_keys", {"prefix": f"@{ORG}/results/"})
+    assert {k["key_name"].split("/")[-1].split("--")[0]: k["verified"] for k in got["keys"]} == {
+        "eve": False,
+        "alice": True,
+    }
+    reply = await swarm.write_best("alice", metadata(key, source, 0.92))
+    assert refused(reply, "needs 3 verified results with distinct seeds of this source, has 1")
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"result_key": f"@{ORG}/results/alice--missing"}, "does not exist"),
+        ({"result_key": "@other/results/alice--x"}, "must name its result_key under"),
+        ({"train_py_sha256": "f" * 64}, "has another train_py_sha256"),
+        ({"val_bpb": None}, "needs a finite val_bpb"),
+        ({"val_bpb": math.nan}, "needs a finite val_bpb"),
+        ({"val_bpb": math.inf}, "needs a finite val_bpb"),
+        ({"val_bpb": 0.5}, "better than the replicates' mean"),
+        ({"result_id": "someone-else"}, "is not the id of"),
+    ],
+)
+async def test_best_metadata_must_match_its_evidence(
+    swarm: Swarm, change: dict[str, Any], reason: str
+) -> None:
+    source = "LR = 0.05\n"
+    key = await swarm.replicated("alice", (0.90, 0.91, 0.92), source)
+    reply = await swarm.write_best("alice", metadata(key, source, 0.91) | change)
+    assert refused(reply, reason), reply
+
+
+async def test_a_best_may_name_only_its_writers_own_result(swarm: Swarm) -> None:
+    source = "LR = 0.05\n"
+    key = await swarm.replicated("bob", (0.90, 0.91, 0.92), source)
+    reply = await swarm.write_best("alice", metadata(key, source, 0.91))
+    assert refused(reply, "is not by alice")
+
+
+async def test_two_results_are_not_enough_when_the_hub_wants_two_replicates(
+    swarm: Swarm,
+) -> None:
+    source = "LR = 0.05\n"
+    key = await swarm.replicated("alice", (0.90, 0.92), source)
+    reply = await swarm.write_best("alice", metadata(key, source, 0.91))
+    assert refused(reply, "needs 3 verified results with distinct seeds of this source, has 2")
+
+
+async def test_replicates_with_the_same_seed_count_once(swarm: Swarm) -> None:
+    source = "LR = 0.05\n"
+    for value in (0.90, 0.91):
+        await swarm.publish(
+            "alice",
+            make_result(
+                train_py=source, seed=7, provisional=True, status=Status.DISCARD, val_bpb=value
+            ),
+        )
+    key = await swarm.publish("alice", make_result(train_py=source, seed=8, val_bpb=0.92))
+    reply = await swarm.write_best("alice", metadata(key, source, 0.91))
+    assert refused(reply, "has 2")
+
+
+async def test_the_new_best_must_beat_the_old_by_value_and_by_mean(swarm: Swarm) -> None:
+    first = "LR = 0.05\n"
+    key = await swarm.replicated("alice", (0.90, 0.91, 0.92), first)
+    assert (await swarm.write_best("alice", metadata(key, first, 0.91)))["status"] == "created"
+    lucky = "LR = 0.06\n"
+    key = await swarm.replicated("alice", (0.80, 0.95, 0.96), lucky)
+    worse = await swarm.write_best("alice", metadata(key, lucky, 0.92), if_match=1)
+    assert refused(worse, "does not beat the best 0.91")
+    unreplicated = await swarm.write_best("alice", metadata(key, lucky, 0.85), if_match=1)
+    assert refused(unreplicated, "the replicates' mean")
+
+
+async def test_best_writes_need_compare_and_set(swarm: Swarm) -> None:
+    source = "LR = 0.05\n"
+    key = await swarm.replicated("alice", (0.90, 0.91, 0.92), source)
+    await swarm.write_best("admin", {"val_bpb": None, "train_py_sha256": "seed"})
+    record = metadata(key, source, 0.91)
+    blind = await swarm.call(
+        "alice", "update_memory", {"key_name": META, "value": json.dumps(record)}
+    )
+    assert refused(blind, "compare-and-set")
+    stale = await swarm.write_best("alice", record, if_match=7)
+    assert stale["code"] == -32009
+    assert (await swarm.write_best("alice", record, if_match=1))["version"] == 2
+
+
+async def test_other_agent_replication_needs_a_confirmation_by_someone_else(
+    other_agent_swarm: Swarm,
+) -> None:
+    swarm, source = other_agent_swarm, "LR = 0.05\n"
+    key = await swarm.replicated("alice", (0.90, 0.91, 0.92), source)
+    alone = await swarm.write_best("alice", metadata(key, source, 0.91))
+    assert refused(alone, "confirming result by another agent")
+    await swarm.publish(
+        "bob",
+        make_result(
+            agent_id="bob",
+            train_py=source,
+            provisional=True,
+            status=Status.DISCARD,
+            val_bpb=0.91,
+        ),
+    )
+    reply = await swarm.write_best("alice", metadata(key, source, 0.91))
+    assert reply["status"] == "created", reply
+
+
+async def test_every_change_of_the_best_is_audited_and_readable(swarm: Swarm) -> None:
+    old, new = "LR = 0.05\n", "LR = 0.06\n"
+    first = await swarm.replicated("alice", (0.90, 0.91, 0.92), old)
+    await swarm.write_best("alice", metadata(first, old, 0.91))
+    second = await swarm.replicated("bob", (0.80, 0.81, 0.82), new)
+    await swarm.write_best("bob", metadata(second, new, 0.81, agent="bob"), if_match=1)
+    history = await swarm.call("eve", "best_history", {"key_name": META})
+    changes = [(c["agent"], c["action"], c["metadata"]["val_bpb"]) for c in history["changes"]]
+    assert changes == [("bob", "update", 0.81), ("alice", "create", 0.91)]
+    limited = await swarm.call("eve", "best_history", {"key_name": META, "limit": 1})
+    assert len(limited["changes"]) == 1
+    other = await swarm.call("eve", "best_history", {"key_name": f"@{ORG}/insights/x"})
+    assert other["code"] == -32602
+
+
+async def test_the_daemons_flow_moves_the_best_once_replicated(swarm: Swarm) -> None:
+    """Through the client: provisional, provisional, keep with the mean; an unverified
+    agent's better flow is stored but moves nothing."""
+    source = "LR = 0.05\n"
+    values = (0.90, 0.91, 0.92)
+    runs = [
+        make_result(train_py=source, status=Status.DISCARD, provisional=True, val_bpb=v)
+        for v in values
+    ]
+    runs[-1] = runs[-1].with_(
+        status=Status.KEEP, provisional=False, confirmed_bpb=statistics.fmean(values)
+    )
+    async with swarm.hub.memory(swarm.keys["alice"], clock=FakeClock()) as alice:
+        assert (await alice.publish(runs[0])).best_improved == ()
+        assert (await alice.publish(runs[1])).best_improved == ()
+        assert (await alice.publish(runs[2])).best_improved == ("track", "xl")
+        best = await alice.get_best(TRACK)
+    assert best is not None and best.result_id == runs[2].id and best.train_py == source
+    assert math.isclose(best.val_bpb, 0.91)
+    eve_runs = [
+        make_result(
+            agent_id="eve",
+            train_py="LR = 0.07\n",
+            status=Status.DISCARD,
+            provisional=True,
+            val_bpb=v,
+        )
+        for v in (0.5, 0.5, 0.5)
+    ]
+    eve_runs[-1] = eve_runs[-1].with_(status=Status.KEEP, provisional=False, confirmed_bpb=0.5)
+    async with swarm.hub.memory(swarm.keys["eve"], clock=FakeClock()) as eve:
+        for run in eve_runs:
+            outcome = await eve.publish(run)
+            assert outcome.created and outcome.best_improved == ()
+        still = await eve.get_best(TRACK)
+        history = await eve.best_history(TRACK)
+    assert still is not None and still.result_id == runs[2].id
+    assert [(c.agent_id, c.result_id) for c in history] == [("alice", runs[2].id)]
+
+
+async def test_a_keep_published_without_its_replicates_moves_nothing(swarm: Swarm) -> None:
+    """A daemon with fewer replicates than the hub: stored, no error, no best."""
+    async with swarm.hub.memory(swarm.keys["alice"], clock=FakeClock()) as alice:
+        outcome = await alice.publish(make_result(val_bpb=0.9, confirmed_bpb=0.9))
+        assert outcome.created and outcome.best_improved == ()
+        assert await alice.get_best(TRACK) is None
