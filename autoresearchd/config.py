@@ -90,6 +90,8 @@ class ExperimentConfig:
     replicates: int = DEFAULT_REPLICATES
     keep_runs: int = DEFAULT_KEEP_RUNS
     workspace_ignore: tuple[str, ...] = DEFAULT_WORKSPACE_IGNORE
+    trust: Literal["params-only", "sandboxed", "any"] = "params-only"
+    sandbox: Literal["auto", "off", "required"] = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +248,12 @@ def _derive(config: Config) -> Config:
     if memory.backend == "ensue" and not memory.url:
         raise ConfigError(
             'expected a URL when backend = "ensue"', path=str(config.source), key="memory.url"
+        )
+    if experiment.trust == "sandboxed" and experiment.sandbox == "off":
+        raise ConfigError(
+            'expected "auto" or "required" when trust = "sandboxed"',
+            path=str(config.source),
+            key="experiment.sandbox",
         )
     return dataclasses.replace(config, daemon=daemon, experiment=experiment, memory=memory)
 

@@ -54,6 +54,7 @@ from autoresearchd.notify import Notifier
 from autoresearchd.outbox import Outbox
 from autoresearchd.publisher import Publisher
 from autoresearchd.runner import prune_runs
+from autoresearchd.sandbox import open_sandbox
 from autoresearchd.worker import Worker, WorkerContext
 
 log = structlog.get_logger(__name__)
@@ -115,6 +116,7 @@ class Daemon:
     async def _serve(self) -> int:
         config = self.config
         await self._prepare_data(config)
+        sandbox = await anyio.to_thread.run_sync(open_sandbox, config)
         outbox = Outbox(config.outbox_dir)
         await anyio.to_thread.run_sync(outbox.open)
         memory = TrackedMemory(open_memory(config), self.connectivity)
@@ -136,6 +138,7 @@ class Daemon:
                 publisher=publisher,
                 gpus=gpus,
                 software=software_versions(discovery),
+                sandbox=sandbox,
             )
             self.workers = [Worker(device, self.ctx) for device in devices]
             return await self._supervise(devices)

@@ -10,11 +10,13 @@ A candidate that beats the best by ``min_improvement`` is provisional: it become
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import statistics
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -33,6 +35,8 @@ from autoresearchd.outbox import Outbox
 from autoresearchd.proposers import Proposer, make_proposer
 from autoresearchd.publisher import Publisher
 from autoresearchd.runner import RunReport, RunSpec, run_experiment
+from autoresearchd.sandbox import Sandbox
+from autoresearchd.trust import check_params_only
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +79,9 @@ class WorkerContext:
     #: Candidates this daemon's workers hold: a claim by our own agent would succeed again,
     #: so workers in one daemon keep each other off the same candidate with this set.
     in_flight: set[str] = field(default_factory=set)
+    sandbox: Sandbox | None = None
+    #: sha256s of network scripts refused by the trust check, recorded once per daemon.
+    refused: set[str] = field(default_factory=set)
     new_seed: Callable[[], int] = field(default=lambda: random.SystemRandom().randrange(2**31))
 
 
@@ -90,6 +97,17 @@ def best_from(result: Result) -> Best:
         agent_id=result.agent_id,
         updated_at=result.completed_at,
     )
+
+
+def delta_vs_best(val_bpb: float | None, best: Best | None) -> float | None:
+    """``val_bpb`` minus the best's; None unless both are finite.
+
+    A hub seeds ``best/`` with an unscored baseline (an infinite ``val_bpb``), and an
+    infinite delta is not valid JSON for the other clients that read our records.
+    """
+    if val_bpb is None or best is None or not math.isfinite(best.val_bpb):
+        return None
+    return val_bpb - best.val_bpb
 
 
 def improves(val_bpb: float | None, best: Best | None, min_improvement: float) -> bool:
@@ -113,14 +131,18 @@ class Worker:
         self.current: Candidate | None = None
         self.run_started_at: float | None = None
         self.last_val_bpb: float | None = None
+        self.results_queued = 0
+        self._baselines: set[str] = set()
         self._best: Best | None = None
         self._own_best: Best | None = None
+        self._memory_answered = False  # a None best means "none yet" only once it has
         self._next: Prepared | None = None
         self._to_release: list[Candidate] = []
         self._moved_best = False
         self._proposer_for: object = None
         self._proposer: Proposer | None = None
         self._flap_delay = 0.0
+        self._trusted: dict[str, Candidate] = {}  # network bests accepted, by baseline sha
         # Pausing, from the control socket: a paused worker asks for no work at all.
         self.paused = False
         self.finishing = False
@@ -163,13 +185,16 @@ class Worker:
         if ready is None:
             await pause(IDLE_PAUSE_S, self.ctx.draining)
             return
-        self.current = ready.candidate
+        self.current, queued = ready.candidate, self.results_queued
         try:
             await self.evaluate(ready.candidate)
         finally:
             self.current = None
-            # Released during the next run, so the memory round-trip is not a gap between runs.
-            self._to_release.append(ready.candidate)
+            # Until a queued result is published only our claim says the candidate was run,
+            # so such a claim is left to expire (and stays in this daemon's in-flight set);
+            # a run without a result frees it, during the next run, off the critical path.
+            if self.results_queued == queued:
+                self._to_release.append(ready.candidate)
         await self._maybe_back_off()
 
     async def prepare(self) -> Prepared | None:
@@ -245,6 +270,7 @@ class Worker:
         try:
             best = await self.ctx.memory.get_best(track, self.device.tier)
             self._best = best or await self.ctx.memory.get_best(track)
+            self._memory_answered = True
         except MemoryBackendError as exc:
             log.warning("best_unavailable", error=str(exc))
         known = [b for b in (self._best, self._own_best) if b is not None]
@@ -293,27 +319,82 @@ class Worker:
         source = script.read_text(encoding="utf-8")
         return Candidate(source=source, parent_sha256=None, description="baseline")
 
-    def proposer(self) -> Proposer:
-        if self._proposer is None or self._proposer_for != self.config.proposer:
-            self._proposer = make_proposer(self.config.proposer, self.rng)
-            self._proposer_for = self.config.proposer
+    def proposer(self, baseline: Candidate | None = None) -> Proposer:
+        """The proposer; under params-only its spaces come from the trusted ``baseline``."""
+        trusted = (
+            baseline.source if baseline and self.config.experiment.trust == "params-only" else None
+        )
+        key = (self.config.proposer, trusted)
+        if self._proposer is None or self._proposer_for != key:
+            self._proposer = make_proposer(self.config.proposer, self.rng, baseline=trusted)
+            self._proposer_for = key
         return self._proposer
 
     async def propose(self, best: Best | None) -> Candidate | None:
         baseline = self.baseline()
-        if best is None and not await self.is_known(baseline.sha256):
-            return baseline
-        parent = (
-            baseline
-            if best is None
-            else Candidate(
-                source=best.train_py,
-                parent_sha256=None,
-                description="best",
-                sha256=best.train_py_sha256,
-            )
+        # Once per worker: with the memory out of reach, is_known cannot say it was run.
+        if best is None and baseline.sha256 not in self._baselines:
+            self._baselines.add(baseline.sha256)
+            if not await self.is_known(baseline.sha256):
+                return baseline
+        parent = baseline if best is None else await self.trusted_parent(best, baseline)
+        return await self.proposer(baseline).propose(parent, self.is_known)
+
+    # -- trust (DESIGN.md, contract 2) --------------------------------------------------
+
+    async def trusted_parent(self, best: Best, baseline: Candidate) -> Candidate:
+        """``best`` as a parent if the trust policy accepts it, else the last trusted parent.
+
+        A refused best is recorded once as an ``invalid`` result and never run.
+        """
+        candidate = Candidate(
+            source=best.train_py, parent_sha256=None, description="best", proposer="memory"
         )
-        return await self.proposer().propose(parent, self.is_known)
+        if self.config.experiment.trust != "params-only" or candidate.sha256 == baseline.sha256:
+            return candidate
+        fallback = self._trusted.get(baseline.sha256, baseline)
+        if candidate.sha256 in self.ctx.refused:
+            return fallback
+        verdict = check_params_only(baseline.source, candidate.source)
+        if verdict.ok:
+            self._trusted[baseline.sha256] = candidate
+            return candidate
+        self.ctx.refused.add(candidate.sha256)
+        log.warning(
+            "best_refused",
+            sha=candidate.sha256[:12],
+            agent=best.agent_id,
+            reason=verdict.reason,
+            parent=fallback.sha256[:12],
+        )
+        await self.queue(self.invalid_result(candidate, f"trust: {verdict.reason}"))
+        return fallback
+
+    def invalid_result(self, candidate: Candidate, reason: str) -> Result:
+        """A result for a script refused by policy: it was never run."""
+        now = time.time()
+        return Result(
+            id=f"{self.config.daemon.agent}-{uuid.uuid4().hex[:12]}",
+            agent_id=self.config.daemon.agent,
+            track=self.config.experiment.track,
+            status=Status.INVALID,
+            val_bpb=None,
+            description=candidate.description,
+            train_py=candidate.source,
+            train_py_sha256=candidate.sha256,
+            parent_sha256=candidate.parent_sha256,
+            seed=0,
+            device_name=self.device.name,
+            device_uuid=self.device.uuid,
+            memory_gb=self.device.memory_gb,
+            vram_tier=self.device.tier,
+            started_at=now,
+            completed_at=now,
+            duration_s=0.0,
+            proposer=candidate.proposer,
+            error=reason,
+            software=self.ctx.software,
+        )
 
     # -- running and judging ---------------------------------------------------------
 
@@ -331,10 +412,17 @@ class Worker:
             result.val_bpb, best, min_improvement
         ):
             await self.queue(result)
-        elif best is None or self.config.experiment.replicates == 0:
+        elif self._first_ever(best) or self.config.experiment.replicates == 0:
             await self.queue(result.with_(status=Status.KEEP, confirmed_bpb=result.val_bpb))
         else:
             await self.replicate(candidate, result)
+
+    def _first_ever(self, best: Best | None) -> bool:
+        """The memory said there is no best: the first valid result sets it unreplicated.
+
+        A best we could not read is unknown, not absent, so that result replicates as usual.
+        """
+        return best is None and self._memory_answered
 
     async def replicate(self, candidate: Candidate, first: Result) -> None:
         """Confirm a provisional improvement with more seeds before calling it a keep."""
@@ -361,7 +449,7 @@ class Worker:
         mean = statistics.fmean(v for v in values if v is not None)
         best = await self.read_best()
         if improves(mean, best, self.config.experiment.min_improvement):
-            delta = None if best is None else mean - best.val_bpb
+            delta = delta_vs_best(mean, best)
             await self.queue(
                 last.with_(status=Status.KEEP, confirmed_bpb=mean, delta_vs_best=delta)
             )
@@ -381,9 +469,9 @@ class Worker:
         else:
             result = await self.run(candidate)
         best = await self.read_best()
-        if result is None or result.val_bpb is None or best is None:
+        if result is None:
             return result, best
-        return result.with_(delta_vs_best=result.val_bpb - best.val_bpb), best
+        return result.with_(delta_vs_best=delta_vs_best(result.val_bpb, best)), best
 
     async def run(self, candidate: Candidate) -> Result | None:
         run_id = f"{self.config.daemon.agent}-{uuid.uuid4().hex[:12]}"
@@ -399,7 +487,7 @@ class Worker:
         return self.record(candidate, report, seed)
 
     def spec(self, run_id: str, candidate: Candidate, seed: int) -> RunSpec:
-        return RunSpec.from_config(
+        spec = RunSpec.from_config(
             self.config.experiment,
             run_root=self.config.run_dir,
             run_id=run_id,
@@ -407,6 +495,11 @@ class Worker:
             device=self.device,
             seed=seed,
         )
+        sandbox = self.ctx.sandbox
+        if sandbox is None or self.config.experiment.sandbox == "off":
+            return spec
+        slot = zlib.crc32(self.device.uuid.encode())
+        return dataclasses.replace(spec, wrap=sandbox.wrapper(spec.run_dir, slot))
 
     def record(self, candidate: Candidate, report: RunReport, seed: int) -> Result | None:
         """Turn a run into a result; a run stopped by shutdown is no result at all."""
@@ -456,6 +549,7 @@ class Worker:
         """Durably queue a result for the publisher, then wake it."""
         with anyio.CancelScope(shield=True):  # a result half-handled is a result lost
             await anyio.to_thread.run_sync(self.ctx.outbox.put, result)
+            self.results_queued += 1
         self.ctx.publisher.notify()
         if result.status is Status.KEEP:
             self._moved_best = True

@@ -1,0 +1,155 @@
+"""How a worker shares work through a memory: a seeded best, a hub out of reach, claims."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from autoresearchd.config import parse_config
+from autoresearchd.gpus import Gpus
+from autoresearchd.memory.ensue import EnsueMemory
+from autoresearchd.memory.sqlite import SqliteMemory
+from autoresearchd.models import Best, Device
+from autoresearchd.outbox import Outbox
+from autoresearchd.publisher import Publisher
+from autoresearchd.testing import ok_script, plan_script
+from autoresearchd.worker import Worker, WorkerContext, delta_vs_best, improves
+
+from .hub.support import free_port
+
+
+def best(val_bpb: float) -> Best:
+    return Best("synthetic", None, val_bpb, "LR = 0.01\n", "sha", "", "admin", 0.0)
+
+
+SEEDED = best(math.inf)  # what EnsueMemory.get_best returns for `hub init --baseline`
+
+
+@pytest.mark.parametrize("val_bpb", [3.0, 1e300])
+def test_any_finite_score_improves_on_a_seeded_baseline(val_bpb: float) -> None:
+    assert improves(val_bpb, SEEDED, 0.001)
+
+
+@pytest.mark.parametrize("val_bpb", [None, math.nan, math.inf])
+def test_no_score_never_improves(val_bpb: float | None) -> None:
+    assert not improves(val_bpb, SEEDED, 0.001)
+    assert not improves(val_bpb, None, 0.001)
+
+
+def test_improvement_must_exceed_the_margin() -> None:
+    assert improves(2.9, best(3.0), 0.01)
+    assert not improves(2.995, best(3.0), 0.01)
+
+
+def test_delta_against_a_scored_best() -> None:
+    delta = delta_vs_best(2.9, best(3.0))
+    assert delta is not None
+    assert delta == pytest.approx(-0.1)
+
+
+@pytest.mark.parametrize(("val_bpb", "against"), [(2.9, SEEDED), (2.9, None), (None, best(3.0))])
+def test_no_delta_without_two_finite_scores(val_bpb: float | None, against: Best | None) -> None:
+    """An infinite delta would make the published record invalid JSON."""
+    delta = delta_vs_best(val_bpb, against)
+    assert delta is None
+    json.dumps({"delta_vs_best": delta}, allow_nan=False)
+
+
+@pytest.mark.anyio
+async def test_a_worker_that_cannot_reach_the_hub_runs_the_baseline_once(tmp_path: Path) -> None:
+    """Offline, ``was_run`` cannot tell; the worker explores mutations of it next."""
+    (tmp_path / "train.py").write_text(plan_script())
+    config = parse_config(
+        {
+            "daemon": {"state_dir": str(tmp_path / "state")},
+            "experiment": {"workspace": str(tmp_path)},
+        }
+    )
+    url = f"http://127.0.0.1:{free_port()}/"  # nothing listens there
+    memory = EnsueMemory(url, "test", "key", primary_track="synthetic", attempts=1)
+    outbox = Outbox(tmp_path / "outbox")
+    async with memory:
+        ctx = WorkerContext(config, memory, outbox, Publisher(outbox, memory), Gpus())
+        worker = Worker(Device.cpu(0), ctx)
+        with capture_logs() as logs:
+            first = await worker.propose(await worker.read_best())
+            later = [await worker.propose(await worker.read_best()) for _ in range(3)]
+    assert "best_unavailable" in [entry["event"] for entry in logs]
+    assert first is not None
+    assert first.description == "baseline"
+    for candidate in later:
+        assert candidate is not None
+        assert candidate.parent_sha256 == first.sha256
+        assert candidate.sha256 != first.sha256
+
+
+@pytest.mark.anyio
+async def test_a_claim_outlives_a_run_whose_result_is_not_yet_published(tmp_path: Path) -> None:
+    """Releasing it before the publisher stores the result would let another agent rerun it."""
+    (tmp_path / "train.py").write_text(ok_script())
+    config = parse_config(
+        {
+            "daemon": {"state_dir": str(tmp_path / "state")},
+            "experiment": {"workspace": str(tmp_path), "time_budget_s": 30},
+        }
+    )
+    outbox = Outbox(config.outbox_dir)
+    outbox.open()
+    async with SqliteMemory(tmp_path / "memory.sqlite") as memory:
+        ctx = WorkerContext(config, memory, outbox, Publisher(outbox, memory), Gpus())
+        worker = Worker(Device.cpu(0), ctx)
+        await worker.cycle()  # no publisher runs, so the result stays queued
+        (queued,) = outbox.pending()
+        assert not await memory.claim("synthetic", queued.train_py_sha256, "other", 60.0)
+        assert await memory.was_run("synthetic", queued.train_py_sha256)
+
+
+@pytest.mark.anyio
+async def test_a_best_that_could_not_be_read_is_unknown_not_absent(tmp_path: Path) -> None:
+    """Offline at start, the first good result must still replicate: a hub that asks for
+    confirmations would never promote an unreplicated keep."""
+    (tmp_path / "train.py").write_text(ok_script())
+    config = parse_config(
+        {
+            "daemon": {"state_dir": str(tmp_path / "state")},
+            "experiment": {"workspace": str(tmp_path), "time_budget_s": 30, "replicates": 1},
+        }
+    )
+    outbox = Outbox(config.outbox_dir)
+    outbox.open()
+    url = f"http://127.0.0.1:{free_port()}/"  # nothing listens there
+    memory = EnsueMemory(url, "test", "key", primary_track="synthetic", attempts=1)
+    async with memory:
+        ctx = WorkerContext(config, memory, outbox, Publisher(outbox, memory), Gpus())
+        worker = Worker(Device.cpu(0), ctx)
+        await worker.cycle()
+    results = outbox.pending()
+    assert len(results) == 2, "the first good run was replicated"
+    first, confirming = results
+    assert first.provisional and first.status == "discard"
+    assert confirming.status == "keep"
+    assert confirming.confirmed_bpb == pytest.approx((first.val_bpb + confirming.val_bpb) / 2)
+
+
+@pytest.mark.anyio
+async def test_the_very_first_result_is_kept_at_once_when_the_memory_says_no_best(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "train.py").write_text(ok_script())
+    config = parse_config(
+        {
+            "daemon": {"state_dir": str(tmp_path / "state")},
+            "experiment": {"workspace": str(tmp_path), "time_budget_s": 30, "replicates": 1},
+        }
+    )
+    outbox = Outbox(config.outbox_dir)
+    outbox.open()
+    async with SqliteMemory(tmp_path / "memory.sqlite") as memory:
+        ctx = WorkerContext(config, memory, outbox, Publisher(outbox, memory), Gpus())
+        await Worker(Device.cpu(0), ctx).cycle()
+    (only,) = outbox.pending()
+    assert only.status == "keep" and only.description == "baseline"
