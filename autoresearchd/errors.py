@@ -11,7 +11,10 @@ so callers can catch ours without catching programming mistakes::
     ├── DataError              a track's data cannot be prepared or verified (track)
     ├── MemoryBackendError     the collective memory failed (backend, key)
     │   └── TransientMemoryError   worth retrying: transport errors, 5xx, 429
-    └── HubError               the hub refused a request (status, code)
+    ├── HubError               the hub refused a request (status, code)
+    ├── ControlError           the daemon's control socket refused or did not answer (path)
+    │   └── DaemonNotRunning       nothing listens on the control socket
+    └── MissingExtraError      an optional extra is not installed (extra)
 
 Context is attached as attributes so logs can carry it as key/values, and ``str(err)``
 is always a single line a person can act on.
@@ -99,4 +102,24 @@ class HubError(AutoresearchdError):
     def __init__(self, message: str, *, status: int = 0, code: str = "") -> None:
         self.status = status
         self.code = code
+        super().__init__(message)
+
+
+class ControlError(AutoresearchdError):
+    """The running daemon's control socket refused a request or did not answer."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        self.path = path
+        super().__init__(message)
+
+
+class DaemonNotRunning(ControlError):
+    """No daemon listens on the control socket."""
+
+
+class MissingExtraError(AutoresearchdError):
+    """A command needs an optional extra (``pip install 'autoresearchd[EXTRA]'``)."""
+
+    def __init__(self, message: str, *, extra: str = "") -> None:
+        self.extra = extra
         super().__init__(message)

@@ -17,8 +17,10 @@ import statistics
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import structlog
@@ -42,6 +44,14 @@ log = structlog.get_logger(__name__)
 IDLE_PAUSE_S = 5.0
 #: Pause after an unexpected error inside one worker; the others carry on meanwhile.
 ERROR_PAUSE_S = 30.0
+#: A run still going this long after its hard limit (budget, grace, kill grace) is wedged.
+WEDGED_MARGIN_S = 60.0
+#: How the health states read in ``autoresearchd status``; any other state is "idle".
+HEALTH_STATES = {
+    "foreign_process": "waiting_foreign_process",
+    "too_hot": "too_hot",
+    "backing_off": "backing_off",
+}
 #: Proposals to try in one go when other workers keep winning the claims.
 CLAIM_ATTEMPTS = 3
 
@@ -133,6 +143,12 @@ class Worker:
         self._proposer: Proposer | None = None
         self._flap_delay = 0.0
         self._trusted: dict[str, Candidate] = {}  # network bests accepted, by baseline sha
+        # Pausing, from the control socket: a paused worker asks for no work at all.
+        self.paused = False
+        self.finishing = False
+        self.run_id: str | None = None
+        self._resumed = anyio.Event()
+        self._run_stop: anyio.Event | None = None
 
     @property
     def config(self) -> Config:
@@ -142,9 +158,12 @@ class Worker:
         structlog.contextvars.bind_contextvars(device=self.device.uuid)
         log.info("worker_started", name=self.device.name, tier=self.device.tier)
         while not self.ctx.draining.is_set():
+            await self._hold_while_paused()
             self.device = await self.health.wait_until_ready(self.device, self.config.devices)
             if self.ctx.draining.is_set():
                 break
+            if self.paused:
+                continue
             await self._guarded_cycle()
         await self._release_all()
         log.info("worker_stopped")
@@ -224,7 +243,7 @@ class Worker:
     async def _alongside_run(self) -> None:
         """While a run trains: release finished claims and prepare the next candidate."""
         await self._release_finished()
-        if self._next is None and not self.ctx.draining.is_set():
+        if self._next is None and not self.ctx.draining.is_set() and not self._winding_down:
             try:
                 self._next = await self.prepare()
             except AutoresearchdError as exc:
@@ -459,12 +478,11 @@ class Worker:
         seed = self.ctx.new_seed()
         structlog.contextvars.bind_contextvars(run_id=run_id)
         try:
-            self.run_started_at = time.time()
-            report = await run_experiment(
-                self.spec(run_id, candidate, seed), stop=self.ctx.stop_runs
-            )
+            self.run_started_at, self.run_id = time.time(), run_id
+            async with self._stop_signal() as stop:
+                report = await run_experiment(self.spec(run_id, candidate, seed), stop=stop)
         finally:
-            self.run_started_at = None
+            self.run_started_at = self.run_id = None
             structlog.contextvars.unbind_contextvars("run_id")
         return self.record(candidate, report, seed)
 
@@ -552,3 +570,126 @@ class Worker:
                 "worker_backoff", reason="flapping", delay_s=delay, crashes=self.flaps.streak
             )
             await pause(delay, self.ctx.draining)
+
+    # -- pause, resume and finish (the control socket), and what status shows ---------------
+
+    def pause(self) -> None:
+        """Stop the run in progress now (it leaves no result) and ask for no more work."""
+        self.paused, self.finishing = True, False
+        if self._resumed.is_set():
+            self._resumed = anyio.Event()
+        if self._run_stop is not None:
+            self._run_stop.set()
+
+    def finish(self) -> None:
+        """Let the current candidate (and its replicates) finish, then pause."""
+        if self.current is None:
+            self.pause()
+        elif not self.paused:
+            self.finishing = True
+
+    def resume(self) -> None:
+        self.paused = self.finishing = False
+        self._resumed.set()
+
+    async def _hold_while_paused(self) -> None:
+        if self.finishing:
+            self.paused, self.finishing = True, False
+        if not self.paused:
+            return
+        await self._release_all()  # a paused device holds no claims
+        log.info("worker_paused")
+        await wait_any(self._resumed, self.ctx.draining)
+        log.info("worker_resumed", draining=self.ctx.draining.is_set())
+
+    @property
+    def _winding_down(self) -> bool:
+        """Paused or finishing: claim nothing more."""
+        return self.paused or self.finishing
+
+    @asynccontextmanager
+    async def _stop_signal(self) -> AsyncIterator[anyio.Event]:
+        """An event set when the daemon stops runs or this device is paused."""
+        stop = self._run_stop = anyio.Event()
+        if self.paused:
+            stop.set()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_relay, self.ctx.stop_runs, stop)
+            try:
+                yield stop
+            finally:
+                self._run_stop = None
+                tg.cancel_scope.cancel()
+
+    @property
+    def state(self) -> str:
+        """running, finishing, stopping, paused, waiting_foreign_process, too_hot,
+        backing_off or idle."""
+        if self.run_started_at is not None:
+            if self.paused:
+                return "stopping"
+            return "finishing" if self.finishing else "running"
+        if self.paused:
+            return "paused"
+        return HEALTH_STATES.get(self.health.state, "idle")
+
+    @property
+    def known_best(self) -> Best | None:
+        """The best this worker last read from the memory."""
+        return self._best
+
+    def is_wedged(self, now: float) -> bool:
+        """True when a run has outlived every limit the runner enforces."""
+        if self.run_started_at is None:
+            return False
+        exp = self.config.experiment
+        limit = exp.time_budget_s + exp.grace_s + exp.kill_grace_s + WEDGED_MARGIN_S
+        return now - self.run_started_at > limit
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """This device's part of ``autoresearchd status --json``."""
+        d = self.device
+        return {
+            "index": d.index,
+            "uuid": d.uuid,
+            "name": d.name,
+            "kind": d.kind,
+            "tier": d.tier,
+            "temperature_c": d.temperature_c,
+            "state": self.state,
+            "experiment": self._experiment(now),
+            "last_val_bpb": self.last_val_bpb,
+        }
+
+    def _experiment(self, now: float) -> dict[str, Any] | None:
+        candidate, started = self.current, self.run_started_at
+        if candidate is None or started is None:
+            return None
+        elapsed = max(0.0, now - started)
+        budget = self.config.experiment.time_budget_s
+        return {
+            "run_id": self.run_id,
+            "sha256": candidate.sha256,
+            "description": candidate.description,
+            "started_at": started,
+            "elapsed_s": round(elapsed, 1),
+            "budget_s": budget,
+            "remaining_s": round(max(0.0, budget - elapsed), 1),
+        }
+
+
+async def _relay(source: anyio.Event, target: anyio.Event) -> None:
+    await source.wait()
+    target.set()
+
+
+async def wait_any(*events: anyio.Event) -> None:
+    """Return as soon as any of ``events`` is set."""
+    async with anyio.create_task_group() as tg:
+        for event in events:
+            tg.start_soon(_wait_then_cancel, event, tg.cancel_scope)
+
+
+async def _wait_then_cancel(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
