@@ -22,13 +22,20 @@ import anyio
 import structlog
 
 from autoresearchd.config import Config
-from autoresearchd.errors import AutoresearchdError, MemoryBackendError
+from autoresearchd.errors import (
+    AutoresearchdError,
+    MemoryBackendError,
+    MutationError,
+    ProposalError,
+)
 from autoresearchd.gpus import Gpus
 from autoresearchd.health import DeviceHealth, FlapDetector, pause
-from autoresearchd.memory.protocol import CollectiveMemory
-from autoresearchd.models import Best, Candidate, Device, Result, Status
+from autoresearchd.hypotheses import crash_insights, follow_up
+from autoresearchd.memory.protocol import CollectiveMemory, Note
+from autoresearchd.models import Best, Candidate, Device, Result, Status, sha256_text
+from autoresearchd.mutation import Param, parse_params
 from autoresearchd.outbox import Outbox
-from autoresearchd.proposers import Proposer, make_proposer
+from autoresearchd.proposers import ProposalContext, Proposer, make_proposer
 from autoresearchd.publisher import Publisher
 from autoresearchd.runner import RunReport, RunSpec, run_experiment
 
@@ -38,6 +45,10 @@ log = structlog.get_logger(__name__)
 IDLE_PAUSE_S = 5.0
 #: Pause after an unexpected error inside one worker; the others carry on meanwhile.
 ERROR_PAUSE_S = 30.0
+#: Hypotheses and insights a proposal reads; the newest matter most.
+NOTES_LIMIT = 100
+#: Least seconds between two insight computations of one worker.
+INSIGHT_INTERVAL_S = 600.0
 
 
 @dataclass
@@ -53,6 +64,8 @@ class WorkerContext:
     stop_runs: anyio.Event = field(default_factory=anyio.Event)
     software: dict[str, str] = field(default_factory=dict)
     new_seed: Callable[[], int] = field(default=lambda: random.SystemRandom().randrange(2**31))
+    #: Sources of the candidates this daemon's workers run now, by hash: proposals avoid them.
+    in_flight: dict[str, str] = field(default_factory=dict)
 
 
 def improves(val_bpb: float | None, best: Best | None, min_improvement: float) -> bool:
@@ -81,6 +94,8 @@ class Worker:
         self._proposer_for: object = None
         self._proposer: Proposer | None = None
         self._flap_delay = 0.0
+        self._last_keep: Result | None = None
+        self._insights_at = 0.0
 
     @property
     def config(self) -> Config:
@@ -123,11 +138,14 @@ class Worker:
         if not await self.claim(candidate):
             return
         self.current = candidate
+        self.ctx.in_flight[candidate.sha256] = candidate.source
         try:
             await self.evaluate(candidate, best)
         finally:
             self.current = None
+            self.ctx.in_flight.pop(candidate.sha256, None)
             await self.release(candidate)
+        await self.share(candidate, best)
         await self._maybe_back_off()
 
     # -- the memory, degrading gracefully when it is out of reach ------------------------
@@ -181,9 +199,29 @@ class Worker:
 
     def proposer(self) -> Proposer:
         if self._proposer is None or self._proposer_for != self.config.proposer:
-            self._proposer = make_proposer(self.config.proposer, self.rng)
+            # experiment.trust may not exist yet in every config version: params-only then.
+            trust = getattr(self.config.experiment, "trust", "params-only")
+            self._proposer = make_proposer(
+                self.config.proposer, self.rng, baseline=self.baseline().source, trust=trust
+            )
             self._proposer_for = self.config.proposer
         return self._proposer
+
+    async def proposal_context(self, proposer: Proposer) -> ProposalContext:
+        """The swarm's history and in-flight candidates; empty when the memory fails."""
+        in_flight = tuple(self.ctx.in_flight.values())
+        if not proposer.uses_history:
+            return ProposalContext(in_flight=in_flight)
+        memory, track = self.ctx.memory, self.config.experiment.track
+        try:
+            results = await memory.results(track, limit=self.config.proposer.max_history)
+            hypotheses = await memory.notes("hypotheses", NOTES_LIMIT)
+            insights = await memory.notes("insights", NOTES_LIMIT)
+        except MemoryBackendError as exc:
+            log.warning("history_unavailable", error=str(exc))
+            return ProposalContext(in_flight=in_flight)
+        mine = [n for n in hypotheses if n.value.get("track", track) == track]
+        return ProposalContext(results, in_flight, mine, insights)
 
     async def propose(self, best: Best | None) -> Candidate | None:
         baseline = self.baseline()
@@ -199,7 +237,91 @@ class Worker:
                 sha256=best.train_py_sha256,
             )
         )
-        return await self.proposer().propose(parent, self.is_known)
+        proposer = self.proposer()
+        context = await self.proposal_context(proposer)
+        try:
+            return await proposer.propose(parent, self.is_known, context)
+        except ProposalError as exc:
+            log.warning(
+                "proposal_failed", proposer=exc.proposer, outcome=exc.outcome, error=str(exc)
+            )
+            await self.queue(self.failed_proposal(exc, parent))
+            return None
+
+    def failed_proposal(self, exc: ProposalError, parent: Candidate) -> Result:
+        """A proposer's failure as a result: no run, its reason in ``error``."""
+        now = time.time()
+        return Result(
+            id=f"{self.config.daemon.agent}-{uuid.uuid4().hex[:12]}",
+            agent_id=self.config.daemon.agent,
+            track=self.config.experiment.track,
+            status=Status.INVALID if exc.outcome == "invalid" else Status.CRASH,
+            val_bpb=None,
+            description=f"{exc.proposer} proposal failed",
+            train_py=exc.source,
+            train_py_sha256=sha256_text(exc.source),
+            parent_sha256=parent.sha256,
+            seed=0,
+            device_name=self.device.name,
+            device_uuid=self.device.uuid,
+            memory_gb=self.device.memory_gb,
+            vram_tier=self.device.tier,
+            started_at=now,
+            completed_at=now,
+            duration_s=0.0,
+            proposer=exc.proposer,
+            error=str(exc),
+            software=self.ctx.software,
+        )
+
+    # -- sharing what we learned -------------------------------------------------------
+
+    async def share(self, candidate: Candidate, best: Best | None) -> None:
+        """Publish a follow-up hypothesis after a keep, and insights now and then."""
+        if not self.config.proposer.share_notes:
+            return
+        kept, self._last_keep = self._last_keep, None
+        notes: list[tuple[str, Note]] = []
+        now = time.time()
+        if kept is not None and best is not None and kept.train_py_sha256 == candidate.sha256:
+            spaces = self.proposer_spaces()
+            note = follow_up(best.train_py, kept, self.config.daemon.agent, now, spaces)
+            notes += [("hypotheses", note)] if note else []
+        if now - self._insights_at >= INSIGHT_INTERVAL_S:
+            self._insights_at = now
+            notes += [("insights", n) for n in await self.insights(now)]
+        for kind, note in notes:
+            await self.put_note(kind, note)
+
+    def proposer_spaces(self) -> dict[str, Param] | None:
+        try:
+            return parse_params(self.baseline().source)
+        except (OSError, MutationError):
+            return None
+
+    async def insights(self, now: float) -> list[Note]:
+        track = self.config.experiment.track
+        try:
+            results = await self.ctx.memory.results(track, limit=self.config.proposer.max_history)
+        except MemoryBackendError as exc:
+            log.warning("history_unavailable", error=str(exc))
+            return []
+        if not results:
+            return []
+        baseline = self.baseline().source
+        found = await anyio.to_thread.run_sync(
+            crash_insights, results, self.config.daemon.agent, now, baseline
+        )
+        return list(found)
+
+    async def put_note(self, kind: str, note: Note) -> None:
+        try:
+            created = await self.ctx.memory.put_note(kind, note)
+        except MemoryBackendError as exc:
+            log.warning("note_unpublished", kind=kind, error=str(exc))
+            return
+        if created:
+            log.info("note_published", kind=kind, key=note.key, title=note.value.get("title"))
 
     def _take_prefetched(self, best: Best | None) -> Candidate | None:
         candidate, self._next = self._next, None
@@ -350,6 +472,8 @@ class Worker:
         with anyio.CancelScope(shield=True):  # a result half-handled is a result lost
             await anyio.to_thread.run_sync(self.ctx.outbox.put, result)
         self.ctx.publisher.notify()
+        if result.status is Status.KEEP:
+            self._last_keep = result
         log.info(
             "result_queued",
             result_id=result.id,
