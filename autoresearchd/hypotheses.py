@@ -51,12 +51,15 @@ class HypothesisProposer:
     def __init__(self, baseline: str | None = None) -> None:
         self._spaces: dict[str, Param] | None = parse_params(baseline) if baseline else None
         self._proposed: set[str] = set()
+        self._taken: set[str] = set()  # note keys: each hypothesis is run once here
 
     async def propose(
         self, parent: Candidate, is_known: IsKnown, context: ProposalContext = EMPTY_CONTEXT
     ) -> Candidate | None:
         params = parse_params(parent.source, spaces_from=self._spaces)
         for note in context.hypotheses:
+            if note.key in self._taken:
+                continue
             changes = suggested_changes(note.value, params)
             if not changes:
                 continue
@@ -65,6 +68,7 @@ class HypothesisProposer:
             if digest in self._proposed or await is_known(digest):
                 continue
             self._proposed.add(digest)
+            self._taken.add(note.key)
             log.info("hypothesis_picked", key=note.key, author=note.agent_id)
             description = describe(params, changes)
             return Candidate(source, parent.sha256, description, self.name, digest)
