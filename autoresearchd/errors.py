@@ -9,6 +9,7 @@ so callers can catch ours without catching programming mistakes::
     ├── RunError               an experiment could not be started or read (run_id)
     ├── MutationError          a train.py cannot be parsed or mutated (line)
     ├── DataError              a track's data cannot be prepared or verified (track)
+    ├── ProposalError          a proposer produced no runnable candidate (outcome, proposer)
     ├── MemoryBackendError     the collective memory failed (backend, key)
     │   └── TransientMemoryError   worth retrying: transport errors, 5xx, 429
     ├── HubError               the hub refused a request (status, code)
@@ -71,6 +72,21 @@ class DataError(AutoresearchdError):
     def __init__(self, message: str, *, track: str = "") -> None:
         self.track = track
         super().__init__(f"track {track}: {message}" if track else message)
+
+
+class ProposalError(AutoresearchdError):
+    """A proposer failed in a way worth recording as a result (an external agent's output).
+
+    ``outcome`` is the status to record: ``crash`` (the agent timed out, failed or wrote
+    nothing) or ``invalid`` (its script was refused by the trust policy). ``source`` is what
+    it wrote, if anything.
+    """
+
+    def __init__(self, message: str, *, outcome: str, proposer: str, source: str = "") -> None:
+        self.outcome = outcome
+        self.proposer = proposer
+        self.source = source
+        super().__init__(f"proposer {proposer}: {message}")
 
 
 class MemoryBackendError(AutoresearchdError):

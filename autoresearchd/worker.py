@@ -26,13 +26,20 @@ import anyio
 import structlog
 
 from autoresearchd.config import Config
-from autoresearchd.errors import AutoresearchdError, MemoryBackendError
+from autoresearchd.errors import (
+    AutoresearchdError,
+    MemoryBackendError,
+    MutationError,
+    ProposalError,
+)
 from autoresearchd.gpus import Gpus
 from autoresearchd.health import DeviceHealth, FlapDetector, pause
-from autoresearchd.memory.protocol import CollectiveMemory
-from autoresearchd.models import Best, Candidate, Device, Result, Status
+from autoresearchd.hypotheses import crash_insights, follow_up
+from autoresearchd.memory.protocol import CollectiveMemory, Note
+from autoresearchd.models import Best, Candidate, Device, Result, Status, sha256_text
+from autoresearchd.mutation import Param, parse_params
 from autoresearchd.outbox import Outbox
-from autoresearchd.proposers import Proposer, make_proposer
+from autoresearchd.proposers import ProposalContext, Proposer, make_proposer
 from autoresearchd.publisher import Publisher
 from autoresearchd.runner import RunReport, RunSpec, run_experiment
 from autoresearchd.sandbox import Sandbox
@@ -54,13 +61,18 @@ HEALTH_STATES = {
 }
 #: Proposals to try in one go when other workers keep winning the claims.
 CLAIM_ATTEMPTS = 3
+#: Hypotheses and insights a proposal reads; the newest matter most.
+NOTES_LIMIT = 100
+#: Least seconds between two insight computations of one worker.
+INSIGHT_INTERVAL_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A claimed candidate, ready to run."""
+    """A claimed candidate, ready to run, and the best it was proposed from."""
 
     candidate: Candidate
+    parent_best: Best | None = None
     claimed_at: float = field(default_factory=time.monotonic)
 
 
@@ -76,9 +88,10 @@ class WorkerContext:
     draining: anyio.Event = field(default_factory=anyio.Event)
     stop_runs: anyio.Event = field(default_factory=anyio.Event)
     software: dict[str, str] = field(default_factory=dict)
-    #: Candidates this daemon's workers hold: a claim by our own agent would succeed again,
-    #: so workers in one daemon keep each other off the same candidate with this set.
-    in_flight: set[str] = field(default_factory=set)
+    #: Sources of the candidates this daemon's workers are running, by sha256. A claim by our
+    #: own agent would succeed again, so workers in one daemon keep each other off the same
+    #: candidate with this; history-aware proposers also treat these as running trials.
+    in_flight: dict[str, str] = field(default_factory=dict)
     sandbox: Sandbox | None = None
     #: sha256s of network scripts refused by the trust check, recorded once per daemon.
     refused: set[str] = field(default_factory=set)
@@ -142,6 +155,8 @@ class Worker:
         self._proposer_for: object = None
         self._proposer: Proposer | None = None
         self._flap_delay = 0.0
+        self._last_keep: Result | None = None
+        self._insights_at = 0.0
         self._trusted: dict[str, Candidate] = {}  # network bests accepted, by baseline sha
         # Pausing, from the control socket: a paused worker asks for no work at all.
         self.paused = False
@@ -190,11 +205,13 @@ class Worker:
             await self.evaluate(ready.candidate)
         finally:
             self.current = None
-            # Until a queued result is published only our claim says the candidate was run,
-            # so such a claim is left to expire (and stays in this daemon's in-flight set);
-            # a run without a result frees it, during the next run, off the critical path.
+            self.ctx.in_flight.pop(ready.candidate.sha256, None)
+            # Until a queued result is published only our claim says the candidate was run
+            # (``was_run`` counts live claims), so such a claim is left to expire; a run
+            # without a result frees it, during the next run, off the critical path.
             if self.results_queued == queued:
                 self._to_release.append(ready.candidate)
+        await self.share(ready.candidate, ready.parent_best)
         await self._maybe_back_off()
 
     async def prepare(self) -> Prepared | None:
@@ -211,7 +228,7 @@ class Worker:
                 description=candidate.description,
             )
             if await self.claim(candidate):
-                return Prepared(candidate)
+                return Prepared(candidate, best)
         return None
 
     def _take_prepared(self) -> Prepared | None:
@@ -235,8 +252,8 @@ class Worker:
         except MemoryBackendError:
             won = True  # out of reach: run it, as an unclaimed run would
         if won:
-            return Prepared(ready.candidate)
-        self.ctx.in_flight.discard(ready.candidate.sha256)
+            return Prepared(ready.candidate, ready.parent_best)
+        self.ctx.in_flight.pop(ready.candidate.sha256, None)
         log.info("claim_lost", sha=ready.candidate.sha256[:12], reason="expired while waiting")
         return None
 
@@ -287,7 +304,7 @@ class Worker:
         if candidate.sha256 in self.ctx.in_flight:
             log.info("claim_lost", sha=candidate.sha256[:12], holder="this daemon")
             return False
-        self.ctx.in_flight.add(candidate.sha256)
+        self.ctx.in_flight[candidate.sha256] = candidate.source
         try:
             won = await self.ctx.memory.claim(
                 track, candidate.sha256, agent, self.config.claim_ttl_s
@@ -299,13 +316,13 @@ class Worker:
         if won:
             log.info("claim_acquired", sha=candidate.sha256[:12])
         else:
-            self.ctx.in_flight.discard(candidate.sha256)
+            self.ctx.in_flight.pop(candidate.sha256, None)
             log.info("claim_lost", sha=candidate.sha256[:12])
         return won
 
     async def release(self, candidate: Candidate) -> None:
         track, agent = self.config.experiment.track, self.config.daemon.agent
-        self.ctx.in_flight.discard(candidate.sha256)
+        self.ctx.in_flight.pop(candidate.sha256, None)
         with anyio.CancelScope(shield=True):
             try:
                 await self.ctx.memory.release(track, candidate.sha256, agent)
@@ -321,14 +338,31 @@ class Worker:
 
     def proposer(self, baseline: Candidate | None = None) -> Proposer:
         """The proposer; under params-only its spaces come from the trusted ``baseline``."""
-        trusted = (
-            baseline.source if baseline and self.config.experiment.trust == "params-only" else None
-        )
+        trust = self.config.experiment.trust
+        trusted = baseline.source if baseline and trust == "params-only" else None
         key = (self.config.proposer, trusted)
         if self._proposer is None or self._proposer_for != key:
-            self._proposer = make_proposer(self.config.proposer, self.rng, baseline=trusted)
+            self._proposer = make_proposer(
+                self.config.proposer, self.rng, baseline=trusted, trust=trust
+            )
             self._proposer_for = key
         return self._proposer
+
+    async def proposal_context(self, proposer: Proposer) -> ProposalContext:
+        """The swarm's history and in-flight candidates; empty when the memory fails."""
+        in_flight = tuple(self.ctx.in_flight.values())
+        if not proposer.uses_history:
+            return ProposalContext(in_flight=in_flight)
+        memory, track = self.ctx.memory, self.config.experiment.track
+        try:
+            results = await memory.results(track, limit=self.config.proposer.max_history)
+            hypotheses = await memory.notes("hypotheses", NOTES_LIMIT)
+            insights = await memory.notes("insights", NOTES_LIMIT)
+        except MemoryBackendError as exc:
+            log.warning("history_unavailable", error=str(exc))
+            return ProposalContext(in_flight=in_flight)
+        mine = [n for n in hypotheses if n.value.get("track", track) == track]
+        return ProposalContext(results, in_flight, mine, insights)
 
     async def propose(self, best: Best | None) -> Candidate | None:
         baseline = self.baseline()
@@ -338,7 +372,91 @@ class Worker:
             if not await self.is_known(baseline.sha256):
                 return baseline
         parent = baseline if best is None else await self.trusted_parent(best, baseline)
-        return await self.proposer(baseline).propose(parent, self.is_known)
+        proposer = self.proposer(baseline)
+        context = await self.proposal_context(proposer)
+        try:
+            return await proposer.propose(parent, self.is_known, context)
+        except ProposalError as exc:
+            log.warning(
+                "proposal_failed", proposer=exc.proposer, outcome=exc.outcome, error=str(exc)
+            )
+            await self.queue(self.failed_proposal(exc, parent))
+            return None
+
+    def failed_proposal(self, exc: ProposalError, parent: Candidate) -> Result:
+        """A proposer's failure as a result: no run, its reason in ``error``."""
+        now = time.time()
+        return Result(
+            id=f"{self.config.daemon.agent}-{uuid.uuid4().hex[:12]}",
+            agent_id=self.config.daemon.agent,
+            track=self.config.experiment.track,
+            status=Status.INVALID if exc.outcome == "invalid" else Status.CRASH,
+            val_bpb=None,
+            description=f"{exc.proposer} proposal failed",
+            train_py=exc.source,
+            train_py_sha256=sha256_text(exc.source),
+            parent_sha256=parent.sha256,
+            seed=0,
+            device_name=self.device.name,
+            device_uuid=self.device.uuid,
+            memory_gb=self.device.memory_gb,
+            vram_tier=self.device.tier,
+            started_at=now,
+            completed_at=now,
+            duration_s=0.0,
+            proposer=exc.proposer,
+            error=str(exc),
+            software=self.ctx.software,
+        )
+
+    # -- sharing what we learned -------------------------------------------------------
+
+    async def share(self, candidate: Candidate, best: Best | None) -> None:
+        """Publish a follow-up hypothesis after a keep, and insights now and then."""
+        if not self.config.proposer.share_notes:
+            return
+        kept, self._last_keep = self._last_keep, None
+        notes: list[tuple[str, Note]] = []
+        now = time.time()
+        if kept is not None and best is not None and kept.train_py_sha256 == candidate.sha256:
+            spaces = self.proposer_spaces()
+            note = follow_up(best.train_py, kept, self.config.daemon.agent, now, spaces)
+            notes += [("hypotheses", note)] if note else []
+        if now - self._insights_at >= INSIGHT_INTERVAL_S:
+            self._insights_at = now
+            notes += [("insights", n) for n in await self.insights(now)]
+        for kind, note in notes:
+            await self.put_note(kind, note)
+
+    def proposer_spaces(self) -> dict[str, Param] | None:
+        try:
+            return parse_params(self.baseline().source)
+        except (OSError, MutationError):
+            return None
+
+    async def insights(self, now: float) -> list[Note]:
+        track = self.config.experiment.track
+        try:
+            results = await self.ctx.memory.results(track, limit=self.config.proposer.max_history)
+        except MemoryBackendError as exc:
+            log.warning("history_unavailable", error=str(exc))
+            return []
+        if not results:
+            return []
+        baseline = self.baseline().source
+        found = await anyio.to_thread.run_sync(
+            crash_insights, results, self.config.daemon.agent, now, baseline
+        )
+        return list(found)
+
+    async def put_note(self, kind: str, note: Note) -> None:
+        try:
+            created = await self.ctx.memory.put_note(kind, note)
+        except MemoryBackendError as exc:
+            log.warning("note_unpublished", kind=kind, error=str(exc))
+            return
+        if created:
+            log.info("note_published", kind=kind, key=note.key, title=note.value.get("title"))
 
     # -- trust (DESIGN.md, contract 2) --------------------------------------------------
 
@@ -554,6 +672,7 @@ class Worker:
         if result.status is Status.KEEP:
             self._moved_best = True
             self._own_best = best_from(result)
+            self._last_keep = result
         log.info(
             "result_queued",
             result_id=result.id,
