@@ -132,3 +132,23 @@ def test_config_is_frozen() -> None:
 def test_claim_ttl_defaults_to_twice_budget_plus_grace() -> None:
     config = parse_config({"experiment": {"time_budget_s": 10, "grace_s": 5}})
     assert config.claim_ttl_s == 30.0
+
+
+@pytest.mark.parametrize(
+    ("example", "sections"),
+    [
+        ("config.example.toml", ["daemon", "devices", "experiment", "proposer", "memory"]),
+        ("hub.example.toml", ["hub"]),
+    ],
+)
+def test_example_configs_document_every_key(example: str, sections: list[str]) -> None:
+    """A key added to a section must also be shown, with its default, in the example."""
+    import dataclasses
+    import tomllib
+
+    from autoresearchd.config import SECTIONS
+
+    documented = tomllib.loads((ROOT / example).read_text())
+    for name in sections:
+        keys = {field.name for field in dataclasses.fields(SECTIONS[name])}
+        assert keys == set(documented.get(name, {})), name
