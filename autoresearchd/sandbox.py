@@ -274,7 +274,7 @@ def probe(config: Config, **limits: int) -> Sandbox:
         binaries=binaries,
         hidden_dirs=_existing(config.daemon.state_dir),
         hidden_files=_secret_files(config),
-        readable_dirs=_existing(config.experiment.data_dir),
+        readable_dirs=_existing(config.experiment.data_dir, *_code_dirs(config.experiment.python)),
         **limits,
     )
     base = replace(base, isolation=_helpers(base))
@@ -287,6 +287,15 @@ def probe(config: Config, **limits: int) -> Sandbox:
 
 
 _TOOLS = ("bwrap", "unshare", "prlimit", "setpriv")
+
+
+def _code_dirs(python: str) -> tuple[Path, ...]:
+    """What the child must still read when it lives under a hidden or private folder (a
+    checkout under /tmp, say): its interpreter's environment, the interpreter behind it,
+    and the source tree of this package, which an editable install imports in place."""
+    interpreter = Path(python).absolute()
+    package_root = Path(__file__).resolve().parent.parent
+    return (interpreter.parent.parent, interpreter.resolve().parent.parent, package_root)
 
 
 def _existing(*paths: Path) -> tuple[Path, ...]:

@@ -93,7 +93,7 @@ class DaemonProcess:
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.wait()
+        self.wait()
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
