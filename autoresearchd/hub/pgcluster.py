@@ -53,6 +53,19 @@ class Cluster:
             conn.execute(f"CREATE DATABASE {name} TEMPLATE {template}".encode())
         return self.url(name)
 
+    def create_schema(self, name: str) -> str:
+        """Create schema ``name`` in database ``postgres``; a URL whose search_path is it.
+
+        Much faster than a database of its own, and just as separate for the hub.
+        """
+        import psycopg
+
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+            raise HubError(f"expected a plain schema name, got {name!r}")
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {name}".encode())
+        return f"{self.url()}?options=-csearch_path%3D{name}"
+
     def stop(self) -> None:
         """Stop the server at once and delete its folder."""
         pg_ctl = str(self.bin_dir / "pg_ctl")
