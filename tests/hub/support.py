@@ -130,15 +130,16 @@ class HubProcess:
         """A fresh, empty org: created straight in the hub's database while it runs."""
         import anyio
 
-        name = f"org{next(_orgs)}-{os.getpid()}"
+        return anyio.run(new_org, self.database)
 
-        async def create() -> None:
-            store = await open_store(self.database)
-            await store.create_org(name, time.time())
-            await store.close()
 
-        anyio.run(create)
-        return name
+async def new_org(database: Path | str) -> str:
+    """A fresh, empty org created straight in ``database``; its name."""
+    name = f"org{next(_orgs)}-{os.getpid()}"
+    store = await open_store(database)
+    await store.create_org(name, time.time())
+    await store.close()
+    return name
 
 
 @contextmanager
