@@ -1,8 +1,10 @@
 """The hub's storage: the :class:`HubStore` Protocol and its SQLite implementation.
 
-Every guarantee the hub gives lives in the database, never in process memory, so a
-PostgreSQL store can implement the same Protocol and several hub replicas can share one
-database: create-if-absent is one ``INSERT ... ON CONFLICT DO NOTHING``; compare-and-set
+Every guarantee the hub gives lives in the database, never in process memory, so the
+PostgreSQL store (:mod:`autoresearchd.hub.pg`) implements the same Protocol and several
+hub replicas can share one database; :func:`open_store` picks the store a
+``hub.database`` names, and the row types and column lists here serve both. In SQLite,
+create-if-absent is one ``INSERT ... ON CONFLICT DO NOTHING``; compare-and-set
 is one ``UPDATE ... WHERE version = ?`` inside the transaction that read the row, read
 the :class:`Evidence` the write policy asked for (:class:`Needs`) and ran the policy on
 them; every write appends to the ``audit`` table (which triggers keep append-only) in the
