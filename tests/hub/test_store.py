@@ -29,6 +29,7 @@ from autoresearchd.hub.store import (
     Needs,
     NewMemory,
     ResultRow,
+    WriteOutcome,
     WritePolicy,
     is_postgres_url,
     open_store,
@@ -57,20 +58,20 @@ def text(value: str) -> NewMemory:
 async def test_create_is_create_if_absent_with_one_winner_among_concurrent_writers(
     store: HubStore,
 ) -> None:
-    outcomes = []
+    outcomes: dict[int, WriteOutcome] = {}
 
     async def create(i: int) -> None:
-        outcomes.append(await store.create(ALICE, text(f"v{i}"), float(i)))
+        outcomes[i] = await store.create(ALICE, text(f"v{i}"), float(i))
 
     async with anyio.create_task_group() as tg:
         for i in range(WRITERS):
             tg.start_soon(create, i)
-    assert sorted(o.version or 0 for o in outcomes) == [0] * (WRITERS - 1) + [1]
-    assert {o.reason for o in outcomes if o.version is None} == {REASON_EXISTS}
+    winners = [i for i, o in outcomes.items() if o.version == 1]
+    assert len(winners) == 1 and len(outcomes) == WRITERS
+    assert {o.reason for o in outcomes.values() if o.version is None} == {REASON_EXISTS}
     (stored,) = await store.get(["@o/insights/k"])
-    winner = next(i for i, o in enumerate(outcomes) if o.version == 1)
     assert stored is not None and stored.version == 1 and stored.owner == "alice"
-    assert stored.value == f"v{winner}"
+    assert stored.value == f"v{winners[0]}"
 
 
 async def test_update_is_compare_and_set_with_one_winner_per_version(store: HubStore) -> None:
