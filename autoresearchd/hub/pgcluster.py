@@ -111,10 +111,14 @@ def _runner() -> tuple[tuple[str, ...], pwd.struct_passwd | None]:
 def _run(what: str, command: list[str], *, check: bool = True) -> str:
     """Run ``command``; its output, or (with ``check``) a HubError naming ``what`` failed."""
     done = subprocess.run(command, capture_output=True, text=True, check=False)
-    output = (done.stdout + done.stderr).strip()
+    output = _one_line(done.stdout + done.stderr)
     if check and done.returncode != 0:
         raise HubError(f"{what} failed (exit {done.returncode}): {output}")
     return output
+
+
+def _one_line(output: str) -> str:
+    return " | ".join(line.strip() for line in output.splitlines() if line.strip())
 
 
 def _free_port() -> int:
@@ -186,5 +190,5 @@ def _start(cluster: Cluster, settings: Mapping[str, str]) -> None:
             ],
         )
     except HubError as exc:
-        server_log = log.read_text(errors="replace").strip() if log.exists() else ""
+        server_log = _one_line(log.read_text(errors="replace")) if log.exists() else ""
         raise HubError(f"{exc}; server log: {server_log}") from None

@@ -12,7 +12,7 @@ import pytest
 
 from autoresearchd.errors import HubError
 from autoresearchd.hub.pg import SCHEMA_VERSION, PostgresStore, migrate_database
-from autoresearchd.hub.pgcluster import Cluster
+from autoresearchd.hub.pgcluster import Cluster, start_cluster
 from autoresearchd.hub.store import Agent, NewMemory
 from autoresearchd.models import sha256_text
 from tests.hub.support import InProcessHub, cli, free_port, in_process_hub, write_hub_config
@@ -118,3 +118,8 @@ def test_hub_migrate_and_init_on_a_postgresql_url(postgres: Cluster, tmp_path: P
     init = cli("hub", "init", "--config", str(config))
     assert init.returncode == 0 and init.stdout.startswith("ard_"), init.stderr
     assert sha256_text(init.stdout.strip()) in dump(url)
+
+
+def test_a_cluster_that_cannot_start_fails_loudly_with_the_servers_reason() -> None:
+    with pytest.raises(HubError, match=r"pg_ctl start failed .*no_such_setting"):
+        start_cluster({"no_such_setting": "1"})
