@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c constraints.txt -e '.[train,hub,test]'
+	$(PIP) install --quiet -c constraints.txt -e '.[train,hub,plot,search,test]'
 	touch $(STAMP)
 
 run: $(STAMP)

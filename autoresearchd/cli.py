@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -20,7 +21,13 @@ import anyio
 
 from autoresearchd import __version__
 from autoresearchd.config import UNSET_PATH, Config, load_config, parse_config
-from autoresearchd.errors import AutoresearchdError, ConfigError, MutationError
+from autoresearchd.control import request, socket_path
+from autoresearchd.errors import (
+    AutoresearchdError,
+    ConfigError,
+    DaemonNotRunning,
+    MutationError,
+)
 from autoresearchd.gpus import Gpus, plan_devices, select_gpus
 from autoresearchd.harness import DEFAULT_DATA_DIR, prepare_track
 from autoresearchd.logs import configure_logging
@@ -33,7 +40,14 @@ from autoresearchd.memory.ensue import (
     write_api_key,
 )
 from autoresearchd.models import Best, Device, Result
-from autoresearchd.report import TIERS, bests_json, bests_table, results_json, results_table
+from autoresearchd.report import (
+    TIERS,
+    bests_json,
+    bests_table,
+    results_json,
+    results_table,
+    status_text,
+)
 from autoresearchd.trust import check_params_only
 
 EXIT_OK = 0
@@ -52,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
+    except DaemonNotRunning as exc:
+        print(f"autoresearchd: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     except AutoresearchdError as exc:
         print(f"autoresearchd: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -96,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     trust.add_argument("candidate", type=Path, help="the train.py to judge")
     trust.set_defaults(handler=cmd_trust_check)
     _add_hub_commands(commands)
+    _add_control_commands(commands)
     return parser
 
 
@@ -221,7 +239,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results_json(results, full=args.full), indent=2, allow_nan=False))
     else:
-        print(results_table(results, track=track))
+        print(results_table(results, track=track, colour=use_colour()))
     return EXIT_OK
 
 
@@ -239,7 +257,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _read_results(config: Config, track: str, limit: int) -> list[Result]:
+async def _read_results(config: Config, track: str, limit: int | None) -> list[Result]:
     if not memory_exists(config):  # reading must not create the state folder
         return []
     async with open_memory(config) as memory:
@@ -378,4 +396,64 @@ def cmd_hub_init(args: argparse.Namespace) -> int:
 
     api_key = anyio.run(init_hub, load_config(args.config), args.baseline)
     print(api_key)
+    return EXIT_OK
+
+
+def use_colour() -> bool:
+    """Colour only for a person at a terminal, and never when NO_COLOR is set."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def _add_control_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = commands.add_parser("status", help="show the running daemon's devices and runs")
+    _config_option(status)
+    status.add_argument("--json", action="store_true", help="print a JSON object")
+    status.set_defaults(handler=cmd_status)
+    helps = {
+        "pause": "stop a device's run now and take no more work",
+        "resume": "let a paused device take work again",
+        "finish": "let a device finish its current run, then pause",
+    }
+    for action, text in helps.items():
+        parser = commands.add_parser(action, help=text)
+        _config_option(parser)
+        parser.add_argument("device", nargs="?", help="index or UUID (default: every device)")
+        parser.set_defaults(handler=cmd_control, action=action)
+    progress = commands.add_parser("progress", help="plot val_bpb over time to a PNG")
+    _config_option(progress)
+    progress.add_argument("--out", type=Path, default=Path("progress.png"), metavar="PNG")
+    progress.add_argument("--track", metavar="T", help="the track (default: the configured one)")
+    progress.set_defaults(handler=cmd_progress)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    reply = anyio.run(request, socket_path(config.daemon.state_dir), "status")
+    if args.json:
+        print(json.dumps(reply["status"], indent=2))
+    else:
+        print(status_text(reply["status"], colour=use_colour()))
+    return EXIT_OK
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    path = socket_path(config.daemon.state_dir)
+    reply = anyio.run(request, path, args.action, args.device)
+    past = {"pause": "paused", "resume": "resumed", "finish": "finishing, then paused"}
+    print(f"{past[args.action]}: {', '.join(reply['devices'])}")
+    return EXIT_OK
+
+
+def cmd_progress(args: argparse.Namespace) -> int:
+    from autoresearchd.plot import plot_progress  # matplotlib is an optional extra
+
+    config = load_config(args.config)
+    track = args.track or config.experiment.track
+    results = anyio.run(_read_results, config, track, None)
+    if not results:
+        print(f"autoresearchd: no results yet for track {track}", file=sys.stderr)
+        return EXIT_REFUSED
+    drawn = plot_progress(results, args.out, title=f"autoresearchd progress: {track}")
+    print(f"{args.out}: {drawn} runs, {len(results) - drawn} without val_bpb")
     return EXIT_OK

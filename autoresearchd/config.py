@@ -34,6 +34,9 @@ DEFAULT_KEEP_RUNS = 50
 DEFAULT_MAX_TEMPERATURE_C = 85
 DEFAULT_HEALTH_INTERVAL_S = 10.0
 DEFAULT_MAX_CHANGES = 3
+DEFAULT_MIXED_WEIGHTS = {"tpe": 0.7, "hypotheses": 0.2, "command": 0.1}
+DEFAULT_MAX_HISTORY = 2000
+DEFAULT_COMMAND_TIMEOUT_S = 600.0
 DEFAULT_HUB_PORT = 8765
 DEFAULT_HUB_MAX_BODY_BYTES = 1_048_576
 DEFAULT_HUB_MAX_VALUE_BYTES = 524_288
@@ -90,12 +93,19 @@ class ExperimentConfig:
     replicates: int = DEFAULT_REPLICATES
     keep_runs: int = DEFAULT_KEEP_RUNS
     workspace_ignore: tuple[str, ...] = DEFAULT_WORKSPACE_IGNORE
+    trust: Literal["params-only", "sandboxed", "any"] = "params-only"
+    sandbox: Literal["auto", "off", "required"] = "auto"
 
 
 @dataclass(frozen=True, slots=True)
 class ProposerConfig:
-    strategy: Literal["perturb"] = "perturb"
+    strategy: Literal["perturb", "tpe", "mixed", "hypotheses", "command"] = "perturb"
     max_changes: int = DEFAULT_MAX_CHANGES
+    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIXED_WEIGHTS))
+    max_history: int = DEFAULT_MAX_HISTORY
+    command: tuple[str, ...] = ()
+    command_timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S
+    share_notes: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +190,16 @@ def _non_negative(value: Any) -> str | None:
     return None if value >= 0 else f"expected a number >= 0, got {value!r}"
 
 
+def _weights(value: Any) -> str | None:
+    known = ("perturb", "tpe", "hypotheses", "command")
+    for name, weight in value.items():
+        if name not in known:
+            return f"unknown strategy {name!r} (expected one of {', '.join(known)})"
+        if weight < 0:
+            return f"expected weights >= 0, got {name} = {weight!r}"
+    return None if sum(value.values()) > 0 else "expected at least one weight > 0"
+
+
 CHECKS: dict[str, Check] = {
     "daemon.shutdown_grace_s": _non_negative,
     "daemon.health_interval_s": _positive,
@@ -191,6 +211,9 @@ CHECKS: dict[str, Check] = {
     "experiment.replicates": _non_negative,
     "experiment.keep_runs": _positive,
     "proposer.max_changes": _positive,
+    "proposer.weights": _weights,
+    "proposer.max_history": _positive,
+    "proposer.command_timeout_s": _positive,
     "memory.claim_ttl_s": _non_negative,
     "hub.listen_port": _non_negative,
     "hub.max_body_bytes": _positive,
@@ -246,6 +269,12 @@ def _derive(config: Config) -> Config:
     if memory.backend == "ensue" and not memory.url:
         raise ConfigError(
             'expected a URL when backend = "ensue"', path=str(config.source), key="memory.url"
+        )
+    if experiment.trust == "sandboxed" and experiment.sandbox == "off":
+        raise ConfigError(
+            'expected "auto" or "required" when trust = "sandboxed"',
+            path=str(config.source),
+            key="experiment.sandbox",
         )
     return dataclasses.replace(config, daemon=daemon, experiment=experiment, memory=memory)
 
@@ -315,6 +344,8 @@ class _Reader:
             return self.union(key, get_args(hint), value)
         if origin is tuple:
             return self.sequence(key, get_args(hint)[0], value)
+        if origin is dict:
+            return self.table(key, get_args(hint)[1], value)
         return self.scalar(key, hint, value)
 
     def literal(self, key: str, choices: tuple[Any, ...], value: Any) -> Any:
@@ -335,6 +366,11 @@ class _Reader:
         if not isinstance(value, list):
             raise self.fail(key, f"expected a list, got {_show(value)}")
         return tuple(self.scalar(f"{key}[{i}]", item, v) for i, v in enumerate(value))
+
+    def table(self, key: str, item: Any, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a table, got {_show(value)}")
+        return {name: self.scalar(f"{key}.{name}", item, v) for name, v in value.items()}
 
     def scalar(self, key: str, hint: Any, value: Any) -> Any:
         if hint is bool and isinstance(value, bool):

@@ -10,30 +10,51 @@ memory, and starts one :class:`Worker` per planned device. Signals drive the lif
   process group on the way out, and results already queued stay in the on-disk outbox.
 - SIGHUP: re-read the config, validate it, and hand it to workers for their next run;
   an invalid file is logged and the running config is kept.
+
+Under systemd (``Type=notify``) the daemon says ``READY=1`` once devices are known,
+keeps a readable ``STATUS=`` line, pings ``WATCHDOG=1`` only while :meth:`Daemon.unhealthy`
+finds nothing wrong, and brackets a reload with ``RELOADING=1``/``READY=1``. When NVIDIA
+device nodes exist but NVML sees no GPU yet (the driver is still loading at boot), start-up
+re-probes with backoff rather than settling for CPU workers.
 """
 
 from __future__ import annotations
 
+import glob
 import importlib.metadata
+import os
 import platform
 import signal
 import sys
+import time
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import anyio
 import structlog
 
 from autoresearchd import __version__
-from autoresearchd.config import Config, load_config
+from autoresearchd.config import Config, DevicesConfig, load_config
+from autoresearchd.control import (
+    Connectivity,
+    ControlServer,
+    TrackedMemory,
+    match_devices,
+    socket_path,
+    status_line,
+)
 from autoresearchd.errors import AutoresearchdError, ConfigError, DataError
 from autoresearchd.gpus import Discovery, Gpus, plan_devices, select_gpus
 from autoresearchd.harness.prepare import prepare_track
+from autoresearchd.health import backoff_delay
 from autoresearchd.memory import open_memory
 from autoresearchd.models import Device
+from autoresearchd.notify import Notifier
 from autoresearchd.outbox import Outbox
 from autoresearchd.publisher import Publisher
 from autoresearchd.runner import prune_runs
+from autoresearchd.sandbox import open_sandbox
 from autoresearchd.worker import Worker, WorkerContext
 
 log = structlog.get_logger(__name__)
@@ -42,6 +63,12 @@ log = structlog.get_logger(__name__)
 FLUSH_TIMEOUT_S = 30.0
 EXIT_OK = 0
 EXIT_FAILED = 1
+#: Where NVIDIA's driver creates one character device per GPU.
+NVIDIA_DEVICE_NODES = "/dev/nvidia[0-9]*"
+REPROBE_MIN_S = 5.0
+REPROBE_MAX_S = 300.0
+#: How often STATUS= is refreshed when no watchdog asks for a faster pace.
+STATUS_INTERVAL_S = 10.0
 
 
 class State(Enum):
@@ -54,10 +81,23 @@ class State(Enum):
 class Daemon:
     """Runs workers until told to stop; ``serve`` returns the process exit code."""
 
-    def __init__(self, config_path: Path, *, nvml: object | None = None) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        nvml: object | None = None,
+        notifier: Notifier | None = None,
+        device_nodes: str = NVIDIA_DEVICE_NODES,
+    ) -> None:
         self.config_path = config_path
         self.config = load_config(config_path)
         self.nvml = nvml
+        self.notifier = notifier or Notifier()
+        self.device_nodes = device_nodes
+        self.connectivity = Connectivity(self.config.memory.backend, self.config.memory.url)
+        self.started_at = time.time()
+        self.publisher_alive = False
+        self._status_shown = ""
         self.state = State.CREATED
         self.workers: list[Worker] = []
         self.forced = False
@@ -76,10 +116,14 @@ class Daemon:
     async def _serve(self) -> int:
         config = self.config
         await self._prepare_data(config)
+        sandbox = await anyio.to_thread.run_sync(open_sandbox, config)
         outbox = Outbox(config.outbox_dir)
         await anyio.to_thread.run_sync(outbox.open)
-        async with Gpus(self.nvml) as gpus, open_memory(config) as memory:
-            discovery = await gpus.discover()
+        memory = TrackedMemory(open_memory(config), self.connectivity)
+        async with Gpus(self.nvml) as gpus, memory:
+            discovery = await discover_gpus(
+                gpus, config.devices, node_glob=self.device_nodes, notifier=self.notifier
+            )
             devices = plan_devices(select_gpus(discovery.gpus, config.devices), config.devices)
             if not devices:
                 log.error(
@@ -94,12 +138,14 @@ class Daemon:
                 publisher=publisher,
                 gpus=gpus,
                 software=software_versions(discovery),
+                sandbox=sandbox,
             )
             self.workers = [Worker(device, self.ctx) for device in devices]
             return await self._supervise(devices)
 
     async def _supervise(self, devices: list[Device]) -> int:
         assert self.ctx is not None
+        await self._ready()  # before an early drain, so STOPPING=1 is the last word
         if self._early_drain:
             self.drain(self._early_drain)
         log.info(
@@ -112,8 +158,10 @@ class Daemon:
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._handle_signals, tg.cancel_scope)
-            tg.start_soon(self.ctx.publisher.serve)
+            tg.start_soon(self._serve_publisher)
             tg.start_soon(self._health_loop)
+            tg.start_soon(self._notify_loop)
+            tg.start_soon(ControlServer(socket_path(self.config.daemon.state_dir), self).serve)
             async with anyio.create_task_group() as workers:
                 for worker in self.workers:
                     workers.start_soon(worker.serve)
@@ -159,7 +207,9 @@ class Daemon:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
+                    self.notifier.reloading()
                     await self.reload()
+                    await self._ready()
                 elif self.state is State.RUNNING:
                     self.drain(signal.Signals(signum).name)
                 else:
@@ -181,6 +231,7 @@ class Daemon:
             "daemon_stopping", reason=reason, mode=mode, grace_s=self.config.daemon.shutdown_grace_s
         )
         self.ctx.draining.set()
+        self.notifier.stopping(f"stopping: {reason}, running experiments {mode}")
         if mode == "stop":
             self.ctx.stop_runs.set()
 
@@ -227,6 +278,125 @@ class Daemon:
                 if removed:
                     log.debug("runs_pruned", removed=removed)
                 await anyio.sleep(self.config.daemon.health_interval_s)
+
+    # -- systemd, the control socket and health -------------------------------------
+
+    async def _serve_publisher(self) -> None:
+        assert self.ctx is not None
+        self.publisher_alive = True
+        try:
+            await self.ctx.publisher.serve()
+        finally:
+            self.publisher_alive = False
+
+    async def _ready(self) -> None:
+        self._status_shown = status_line(await self.snapshot())
+        self.notifier.ready(self._status_shown)
+
+    async def _notify_loop(self) -> None:
+        """Refresh STATUS= and ping the watchdog, at half of ``WATCHDOG_USEC``."""
+        interval = self.notifier.watchdog_s or STATUS_INTERVAL_S
+        withheld, lag = "", 0.0
+        while True:
+            problem = self.unhealthy(lag, interval)
+            if problem is None:
+                self.notifier.watchdog()
+            elif problem != withheld:
+                log.error("watchdog_withheld", reason=problem)
+            withheld = problem or ""
+            line = status_line(await self.snapshot())
+            if line != self._status_shown:
+                self.notifier.status(line)
+                self._status_shown = line
+            before = anyio.current_time()
+            await anyio.sleep(interval)
+            lag = anyio.current_time() - before - interval
+
+    def unhealthy(self, lag_s: float = 0.0, interval_s: float = STATUS_INTERVAL_S) -> str | None:
+        """Why systemd should not be told we are alive, or None when all is well.
+
+        Healthy means: serving (running or draining), the publisher task alive, the event
+        loop answering within one interval, and at least one worker not wedged (a run
+        outliving every limit the runner enforces, or a device would be idle forever).
+        """
+        if self.state not in (State.RUNNING, State.DRAINING):
+            return f"daemon is {self.state.value}"
+        if not self.publisher_alive:
+            return "publisher task is not running"
+        if lag_s > interval_s:
+            return f"event loop stalled for {lag_s:.1f} s"
+        now = time.time()
+        if self.workers and all(w.is_wedged(now) for w in self.workers):
+            return "every worker is wedged in a run past its limits"
+        return None
+
+    async def snapshot(self) -> dict[str, Any]:
+        """The state ``autoresearchd status`` shows (see the control module)."""
+        assert self.ctx is not None
+        now = time.time()
+        depth = await anyio.to_thread.run_sync(self.ctx.outbox.depth)
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "agent": self.config.daemon.agent,
+            "track": self.config.experiment.track,
+            "state": self.state.value,
+            "started_at": self.started_at,
+            "best_bpb": self.best_bpb(),
+            "outbox_depth": depth,
+            "memory": self.connectivity.to_json(),
+            "devices": [worker.snapshot(now) for worker in self.workers],
+        }
+
+    def best_bpb(self) -> float | None:
+        assert self.ctx is not None
+        known = [w.known_best.val_bpb for w in self.workers if w.known_best is not None]
+        if self.ctx.publisher.best_bpb is not None:
+            known.append(self.ctx.publisher.best_bpb)
+        return min(known, default=None)
+
+    def control(self, action: str, device: str | None) -> list[str]:
+        """Pause, resume or finish one device, or all of them (for the control socket)."""
+        chosen = [self.workers[i] for i in match_devices([w.device for w in self.workers], device)]
+        for worker in chosen:
+            {"pause": worker.pause, "resume": worker.resume, "finish": worker.finish}[action]()
+        uuids = [w.device.uuid for w in chosen]
+        log.info("devices_controlled", action=action, devices=uuids)
+        return uuids
+
+
+async def discover_gpus(
+    gpus: Gpus,
+    config: DevicesConfig,
+    *,
+    node_glob: str = NVIDIA_DEVICE_NODES,
+    min_delay_s: float = REPROBE_MIN_S,
+    notifier: Notifier | None = None,
+) -> Discovery:
+    """Discover GPUs, re-probing with backoff while device nodes promise some.
+
+    At boot the NVIDIA driver may finish loading after we start; settling for CPU
+    workers then would waste the GPUs until the next restart (BOINC learned this).
+    """
+    discovery = await gpus.discover()
+    attempt = 0
+    while not discovery.gpus and config.gpus == "auto" and (nodes := glob.glob(node_glob)):
+        attempt += 1
+        delay = backoff_delay(attempt, min_delay_s, REPROBE_MAX_S)
+        reason = discovery.error or "NVML lists no GPU"
+        log.warning(
+            "gpus_not_ready", reason=reason, nodes=len(nodes), attempt=attempt, retry_in_s=delay
+        )
+        if notifier is not None:  # stretch systemd's start timeout over the wait
+            notifier.send(
+                EXTEND_TIMEOUT_USEC=str(int((delay + REPROBE_MIN_S) * 1_000_000)),
+                STATUS=f"waiting for NVIDIA GPUs ({reason}); retry in {delay:g} s",
+            )
+        await anyio.sleep(delay)
+        discovery = await gpus.reprobe()
+    if attempt and discovery.gpus:
+        log.info("gpus_ready", gpus=len(discovery.gpus), attempts=attempt)
+    return discovery
 
 
 def software_versions(discovery: Discovery) -> dict[str, str]:

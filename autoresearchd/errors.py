@@ -9,9 +9,13 @@ so callers can catch ours without catching programming mistakes::
     ├── RunError               an experiment could not be started or read (run_id)
     ├── MutationError          a train.py cannot be parsed or mutated (line)
     ├── DataError              a track's data cannot be prepared or verified (track)
+    ├── ProposalError          a proposer produced no runnable candidate (outcome, proposer)
     ├── MemoryBackendError     the collective memory failed (backend, key)
     │   └── TransientMemoryError   worth retrying: transport errors, 5xx, 429
-    └── HubError               the hub refused a request (status, code)
+    ├── HubError               the hub refused a request (status, code)
+    ├── ControlError           the daemon's control socket refused or did not answer (path)
+    │   └── DaemonNotRunning       nothing listens on the control socket
+    └── MissingExtraError      an optional extra is not installed (extra)
 
 Context is attached as attributes so logs can carry it as key/values, and ``str(err)``
 is always a single line a person can act on.
@@ -70,6 +74,21 @@ class DataError(AutoresearchdError):
         super().__init__(f"track {track}: {message}" if track else message)
 
 
+class ProposalError(AutoresearchdError):
+    """A proposer failed in a way worth recording as a result (an external agent's output).
+
+    ``outcome`` is the status to record: ``crash`` (the agent timed out, failed or wrote
+    nothing) or ``invalid`` (its script was refused by the trust policy). ``source`` is what
+    it wrote, if anything.
+    """
+
+    def __init__(self, message: str, *, outcome: str, proposer: str, source: str = "") -> None:
+        self.outcome = outcome
+        self.proposer = proposer
+        self.source = source
+        super().__init__(f"proposer {proposer}: {message}")
+
+
 class MemoryBackendError(AutoresearchdError):
     """The collective memory failed in a way the caller cannot fix by retrying."""
 
@@ -99,4 +118,24 @@ class HubError(AutoresearchdError):
     def __init__(self, message: str, *, status: int = 0, code: str = "") -> None:
         self.status = status
         self.code = code
+        super().__init__(message)
+
+
+class ControlError(AutoresearchdError):
+    """The running daemon's control socket refused a request or did not answer."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        self.path = path
+        super().__init__(message)
+
+
+class DaemonNotRunning(ControlError):
+    """No daemon listens on the control socket."""
+
+
+class MissingExtraError(AutoresearchdError):
+    """A command needs an optional extra (``pip install 'autoresearchd[EXTRA]'``)."""
+
+    def __init__(self, message: str, *, extra: str = "") -> None:
+        self.extra = extra
         super().__init__(message)

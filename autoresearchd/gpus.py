@@ -98,6 +98,13 @@ class Gpus:
             return Discovery(gpus=(), error=self.error)
         return await anyio.to_thread.run_sync(self._discover)
 
+    async def reprobe(self) -> Discovery:
+        """Try NVML again if it failed (a driver loading after us, as at boot), then discover."""
+        if not self._ready:
+            self.error = ""
+            await anyio.to_thread.run_sync(self._init)
+        return await self.discover()
+
     def _discover(self) -> Discovery:
         nvml = self._nvml
         try:

@@ -1,4 +1,11 @@
-"""Proposers turn a parent train.py into a fresh candidate; ``perturb`` is the first strategy.
+"""Proposers turn a parent train.py into a fresh candidate; ``make_proposer`` picks the strategy.
+
+Strategies: ``perturb`` (neighbours of the parent), ``tpe`` (history-aware, in
+:mod:`autoresearchd.search`), ``hypotheses`` (the swarm's open suggestions, in
+:mod:`autoresearchd.hypotheses`), ``command`` (an external research agent, in
+:mod:`autoresearchd.agent`) and ``mixed`` (a weighted draw among the others, falling
+through to the next when one has nothing to offer). History-aware strategies receive a
+:class:`ProposalContext` that the worker builds from the collective memory.
 
 A proposer never hands back a candidate the swarm has already run or claimed (it asks the
 collective memory through ``is_known``) nor one it proposed before in this process, so a
@@ -10,14 +17,16 @@ editing its annotations.
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
 
 from autoresearchd.config import DEFAULT_MAX_CHANGES, ProposerConfig
 from autoresearchd.errors import ConfigError
-from autoresearchd.models import Candidate, sha256_text
+from autoresearchd.memory.protocol import Note
+from autoresearchd.models import Candidate, Result, sha256_text
 from autoresearchd.mutation import Param, apply_changes, describe, parse_params, sample_changes
 
 log = structlog.get_logger(__name__)
@@ -28,22 +37,50 @@ DEFAULT_ATTEMPTS = 50
 IsKnown = Callable[[str], Awaitable[bool]]
 
 
+#: The strategies ``mixed`` can draw from.
+STRATEGIES = ("perturb", "tpe", "hypotheses", "command")
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalContext:
+    """What the swarm knows when a proposal is made (empty when the memory is out of reach).
+
+    ``results`` are the track's results, newest first, from every agent; ``in_flight``
+    holds the sources of candidates being run now, which a proposal should steer away from;
+    ``hypotheses`` and ``insights`` are the swarm's notes, newest first.
+    """
+
+    results: Sequence[Result] = ()
+    in_flight: Sequence[str] = ()
+    hypotheses: Sequence[Note] = ()
+    insights: Sequence[Note] = ()
+
+
+EMPTY_CONTEXT = ProposalContext()
+
+
 class Proposer(Protocol):
     """A search strategy: one fresh candidate derived from ``parent``, or None if it has none.
 
     This is a Protocol; implementations raise :class:`MutationError` when the parent's
-    hyperparameter block cannot be read.
+    hyperparameter block cannot be read, and :class:`ProposalError` when a failure is worth
+    recording as a result. ``uses_history`` says whether ``context`` is read, so the worker
+    fetches the history only for strategies that learn from it.
     """
 
     name: str
+    uses_history: bool
 
-    async def propose(self, parent: Candidate, is_known: IsKnown) -> Candidate | None: ...
+    async def propose(
+        self, parent: Candidate, is_known: IsKnown, context: ProposalContext = EMPTY_CONTEXT
+    ) -> Candidate | None: ...
 
 
 class PerturbProposer:
     """Moves 1..``max_changes`` hyperparameters of the parent to neighbouring values."""
 
     name = "perturb"
+    uses_history = False
 
     def __init__(
         self,
@@ -58,7 +95,9 @@ class PerturbProposer:
         self._spaces: dict[str, Param] | None = parse_params(baseline) if baseline else None
         self._proposed: set[str] = set()
 
-    async def propose(self, parent: Candidate, is_known: IsKnown) -> Candidate | None:
+    async def propose(
+        self, parent: Candidate, is_known: IsKnown, context: ProposalContext = EMPTY_CONTEXT
+    ) -> Candidate | None:
         params = parse_params(parent.source, spaces_from=self._spaces)
         for _ in range(self.attempts):
             changes = sample_changes(params, self._rng, self.max_changes)
@@ -81,10 +120,78 @@ class PerturbProposer:
         return None
 
 
+class MixedProposer:
+    """Draws a strategy by weight for each proposal; one with nothing to offer passes to the next.
+
+    The candidate keeps the name of the strategy that made it, so results record it.
+    """
+
+    name = "mixed"
+
+    def __init__(
+        self, choices: Mapping[str, tuple[float, Proposer]], rng: random.Random | None = None
+    ) -> None:
+        self.choices = {name: pair for name, pair in choices.items() if pair[0] > 0}
+        self._rng = rng or random.Random()
+        self.uses_history = any(p.uses_history for _, p in self.choices.values())
+
+    def order(self) -> list[str]:
+        """Strategy names in a weighted random order (weighted sampling without replacement)."""
+        keys = {name: self._rng.random() ** (1.0 / w) for name, (w, _) in self.choices.items()}
+        return sorted(keys, key=keys.__getitem__, reverse=True)
+
+    async def propose(
+        self, parent: Candidate, is_known: IsKnown, context: ProposalContext = EMPTY_CONTEXT
+    ) -> Candidate | None:
+        for name in self.order():
+            candidate = await self.choices[name][1].propose(parent, is_known, context)
+            if candidate is not None:
+                return candidate
+        return None
+
+
 def make_proposer(
-    config: ProposerConfig, rng: random.Random | None = None, baseline: str | None = None
+    config: ProposerConfig,
+    rng: random.Random | None = None,
+    baseline: str | None = None,
+    *,
+    trust: str = "params-only",
 ) -> Proposer:
-    """The proposer ``config.strategy`` names; ``baseline`` is the trusted train.py, if any."""
-    if config.strategy == "perturb":
+    """The proposer ``config.strategy`` names; ``baseline`` is the trusted train.py, if any.
+
+    ``tpe`` needs optuna: when it is missing, the daemon logs one line and uses ``perturb``.
+    """
+    rng = rng or random.Random()
+    if config.strategy != "mixed":
+        return _single(config.strategy, config, rng, baseline, trust)
+    choices = {
+        name: (weight, _single(name, config, rng, baseline, trust))
+        for name, weight in config.weights.items()
+        if weight > 0 and (name != "command" or config.command)
+    }
+    if not choices:
+        raise ConfigError("no strategy with a weight > 0 can run", key="proposer.weights")
+    return MixedProposer(choices, rng)
+
+
+def _single(
+    strategy: str, config: ProposerConfig, rng: random.Random, baseline: str | None, trust: str
+) -> Proposer:
+    # Imported here: these modules build on this one (ProposalContext, PerturbProposer).
+    from autoresearchd.agent import CommandProposer
+    from autoresearchd.hypotheses import HypothesisProposer
+    from autoresearchd.search import TpeProposer
+
+    if strategy == "perturb":
         return PerturbProposer(config.max_changes, rng=rng, baseline=baseline)
-    raise ConfigError(f"unknown strategy {config.strategy!r}", key="proposer.strategy")
+    if strategy == "tpe":
+        try:
+            return TpeProposer(rng, baseline, max_history=config.max_history)
+        except ConfigError as exc:
+            log.warning("strategy_unavailable", strategy="tpe", fallback="perturb", error=str(exc))
+            return PerturbProposer(config.max_changes, rng=rng, baseline=baseline)
+    if strategy == "hypotheses":
+        return HypothesisProposer(baseline)
+    if strategy == "command":
+        return CommandProposer(config, baseline=baseline, trust=trust)
+    raise ConfigError(f"unknown strategy {strategy!r}", key="proposer.strategy")

@@ -2,9 +2,11 @@
 
 Pure functions only: the ``results`` and ``best`` commands read the memory and hand
 what they got to these, so every format is tested without a terminal or a database.
-Tables are plain, space-aligned columns; JSON objects are community records, without the
-full ``train_py`` source unless asked for, and with non-finite numbers (a crashed run's
-NaN) as ``null`` so that any JSON parser accepts them.
+Tables are space-aligned columns, coloured with a few ANSI codes when the caller says
+the output is a terminal (whole rows, so colour never shifts a column) and plain
+otherwise; JSON objects are community records, without the full ``train_py`` source
+unless asked for, and with non-finite numbers (a crashed run's NaN) as ``null`` so that
+any JSON parser accepts them. The running daemon's status renders here too.
 """
 
 from __future__ import annotations
@@ -14,12 +16,29 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, tzinfo
 from typing import Any
 
-from autoresearchd.models import CPU_TIER, TIER_BOUNDS_GB, Best, Result
+from autoresearchd.models import CPU_TIER, TIER_BOUNDS_GB, Best, Result, Status
 
 #: Every tier a best may be kept for, in the order reports list them.
 TIERS: tuple[str, ...] = (*(name for name, _ in TIER_BOUNDS_GB), "xl", CPU_TIER)
 SHA_SHOWN = 12
 MISSING = "-"
+
+BOLD, DIM, RED, GREEN, YELLOW, MAGENTA = "1", "2", "31", "32", "33", "35"
+STATUS_COLOURS = {
+    Status.KEEP: f"{BOLD};{GREEN}",
+    Status.CRASH: RED,
+    Status.TIMEOUT: YELLOW,
+    Status.INVALID: MAGENTA,
+}
+STATE_COLOURS = {
+    "running": GREEN,
+    "finishing": GREEN,
+    "paused": DIM,
+    "stopping": YELLOW,
+    "too_hot": RED,
+    "backing_off": RED,
+    "waiting_foreign_process": YELLOW,
+}
 
 
 def results_json(results: Sequence[Result], *, full: bool = False) -> list[dict[str, Any]]:
@@ -27,8 +46,13 @@ def results_json(results: Sequence[Result], *, full: bool = False) -> list[dict[
     return [_without_source(result.to_record(), full) for result in results]
 
 
-def results_table(results: Sequence[Result], *, track: str, tz: tzinfo | None = None) -> str:
-    """A table of results (time, agent, status, val_bpb, delta, description)."""
+def results_table(
+    results: Sequence[Result], *, track: str, tz: tzinfo | None = None, colour: bool = False
+) -> str:
+    """A table of results (time, agent, status, val_bpb, delta, description).
+
+    With ``colour``, keeps are bold green, crashes red and timeouts yellow.
+    """
     if not results:
         return f"no results yet for track {track}"
     rows = [("TIME", "AGENT", "STATUS", "VAL_BPB", "DELTA", "DESCRIPTION")]
@@ -43,7 +67,10 @@ def results_table(results: Sequence[Result], *, track: str, tz: tzinfo | None = 
         )
         for r in results
     ]
-    return align(rows)
+    if not colour:
+        return align(rows)
+    styles = [BOLD, *(STATUS_COLOURS.get(r.status, "") for r in results)]
+    return paint_lines(align(rows), styles)
 
 
 def bests_json(
@@ -78,6 +105,75 @@ def bests_table(
         for scope, b in scoped
     ]
     return align(rows)
+
+
+def paint(text: str, style: str) -> str:
+    """``text`` in an ANSI SGR ``style`` (e.g. ``"1;32"``); unchanged for an empty style."""
+    return f"\x1b[{style}m{text}\x1b[0m" if style and text else text
+
+
+def paint_lines(text: str, styles: Sequence[str]) -> str:
+    return "\n".join(
+        paint(line, style) for line, style in zip(text.splitlines(), styles, strict=True)
+    )
+
+
+def status_text(
+    snapshot: Mapping[str, Any], *, tz: tzinfo | None = None, colour: bool = False
+) -> str:
+    """The running daemon's state: a header, then one row per device."""
+    header = (
+        f"autoresearchd {snapshot['version']} · pid {snapshot['pid']} · "
+        f"agent {snapshot['agent']} · track {snapshot['track']} · {snapshot['state']} "
+        f"since {format_time(snapshot['started_at'], tz)}"
+    )
+    best = snapshot.get("best_bpb")
+    summary = (
+        f"best {format_bpb(best) if best is not None else 'none yet'} · "
+        f"{snapshot['outbox_depth']} queued for publishing · {memory_text(snapshot['memory'])}"
+    )
+    rows: list[tuple[str, ...]] = [
+        ("#", "DEVICE", "STATE", "ELAPSED", "LEFT", "LAST_VAL_BPB", "EXPERIMENT")
+    ]
+    rows += [_device_row(d) for d in snapshot["devices"]]
+    table = align(rows)
+    if colour:
+        styles = [BOLD, *(STATE_COLOURS.get(d["state"], "") for d in snapshot["devices"])]
+        table = paint_lines(table, styles)
+    return "\n".join((header, summary, "", table))
+
+
+def memory_text(memory: Mapping[str, Any]) -> str:
+    where = memory["backend"] + (f" {memory['url']}" if memory.get("url") else "")
+    reachable = memory.get("reachable")
+    if reachable is None:
+        return f"memory {where}: not contacted yet"
+    if reachable:
+        return f"memory {where}: reachable"
+    return f"memory {where}: unreachable ({memory.get('last_error', '')})"
+
+
+def _device_row(device: Mapping[str, Any]) -> tuple[str, ...]:
+    run = device.get("experiment")
+    return (
+        str(device["index"]),
+        device["uuid"],
+        device["state"].replace("_", " "),
+        format_seconds(run["elapsed_s"]) if run else MISSING,
+        format_seconds(run["remaining_s"]) if run else MISSING,
+        format_bpb(device.get("last_val_bpb")),
+        run["description"] if run else MISSING,
+    )
+
+
+def format_seconds(seconds: float) -> str:
+    """``42s``, ``3m05s`` or ``2h07m``."""
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 def align(rows: Sequence[Sequence[str]]) -> str:

@@ -34,6 +34,7 @@ from anyio.abc import Process
 from autoresearchd.config import DEFAULT_WORKSPACE_IGNORE, ExperimentConfig
 from autoresearchd.errors import RunError
 from autoresearchd.models import Candidate, Device, Summary
+from autoresearchd.sandbox import scrub_env
 from autoresearchd.summary import parse_result_json, parse_summary_text
 
 log = structlog.get_logger(__name__)
@@ -239,7 +240,7 @@ def child_env(spec: RunSpec) -> dict[str, str]:
     """The daemon's environment plus contract 1's variables (which ``extra_env`` cannot mask)."""
     gpu = spec.device.is_gpu
     return {
-        **os.environ,
+        **scrub_env(os.environ),  # secrets never reach the child (DESIGN.md, security rules)
         **spec.extra_env,
         "CUDA_VISIBLE_DEVICES": spec.device.uuid if gpu else "",
         "CUDA_DEVICE_ORDER": "PCI_BUS_ID",

@@ -10,27 +10,40 @@ A candidate that beats the best by ``min_improvement`` is provisional: it become
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import statistics
 import time
 import uuid
-from collections.abc import Callable
+import zlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import structlog
 
 from autoresearchd.config import Config
-from autoresearchd.errors import AutoresearchdError, MemoryBackendError
+from autoresearchd.errors import (
+    AutoresearchdError,
+    MemoryBackendError,
+    MutationError,
+    ProposalError,
+)
 from autoresearchd.gpus import Gpus
 from autoresearchd.health import DeviceHealth, FlapDetector, pause
-from autoresearchd.memory.protocol import CollectiveMemory
-from autoresearchd.models import Best, Candidate, Device, Result, Status
+from autoresearchd.hypotheses import crash_insights, follow_up
+from autoresearchd.memory.protocol import CollectiveMemory, Note
+from autoresearchd.models import Best, Candidate, Device, Result, Status, sha256_text
+from autoresearchd.mutation import Param, parse_params
 from autoresearchd.outbox import Outbox
-from autoresearchd.proposers import Proposer, make_proposer
+from autoresearchd.proposers import ProposalContext, Proposer, make_proposer
 from autoresearchd.publisher import Publisher
 from autoresearchd.runner import RunReport, RunSpec, run_experiment
+from autoresearchd.sandbox import Sandbox
+from autoresearchd.trust import check_params_only
 
 log = structlog.get_logger(__name__)
 
@@ -38,15 +51,28 @@ log = structlog.get_logger(__name__)
 IDLE_PAUSE_S = 5.0
 #: Pause after an unexpected error inside one worker; the others carry on meanwhile.
 ERROR_PAUSE_S = 30.0
+#: A run still going this long after its hard limit (budget, grace, kill grace) is wedged.
+WEDGED_MARGIN_S = 60.0
+#: How the health states read in ``autoresearchd status``; any other state is "idle".
+HEALTH_STATES = {
+    "foreign_process": "waiting_foreign_process",
+    "too_hot": "too_hot",
+    "backing_off": "backing_off",
+}
 #: Proposals to try in one go when other workers keep winning the claims.
 CLAIM_ATTEMPTS = 3
+#: Hypotheses and insights a proposal reads; the newest matter most.
+NOTES_LIMIT = 100
+#: Least seconds between two insight computations of one worker.
+INSIGHT_INTERVAL_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A claimed candidate, ready to run."""
+    """A claimed candidate, ready to run, and the best it was proposed from."""
 
     candidate: Candidate
+    parent_best: Best | None = None
     claimed_at: float = field(default_factory=time.monotonic)
 
 
@@ -62,9 +88,13 @@ class WorkerContext:
     draining: anyio.Event = field(default_factory=anyio.Event)
     stop_runs: anyio.Event = field(default_factory=anyio.Event)
     software: dict[str, str] = field(default_factory=dict)
-    #: Candidates this daemon's workers hold: a claim by our own agent would succeed again,
-    #: so workers in one daemon keep each other off the same candidate with this set.
-    in_flight: set[str] = field(default_factory=set)
+    #: Sources of the candidates this daemon's workers are running, by sha256. A claim by our
+    #: own agent would succeed again, so workers in one daemon keep each other off the same
+    #: candidate with this; history-aware proposers also treat these as running trials.
+    in_flight: dict[str, str] = field(default_factory=dict)
+    sandbox: Sandbox | None = None
+    #: sha256s of network scripts refused by the trust check, recorded once per daemon.
+    refused: set[str] = field(default_factory=set)
     new_seed: Callable[[], int] = field(default=lambda: random.SystemRandom().randrange(2**31))
 
 
@@ -125,6 +155,15 @@ class Worker:
         self._proposer_for: object = None
         self._proposer: Proposer | None = None
         self._flap_delay = 0.0
+        self._last_keep: Result | None = None
+        self._insights_at = 0.0
+        self._trusted: dict[str, Candidate] = {}  # network bests accepted, by baseline sha
+        # Pausing, from the control socket: a paused worker asks for no work at all.
+        self.paused = False
+        self.finishing = False
+        self.run_id: str | None = None
+        self._resumed = anyio.Event()
+        self._run_stop: anyio.Event | None = None
 
     @property
     def config(self) -> Config:
@@ -134,9 +173,12 @@ class Worker:
         structlog.contextvars.bind_contextvars(device=self.device.uuid)
         log.info("worker_started", name=self.device.name, tier=self.device.tier)
         while not self.ctx.draining.is_set():
+            await self._hold_while_paused()
             self.device = await self.health.wait_until_ready(self.device, self.config.devices)
             if self.ctx.draining.is_set():
                 break
+            if self.paused:
+                continue
             await self._guarded_cycle()
         await self._release_all()
         log.info("worker_stopped")
@@ -163,11 +205,13 @@ class Worker:
             await self.evaluate(ready.candidate)
         finally:
             self.current = None
-            # Until a queued result is published only our claim says the candidate was run,
-            # so such a claim is left to expire (and stays in this daemon's in-flight set);
-            # a run without a result frees it, during the next run, off the critical path.
+            self.ctx.in_flight.pop(ready.candidate.sha256, None)
+            # Until a queued result is published only our claim says the candidate was run
+            # (``was_run`` counts live claims), so such a claim is left to expire; a run
+            # without a result frees it, during the next run, off the critical path.
             if self.results_queued == queued:
                 self._to_release.append(ready.candidate)
+        await self.share(ready.candidate, ready.parent_best)
         await self._maybe_back_off()
 
     async def prepare(self) -> Prepared | None:
@@ -184,7 +228,7 @@ class Worker:
                 description=candidate.description,
             )
             if await self.claim(candidate):
-                return Prepared(candidate)
+                return Prepared(candidate, best)
         return None
 
     def _take_prepared(self) -> Prepared | None:
@@ -208,15 +252,15 @@ class Worker:
         except MemoryBackendError:
             won = True  # out of reach: run it, as an unclaimed run would
         if won:
-            return Prepared(ready.candidate)
-        self.ctx.in_flight.discard(ready.candidate.sha256)
+            return Prepared(ready.candidate, ready.parent_best)
+        self.ctx.in_flight.pop(ready.candidate.sha256, None)
         log.info("claim_lost", sha=ready.candidate.sha256[:12], reason="expired while waiting")
         return None
 
     async def _alongside_run(self) -> None:
         """While a run trains: release finished claims and prepare the next candidate."""
         await self._release_finished()
-        if self._next is None and not self.ctx.draining.is_set():
+        if self._next is None and not self.ctx.draining.is_set() and not self._winding_down:
             try:
                 self._next = await self.prepare()
             except AutoresearchdError as exc:
@@ -260,7 +304,7 @@ class Worker:
         if candidate.sha256 in self.ctx.in_flight:
             log.info("claim_lost", sha=candidate.sha256[:12], holder="this daemon")
             return False
-        self.ctx.in_flight.add(candidate.sha256)
+        self.ctx.in_flight[candidate.sha256] = candidate.source
         try:
             won = await self.ctx.memory.claim(
                 track, candidate.sha256, agent, self.config.claim_ttl_s
@@ -272,13 +316,13 @@ class Worker:
         if won:
             log.info("claim_acquired", sha=candidate.sha256[:12])
         else:
-            self.ctx.in_flight.discard(candidate.sha256)
+            self.ctx.in_flight.pop(candidate.sha256, None)
             log.info("claim_lost", sha=candidate.sha256[:12])
         return won
 
     async def release(self, candidate: Candidate) -> None:
         track, agent = self.config.experiment.track, self.config.daemon.agent
-        self.ctx.in_flight.discard(candidate.sha256)
+        self.ctx.in_flight.pop(candidate.sha256, None)
         with anyio.CancelScope(shield=True):
             try:
                 await self.ctx.memory.release(track, candidate.sha256, agent)
@@ -292,11 +336,33 @@ class Worker:
         source = script.read_text(encoding="utf-8")
         return Candidate(source=source, parent_sha256=None, description="baseline")
 
-    def proposer(self) -> Proposer:
-        if self._proposer is None or self._proposer_for != self.config.proposer:
-            self._proposer = make_proposer(self.config.proposer, self.rng)
-            self._proposer_for = self.config.proposer
+    def proposer(self, baseline: Candidate | None = None) -> Proposer:
+        """The proposer; under params-only its spaces come from the trusted ``baseline``."""
+        trust = self.config.experiment.trust
+        trusted = baseline.source if baseline and trust == "params-only" else None
+        key = (self.config.proposer, trusted)
+        if self._proposer is None or self._proposer_for != key:
+            self._proposer = make_proposer(
+                self.config.proposer, self.rng, baseline=trusted, trust=trust
+            )
+            self._proposer_for = key
         return self._proposer
+
+    async def proposal_context(self, proposer: Proposer) -> ProposalContext:
+        """The swarm's history and in-flight candidates; empty when the memory fails."""
+        in_flight = tuple(self.ctx.in_flight.values())
+        if not proposer.uses_history:
+            return ProposalContext(in_flight=in_flight)
+        memory, track = self.ctx.memory, self.config.experiment.track
+        try:
+            results = await memory.results(track, limit=self.config.proposer.max_history)
+            hypotheses = await memory.notes("hypotheses", NOTES_LIMIT)
+            insights = await memory.notes("insights", NOTES_LIMIT)
+        except MemoryBackendError as exc:
+            log.warning("history_unavailable", error=str(exc))
+            return ProposalContext(in_flight=in_flight)
+        mine = [n for n in hypotheses if n.value.get("track", track) == track]
+        return ProposalContext(results, in_flight, mine, insights)
 
     async def propose(self, best: Best | None) -> Candidate | None:
         baseline = self.baseline()
@@ -305,17 +371,148 @@ class Worker:
             self._baselines.add(baseline.sha256)
             if not await self.is_known(baseline.sha256):
                 return baseline
-        parent = (
-            baseline
-            if best is None
-            else Candidate(
-                source=best.train_py,
-                parent_sha256=None,
-                description="best",
-                sha256=best.train_py_sha256,
+        parent = baseline if best is None else await self.trusted_parent(best, baseline)
+        proposer = self.proposer(baseline)
+        context = await self.proposal_context(proposer)
+        try:
+            return await proposer.propose(parent, self.is_known, context)
+        except ProposalError as exc:
+            log.warning(
+                "proposal_failed", proposer=exc.proposer, outcome=exc.outcome, error=str(exc)
             )
+            await self.queue(self.failed_proposal(exc, parent))
+            return None
+
+    def failed_proposal(self, exc: ProposalError, parent: Candidate) -> Result:
+        """A proposer's failure as a result: no run, its reason in ``error``."""
+        now = time.time()
+        return Result(
+            id=f"{self.config.daemon.agent}-{uuid.uuid4().hex[:12]}",
+            agent_id=self.config.daemon.agent,
+            track=self.config.experiment.track,
+            status=Status.INVALID if exc.outcome == "invalid" else Status.CRASH,
+            val_bpb=None,
+            description=f"{exc.proposer} proposal failed",
+            train_py=exc.source,
+            train_py_sha256=sha256_text(exc.source),
+            parent_sha256=parent.sha256,
+            seed=0,
+            device_name=self.device.name,
+            device_uuid=self.device.uuid,
+            memory_gb=self.device.memory_gb,
+            vram_tier=self.device.tier,
+            started_at=now,
+            completed_at=now,
+            duration_s=0.0,
+            proposer=exc.proposer,
+            error=str(exc),
+            software=self.ctx.software,
         )
-        return await self.proposer().propose(parent, self.is_known)
+
+    # -- sharing what we learned -------------------------------------------------------
+
+    async def share(self, candidate: Candidate, best: Best | None) -> None:
+        """Publish a follow-up hypothesis after a keep, and insights now and then."""
+        if not self.config.proposer.share_notes:
+            return
+        kept, self._last_keep = self._last_keep, None
+        notes: list[tuple[str, Note]] = []
+        now = time.time()
+        if kept is not None and best is not None and kept.train_py_sha256 == candidate.sha256:
+            spaces = self.proposer_spaces()
+            note = follow_up(best.train_py, kept, self.config.daemon.agent, now, spaces)
+            notes += [("hypotheses", note)] if note else []
+        if now - self._insights_at >= INSIGHT_INTERVAL_S:
+            self._insights_at = now
+            notes += [("insights", n) for n in await self.insights(now)]
+        for kind, note in notes:
+            await self.put_note(kind, note)
+
+    def proposer_spaces(self) -> dict[str, Param] | None:
+        try:
+            return parse_params(self.baseline().source)
+        except (OSError, MutationError):
+            return None
+
+    async def insights(self, now: float) -> list[Note]:
+        track = self.config.experiment.track
+        try:
+            results = await self.ctx.memory.results(track, limit=self.config.proposer.max_history)
+        except MemoryBackendError as exc:
+            log.warning("history_unavailable", error=str(exc))
+            return []
+        if not results:
+            return []
+        baseline = self.baseline().source
+        found = await anyio.to_thread.run_sync(
+            crash_insights, results, self.config.daemon.agent, now, baseline
+        )
+        return list(found)
+
+    async def put_note(self, kind: str, note: Note) -> None:
+        try:
+            created = await self.ctx.memory.put_note(kind, note)
+        except MemoryBackendError as exc:
+            log.warning("note_unpublished", kind=kind, error=str(exc))
+            return
+        if created:
+            log.info("note_published", kind=kind, key=note.key, title=note.value.get("title"))
+
+    # -- trust (DESIGN.md, contract 2) --------------------------------------------------
+
+    async def trusted_parent(self, best: Best, baseline: Candidate) -> Candidate:
+        """``best`` as a parent if the trust policy accepts it, else the last trusted parent.
+
+        A refused best is recorded once as an ``invalid`` result and never run.
+        """
+        candidate = Candidate(
+            source=best.train_py, parent_sha256=None, description="best", proposer="memory"
+        )
+        if self.config.experiment.trust != "params-only" or candidate.sha256 == baseline.sha256:
+            return candidate
+        fallback = self._trusted.get(baseline.sha256, baseline)
+        if candidate.sha256 in self.ctx.refused:
+            return fallback
+        verdict = check_params_only(baseline.source, candidate.source)
+        if verdict.ok:
+            self._trusted[baseline.sha256] = candidate
+            return candidate
+        self.ctx.refused.add(candidate.sha256)
+        log.warning(
+            "best_refused",
+            sha=candidate.sha256[:12],
+            agent=best.agent_id,
+            reason=verdict.reason,
+            parent=fallback.sha256[:12],
+        )
+        await self.queue(self.invalid_result(candidate, f"trust: {verdict.reason}"))
+        return fallback
+
+    def invalid_result(self, candidate: Candidate, reason: str) -> Result:
+        """A result for a script refused by policy: it was never run."""
+        now = time.time()
+        return Result(
+            id=f"{self.config.daemon.agent}-{uuid.uuid4().hex[:12]}",
+            agent_id=self.config.daemon.agent,
+            track=self.config.experiment.track,
+            status=Status.INVALID,
+            val_bpb=None,
+            description=candidate.description,
+            train_py=candidate.source,
+            train_py_sha256=candidate.sha256,
+            parent_sha256=candidate.parent_sha256,
+            seed=0,
+            device_name=self.device.name,
+            device_uuid=self.device.uuid,
+            memory_gb=self.device.memory_gb,
+            vram_tier=self.device.tier,
+            started_at=now,
+            completed_at=now,
+            duration_s=0.0,
+            proposer=candidate.proposer,
+            error=reason,
+            software=self.ctx.software,
+        )
 
     # -- running and judging ---------------------------------------------------------
 
@@ -399,17 +596,16 @@ class Worker:
         seed = self.ctx.new_seed()
         structlog.contextvars.bind_contextvars(run_id=run_id)
         try:
-            self.run_started_at = time.time()
-            report = await run_experiment(
-                self.spec(run_id, candidate, seed), stop=self.ctx.stop_runs
-            )
+            self.run_started_at, self.run_id = time.time(), run_id
+            async with self._stop_signal() as stop:
+                report = await run_experiment(self.spec(run_id, candidate, seed), stop=stop)
         finally:
-            self.run_started_at = None
+            self.run_started_at = self.run_id = None
             structlog.contextvars.unbind_contextvars("run_id")
         return self.record(candidate, report, seed)
 
     def spec(self, run_id: str, candidate: Candidate, seed: int) -> RunSpec:
-        return RunSpec.from_config(
+        spec = RunSpec.from_config(
             self.config.experiment,
             run_root=self.config.run_dir,
             run_id=run_id,
@@ -417,6 +613,11 @@ class Worker:
             device=self.device,
             seed=seed,
         )
+        sandbox = self.ctx.sandbox
+        if sandbox is None or self.config.experiment.sandbox == "off":
+            return spec
+        slot = zlib.crc32(self.device.uuid.encode())
+        return dataclasses.replace(spec, wrap=sandbox.wrapper(spec.run_dir, slot))
 
     def record(self, candidate: Candidate, report: RunReport, seed: int) -> Result | None:
         """Turn a run into a result; a run stopped by shutdown is no result at all."""
@@ -471,6 +672,7 @@ class Worker:
         if result.status is Status.KEEP:
             self._moved_best = True
             self._own_best = best_from(result)
+            self._last_keep = result
         log.info(
             "result_queued",
             result_id=result.id,
@@ -487,3 +689,126 @@ class Worker:
                 "worker_backoff", reason="flapping", delay_s=delay, crashes=self.flaps.streak
             )
             await pause(delay, self.ctx.draining)
+
+    # -- pause, resume and finish (the control socket), and what status shows ---------------
+
+    def pause(self) -> None:
+        """Stop the run in progress now (it leaves no result) and ask for no more work."""
+        self.paused, self.finishing = True, False
+        if self._resumed.is_set():
+            self._resumed = anyio.Event()
+        if self._run_stop is not None:
+            self._run_stop.set()
+
+    def finish(self) -> None:
+        """Let the current candidate (and its replicates) finish, then pause."""
+        if self.current is None:
+            self.pause()
+        elif not self.paused:
+            self.finishing = True
+
+    def resume(self) -> None:
+        self.paused = self.finishing = False
+        self._resumed.set()
+
+    async def _hold_while_paused(self) -> None:
+        if self.finishing:
+            self.paused, self.finishing = True, False
+        if not self.paused:
+            return
+        await self._release_all()  # a paused device holds no claims
+        log.info("worker_paused")
+        await wait_any(self._resumed, self.ctx.draining)
+        log.info("worker_resumed", draining=self.ctx.draining.is_set())
+
+    @property
+    def _winding_down(self) -> bool:
+        """Paused or finishing: claim nothing more."""
+        return self.paused or self.finishing
+
+    @asynccontextmanager
+    async def _stop_signal(self) -> AsyncIterator[anyio.Event]:
+        """An event set when the daemon stops runs or this device is paused."""
+        stop = self._run_stop = anyio.Event()
+        if self.paused:
+            stop.set()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_relay, self.ctx.stop_runs, stop)
+            try:
+                yield stop
+            finally:
+                self._run_stop = None
+                tg.cancel_scope.cancel()
+
+    @property
+    def state(self) -> str:
+        """running, finishing, stopping, paused, waiting_foreign_process, too_hot,
+        backing_off or idle."""
+        if self.run_started_at is not None:
+            if self.paused:
+                return "stopping"
+            return "finishing" if self.finishing else "running"
+        if self.paused:
+            return "paused"
+        return HEALTH_STATES.get(self.health.state, "idle")
+
+    @property
+    def known_best(self) -> Best | None:
+        """The best this worker last read from the memory."""
+        return self._best
+
+    def is_wedged(self, now: float) -> bool:
+        """True when a run has outlived every limit the runner enforces."""
+        if self.run_started_at is None:
+            return False
+        exp = self.config.experiment
+        limit = exp.time_budget_s + exp.grace_s + exp.kill_grace_s + WEDGED_MARGIN_S
+        return now - self.run_started_at > limit
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """This device's part of ``autoresearchd status --json``."""
+        d = self.device
+        return {
+            "index": d.index,
+            "uuid": d.uuid,
+            "name": d.name,
+            "kind": d.kind,
+            "tier": d.tier,
+            "temperature_c": d.temperature_c,
+            "state": self.state,
+            "experiment": self._experiment(now),
+            "last_val_bpb": self.last_val_bpb,
+        }
+
+    def _experiment(self, now: float) -> dict[str, Any] | None:
+        candidate, started = self.current, self.run_started_at
+        if candidate is None or started is None:
+            return None
+        elapsed = max(0.0, now - started)
+        budget = self.config.experiment.time_budget_s
+        return {
+            "run_id": self.run_id,
+            "sha256": candidate.sha256,
+            "description": candidate.description,
+            "started_at": started,
+            "elapsed_s": round(elapsed, 1),
+            "budget_s": budget,
+            "remaining_s": round(max(0.0, budget - elapsed), 1),
+        }
+
+
+async def _relay(source: anyio.Event, target: anyio.Event) -> None:
+    await source.wait()
+    target.set()
+
+
+async def wait_any(*events: anyio.Event) -> None:
+    """Return as soon as any of ``events`` is set."""
+    async with anyio.create_task_group() as tg:
+        for event in events:
+            tg.start_soon(_wait_then_cancel, event, tg.cancel_scope)
+
+
+async def _wait_then_cancel(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()

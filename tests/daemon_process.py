@@ -32,6 +32,9 @@ def write_config(tmp_path: Path, script: str, data_dir: Path, **experiment: Any)
         "grace_s": 1.0,
         "kill_grace_s": 1.0,
         "replicates": 1,
+        # The scripted plan lives outside the run directory, where a sandboxed child may not
+        # write; tests/test_sandbox_e2e.py runs the daemon with the sandbox on.
+        "sandbox": "off",
         **experiment,
     }
     lines = [

@@ -174,6 +174,8 @@ def write_daemon_config(
         "grace_s = 1.0",
         "kill_grace_s = 1.0",
         f"replicates = {REPLICATES}",
+        # The plan stand-in shares its plan folder with the test, outside its run directory.
+        'sandbox = "off"',
         "[memory]",
         'backend = "ensue"',
         f'url = "{hub.url}"',

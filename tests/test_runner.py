@@ -247,7 +247,7 @@ async def test_karpathy_summary_format_yields_every_known_metric(tmp_path: Path)
 async def test_child_gets_contract_environment_own_group_and_closed_stdin(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: Device, visible: str, kind: str
 ) -> None:
-    monkeypatch.setenv("AUTORESEARCHD_TEST_INHERITED", "yes")
+    monkeypatch.setenv("AUTORESEARCH_TEST_INHERITED", "yes")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     spec = make_spec(
         tmp_path,
@@ -272,7 +272,7 @@ async def test_child_gets_contract_environment_own_group_and_closed_stdin(
         "AUTORESEARCH_RESULT_FILE": str(spec.run_dir / "result.json"),
         "PYTHONUNBUFFERED": "1",
     }
-    assert env["AUTORESEARCHD_TEST_INHERITED"] == "yes"
+    assert env["AUTORESEARCH_TEST_INHERITED"] == "yes"
     assert env["EXTRA_FLAG"] == "on"
     assert info["cwd"] == str(spec.run_dir)
     assert info["pgid"] == info["pid"]

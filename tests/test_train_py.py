@@ -70,9 +70,13 @@ def short_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
     return run_train(TRAIN_PY, data_dir, tmp_path_factory.mktemp("short"), budget=1.0)
 
 
+#: The longer run's budget: the issue's example, and enough to learn on a busy machine.
+LONGER_S = 8.0
+
+
 @pytest.fixture(scope="module")
 def longer_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
-    return run_train(TRAIN_PY, data_dir, tmp_path_factory.mktemp("longer"), budget=5.0)
+    return run_train(TRAIN_PY, data_dir, tmp_path_factory.mktemp("longer"), budget=LONGER_S)
 
 
 @pytest.mark.slow
@@ -92,7 +96,7 @@ def test_training_time_is_the_budget_and_warmup_is_apart(longer_run: Run) -> Non
     assert longer_run.summary is not None
     metrics = longer_run.summary.metrics
     # The last step ends past the budget; on a busy machine one step can take a while.
-    assert 5.0 <= metrics["training_seconds"] < 7.5
+    assert LONGER_S <= metrics["training_seconds"] < 1.5 * LONGER_S
     assert "warmup_seconds" in metrics
     assert metrics["total_seconds"] >= metrics["training_seconds"] + metrics["warmup_seconds"]
 

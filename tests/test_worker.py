@@ -11,7 +11,7 @@ import pytest
 from autoresearchd.daemon import Daemon
 from autoresearchd.harness.prepare import prepare_track
 from autoresearchd.memory.sqlite import SqliteMemory
-from autoresearchd.models import Best
+from autoresearchd.models import Best, Result
 from autoresearchd.testing import PLAN_ENV, FakeNvml, plan_script, write_plan
 from autoresearchd.worker import improves
 
@@ -56,26 +56,28 @@ def test_improves(
     assert improves(value, None if current is None else best(current), margin) is expected
 
 
-async def test_workers_of_one_daemon_never_share_a_candidate(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_dir: Path
-) -> None:
-    """Eight fake GPUs start at once: the baseline runs once, and no sha runs on two devices."""
+async def run_daemon(
+    tmp_path: Path, data_dir: Path, plan: list[str], seconds: float, *, nvml: FakeNvml | None
+) -> list[Result]:
+    """Run a daemon in-process on the plan stand-in for ``seconds``; every stored result."""
     plan_dir = tmp_path / "plan"
-    write_plan(plan_dir, [])
-    monkeypatch.setenv(PLAN_ENV, str(plan_dir))
+    write_plan(plan_dir, plan)
     workspace = tmp_path / "ws"
     workspace.mkdir()
     (workspace / "train.py").write_text(plan_script(sleep_s=0.3))
+    devices = "" if nvml else '[devices]\ngpus = "none"\ncpu_workers = 1\n'
     config = tmp_path / "config.toml"
     config.write_text(
         f'[daemon]\nagent = "solo"\nstate_dir = "{tmp_path / "state"}"\nhealth_interval_s = 0.5\n'
+        f"{devices}"
         f'[experiment]\nworkspace = "{workspace}"\ntime_budget_s = 5.0\ngrace_s = 1.0\n'
-        f'data_dir = "{data_dir}"\nreplicates = 1\n'
+        # The plan stand-in reads and writes its plan folder, outside the run directory.
+        f'data_dir = "{data_dir}"\nreplicates = 1\nsandbox = "off"\n'
     )
-    daemon = Daemon(config, nvml=FakeNvml.with_gpus(8))
+    daemon = Daemon(config, nvml=nvml)
 
     async def stop_soon() -> None:
-        await anyio.sleep(6)
+        await anyio.sleep(seconds)
         daemon.drain("test")
 
     async with anyio.create_task_group() as tg:
@@ -83,7 +85,15 @@ async def test_workers_of_one_daemon_never_share_a_candidate(
         with anyio.fail_after(60):
             assert await daemon.serve() == 0
     async with SqliteMemory(tmp_path / "state" / "memory.sqlite") as memory:
-        results = await memory.results(limit=None)
+        return await memory.results(limit=None)
+
+
+async def test_workers_of_one_daemon_never_share_a_candidate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_dir: Path
+) -> None:
+    """Eight fake GPUs start at once: the baseline runs once, and no sha runs on two devices."""
+    monkeypatch.setenv(PLAN_ENV, str(tmp_path / "plan"))
+    results = await run_daemon(tmp_path, data_dir, [], 6, nvml=FakeNvml.with_gpus(8))
     devices_by_sha: dict[str, set[str]] = defaultdict(set)
     for result in results:
         devices_by_sha[result.train_py_sha256].add(result.device_uuid)
@@ -97,35 +107,10 @@ async def test_a_result_is_judged_against_the_best_after_its_run(
 ) -> None:
     """The second candidate is prepared while the baseline runs (no best yet); the baseline
     then sets a much better best, so the second result must be a discard, not a keep."""
-    plan_dir = tmp_path / "plan"
-    write_plan(plan_dir, ["val=2.0"] + ["val=3.0"] * 20)
-    monkeypatch.setenv(PLAN_ENV, str(plan_dir))
-    workspace = tmp_path / "ws"
-    workspace.mkdir()
-    (workspace / "train.py").write_text(plan_script(sleep_s=0.3))
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'[daemon]\nagent = "solo"\nstate_dir = "{tmp_path / "state"}"\n'
-        f'[devices]\ngpus = "none"\ncpu_workers = 1\n'
-        f'[experiment]\nworkspace = "{workspace}"\ntime_budget_s = 5.0\ngrace_s = 1.0\n'
-        f'data_dir = "{data_dir}"\nreplicates = 1\n'
-    )
-    daemon = Daemon(config)
-
-    async def stop_soon() -> None:
-        await anyio.sleep(3)
-        daemon.drain("test")
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(stop_soon)
-        with anyio.fail_after(60):
-            assert await daemon.serve() == 0
-    async with SqliteMemory(tmp_path / "state" / "memory.sqlite") as memory:
-        results = await memory.results(limit=None)
-        best_now = await memory.get_best("synthetic")
+    monkeypatch.setenv(PLAN_ENV, str(tmp_path / "plan"))
+    results = await run_daemon(tmp_path, data_dir, ["val=2.0"] + ["val=3.0"] * 20, 3, nvml=None)
     assert len(results) >= 2
     kept = [r for r in results if r.status == "keep"]
     assert [r.description for r in kept] == ["baseline"]
-    assert best_now is not None and best_now.val_bpb == 2.0
     later = [r for r in results if r.description != "baseline"]
     assert all(r.delta_vs_best == pytest.approx(1.0) for r in later)

@@ -1,0 +1,93 @@
+"""Swarm hypotheses and insights: picking open ones, follow-ups after a keep, crash insights."""
+
+from __future__ import annotations
+
+import pytest
+
+from autoresearchd.hypotheses import (
+    HypothesisProposer,
+    crash_insights,
+    follow_up,
+    suggested_changes,
+)
+from autoresearchd.memory.protocol import Note
+from autoresearchd.models import Status
+from autoresearchd.mutation import parse_params
+from autoresearchd.proposers import ProposalContext
+
+from .test_search import SMALL, never, parent, result, variant
+
+
+def hypothesis(key: str, config: dict[str, object], status: str = "open") -> Note:
+    value = {"title": key, "suggested_config": config, "status": status, "agent_id": "alice"}
+    return Note(key=key, agent_id="alice", value=value, created_at=1.0)
+
+
+def test_suggested_changes_keep_values_inside_spaces_and_coerce_json_numbers() -> None:
+    params = parse_params(SMALL)
+    value = {"suggested_config": {"LR": 0.02, "DEPTH": 6.0, "BATCH": 64, "NOPE": 1, "ACT": "x"}}
+    assert suggested_changes(value, params) == {"LR": 0.02, "DEPTH": 6, "BATCH": 64}
+    assert suggested_changes({"suggested_config": {"LR": 5.0}}, params) == {}  # out of space
+    closed = {"suggested_config": {"LR": 0.02}, "status": "done"}
+    assert suggested_changes(closed, params) == {}
+
+
+@pytest.mark.anyio
+async def test_picks_the_newest_open_hypothesis_whose_candidate_is_fresh() -> None:
+    taken = variant(LR=0.05)
+
+    async def is_known(sha256: str) -> bool:
+        return sha256 == parent(taken).sha256
+
+    context = ProposalContext(
+        hypotheses=[
+            hypothesis("taken", {"LR": 0.05}),
+            hypothesis("closed", {"LR": 0.03}, status="done"),
+            hypothesis("fresh", {"DEPTH": 6}),
+        ]
+    )
+    proposer = HypothesisProposer(SMALL)
+    candidate = await proposer.propose(parent(), is_known, context)
+    assert candidate is not None
+    assert candidate.proposer == "hypotheses"
+    assert candidate.description == "DEPTH 4 → 6"
+    assert await proposer.propose(parent(), is_known, context) is None  # not twice
+
+
+def test_follow_up_continues_an_improving_direction_until_the_space_ends() -> None:
+    kept = result(variant(LR=0.02, DEPTH=5), 0.9, Status.KEEP, n=7)
+    note = follow_up(SMALL, kept, "bob", 5.0, None)
+    assert note is not None
+    assert note.value["suggested_config"] == {"LR": 0.04, "DEPTH": 6}
+    assert note.value["title"] == "LR 0.01 → 0.02, DEPTH 4 → 5 improved; try LR 0.04, DEPTH 6"
+    assert note.value["evidence"] == ["run-7"]
+    assert note.value["status"] == "open" and note.key.startswith("bob--")
+    at_edge = result(variant(LR=0.1), 0.9, Status.KEEP)
+    assert follow_up(variant(LR=0.05), at_edge, "bob", 5.0, None) is None
+
+
+def test_crash_insight_names_threshold_tier_and_evidence() -> None:
+    runs = [result(variant(DEPTH=d), 1.0, n=d) for d in (2, 3, 4, 5)]
+    runs += [result(variant(DEPTH=d), None, Status.CRASH, n=10 + d) for d in (6, 7, 8)]
+    runs.append(result(variant(DEPTH=7), None, Status.CRASH, n=30))
+    notes = crash_insights(runs, "bob", 9.0, SMALL)
+    assert [n.value["title"] for n in notes] == [
+        "DEPTH at or above 6 crashed 4/4 runs on the cpu tier"
+    ]
+    assert sorted(notes[0].value["evidence"]) == ["run-16", "run-17", "run-18", "run-30"]
+    again = crash_insights(
+        [*runs, result(variant(DEPTH=8), None, Status.CRASH, n=40)], "bob", 9.0, SMALL
+    )
+    assert again[0].key == notes[0].key  # the same finding is stored once
+
+
+def test_no_insight_without_enough_evidence_or_a_healthy_run_below() -> None:
+    few = [result(variant(DEPTH=2), 1.0), result(variant(DEPTH=8), None, Status.CRASH, n=1)]
+    assert crash_insights(few, "bob", 1.0, SMALL) == []
+    all_crash = [result(variant(DEPTH=d), None, Status.CRASH, n=d) for d in (2, 3, 4, 5)]
+    assert crash_insights(all_crash, "bob", 1.0, SMALL) == []
+
+
+@pytest.mark.anyio
+async def test_hypothesis_proposer_with_no_notes_has_nothing() -> None:
+    assert await HypothesisProposer().propose(parent(), never) is None

@@ -1,0 +1,197 @@
+"""The TPE proposer: history read back through the parameters, crashes and in-flight runs."""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from autoresearchd.config import ProposerConfig
+from autoresearchd.models import Candidate, Result, Status, sha256_text
+from autoresearchd.mutation import apply_changes, parse_params
+from autoresearchd.proposers import PerturbProposer, ProposalContext, make_proposer
+from autoresearchd.search import HistoryReader, SearchSpace, TpeProposer, import_optuna
+
+ANNOTATED = (Path(__file__).parent / "fixtures" / "annotated_train.py").read_text()
+SMALL = """\
+import os
+
+LR = 0.01  # search: log 0.001..0.1
+DEPTH = 4  # search: int 2..8
+BATCH = 2**5  # search: pow2 3..8
+ACT = "relu"  # search: choice "relu" "gelu"
+NAME = "run"
+print(os.getpid(), LR, DEPTH, BATCH, ACT)
+"""
+
+
+def parent(source: str = SMALL) -> Candidate:
+    return Candidate(source=source, parent_sha256=None, description="baseline")
+
+
+def result(source: str, val: float | None, status: Status = Status.DISCARD, n: int = 0) -> Result:
+    return Result(
+        id=f"run-{n}",
+        agent_id="someone",
+        track="t",
+        status=status,
+        val_bpb=val,
+        description="",
+        train_py=source,
+        train_py_sha256=sha256_text(source),
+        parent_sha256=None,
+        seed=n,
+        device_name="cpu",
+        device_uuid="cpu-0",
+        memory_gb=0.0,
+        vram_tier="cpu",
+        started_at=0.0,
+        completed_at=0.0,
+        duration_s=1.0,
+    )
+
+
+def variant(**changes: Any) -> str:
+    return apply_changes(SMALL, changes)
+
+
+async def never(sha256: str) -> bool:
+    return False
+
+
+def test_history_maps_sources_back_to_values_and_skips_other_code() -> None:
+    reader = HistoryReader()
+    skeleton = reader.reading(SMALL)
+    assert skeleton is not None
+    assert reader.values(skeleton.skeleton, variant(LR=0.02, BATCH=2**6)) == {
+        "LR": 0.02,
+        "DEPTH": 4,
+        "BATCH": 64,
+        "ACT": "relu",
+        "NAME": "run",
+    }
+    changed_code = SMALL.replace("print(os.getpid()", "print(os.getppid()")
+    assert reader.values(skeleton.skeleton, changed_code) is None
+    assert reader.values(skeleton.skeleton, SMALL.replace("2**5", "32")) is None
+    assert reader.values(skeleton.skeleton, "def broken(:\n") is None
+
+
+def test_space_handles_log_int_pow2_and_choice_both_ways() -> None:
+    space = SearchSpace(parse_params(ANNOTATED), import_optuna())
+    assert "SEQ_LEN" not in space.params  # fixed
+    values = {name: param.value for name, param in parse_params(ANNOTATED).items()}
+    encoded = space.encode(values)
+    assert encoded is not None
+    assert encoded["TOTAL_BATCH_SIZE"] == 14  # searched by exponent
+    assert space.decode(encoded)["TOTAL_BATCH_SIZE"] == 2**14
+    assert space.decode(encoded)["WINDOW_PATTERN"] == "SSSL"
+    assert space.encode({**values, "MATRIX_LR": 0.9}) is None  # outside log 0.005..0.2
+
+
+def test_crashes_count_as_the_worst_value_and_invalid_results_are_skipped() -> None:
+    proposer = TpeProposer(random.Random(0))
+    space = SearchSpace(parse_params(SMALL), proposer._optuna)
+    reading = proposer.history.reading(SMALL)
+    assert reading is not None
+    results = [
+        result(variant(LR=0.02), 1.5, n=1),
+        result(variant(LR=0.03), 1.2, n=2),
+        result(variant(DEPTH=8), None, Status.CRASH, n=3),
+        result(variant(DEPTH=7), None, Status.INVALID, n=4),
+        result(SMALL.replace("os.getpid()", "0"), 0.5, n=5),  # other code: skipped
+    ]
+    trials = proposer.trials(reading.skeleton, space, results)
+    assert [(t.params["DEPTH"], t.value) for t in trials] == [(4, 1.5), (4, 1.2), (8, 1.5)]
+
+
+@pytest.mark.anyio
+async def test_learns_from_history_and_never_proposes_a_known_candidate() -> None:
+    """With a history favouring high LR, proposals concentrate there; none is a known hash."""
+    rng = random.Random(3)
+    history = []
+    for n in range(60):
+        lr = float(f"{10 ** rng.uniform(-3, -1):.3g}")
+        history.append(result(variant(LR=lr, DEPTH=rng.randint(2, 8)), 2.0 - lr * 10, n=n))
+    known = {r.train_py_sha256 for r in history}
+
+    async def is_known(sha256: str) -> bool:
+        return sha256 in known
+
+    proposer = TpeProposer(random.Random(1))
+    context = ProposalContext(results=history)
+    lrs = []
+    for _ in range(10):
+        candidate = await proposer.propose(parent(), is_known, context)
+        assert candidate is not None
+        assert candidate.sha256 not in known
+        assert candidate.proposer == "tpe"
+        known.add(candidate.sha256)
+        lrs.append(parse_params(candidate.source)["LR"].value)
+    assert sorted(lrs)[5] > 0.03  # median well above the log-uniform median (0.01)
+
+
+@pytest.mark.anyio
+async def test_in_flight_candidates_become_running_trials() -> None:
+    proposer = TpeProposer(random.Random(0))
+    space = SearchSpace(parse_params(SMALL), proposer._optuna)
+    busy = variant(LR=0.05)
+    context = ProposalContext(results=[result(variant(LR=0.02), 1.0)], in_flight=[busy, "x = ("])
+    study = proposer._study(parent(), space, context)
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE", "RUNNING"]
+    assert study.trials[1].params["LR"] == 0.05
+
+
+@pytest.mark.anyio
+async def test_falls_back_to_perturb_when_samples_are_all_known() -> None:
+    """A six-point space: five fresh candidates, then TPE falls back and perturb is exhausted."""
+    source = "A = 2  # search: int 1..3\nB = 'x'  # search: choice 'x' 'y'\n"
+    seen: set[str] = set()
+
+    async def is_known(sha256: str) -> bool:
+        return sha256 in seen
+
+    proposer = TpeProposer(random.Random(0), attempts=5)
+    found = []
+    with capture_logs() as logs:
+        for _ in range(6):
+            candidate = await proposer.propose(parent(source), is_known)
+            if candidate is None:
+                break
+            seen.add(candidate.sha256)
+            found.append(candidate)
+    assert len({c.sha256 for c in found}) == len(found) == 5
+    events = [entry["event"] for entry in logs]
+    assert events[-2:] == ["tpe_fallback", "proposer_exhausted"]
+
+
+@pytest.mark.anyio
+async def test_proposal_stays_cheap_with_thousands_of_results() -> None:
+    rng = random.Random(0)
+    history = [
+        result(variant(LR=float(f"{10 ** rng.uniform(-3, -1):.4g}"), DEPTH=rng.randint(2, 8)), 1.0)
+        for _ in range(2000)
+    ]
+    proposer = TpeProposer(random.Random(0), max_history=1000)
+    start = time.perf_counter()
+    assert await proposer.propose(parent(), never, ProposalContext(results=history))
+    assert time.perf_counter() - start < 5.0
+    start = time.perf_counter()
+    assert await proposer.propose(parent(), never, ProposalContext(results=history))
+    assert time.perf_counter() - start < 1.0  # sources are cached by hash
+
+
+def test_make_proposer_falls_back_to_perturb_without_optuna(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "optuna", None)  # makes ``import optuna`` fail
+    with capture_logs() as logs:
+        proposer = make_proposer(ProposerConfig(strategy="tpe"))
+    assert isinstance(proposer, PerturbProposer)
+    assert [e["event"] for e in logs] == ["strategy_unavailable"]
+    assert logs[0]["fallback"] == "perturb"
