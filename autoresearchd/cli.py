@@ -360,7 +360,13 @@ def _add_hub_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     hub_commands = hub.add_subparsers(title="hub commands", metavar="COMMAND", required=True)
     serve = hub_commands.add_parser("serve", help="serve the hub until stopped")
     _config_option(serve)
+    serve.add_argument(
+        "--migrate", action="store_true", help="apply PostgreSQL schema migrations first"
+    )
     serve.set_defaults(handler=cmd_hub_serve)
+    migrate = hub_commands.add_parser("migrate", help="apply the database's schema migrations")
+    _config_option(migrate)
+    migrate.set_defaults(handler=cmd_hub_migrate)
     init = hub_commands.add_parser("init", help="create the org, print an admin key, seed best/")
     _config_option(init)
     init.add_argument("--baseline", type=Path, metavar="TRAIN_PY", help="seed best/ with it")
@@ -372,7 +378,16 @@ def cmd_hub_serve(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     configure_logging(config.daemon.log_format, config.daemon.log_level, sys.stderr)
-    anyio.run(serve, config)
+    anyio.run(lambda: serve(config, migrate=args.migrate))
+    return EXIT_OK
+
+
+def cmd_hub_migrate(args: argparse.Namespace) -> int:
+    from autoresearchd.hub.app import migrate_hub
+
+    config = load_config(args.config)
+    configure_logging(config.daemon.log_format, config.daemon.log_level, sys.stderr)
+    print(anyio.run(migrate_hub, config))
     return EXIT_OK
 
 

@@ -122,7 +122,7 @@ class MemoryConfig:
 class HubConfig:
     listen_host: str = "127.0.0.1"
     listen_port: int = DEFAULT_HUB_PORT
-    database: Path = field(default=UNSET_PATH, metadata=PATH)  # empty: <state_dir>/hub.sqlite
+    database: str = ""  # a SQLite file (empty: <state_dir>/hub.sqlite) or a postgresql:// URL
     org: str = ""
     public_url: str = ""  # empty: claim links use the address a request came to
     max_body_bytes: int = DEFAULT_HUB_MAX_BODY_BYTES

@@ -1,19 +1,23 @@
-"""Load the hub on loopback with simulated agents; compare with the store used in-process.
+"""Load the hub on loopback with simulated agents: SQLite, PostgreSQL, and several replicas.
 
-Starts a real ``autoresearchd hub serve`` process on a free loopback port, registers N
-agents and lets each loop for a fixed time over its own ``EnsueMemory`` client: claim a
-candidate, publish a keep result (moving the bests by compare-and-set when it wins) and
-read the best. It prints throughput and p50/p99 latency per operation, then runs the
-same operations straight on a ``SqliteStore`` in this process and prints, last, the ratio
-of hub throughput to store throughput.
+Runs three configurations in one go, each on a fresh database: SQLite with one hub
+process, PostgreSQL with one, and PostgreSQL with ``--replicas`` hub processes sharing
+the database (agent i talks to replica i mod N, as behind a load balancer). Each
+registers ``--agents`` verified agents that loop for ``--seconds`` over their own
+``EnsueMemory`` client: claim a candidate, publish a keep result (moving the bests by
+compare-and-set when it wins) and read the best. It prints throughput and p50/p99
+latency per operation, then, last, the ratio of PostgreSQL with N replicas to SQLite
+with one. Without ``--database`` it starts a throwaway PostgreSQL cluster of its own
+(``synchronous_commit = off``, like SQLite's WAL with ``synchronous = NORMAL``).
 
-    python benchmarks/hub_load.py --agents 20 --seconds 10
+    python benchmarks/hub_load.py --agents 20 --seconds 5 --replicas 2
+    python benchmarks/hub_load.py --database postgresql://hub@db.internal/bench
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import random
 import statistics
 import subprocess
@@ -22,21 +26,29 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
 
 import anyio
 import httpx
+import psycopg
 
-from autoresearchd.hub.store import NewMemory, SqliteStore
+from autoresearchd.hub.pgcluster import start_cluster
 from autoresearchd.logs import configure_logging
 from autoresearchd.memory.ensue import EnsueMemory
 from autoresearchd.models import Result, Status, sha256_text
 
 ORG = "bench"
 TRACK = "synthetic"
+OPERATIONS = ("claim", "publish", "best")
 Latencies = dict[str, list[float]]
+UNLIMITED = (
+    "rate_limit_per_s = 1e9\nrate_limit_burst = 1000000000\n"
+    "rate_limit_ip_per_s = 1e9\nrate_limit_ip_burst = 1000000000\n"
+    "auth_rate_limit_per_s = 1e9\nauth_rate_limit_burst = 1000000000\n"
+    "require_email = false\nreplicates = 0\n"
+)
 
 
 def make_result(agent: str, rng: random.Random) -> Result:
@@ -70,7 +82,7 @@ async def timed(latencies: Latencies, name: str, op: Callable[[], Awaitable[obje
 
 async def hub_agent(url: str, key: str, name: str, deadline: float, latencies: Latencies) -> None:
     rng = random.Random(name)
-    async with EnsueMemory(url, ORG, key, primary_track=TRACK, timeout_s=30.0) as memory:
+    async with EnsueMemory(url, ORG, key, primary_track=TRACK, timeout_s=60.0) as memory:
         while time.monotonic() < deadline:
             result = make_result(name, rng)
             sha = result.train_py_sha256
@@ -79,144 +91,140 @@ async def hub_agent(url: str, key: str, name: str, deadline: float, latencies: L
             await timed(latencies, "best", partial(memory.get_best, TRACK))
 
 
-class StoreAgent:
-    """The same primitive calls the client makes for each operation, straight on a store."""
-
-    def __init__(self, store: SqliteStore, name: str) -> None:
-        self.store, self.name, self.root = store, name, f"@{ORG}/"
-
-    async def claim(self, sha: str) -> None:
-        record = json.dumps({"agent_id": self.name, "sha256": sha, "expires_at": 1e10})
-        await self.store.create(
-            self.name, NewMemory(f"{self.root}claims/t--{sha[:12]}", record, False), time.time()
-        )
-
-    async def publish(self, result: Result) -> None:
-        marker = f"{self.root}published/{result.id}"
-        await self.store.get([marker])
-        text = json.dumps(result.to_record())
-        await self.store.create(
-            self.name, NewMemory(f"{self.root}results/{result.id}", text, False), time.time()
-        )
-        await self.store.create(self.name, NewMemory(marker, "{}", False), time.time())
-        await self.store.create(
-            self.name,
-            NewMemory(f"{self.root}runs/{result.train_py_sha256}", "{}", False),
-            time.time(),
-        )
-        for base in ("best/", "best/tier/xl/"):
-            await self._move(self.root + base, result)
-
-    async def _move(self, base: str, result: Result) -> None:
-        meta, train = await self.store.get([base + "metadata", base + "train_py"])
-        current = json.loads(meta.value)["val_bpb"] if meta else None
-        if current is not None and not (result.val_bpb or 2.0) < current:
-            return
-        text = json.dumps({"val_bpb": result.val_bpb})
-        for key, value, row in (
-            (base + "metadata", text, meta),
-            (base + "train_py", result.train_py, train),
-        ):
-            if row is None:
-                await self.store.create(self.name, NewMemory(key, value, False), time.time())
-            else:
-                await self.store.update(
-                    self.name,
-                    NewMemory(key, value, False),
-                    row.version,
-                    lambda _: None,
-                    time.time(),
-                )
-
-    async def best(self) -> None:
-        await self.store.get([f"{self.root}best/metadata", f"{self.root}best/train_py"])
-
-
-async def store_agent(store: SqliteStore, name: str, deadline: float, latencies: Latencies) -> None:
-    rng, agent = random.Random(name), StoreAgent(store, name)
-    while time.monotonic() < deadline:
-        result = make_result(name, rng)
-        await timed(latencies, "claim", partial(agent.claim, result.train_py_sha256))
-        await timed(latencies, "publish", partial(agent.publish, result))
-        await timed(latencies, "best", agent.best)
-
-
 def report(label: str, latencies: Latencies, seconds: float) -> float:
-    total = sum(len(v) for v in latencies.values())
-    print(f"{label}: {total} operations in {seconds:.1f} s = {total / seconds:.1f} ops/s")
-    for name in ("claim", "publish", "best"):
+    every = sorted(v for values in latencies.values() for v in values)
+    rate = len(every) / seconds
+    print(
+        f"{label}: {len(every)} operations in {seconds:.1f} s = {rate:.1f} ops/s,"
+        f" p99 {_p99(every) * 1000:.1f} ms"
+    )
+    for name in OPERATIONS:
         values = sorted(latencies[name])
         if values:
-            p50 = statistics.median(values) * 1000
-            p99 = values[min(len(values) - 1, int(len(values) * 0.99))] * 1000
+            p50, p99 = statistics.median(values) * 1000, _p99(values) * 1000
             print(f"  {name:8s} n={len(values):6d}  p50={p50:7.2f} ms  p99={p99:7.2f} ms")
-    return total / seconds
+    return rate
 
 
-def start_hub(folder: Path, port: int) -> subprocess.Popen[bytes]:
+def _p99(values: list[float]) -> float:
+    return values[min(len(values) - 1, int(len(values) * 0.99))] if values else 0.0
+
+
+def write_config(folder: Path, port: int, database: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
     config = folder / "hub.toml"
     config.write_text(
         f'[daemon]\nstate_dir = "{folder}"\nlog_level = "warning"\n[hub]\nlisten_port = {port}\n'
-        f'org = "{ORG}"\nrate_limit_per_s = 1e9\nrate_limit_burst = 1000000000\n'
+        f'org = "{ORG}"\ndatabase = "{database}"\n{UNLIMITED}'
     )
-    cli = [sys.executable, "-m", "autoresearchd", "hub"]
-    subprocess.run([*cli, "init", "--config", str(config)], check=True, capture_output=True)
-    proc = subprocess.Popen([*cli, "serve", "--config", str(config)], stderr=subprocess.DEVNULL)
-    for _ in range(200):
+    return config
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(400):
+        if proc.poll() is not None:
+            raise SystemExit(f"the hub at {url} exited with {proc.returncode}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
+            if httpx.get(f"{url}healthz", timeout=1).status_code == 200:
+                return
         except httpx.TransportError:
             time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("the hub did not start")
+    raise SystemExit(f"the hub at {url} did not start")
 
 
-async def run_hub(folder: Path, agents: int, seconds: float, port: int) -> float:
-    proc = start_hub(folder, port)
-    url = f"http://127.0.0.1:{port}/"
+@contextlib.contextmanager
+def hubs(folder: Path, database: str, replicas: int) -> Iterator[list[str]]:
+    """``replicas`` hub processes on one database (initialised once); their URLs."""
+    cli = [sys.executable, "-m", "autoresearchd", "hub"]
+    configs = [write_config(folder / str(i), _free_port(), database) for i in range(replicas)]
+    subprocess.run([*cli, "init", "--config", str(configs[0])], check=True, capture_output=True)
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        async with httpx.AsyncClient() as client:
-            replies = [
-                await client.post(f"{url}auth/agent-register", json={"name": f"agent{i}"})
-                for i in range(agents)
-            ]
-        keys = [reply.json()["api_key"] for reply in replies]
-        latencies: Latencies = defaultdict(list)
-        deadline = time.monotonic() + seconds
-        async with anyio.create_task_group() as tg:
-            for i, key in enumerate(keys):
-                tg.start_soon(hub_agent, url, key, f"agent{i}", deadline, latencies)
-        return report(f"hub ({agents} agents over HTTP)", latencies, seconds)
+        urls = []
+        for config in configs:
+            procs.append(subprocess.Popen([*cli, "serve", "--config", str(config)]))
+            urls.append(
+                f"http://127.0.0.1:{config.read_text().split('listen_port = ')[1].split()[0]}/"
+            )
+            wait_healthy(urls[-1], procs[-1])
+        yield urls
     finally:
-        proc.terminate()
-        proc.wait()
+        for proc in procs:
+            proc.terminate()
+            proc.wait()
 
 
-async def run_store(folder: Path, agents: int, seconds: float) -> float:
-    store = SqliteStore(folder / "direct.sqlite")
-    await store.create_org(ORG, time.time())
+async def register(urls: list[str], agents: int) -> list[str]:
+    """``agents`` verified agents' keys, agent i registered on replica i mod N."""
+    keys = []
+    async with httpx.AsyncClient(timeout=30) as client:
+        for i in range(agents):
+            reply = await client.post(
+                f"{urls[i % len(urls)]}auth/agent-register", json={"name": f"agent{i}"}
+            )
+            reply.raise_for_status()
+            (await client.get(reply.json()["claim_url"])).raise_for_status()
+            keys.append(reply.json()["api_key"])
+    return keys
+
+
+async def load(urls: list[str], agents: int, seconds: float) -> Latencies:
+    keys = await register(urls, agents)
     latencies: Latencies = defaultdict(list)
     deadline = time.monotonic() + seconds
     async with anyio.create_task_group() as tg:
-        for i in range(agents):
-            tg.start_soon(store_agent, store, f"agent{i}", deadline, latencies)
-    await store.close()
-    return report(f"store ({agents} agents in-process)", latencies, seconds)
+        for i, key in enumerate(keys):
+            tg.start_soon(hub_agent, urls[i % len(urls)], key, f"agent{i}", deadline, latencies)
+    return latencies
+
+
+def run(label: str, folder: Path, database: str, replicas: int, args: argparse.Namespace) -> float:
+    with hubs(folder, database, replicas) as urls:
+        latencies = anyio.run(load, urls, args.agents, args.seconds)
+    return report(f"{label} ({args.agents} agents over HTTP)", latencies, args.seconds)
+
+
+def fresh_schema(url: str, name: str) -> str:
+    """A new schema ``name`` in the database at ``url``; a URL whose search_path is it."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {name}".encode())
+    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{name}"
+
+
+def benchmark(url: str, folder: Path, args: argparse.Namespace) -> None:
+    tag = uuid.uuid4().hex[:8]
+    sqlite = run("SQLite, 1 replica", folder / "sqlite", str(folder / "hub.sqlite"), 1, args)
+    one = run("PostgreSQL, 1 replica", folder / "pg1", fresh_schema(url, f"bench1_{tag}"), 1, args)
+    many = run(
+        f"PostgreSQL, {args.replicas} replicas",
+        folder / "pgn",
+        fresh_schema(url, f"bench{args.replicas}_{tag}"),
+        args.replicas,
+        args,
+    )
+    print(f"PostgreSQL 1 replica / SQLite 1 replica throughput: {one / sqlite:.3f}")
+    print(f"PostgreSQL {args.replicas} replicas / SQLite 1 replica throughput: {many / sqlite:.3f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--agents", type=int, default=20)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--port", type=int, default=0, help="default: a free port")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--replicas", type=int, default=2, help="PostgreSQL hub processes")
+    parser.add_argument(
+        "--database", default="", help="a postgresql:// URL (default: a throwaway cluster)"
+    )
     args = parser.parse_args()
     configure_logging("console", "warning", sys.stderr)
-    port = args.port or _free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        hub = anyio.run(run_hub, Path(tmp), args.agents, args.seconds, port)
-        store = anyio.run(run_store, Path(tmp), args.agents, args.seconds)
-    print(f"hub/store throughput ratio: {hub / store:.3f}")
+        if args.database:
+            benchmark(args.database, Path(tmp), args)
+            return
+        cluster = start_cluster({"synchronous_commit": "off"})
+        try:
+            benchmark(cluster.url(), Path(tmp), args)
+        finally:
+            cluster.stop()
 
 
 def _free_port() -> int:

@@ -12,8 +12,12 @@ over ``max_body_bytes`` are refused before they are parsed. Requests are rate li
 client IP (the ``/auth`` routes more tightly) and per key; a limited request gets 429 with
 ``Retry-After``. The limits live in each hub process, so they apply per replica. Errors
 are JSON, never tracebacks: storage or mail trouble is 503 so that clients retry it.
-:func:`serve` runs the app under uvicorn; :func:`init_hub` creates the org and the admin
-key and seeds ``best/``.
+:func:`serve` runs the app under uvicorn over the store ``hub.database`` names (a SQLite
+file, or a ``postgresql://`` URL that any number of replicas may share); :func:`init_hub`
+creates the org and the admin key and seeds ``best/``; :func:`migrate_hub` applies
+PostgreSQL schema migrations. Nothing a guarantee rests on is kept in process memory:
+only the rate limits (per replica, as above) and a cache of orgs seen to exist (orgs are
+never dropped).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from autoresearchd.config import UNSET_PATH, Config, HubConfig
+from autoresearchd.config import Config, HubConfig
 from autoresearchd.errors import ConfigError, HubError
 from autoresearchd.hub.auth import (
     AGENT_NAME,
@@ -57,7 +61,14 @@ from autoresearchd.hub.rpc import (
     request_id_of,
     result_reply,
 )
-from autoresearchd.hub.store import Agent, HubStore, NewMemory, SqliteStore
+from autoresearchd.hub.store import (
+    SCHEMA_VERSION,
+    Agent,
+    HubStore,
+    NewMemory,
+    is_postgres_url,
+    open_store,
+)
 from autoresearchd.models import sha256_text
 
 log = structlog.get_logger(__name__)
@@ -67,9 +78,15 @@ MAX_AUTH_BYTES = 4096
 MAX_CODE_CHARS = 128
 
 
-def database_path(config: Config) -> Path:
-    hub = config.hub
-    return hub.database if hub.database != UNSET_PATH else config.daemon.state_dir / "hub.sqlite"
+def database_path(config: Config) -> str | Path:
+    """``hub.database``: a ``postgresql://`` URL, or the SQLite file (relative to the config)."""
+    database = config.hub.database
+    if is_postgres_url(database):
+        return database
+    if not database:
+        return config.daemon.state_dir / "hub.sqlite"
+    path = Path(database).expanduser()
+    return path if path.is_absolute() else (config.source.parent / path).resolve()
 
 
 class Hub:
@@ -312,12 +329,12 @@ def mailer_for(config: Config) -> Mailer | None:
         raise ConfigError(str(exc), path=str(config.source)) from None
 
 
-async def serve(config: Config) -> None:
-    """Run the hub under uvicorn until cancelled or signalled."""
+async def serve(config: Config, *, migrate: bool = False) -> None:
+    """Run the hub under uvicorn until cancelled or signalled; ``migrate`` first if asked."""
     import uvicorn  # the server is needed only here, not by tests that drive the app
 
     mailer = mailer_for(config)
-    store = SqliteStore(database_path(config))
+    store = await open_store(database_path(config), migrate=migrate)
     app = build_app(store, config.hub, mailer=mailer)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -341,11 +358,30 @@ async def init_hub(config: Config, baseline: Path | None) -> str:
     org = config.hub.org
     if not org:
         raise ConfigError("expected an organisation name", path=str(config.source), key="hub.org")
-    store = SqliteStore(database_path(config))
+    store = await open_store(database_path(config), migrate=True)
     try:
         return await _init(store, org, baseline, time.time())
     finally:
         await store.close()
+
+
+async def migrate_hub(config: Config) -> str:
+    """Bring the hub's database schema up to date; one line that says what was done.
+
+    A SQLite database migrates itself whenever it is opened, so this only opens it.
+    """
+    database = database_path(config)
+    if not is_postgres_url(database):
+        store = await open_store(database)
+        await store.close()
+        return f"{database}: SQLite schema {SCHEMA_VERSION}"
+    from autoresearchd.hub.pg import migrate_database  # psycopg only where it is used
+
+    before, after = await migrate_database(str(database))
+    log.info("hub_migrated", before=before, after=after)
+    if before == after:
+        return f"PostgreSQL schema {after}: already current"
+    return f"PostgreSQL schema {before} -> {after}"
 
 
 async def _init(store: HubStore, org: str, baseline: Path | None, now: float) -> str:

@@ -1,8 +1,10 @@
 """The hub's storage: the :class:`HubStore` Protocol and its SQLite implementation.
 
-Every guarantee the hub gives lives in the database, never in process memory, so a
-PostgreSQL store can implement the same Protocol and several hub replicas can share one
-database: create-if-absent is one ``INSERT ... ON CONFLICT DO NOTHING``; compare-and-set
+Every guarantee the hub gives lives in the database, never in process memory, so the
+PostgreSQL store (:mod:`autoresearchd.hub.pg`) implements the same Protocol and several
+hub replicas can share one database; :func:`open_store` picks the store a
+``hub.database`` names, and the row types and column lists here serve both. In SQLite,
+create-if-absent is one ``INSERT ... ON CONFLICT DO NOTHING``; compare-and-set
 is one ``UPDATE ... WHERE version = ?`` inside the transaction that read the row, read
 the :class:`Evidence` the write policy asked for (:class:`Needs`) and ran the policy on
 them; every write appends to the ``audit`` table (which triggers keep append-only) in the
@@ -97,6 +99,8 @@ MIGRATIONS = (
 )
 #: The most rows one replication query returns; a source run more often is an outlier.
 MAX_CONFIRMATIONS = 1000
+#: The URL schemes that select :class:`~autoresearchd.hub.pg.PostgresStore`.
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 T = TypeVar("T")
 
@@ -299,6 +303,24 @@ def decode_text(value: str, is_base64: bool) -> str | None:
         return None
 
 
+def is_postgres_url(database: str | Path) -> bool:
+    """Whether ``hub.database`` names a PostgreSQL database rather than a SQLite file."""
+    return isinstance(database, str) and database.startswith(POSTGRES_SCHEMES)
+
+
+async def open_store(database: str | Path, *, migrate: bool = False) -> HubStore:
+    """The store for ``hub.database``: a ``postgresql://`` URL or a SQLite file.
+
+    A SQLite file brings its own schema up to date on open; a PostgreSQL database is
+    migrated only when ``migrate`` is set and otherwise must already be current.
+    """
+    if is_postgres_url(database):
+        from autoresearchd.hub.pg import PostgresStore  # psycopg only where it is used
+
+        return await PostgresStore.open(str(database), migrate=migrate)
+    return SqliteStore(Path(database))
+
+
 class SqliteStore:
     """The hub's data in one SQLite file (see the module docstring)."""
 
@@ -382,7 +404,7 @@ class SqliteStore:
         detail: str = "",
     ) -> WriteOutcome:
         return await self._run(
-            lambda c: _create(c, _Write(agent, item, now, policy, result, detail))
+            lambda c: _create(c, Write(agent, item, now, policy, result, detail))
         )
 
     async def get(self, key_names: Sequence[str]) -> list[Memory | None]:
@@ -398,7 +420,7 @@ class SqliteStore:
         *,
         detail: str = "",
     ) -> WriteOutcome:
-        write = _Write(agent, item, now, policy, None, detail)
+        write = Write(agent, item, now, policy, None, detail)
         return await self._run(lambda c: _update(c, write, if_match))
 
     async def list_keys(self, prefix: str, limit: int) -> list[Memory]:
@@ -423,7 +445,9 @@ RESULT_COLUMNS = (
 
 
 @dataclass(frozen=True, slots=True)
-class _Write:
+class Write:
+    """One create or update as both stores receive it."""
+
     agent: Agent
     item: NewMemory
     now: float
@@ -459,12 +483,14 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
-def _row(row: Sequence[Any]) -> Memory:
+def memory_of(row: Sequence[Any]) -> Memory:
+    """A :class:`Memory` from a row of :data:`COLUMNS`, in either database."""
     k, o, d, v, b, ver, c, u, ok = row
     return Memory(str(k), str(o), str(d), str(v), bool(b), int(ver), float(c), float(u), bool(ok))
 
 
-def _result_row(row: Sequence[Any]) -> ResultRow:
+def result_of(row: Sequence[Any]) -> ResultRow:
+    """A :class:`ResultRow` from a row of :data:`RESULT_COLUMNS`, in either database."""
     k, org, agent, ok, rid, track, sha, seed, status, prov, bpb = row
     return ResultRow(
         str(k),
@@ -564,19 +590,19 @@ def _evidence(conn: sqlite3.Connection, needs: Needs) -> Evidence:
         row = conn.execute(
             f"SELECT {RESULT_COLUMNS} FROM results WHERE key_name = ?", (needs.result_key,)
         ).fetchone()
-        result = _result_row(row) if row else None
+        result = result_of(row) if row else None
     if needs.replicates_of is not None:
         rows = conn.execute(
             f"SELECT {RESULT_COLUMNS} FROM results WHERE org = ? AND train_py_sha256 = ?"
             " ORDER BY created_at, key_name LIMIT ?",
             (*needs.replicates_of, MAX_CONFIRMATIONS),
         ).fetchall()
-        replicates = tuple(_result_row(row) for row in rows)
+        replicates = tuple(result_of(row) for row in rows)
     if needs.sibling_key:
         row = conn.execute(
             f"SELECT {COLUMNS} FROM memories WHERE key_name = ?", (needs.sibling_key,)
         ).fetchone()
-        sibling = _row(row) if row else None
+        sibling = memory_of(row) if row else None
     return Evidence(result, replicates or (), sibling)
 
 
@@ -588,7 +614,7 @@ def _refusal(
     return policy.check(current, _evidence(conn, policy.needs))
 
 
-def _create(conn: sqlite3.Connection, write: _Write) -> WriteOutcome:
+def _create(conn: sqlite3.Connection, write: Write) -> WriteOutcome:
     item, agent, now = write.item, write.agent, write.now
     with _transaction(conn):
         exists = conn.execute(
@@ -656,13 +682,13 @@ def _get(conn: sqlite3.Connection, key_names: Sequence[str]) -> list[Memory | No
                 f"SELECT {COLUMNS} FROM memories WHERE key_name = ?", (key,)
             ).fetchone()
             if row:
-                found[key] = _row(row)
+                found[key] = memory_of(row)
     finally:
         conn.execute("COMMIT")
     return [found.get(key) for key in key_names]
 
 
-def _update(conn: sqlite3.Connection, write: _Write, if_match: int | None) -> WriteOutcome:
+def _update(conn: sqlite3.Connection, write: Write, if_match: int | None) -> WriteOutcome:
     item, now = write.item, write.now
     with _transaction(conn):
         row = conn.execute(
@@ -670,7 +696,7 @@ def _update(conn: sqlite3.Connection, write: _Write, if_match: int | None) -> Wr
         ).fetchone()
         if row is None:
             return WriteOutcome(reason=REASON_NOT_FOUND)
-        current = _row(row)
+        current = memory_of(row)
         if if_match is not None and if_match != current.version:
             return WriteOutcome(reason=REASON_VERSION, current_version=current.version)
         refusal = _refusal(conn, write.policy, current)
@@ -705,7 +731,7 @@ def _history(conn: sqlite3.Connection, key_name: str, limit: int) -> list[AuditE
     return [AuditEntry(float(a), str(g), str(c), str(k), v, str(d)) for a, g, c, k, v, d in rows]
 
 
-def _like_prefix(prefix: str) -> str:
+def like_prefix(prefix: str) -> str:
     escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped + "%"
 
@@ -713,9 +739,9 @@ def _like_prefix(prefix: str) -> str:
 def _list(conn: sqlite3.Connection, prefix: str, limit: int) -> list[Memory]:
     rows = conn.execute(
         f"SELECT {COLUMNS} FROM memories WHERE key_name LIKE ? ESCAPE '\\' ORDER BY seq LIMIT ?",
-        (_like_prefix(prefix), limit),
+        (like_prefix(prefix), limit),
     ).fetchall()
-    return [_row(row) for row in rows]
+    return [memory_of(row) for row in rows]
 
 
 def _fts_query(query: str) -> str:
@@ -733,9 +759,9 @@ def _search(conn: sqlite3.Connection, query: str, prefix: str, limit: int) -> li
         " bm25(memories_fts) AS rank FROM memories_fts JOIN memories m ON m.seq ="
         " memories_fts.rowid WHERE memories_fts MATCH ? AND m.key_name LIKE ? ESCAPE '\\'"
         " ORDER BY rank LIMIT ?",
-        (match, _like_prefix(prefix), limit),
+        (match, like_prefix(prefix), limit),
     ).fetchall()
-    return [Hit(_row(row[:9]), _score(row[9])) for row in rows]
+    return [Hit(memory_of(row[:9]), _score(row[9])) for row in rows]
 
 
 def _score(rank: float) -> float:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from autoresearchd.config import HubConfig
 from autoresearchd.hub.app import build_app
 from autoresearchd.hub.auth import hash_key, new_api_key
 from autoresearchd.hub.mail import Mailer
-from autoresearchd.hub.store import Agent, SqliteStore
+from autoresearchd.hub.store import Agent, HubStore, open_store
 from autoresearchd.memory.ensue import EnsueMemory
 
 ORG = "test"
@@ -44,9 +45,9 @@ _orgs = itertools.count()
 
 @dataclass
 class InProcessHub:
-    """A hub app over a fresh SQLite file, reached through ``httpx.ASGITransport``."""
+    """A hub app over a fresh database, reached through ``httpx.ASGITransport``."""
 
-    store: SqliteStore
+    store: HubStore
     app: Starlette
 
     def transport(self) -> httpx.ASGITransport:
@@ -66,9 +67,10 @@ class InProcessHub:
 
 
 async def in_process_hub(
-    path: Path, config: HubConfig = TEST_HUB, mailer: Mailer | None = None
+    database: Path | str, config: HubConfig = TEST_HUB, mailer: Mailer | None = None
 ) -> InProcessHub:
-    store = SqliteStore(path)
+    """A hub over ``database``: a SQLite file or a migrated ``postgresql://`` URL."""
+    store = await open_store(database)
     await store.create_org(ORG, 0.0)
     return InProcessHub(store, build_app(store, config, mailer=mailer))
 
@@ -113,7 +115,7 @@ class HubProcess:
     """A real ``autoresearchd hub serve`` process on loopback."""
 
     url: str
-    database: Path
+    database: Path | str
     proc: subprocess.Popen[bytes]
 
     def register(self, name: str, *, verify: bool = True) -> str:
@@ -128,15 +130,16 @@ class HubProcess:
         """A fresh, empty org: created straight in the hub's database while it runs."""
         import anyio
 
-        name = f"org{next(_orgs)}-{os.getpid()}"
+        return anyio.run(new_org, self.database)
 
-        async def create() -> None:
-            store = SqliteStore(self.database)
-            await store.create_org(name, time.time())
-            await store.close()
 
-        anyio.run(create)
-        return name
+async def new_org(database: Path | str) -> str:
+    """A fresh, empty org created straight in ``database``; its name."""
+    name = f"org{next(_orgs)}-{os.getpid()}"
+    store = await open_store(database)
+    await store.create_org(name, time.time())
+    await store.close()
+    return name
 
 
 @contextmanager
@@ -146,17 +149,24 @@ def hub_process(folder: Path, port: int | None = None, **hub: Any) -> Iterator[H
     config = write_hub_config(folder, port, **hub)
     init = cli("hub", "init", "--config", str(config))
     assert init.returncode == 0, init.stderr
-    log_path = folder / "hub.log"
+    database = hub.get("database") or folder / "state" / "hub.sqlite"
+    with serve_hub(config, folder / "hub.log") as proc:
+        yield HubProcess(f"http://127.0.0.1:{port}/", database, proc)
+
+
+@contextmanager
+def serve_hub(config: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``hub serve --config config`` until the block ends; its log goes to log_path."""
+    port = int(tomllib.loads(config.read_text())["hub"]["listen_port"])
     with log_path.open("wb") as log_file:  # a file, not a pipe: a full pipe would stall the hub
         proc = subprocess.Popen(
             [sys.executable, "-m", "autoresearchd", "hub", "serve", "--config", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=log_file,
         )
-    url = f"http://127.0.0.1:{port}/"
     try:
-        wait_healthy(url, proc, log_path)
-        yield HubProcess(url, folder / "state" / "hub.sqlite", proc)
+        wait_healthy(f"http://127.0.0.1:{port}/", proc, log_path)
+        yield proc
     finally:
         stop(proc)
 

@@ -52,3 +52,18 @@ def test_new_hub_keys_have_safe_defaults() -> None:
     ).hub
     assert parsed.smtp_password_file == Path("/etc/secret")
     assert parsed.replication == "other-agent"
+
+
+def test_hub_database_is_a_postgresql_url_verbatim_or_a_file_next_to_the_config(
+    tmp_path: Path,
+) -> None:
+    from autoresearchd.hub.app import database_path
+
+    url = "postgresql://hub@db.internal:5432/hub?options=-csearch_path%3Dhub"
+    config = tmp_path / "hub.toml"
+    config.write_text(f'[hub]\ndatabase = "{url}"\n')
+    assert database_path(load_config(config)) == url
+    config.write_text('[hub]\ndatabase = "data/hub.sqlite"\n')
+    assert database_path(load_config(config)) == tmp_path / "data" / "hub.sqlite"
+    config.write_text('[daemon]\nstate_dir = "state"\n')
+    assert database_path(load_config(config)) == tmp_path / "state" / "hub.sqlite"

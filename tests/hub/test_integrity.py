@@ -103,9 +103,9 @@ def refused(reply: Any, reason: str) -> bool:
     return ("refused" in text or reply.get("code") == -32003) and reason in text
 
 
-async def make_swarm(tmp_path: Path, **hub: Any) -> AsyncIterator[Swarm]:
+async def make_swarm(database: Path | str, **hub: Any) -> AsyncIterator[Swarm]:
     config = dataclasses.replace(REPLICATED, **hub)
-    in_process = await in_process_hub(tmp_path / "hub.sqlite", config)
+    in_process = await in_process_hub(database, config)
     keys = {
         "alice": await in_process.agent("alice"),
         "bob": await in_process.agent("bob"),
@@ -118,14 +118,15 @@ async def make_swarm(tmp_path: Path, **hub: Any) -> AsyncIterator[Swarm]:
 
 
 @pytest.fixture
-async def swarm(tmp_path: Path) -> AsyncIterator[Swarm]:
-    async for swarm in make_swarm(tmp_path):
+async def swarm(database: Path | str) -> AsyncIterator[Swarm]:
+    """A swarm over each store in turn (see ``database`` in conftest.py)."""
+    async for swarm in make_swarm(database):
         yield swarm
 
 
 @pytest.fixture
-async def other_agent_swarm(tmp_path: Path) -> AsyncIterator[Swarm]:
-    async for swarm in make_swarm(tmp_path, replication="other-agent"):
+async def other_agent_swarm(database: Path | str) -> AsyncIterator[Swarm]:
+    async for swarm in make_swarm(database, replication="other-agent"):
         yield swarm
 
 

@@ -31,9 +31,14 @@ from tests.memory.conformance import make_result
 pytestmark = pytest.mark.anyio
 
 
+#: For tests that read the SQLite file itself; tests/hub/test_postgres.py has their twins.
+SQLITE_ONLY = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+
+
 @pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[InProcessHub]:
-    hub = await in_process_hub(tmp_path / "hub.sqlite")
+async def hub(database: Path | str) -> AsyncIterator[InProcessHub]:
+    """A hub over each store in turn (see ``database`` in conftest.py)."""
+    hub = await in_process_hub(database)
     yield hub
     await hub.store.close()
 
@@ -70,6 +75,7 @@ async def call(http: httpx.AsyncClient, key: str, tool: str, arguments: dict[str
     return json.loads(message["result"]["content"][0]["text"])
 
 
+@SQLITE_ONLY
 async def test_registration_returns_a_key_and_stores_only_its_hash(
     http: httpx.AsyncClient, hub: InProcessHub
 ) -> None:
@@ -298,6 +304,7 @@ async def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
     await hub.store.close()
 
 
+@SQLITE_ONLY
 async def test_every_write_is_audited_and_the_audit_log_is_append_only(
     http: httpx.AsyncClient, hub: InProcessHub
 ) -> None:
