@@ -200,10 +200,17 @@ def _weights(value: Any) -> str | None:
     return None if sum(value.values()) > 0 else "expected at least one weight > 0"
 
 
+def _cpu_workers(value: Any) -> str | None:
+    if value == "auto" or value >= 0:
+        return None
+    return f'expected "auto" or an integer >= 0, got {value!r}'
+
+
 CHECKS: dict[str, Check] = {
     "daemon.shutdown_grace_s": _non_negative,
     "daemon.health_interval_s": _positive,
     "devices.max_temperature_c": _positive,
+    "devices.cpu_workers": _cpu_workers,
     "experiment.time_budget_s": _positive,
     "experiment.grace_s": _non_negative,
     "experiment.kill_grace_s": _non_negative,

@@ -145,6 +145,9 @@ class ControlServer:
                     await stream.send(json.dumps(reply, allow_nan=False).encode() + b"\n")
                 except _STREAM_ERRORS as exc:
                     log.debug("control_connection_dropped", error=str(exc) or type(exc).__name__)
+                except Exception:
+                    # A question about the daemon must never be able to stop it.
+                    log.exception("control_request_failed")
 
     async def answer(self, line: bytes) -> dict[str, Any]:
         """The reply to one request line; a bad request gets ``ok: false`` and a reason."""

@@ -20,13 +20,17 @@ re-probes with backoff rather than settling for CPU workers.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import importlib.metadata
+import math
 import os
 import platform
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -115,6 +119,10 @@ class Daemon:
 
     async def _serve(self) -> int:
         config = self.config
+        with state_lock(config.daemon.state_dir):
+            return await self._serve_locked(config)
+
+    async def _serve_locked(self, config: Config) -> int:
         await self._prepare_data(config)
         sandbox = await anyio.to_thread.run_sync(open_sandbox, config)
         outbox = Outbox(config.outbox_dir)
@@ -271,12 +279,9 @@ class Daemon:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._grace_timer)
             while True:
-                # Each worker's run in progress is among the newest directories, so a
-                # margin of one per worker keeps live runs out of reach of pruning.
-                keep = self.config.experiment.keep_runs + len(self.workers)
-                removed = await anyio.to_thread.run_sync(prune_runs, self.config.run_dir, keep)
-                if removed:
-                    log.debug("runs_pruned", removed=removed)
+                live = {w.run_id for w in self.workers if w.run_id is not None}
+                keep = self.config.experiment.keep_runs
+                await anyio.to_thread.run_sync(prune_runs, self.config.run_dir, keep, live)
                 await anyio.sleep(self.config.daemon.health_interval_s)
 
     # -- systemd, the control socket and health -------------------------------------
@@ -353,7 +358,8 @@ class Daemon:
         known = [w.known_best.val_bpb for w in self.workers if w.known_best is not None]
         if self.ctx.publisher.best_bpb is not None:
             known.append(self.ctx.publisher.best_bpb)
-        return min(known, default=None)
+        # A hub seeds its best unscored (infinite): that is no figure to show.
+        return min((v for v in known if math.isfinite(v)), default=None)
 
     def control(self, action: str, device: str | None) -> list[str]:
         """Pause, resume or finish one device, or all of them (for the control socket)."""
@@ -397,6 +403,22 @@ async def discover_gpus(
     if attempt and discovery.gpus:
         log.info("gpus_ready", gpus=len(discovery.gpus), attempts=attempt)
     return discovery
+
+
+@contextmanager
+def state_lock(state_dir: Path) -> Iterator[None]:
+    """Hold ``<state_dir>/daemon.lock``: two daemons on one state directory would take each
+    other's control socket, outbox and run directories."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / "daemon.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                "another autoresearchd is already running with this state directory",
+                path=str(state_dir),
+            ) from None
+        yield
 
 
 def software_versions(discovery: Discovery) -> dict[str, str]:

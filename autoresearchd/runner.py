@@ -21,7 +21,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -495,11 +495,12 @@ def last_error_line(output: str) -> str:
     return ""
 
 
-def prune_runs(run_root: Path, keep: int) -> int:
+def prune_runs(run_root: Path, keep: int, live: Collection[str] = ()) -> int:
     """Delete the run directories beyond the ``keep`` newest (by mtime); return how many went.
 
-    Keep at least as many as there are workers, so a running experiment's directory (among the
-    newest) is never removed.
+    Directories named in ``live`` (runs in progress) are never removed: a long run's folder
+    can be older than many short runs started after it. One that cannot be removed (a script
+    left it read-only) is logged and skipped.
     """
     if keep < 0:
         raise ValueError(f"keep must be >= 0, got {keep}")
@@ -510,10 +511,15 @@ def prune_runs(run_root: Path, keep: int) -> int:
     runs.sort(key=_mtime, reverse=True)
     removed = 0
     for path in runs[keep:]:
+        if path.name in live:
+            continue
         try:
             shutil.rmtree(path)
         except FileNotFoundError:
             continue  # removed by someone else meanwhile
+        except OSError as exc:
+            log.warning("run_prune_failed", run_dir=str(path), error=str(exc))
+            continue
         removed += 1
     if removed:
         log.info("runs_pruned", run_root=str(run_root), removed=removed, kept=keep)

@@ -17,12 +17,13 @@ import statistics
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.abc
 import structlog
 
 from autoresearchd.config import Config
@@ -61,6 +62,11 @@ HEALTH_STATES = {
 }
 #: Proposals to try in one go when other workers keep winning the claims.
 CLAIM_ATTEMPTS = 3
+#: Longest wait for the best before a finished result is judged against the last one known:
+#: the result must reach the outbox promptly, whatever the network does.
+BEST_READ_TIMEOUT_S = 5.0
+#: Longest a shielded claim release may take, so a forced stop is never held up for long.
+RELEASE_TIMEOUT_S = 10.0
 #: Hypotheses and insights a proposal reads; the newest matter most.
 NOTES_LIMIT = 100
 #: Least seconds between two insight computations of one worker.
@@ -93,6 +99,9 @@ class WorkerContext:
     #: candidate with this; history-aware proposers also treat these as running trials.
     in_flight: dict[str, str] = field(default_factory=dict)
     sandbox: Sandbox | None = None
+    #: Sources this daemon has run, by sha256: the memory's ``was_run`` cannot answer while
+    #: it is out of reach, and a mutation may walk back to a source we ran before.
+    ran: set[str] = field(default_factory=set)
     #: sha256s of network scripts refused by the trust check, recorded once per daemon.
     refused: set[str] = field(default_factory=set)
     new_seed: Callable[[], int] = field(default=lambda: random.SystemRandom().randrange(2**31))
@@ -110,6 +119,11 @@ def best_from(result: Result) -> Best:
         agent_id=result.agent_id,
         updated_at=result.completed_at,
     )
+
+
+def _covers(best: Best | None, own: Best) -> bool:
+    """True when the memory's best already accounts for our own latest keep."""
+    return best is not None and (best.result_id == own.result_id or best.val_bpb <= own.val_bpb)
 
 
 def delta_vs_best(val_bpb: float | None, best: Best | None) -> float | None:
@@ -155,6 +169,9 @@ class Worker:
         self._proposer_for: object = None
         self._proposer: Proposer | None = None
         self._flap_delay = 0.0
+        self._background: anyio.abc.TaskGroup | None = None
+        self._run_clock = 0.0
+        self._prefetched: anyio.Event | None = None
         self._last_keep: Result | None = None
         self._insights_at = 0.0
         self._trusted: dict[str, Candidate] = {}  # network bests accepted, by baseline sha
@@ -172,44 +189,50 @@ class Worker:
     async def serve(self) -> None:
         structlog.contextvars.bind_contextvars(device=self.device.uuid)
         log.info("worker_started", name=self.device.name, tier=self.device.tier)
-        while not self.ctx.draining.is_set():
-            await self._hold_while_paused()
-            self.device = await self.health.wait_until_ready(self.device, self.config.devices)
-            if self.ctx.draining.is_set():
-                break
-            if self.paused:
-                continue
-            await self._guarded_cycle()
+        # The next candidate is prepared in this group, so a run never waits for it.
+        async with anyio.create_task_group() as self._background:
+            while not self.ctx.draining.is_set():
+                await self._guarded(self._step)
+            self._background.cancel_scope.cancel()
         await self._release_all()
         log.info("worker_stopped")
 
-    async def _guarded_cycle(self) -> None:
-        try:
+    async def _step(self) -> None:
+        await self._hold_while_paused()
+        self.device = await self.health.wait_until_ready(self.device, self.config.devices)
+        if not self.ctx.draining.is_set() and not self.paused:
             await self.cycle()
-        except AutoresearchdError as exc:
-            log.error("worker_error", error=str(exc))
+
+    async def _guarded(self, step: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await step()
+        except* AutoresearchdError as group:
+            for exc in group.exceptions:
+                log.error("worker_error", error=str(exc))
             await pause(ERROR_PAUSE_S, self.ctx.draining)
-        except Exception:
+        except* Exception:
             # Isolation, not retry: a bug met by one device must not stop the others.
             log.exception("worker_crashed")
             await pause(ERROR_PAUSE_S, self.ctx.draining)
 
     async def cycle(self) -> None:
         """One candidate, from proposal to queued results."""
+        if self._prefetched is not None:
+            await self._prefetched.wait()  # the next candidate, if one is being prepared
         ready = await self._refresh(self._take_prepared()) or await self.prepare()
         if ready is None:
             await pause(IDLE_PAUSE_S, self.ctx.draining)
             return
-        self.current, queued = ready.candidate, self.results_queued
+        self.current, queued = ready.candidate, False
         try:
-            await self.evaluate(ready.candidate)
+            queued = await self.evaluate(ready.candidate)
         finally:
             self.current = None
             self.ctx.in_flight.pop(ready.candidate.sha256, None)
             # Until a queued result is published only our claim says the candidate was run
             # (``was_run`` counts live claims), so such a claim is left to expire; a run
             # without a result frees it, during the next run, off the critical path.
-            if self.results_queued == queued:
+            if not queued:
                 self._to_release.append(ready.candidate)
         await self.share(ready.candidate, ready.parent_best)
         await self._maybe_back_off()
@@ -257,14 +280,19 @@ class Worker:
         log.info("claim_lost", sha=ready.candidate.sha256[:12], reason="expired while waiting")
         return None
 
-    async def _alongside_run(self) -> None:
+    async def _alongside_run(self, done: anyio.Event) -> None:
         """While a run trains: release finished claims and prepare the next candidate."""
-        await self._release_finished()
-        if self._next is None and not self.ctx.draining.is_set() and not self._winding_down:
-            try:
+        try:
+            await self._release_finished()
+            if self._next is None and not self.ctx.draining.is_set() and not self._winding_down:
                 self._next = await self.prepare()
-            except AutoresearchdError as exc:
-                log.warning("prefetch_failed", error=str(exc))
+        except AutoresearchdError as exc:
+            log.warning("prefetch_failed", error=str(exc))
+        except Exception:
+            # A bug here must cost the next proposal only, never the run beside it.
+            log.exception("prefetch_crashed")
+        finally:
+            done.set()
 
     async def _release_finished(self) -> None:
         while self._to_release:
@@ -290,10 +318,15 @@ class Worker:
             self._memory_answered = True
         except MemoryBackendError as exc:
             log.warning("best_unavailable", error=str(exc))
+        own = self._own_best
+        if own is not None and (own.track != track or _covers(self._best, own)):
+            self._own_best = None  # the memory has caught up (or the track changed)
         known = [b for b in (self._best, self._own_best) if b is not None]
         return min(known, key=lambda b: b.val_bpb) if known else None
 
     async def is_known(self, sha256: str) -> bool:
+        if sha256 in self.ctx.ran or sha256 in self.ctx.in_flight:
+            return True
         try:
             return await self.ctx.memory.was_run(self.config.experiment.track, sha256)
         except MemoryBackendError:
@@ -313,6 +346,9 @@ class Worker:
             # The network is additive, never blocking: run unclaimed rather than idle.
             log.warning("claim_unavailable", sha=candidate.sha256[:12], error=str(exc))
             return True
+        except BaseException:
+            self.ctx.in_flight.pop(candidate.sha256, None)  # cancelled or failed: not ours
+            raise
         if won:
             log.info("claim_acquired", sha=candidate.sha256[:12])
         else:
@@ -323,7 +359,7 @@ class Worker:
     async def release(self, candidate: Candidate) -> None:
         track, agent = self.config.experiment.track, self.config.daemon.agent
         self.ctx.in_flight.pop(candidate.sha256, None)
-        with anyio.CancelScope(shield=True):
+        with anyio.move_on_after(RELEASE_TIMEOUT_S, shield=True):
             try:
                 await self.ctx.memory.release(track, candidate.sha256, agent)
             except MemoryBackendError as exc:
@@ -516,7 +552,7 @@ class Worker:
 
     # -- running and judging ---------------------------------------------------------
 
-    async def evaluate(self, candidate: Candidate) -> None:
+    async def evaluate(self, candidate: Candidate) -> bool:
         """Run a candidate, and its replicates when it looks like an improvement.
 
         Each result is judged against the best as it stands after the run, not as it
@@ -524,7 +560,7 @@ class Worker:
         """
         result, best = await self.run_judged(candidate, alongside=True)
         if result is None:
-            return
+            return False
         min_improvement = self.config.experiment.min_improvement
         if result.status is not Status.DISCARD or not improves(
             result.val_bpb, best, min_improvement
@@ -534,6 +570,7 @@ class Worker:
             await self.queue(result.with_(status=Status.KEEP, confirmed_bpb=result.val_bpb))
         else:
             await self.replicate(candidate, result)
+        return True
 
     def _first_ever(self, best: Best | None) -> bool:
         """The memory said there is no best: the first valid result sets it unreplicated.
@@ -578,17 +615,17 @@ class Worker:
     async def run_judged(
         self, candidate: Candidate, *, alongside: bool = False
     ) -> tuple[Result | None, Best | None]:
-        """Run ``candidate`` (with the next run's memory work alongside, if asked), then
-        read the best and record the result's distance to it."""
-        if alongside:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._alongside_run)
-                result = await self.run(candidate)
-        else:
-            result = await self.run(candidate)
-        best = await self.read_best()
-        if result is None:
-            return result, best
+        """Run ``candidate`` (preparing the next one alongside, if asked), then judge it
+        against the best as it stands now, waiting at most ``BEST_READ_TIMEOUT_S``."""
+        if alongside and self._background is not None:
+            self._prefetched = anyio.Event()
+            self._background.start_soon(self._alongside_run, self._prefetched)
+        result = await self.run(candidate)
+        if result is None or result.status is not Status.DISCARD:
+            return result, self._best  # no score to judge: queue it at once
+        best = self._best
+        with anyio.move_on_after(BEST_READ_TIMEOUT_S):
+            best = await self.read_best()
         return result.with_(delta_vs_best=delta_vs_best(result.val_bpb, best)), best
 
     async def run(self, candidate: Candidate) -> Result | None:
@@ -597,6 +634,7 @@ class Worker:
         structlog.contextvars.bind_contextvars(run_id=run_id)
         try:
             self.run_started_at, self.run_id = time.time(), run_id
+            self._run_clock = time.monotonic()
             async with self._stop_signal() as stop:
                 report = await run_experiment(self.spec(run_id, candidate, seed), stop=stop)
         finally:
@@ -668,6 +706,7 @@ class Worker:
         with anyio.CancelScope(shield=True):  # a result half-handled is a result lost
             await anyio.to_thread.run_sync(self.ctx.outbox.put, result)
             self.results_queued += 1
+            self.ctx.ran.add(result.train_py_sha256)
         self.ctx.publisher.notify()
         if result.status is Status.KEEP:
             self._moved_best = True
@@ -695,8 +734,6 @@ class Worker:
     def pause(self) -> None:
         """Stop the run in progress now (it leaves no result) and ask for no more work."""
         self.paused, self.finishing = True, False
-        if self._resumed.is_set():
-            self._resumed = anyio.Event()
         if self._run_stop is not None:
             self._run_stop.set()
 
@@ -709,7 +746,9 @@ class Worker:
 
     def resume(self) -> None:
         self.paused = self.finishing = False
+        # Wake whoever waits on this event, and arm a fresh one for the next pause.
         self._resumed.set()
+        self._resumed = anyio.Event()
 
     async def _hold_while_paused(self) -> None:
         if self.finishing:
@@ -758,12 +797,16 @@ class Worker:
         return self._best
 
     def is_wedged(self, now: float) -> bool:
-        """True when a run has outlived every limit the runner enforces."""
+        """True when a run has outlived every limit the runner enforces.
+
+        Measured on the monotonic clock (``now`` is wall time, kept for the callers): a
+        clock step at boot must not make every worker look wedged to the watchdog.
+        """
         if self.run_started_at is None:
             return False
         exp = self.config.experiment
         limit = exp.time_budget_s + exp.grace_s + exp.kill_grace_s + WEDGED_MARGIN_S
-        return now - self.run_started_at > limit
+        return time.monotonic() - self._run_clock > limit
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """This device's part of ``autoresearchd status --json``."""

@@ -152,3 +152,9 @@ def test_example_configs_document_every_key(example: str, sections: list[str]) -
     for name in sections:
         keys = {field.name for field in dataclasses.fields(SECTIONS[name])}
         assert keys == set(documented.get(name, {})), name
+
+
+def test_negative_cpu_workers_is_refused(tmp_path: Path) -> None:
+    assert error_of(tmp_path, "[devices]\ncpu_workers = -3\n").endswith(
+        'devices.cpu_workers: expected "auto" or an integer >= 0, got -3'
+    )

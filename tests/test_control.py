@@ -282,3 +282,23 @@ def test_status_pause_resume_finish_on_the_real_daemon(tmp_path: Path) -> None:
     progress = cli("progress", "--config", str(config), "--out", str(tmp_path / "progress.png"))
     assert progress.returncode == 0, progress.stderr
     assert (tmp_path / "progress.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+class UnrepresentableDaemon(FakeDaemon):
+    """Answers status with a value JSON cannot carry, as an unscored seeded best once did."""
+
+    async def snapshot(self) -> dict[str, Any]:
+        return {"state": "running", "best": float("inf")}
+
+
+@pytest.mark.anyio
+async def test_a_failing_answer_never_stops_the_server(tmp_path: Path) -> None:
+    target = UnrepresentableDaemon()
+    path = tmp_path / "control.sock"
+
+    async def body(path: Path) -> dict[str, Any]:
+        with pytest.raises(ControlError):
+            await request(path, "status")
+        return await request(path, "pause", "0")  # the server is still there
+
+    assert (await serving(path, target, body))["devices"] == ["cpu-0"]

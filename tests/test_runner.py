@@ -504,3 +504,12 @@ def test_prune_runs_removes_the_oldest_directories_beyond_keep(tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "e", "notes.txt"]
     assert prune_runs(tmp_path, keep=2) == 0
     assert prune_runs(tmp_path / "missing", keep=2) == 0
+
+
+def test_prune_spares_live_runs_however_old(tmp_path: Path) -> None:
+    """A long run's folder is older than the short runs started after it."""
+    for name in ("live", "old", "new"):
+        (tmp_path / name).mkdir()
+    os.utime(tmp_path / "live", (1, 1))
+    assert prune_runs(tmp_path, keep=1, live={"live"}) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live", "new"]

@@ -114,3 +114,15 @@ async def test_a_result_is_judged_against_the_best_after_its_run(
     assert [r.description for r in kept] == ["baseline"]
     later = [r for r in results if r.description != "baseline"]
     assert all(r.delta_vs_best == pytest.approx(1.0) for r in later)
+
+
+def test_two_daemons_cannot_share_a_state_directory(tmp_path: Path) -> None:
+    from autoresearchd.daemon import state_lock
+    from autoresearchd.errors import ConfigError
+
+    with state_lock(tmp_path / "state"):
+        with pytest.raises(ConfigError, match="already running with this state directory"):
+            with state_lock(tmp_path / "state"):
+                pass
+    with state_lock(tmp_path / "state"):  # released with the first daemon
+        pass

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import anyio
 import pytest
 from structlog.testing import capture_logs
 
@@ -153,3 +154,49 @@ async def test_the_very_first_result_is_kept_at_once_when_the_memory_says_no_bes
         await Worker(Device.cpu(0), ctx).cycle()
     (only,) = outbox.pending()
     assert only.status == "keep" and only.description == "baseline"
+
+
+def sqlite_worker(tmp_path: Path, memory: SqliteMemory) -> Worker:
+    (tmp_path / "train.py").write_text(ok_script())
+    config = parse_config(
+        {
+            "daemon": {"state_dir": str(tmp_path / "state")},
+            "experiment": {"workspace": str(tmp_path)},
+        }
+    )
+    outbox = Outbox(config.outbox_dir)
+    outbox.open()
+    ctx = WorkerContext(config, memory, outbox, Publisher(outbox, memory), Gpus())
+    return Worker(Device.cpu(0), ctx)
+
+
+@pytest.mark.anyio
+async def test_a_pause_after_a_resume_really_waits(tmp_path: Path) -> None:
+    """Resuming once must not leave the next pause (or finish) spinning without waiting."""
+    async with SqliteMemory(tmp_path / "memory.sqlite") as memory:
+        worker = sqlite_worker(tmp_path, memory)
+        worker.resume()
+        worker.current = worker.baseline()
+        worker.finish()  # during a run: it pauses once the run is over
+        worker.current = None
+        with anyio.move_on_after(0.3) as waited:
+            await worker._hold_while_paused()
+        assert waited.cancelled_caught, "a paused worker waits for resume"
+
+
+@pytest.mark.anyio
+async def test_a_crashing_prefetch_costs_only_the_next_proposal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with SqliteMemory(tmp_path / "memory.sqlite") as memory:
+        worker = sqlite_worker(tmp_path, memory)
+
+        async def broken() -> None:
+            raise RuntimeError("a bug in a proposer")
+
+        monkeypatch.setattr(worker, "prepare", broken)
+        done = anyio.Event()
+        with capture_logs() as logs:
+            await worker._alongside_run(done)
+    assert done.is_set()
+    assert [e["event"] for e in logs] == ["prefetch_crashed"]
