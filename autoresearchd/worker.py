@@ -37,7 +37,7 @@ from autoresearchd.gpus import Gpus
 from autoresearchd.health import DeviceHealth, FlapDetector, pause
 from autoresearchd.hypotheses import crash_insights, follow_up
 from autoresearchd.memory.protocol import CollectiveMemory, Note
-from autoresearchd.models import Best, Candidate, Device, Result, Status, sha256_text
+from autoresearchd.models import Best, Candidate, Device, Result, Status
 from autoresearchd.mutation import Param, parse_params
 from autoresearchd.outbox import Outbox
 from autoresearchd.proposers import ProposalContext, Proposer, make_proposer
@@ -421,17 +421,28 @@ class Worker:
 
     def failed_proposal(self, exc: ProposalError, parent: Candidate) -> Result:
         """A proposer's failure as a result: no run, its reason in ``error``."""
+        candidate = Candidate(
+            source=exc.source,
+            parent_sha256=parent.sha256,
+            description=f"{exc.proposer} proposal failed",
+            proposer=exc.proposer,
+        )
+        status = Status.INVALID if exc.outcome == "invalid" else Status.CRASH
+        return self.unrun_result(candidate, status, str(exc))
+
+    def unrun_result(self, candidate: Candidate, status: Status, error: str) -> Result:
+        """A result for a script that never ran (refused, or a proposer that failed)."""
         now = time.time()
         return Result(
             id=f"{self.config.daemon.agent}-{uuid.uuid4().hex[:12]}",
             agent_id=self.config.daemon.agent,
             track=self.config.experiment.track,
-            status=Status.INVALID if exc.outcome == "invalid" else Status.CRASH,
+            status=status,
             val_bpb=None,
-            description=f"{exc.proposer} proposal failed",
-            train_py=exc.source,
-            train_py_sha256=sha256_text(exc.source),
-            parent_sha256=parent.sha256,
+            description=candidate.description,
+            train_py=candidate.source,
+            train_py_sha256=candidate.sha256,
+            parent_sha256=candidate.parent_sha256,
             seed=0,
             device_name=self.device.name,
             device_uuid=self.device.uuid,
@@ -440,8 +451,8 @@ class Worker:
             started_at=now,
             completed_at=now,
             duration_s=0.0,
-            proposer=exc.proposer,
-            error=str(exc),
+            proposer=candidate.proposer,
+            error=error,
             software=self.ctx.software,
         )
 
@@ -526,29 +537,7 @@ class Worker:
 
     def invalid_result(self, candidate: Candidate, reason: str) -> Result:
         """A result for a script refused by policy: it was never run."""
-        now = time.time()
-        return Result(
-            id=f"{self.config.daemon.agent}-{uuid.uuid4().hex[:12]}",
-            agent_id=self.config.daemon.agent,
-            track=self.config.experiment.track,
-            status=Status.INVALID,
-            val_bpb=None,
-            description=candidate.description,
-            train_py=candidate.source,
-            train_py_sha256=candidate.sha256,
-            parent_sha256=candidate.parent_sha256,
-            seed=0,
-            device_name=self.device.name,
-            device_uuid=self.device.uuid,
-            memory_gb=self.device.memory_gb,
-            vram_tier=self.device.tier,
-            started_at=now,
-            completed_at=now,
-            duration_s=0.0,
-            proposer=candidate.proposer,
-            error=reason,
-            software=self.ctx.software,
-        )
+        return self.unrun_result(candidate, Status.INVALID, reason)
 
     # -- running and judging ---------------------------------------------------------
 
