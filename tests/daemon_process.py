@@ -125,3 +125,15 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``autoresearchd ARGS`` from the repository root, as a user types it."""
+    return subprocess.run(
+        [sys.executable, "-m", "autoresearchd", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )

@@ -1,22 +1,11 @@
 """The CLI as a user runs it: exit codes, one-line errors, JSON that parses."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+from .daemon_process import cli
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "autoresearchd", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_help_lists_commands() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from datetime import UTC
 from pathlib import Path
@@ -18,7 +17,7 @@ from autoresearchd.plot import plot_progress, plotted, running_best
 from autoresearchd.report import results_table
 from tests.memory.conformance import make_result
 
-from .daemon_process import ROOT
+from .daemon_process import cli
 
 PNG = b"\x89PNG\r\n\x1a\n"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -64,17 +63,6 @@ def test_a_missing_matplotlib_is_one_clear_error(
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # what ImportError looks like
     with pytest.raises(MissingExtraError, match=r"autoresearchd\[plot\]"):
         plot_progress(history(), tmp_path / "p.png", title="t")
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "autoresearchd", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_progress_command_draws_from_the_memory(tmp_path: Path) -> None:
