@@ -555,18 +555,17 @@ class Worker:
             result.val_bpb, best, min_improvement
         ):
             await self.queue(result)
-        elif self._first_ever(best) or self.config.experiment.replicates == 0:
+        elif self._first_ever(candidate, best) or self.config.experiment.replicates == 0:
             await self.queue(result.with_(status=Status.KEEP, confirmed_bpb=result.val_bpb))
         else:
             await self.replicate(candidate, result)
         return True
 
-    def _first_ever(self, best: Best | None) -> bool:
-        """The memory said there is no best: the first valid result sets it unreplicated.
-
-        A best we could not read is unknown, not absent, so that result replicates as usual.
-        """
-        return best is None and self._memory_answered
+    def _first_ever(self, candidate: Candidate, best: Best | None) -> bool:
+        """The memory said there is no best and this is the baseline: it sets the first best
+        unreplicated. Mutations of it, run alongside by other workers, replicate as usual; so
+        does any result when the best could not be read (unknown is not absent)."""
+        return best is None and self._memory_answered and candidate.parent_sha256 is None
 
     async def replicate(self, candidate: Candidate, first: Result) -> None:
         """Confirm a provisional improvement with more seeds before calling it a keep."""

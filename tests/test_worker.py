@@ -100,6 +100,9 @@ async def test_workers_of_one_daemon_never_share_a_candidate(
     assert len(results) >= 8
     assert [r.description for r in results].count("baseline") == 1
     assert all(len(devices) == 1 for devices in devices_by_sha.values())
+    # Only the baseline sets the first best unreplicated; the mutations run beside it don't.
+    unreplicated = [r for r in results if r.status == "keep" and r.confirmed_bpb == r.val_bpb]
+    assert [r.description for r in unreplicated] == ["baseline"]
 
 
 async def test_a_result_is_judged_against_the_best_after_its_run(
