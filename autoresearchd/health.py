@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import anyio
 import structlog
 
+from autoresearchd.backoff import capped_exponential
 from autoresearchd.config import DevicesConfig
 from autoresearchd.errors import GpuError
 from autoresearchd.gpus import Gpus, foreign_processes
@@ -34,7 +35,7 @@ def backoff_delay(
     failures: int, min_s: float = BACKOFF_MIN_S, max_s: float = BACKOFF_MAX_S
 ) -> float:
     """Exponential backoff for the ``failures``-th consecutive failure (1-based)."""
-    return min(max_s, min_s * 2.0 ** max(0, failures - 1))
+    return capped_exponential(failures, min_s, max_s)
 
 
 async def pause(seconds: float, interrupt: anyio.Event) -> None:

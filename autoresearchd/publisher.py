@@ -9,13 +9,11 @@ logged; a permanent refusal parks the result in ``outbox/failed`` instead of los
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable
-
 import anyio
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 
+from autoresearchd.backoff import jittered_wait
 from autoresearchd.errors import MemoryBackendError, TransientMemoryError
 from autoresearchd.memory.protocol import CollectiveMemory, PublishOutcome
 from autoresearchd.models import Result
@@ -27,19 +25,6 @@ DEFAULT_MIN_BACKOFF_S = 1.0
 DEFAULT_MAX_BACKOFF_S = 300.0
 #: How often the publisher looks at the outbox even without a notification.
 POLL_S = 30.0
-
-
-def jittered_backoff(min_s: float, max_s: float) -> Callable[[RetryCallState], float]:
-    """``min·2^n`` capped at ``max_s``, times U(0.5, 1); at least the server's Retry-After."""
-
-    def wait(state: RetryCallState) -> float:
-        base = min(max_s, min_s * 2.0 ** (state.attempt_number - 1))
-        delay = base * random.uniform(0.5, 1.0)
-        exc = state.outcome.exception() if state.outcome else None
-        hint = exc.retry_after if isinstance(exc, TransientMemoryError) else None
-        return max(delay, hint) if hint else delay
-
-    return wait
 
 
 def _log_retry(state: RetryCallState) -> None:
@@ -63,7 +48,7 @@ class Publisher:
     ) -> None:
         self.outbox = outbox
         self.memory = memory
-        self._wait = jittered_backoff(min_backoff_s, max_backoff_s)
+        self._wait = jittered_wait(min_backoff_s, max_backoff_s)
         self._wake = anyio.Event()
         # One drain at a time: the final flush must not race the serving loop's drain.
         self._draining = anyio.Lock()

@@ -31,7 +31,11 @@ import anyio.lowlevel
 import structlog
 from anyio.abc import Process
 
-from autoresearchd.config import DEFAULT_WORKSPACE_IGNORE, ExperimentConfig
+from autoresearchd.config import (
+    DEFAULT_KILL_GRACE_S,
+    DEFAULT_WORKSPACE_IGNORE,
+    ExperimentConfig,
+)
 from autoresearchd.errors import RunError
 from autoresearchd.models import Candidate, Device, Summary
 from autoresearchd.sandbox import scrub_env
@@ -39,7 +43,6 @@ from autoresearchd.summary import parse_result_json, parse_summary_text
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_KILL_GRACE_S = 10.0
 DEFAULT_MAX_LOG_BYTES = 64 * 1024 * 1024
 #: How much of the output's end stays in memory: the summary block is parsed from it.
 TAIL_BYTES = 64 * 1024

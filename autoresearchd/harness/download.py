@@ -10,7 +10,6 @@ the final failure, any other HTTP status and a checksum mismatch become a one-li
 from __future__ import annotations
 
 import hashlib
-import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import httpx
 import structlog
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
+from autoresearchd.backoff import jittered_wait
 from autoresearchd.errors import DataError
 
 log = structlog.get_logger(__name__)
@@ -47,7 +47,7 @@ def download(
     retrying = Retrying(
         retry=retry_if_exception_type(_TransientError),
         stop=stop_after_attempt(attempts),
-        wait=_backoff(wait_s, DEFAULT_MAX_WAIT_S * wait_s),
+        wait=jittered_wait(wait_s, DEFAULT_MAX_WAIT_S * wait_s),
         before_sleep=_log_retry(url),
         reraise=True,
     )
@@ -112,17 +112,6 @@ def _verify(part: Path, expected: str, url: str) -> None:
 def _describe(exc: httpx.TransportError) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _backoff(base_s: float, cap_s: float) -> Callable[[RetryCallState], float]:
-    """``min(cap, base * 2**n) * U(0.5, 1)``: capped exponential with jitter."""
-
-    def wait(state: RetryCallState) -> float:
-        return float(
-            min(cap_s, base_s * 2.0 ** (state.attempt_number - 1)) * random.uniform(0.5, 1.0)
-        )
-
-    return wait
 
 
 def _log_retry(url: str) -> Callable[[RetryCallState], None]:

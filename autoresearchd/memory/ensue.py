@@ -42,7 +42,6 @@ import itertools
 import json
 import math
 import os
-import random
 import re
 import stat
 import time
@@ -58,6 +57,7 @@ import httpx
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
+from autoresearchd.backoff import jittered_wait
 from autoresearchd.errors import ConfigError, MemoryBackendError, TransientMemoryError
 from autoresearchd.memory.protocol import BestChange, Note, PublishOutcome
 from autoresearchd.models import Best, Result, Status, sha256_text
@@ -131,18 +131,6 @@ def _payload(message: Mapping[str, Any]) -> Reply:
     return Reply(payload if isinstance(payload, dict) else {"value": payload})
 
 
-def jittered_backoff(min_s: float, max_s: float) -> Callable[[RetryCallState], float]:
-    """``min·2^n`` capped at ``max_s``, times U(0.5, 1); at least the server's Retry-After."""
-
-    def wait(state: RetryCallState) -> float:
-        base = min(max_s, min_s * 2.0 ** (state.attempt_number - 1))
-        delay = base * random.uniform(0.5, 1.0)
-        hint = _retry_hint(state)
-        return max(delay, hint) if hint else delay
-
-    return wait
-
-
 def _retry_hint(state: RetryCallState) -> float | None:
     exc = state.outcome.exception() if state.outcome else None
     return exc.retry_after if isinstance(exc, TransientMemoryError) else None
@@ -187,7 +175,7 @@ class EnsueRpc:
         self._timeout = httpx.Timeout(timeout_s)
         self._attempts = attempts
         self._max_backoff_s = max_backoff_s
-        self._wait = jittered_backoff(min_backoff_s, max_backoff_s)
+        self._wait = jittered_wait(min_backoff_s, max_backoff_s)
         self._ids = itertools.count(1)
         self._client: httpx.AsyncClient | None = None
 
