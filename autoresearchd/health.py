@@ -38,7 +38,7 @@ def backoff_delay(
     return capped_exponential(failures, min_s, max_s)
 
 
-async def pause(seconds: float, interrupt: anyio.Event) -> None:
+async def sleep_unless(seconds: float, interrupt: anyio.Event) -> None:
     """Sleep up to ``seconds``, waking early when ``interrupt`` is set."""
     with anyio.move_on_after(seconds):
         await interrupt.wait()
@@ -106,7 +106,7 @@ class DeviceHealth:
                 foreign_pids=pids,
             )
             self.state = reason
-        await pause(self.interval_s, self.interrupt)
+        await sleep_unless(self.interval_s, self.interrupt)
 
     async def _back_off(self, exc: GpuError) -> None:
         self._gpu_failures += 1
@@ -119,4 +119,4 @@ class DeviceHealth:
             delay_s=delay,
             failures=self._gpu_failures,
         )
-        await pause(delay, self.interrupt)
+        await sleep_unless(delay, self.interrupt)

@@ -34,7 +34,7 @@ from autoresearchd.errors import (
     ProposalError,
 )
 from autoresearchd.gpus import Gpus
-from autoresearchd.health import DeviceHealth, FlapDetector, pause
+from autoresearchd.health import DeviceHealth, FlapDetector, sleep_unless
 from autoresearchd.hypotheses import crash_insights, follow_up
 from autoresearchd.memory.protocol import CollectiveMemory, Note
 from autoresearchd.models import Best, Candidate, Device, Result, Status
@@ -209,11 +209,11 @@ class Worker:
         except* AutoresearchdError as group:
             for exc in group.exceptions:
                 log.error("worker_error", error=str(exc))
-            await pause(ERROR_PAUSE_S, self.ctx.draining)
+            await sleep_unless(ERROR_PAUSE_S, self.ctx.draining)
         except* Exception:
             # Isolation, not retry: a bug met by one device must not stop the others.
             log.exception("worker_crashed")
-            await pause(ERROR_PAUSE_S, self.ctx.draining)
+            await sleep_unless(ERROR_PAUSE_S, self.ctx.draining)
 
     async def cycle(self) -> None:
         """One candidate, from proposal to queued results."""
@@ -221,7 +221,7 @@ class Worker:
             await self._prefetched.wait()  # the next candidate, if one is being prepared
         ready = await self._refresh(self._take_prepared()) or await self.prepare()
         if ready is None:
-            await pause(IDLE_PAUSE_S, self.ctx.draining)
+            await sleep_unless(IDLE_PAUSE_S, self.ctx.draining)
             return
         self.current, queued = ready.candidate, False
         try:
@@ -715,7 +715,7 @@ class Worker:
             log.warning(
                 "worker_backoff", reason="flapping", delay_s=delay, crashes=self.flaps.streak
             )
-            await pause(delay, self.ctx.draining)
+            await sleep_unless(delay, self.ctx.draining)
 
     # -- pause, resume and finish (the control socket), and what status shows ---------------
 
