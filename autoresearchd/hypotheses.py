@@ -43,15 +43,20 @@ _CRASHED = (Status.CRASH, Status.TIMEOUT)
 
 
 class HypothesisProposer:
-    """Runs the newest open hypothesis whose candidate is fresh (strategy ``hypotheses``)."""
+    """Runs the newest open hypothesis whose candidate is fresh (strategy ``hypotheses``).
+
+    ``taken`` holds the note keys already picked up. The daemon passes one set to all its
+    workers: after the best moves, the same hypothesis gives a different candidate, which
+    the content-addressed claim would not stop a second worker from running.
+    """
 
     name = "hypotheses"
     uses_history = True
 
-    def __init__(self, baseline: str | None = None) -> None:
+    def __init__(self, baseline: str | None = None, taken: set[str] | None = None) -> None:
         self._spaces: dict[str, Param] | None = parse_params(baseline) if baseline else None
         self._proposed: set[str] = set()
-        self._taken: set[str] = set()  # note keys: each hypothesis is run once here
+        self._taken = taken if taken is not None else set()
 
     async def propose(
         self, parent: Candidate, is_known: IsKnown, context: ProposalContext = EMPTY_CONTEXT

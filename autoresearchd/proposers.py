@@ -156,16 +156,19 @@ def make_proposer(
     baseline: str | None = None,
     *,
     trust: str = "params-only",
+    taken: set[str] | None = None,
 ) -> Proposer:
     """The proposer ``config.strategy`` names; ``baseline`` is the trusted train.py, if any.
+
+    ``taken`` is the set of hypothesis keys picked up, shared by the workers of one daemon.
 
     ``tpe`` needs optuna: when it is missing, the daemon logs one line and uses ``perturb``.
     """
     rng = rng or random.Random()
     if config.strategy != "mixed":
-        return _single(config.strategy, config, rng, baseline, trust)
+        return _single(config.strategy, config, rng, baseline, trust, taken)
     choices = {
-        name: (weight, _single(name, config, rng, baseline, trust))
+        name: (weight, _single(name, config, rng, baseline, trust, taken))
         for name, weight in config.weights.items()
         if weight > 0 and (name != "command" or config.command)
     }
@@ -175,7 +178,12 @@ def make_proposer(
 
 
 def _single(
-    strategy: str, config: ProposerConfig, rng: random.Random, baseline: str | None, trust: str
+    strategy: str,
+    config: ProposerConfig,
+    rng: random.Random,
+    baseline: str | None,
+    trust: str,
+    taken: set[str] | None,
 ) -> Proposer:
     # Imported here: these modules build on this one (ProposalContext, PerturbProposer).
     from autoresearchd.agent import CommandProposer
@@ -191,7 +199,7 @@ def _single(
             log.warning("strategy_unavailable", strategy="tpe", fallback="perturb", error=str(exc))
             return PerturbProposer(config.max_changes, rng=rng, baseline=baseline)
     if strategy == "hypotheses":
-        return HypothesisProposer(baseline)
+        return HypothesisProposer(baseline, taken)
     if strategy == "command":
         return CommandProposer(config, baseline=baseline, trust=trust)
     raise ConfigError(f"unknown strategy {strategy!r}", key="proposer.strategy")

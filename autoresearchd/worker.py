@@ -104,6 +104,8 @@ class WorkerContext:
     ran: set[str] = field(default_factory=set)
     #: sha256s of network scripts refused by the trust check, recorded once per daemon.
     refused: set[str] = field(default_factory=set)
+    #: Keys of the swarm hypotheses this daemon's workers picked up: each is run once here.
+    hypotheses_taken: set[str] = field(default_factory=set)
     new_seed: Callable[[], int] = field(default=lambda: random.SystemRandom().randrange(2**31))
 
 
@@ -379,7 +381,11 @@ class Worker:
         key = (self.config.proposer, trusted)
         if self._proposer is None or self._proposer_for != key:
             self._proposer = make_proposer(
-                self.config.proposer, self.rng, baseline=trusted, trust=trust
+                self.config.proposer,
+                self.rng,
+                baseline=trusted,
+                trust=trust,
+                taken=self.ctx.hypotheses_taken,
             )
             self._proposer_for = key
         return self._proposer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from autoresearchd.config import ProposerConfig
 from autoresearchd.hypotheses import (
     HypothesisProposer,
     crash_insights,
@@ -13,7 +14,7 @@ from autoresearchd.hypotheses import (
 from autoresearchd.memory.protocol import Note
 from autoresearchd.models import Status
 from autoresearchd.mutation import parse_params
-from autoresearchd.proposers import ProposalContext
+from autoresearchd.proposers import ProposalContext, make_proposer
 
 from .test_search import SMALL, never, parent, result, variant
 
@@ -91,3 +92,27 @@ def test_no_insight_without_enough_evidence_or_a_healthy_run_below() -> None:
 @pytest.mark.anyio
 async def test_hypothesis_proposer_with_no_notes_has_nothing() -> None:
     assert await HypothesisProposer().propose(parent(), never) is None
+
+
+@pytest.mark.anyio
+async def test_workers_sharing_taken_keys_run_a_hypothesis_once_even_after_the_best_moved() -> None:
+    # Two workers of one daemon: after the best moves, the same note gives a new candidate,
+    # so only the shared set of taken keys keeps the second worker off it.
+    taken: set[str] = set()
+    first, second = HypothesisProposer(SMALL, taken), HypothesisProposer(SMALL, taken)
+    context = ProposalContext(hypotheses=[hypothesis("deeper", {"DEPTH": 6})])
+    assert await first.propose(parent(), never, context) is not None
+    moved = parent(variant(LR=0.05))
+    assert await second.propose(moved, never, context) is None
+    assert await HypothesisProposer(SMALL).propose(moved, never, context) is not None
+    assert taken == {"deeper"}
+
+
+@pytest.mark.anyio
+async def test_make_proposer_hands_the_taken_set_to_the_hypotheses_in_a_mix() -> None:
+    taken: set[str] = set()
+    config = ProposerConfig(strategy="mixed", weights={"hypotheses": 1.0})
+    proposer = make_proposer(config, baseline=SMALL, taken=taken)
+    context = ProposalContext(hypotheses=[hypothesis("deeper", {"DEPTH": 6})])
+    assert await proposer.propose(parent(), never, context) is not None
+    assert taken == {"deeper"}
