@@ -286,6 +286,38 @@ def _derive(config: Config) -> Config:
     return dataclasses.replace(config, daemon=daemon, experiment=experiment, memory=memory)
 
 
+#: Settings read once at start-up: a reload that changes them needs a restart to apply.
+READ_AT_START = (
+    "devices.gpus",
+    "devices.exclude",
+    "devices.cpu_workers",
+    "memory",
+    "daemon.state_dir",
+)
+#: Settings a reload keeps at their running values: claims made and data prepared under the
+#: old value would otherwise be released, published or looked for under the new one.
+KEPT_ON_RELOAD = ("daemon.agent", "experiment.track", "experiment.data_dir")
+
+
+def reload_config(running: Config, new: Config) -> tuple[Config, list[str]]:
+    """``new`` as a reload applies it, and the dotted keys whose change waits for a restart."""
+    waiting = [
+        key for key in (*READ_AT_START, *KEPT_ON_RELOAD) if _get(new, key) != _get(running, key)
+    ]
+    for key in KEPT_ON_RELOAD:
+        section, name = key.split(".")
+        kept = dataclasses.replace(getattr(new, section), **{name: _get(running, key)})
+        new = dataclasses.replace(new, **{section: kept})
+    return new, waiting
+
+
+def _get(config: Config, key: str) -> Any:
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def default_agent_name() -> str:
     """A stable, readable agent name for this machine."""
     host = socket.gethostname().split(".")[0].lower() or "agent"

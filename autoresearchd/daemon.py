@@ -9,7 +9,9 @@ memory, and starts one :class:`Worker` per planned device. Signals drive the lif
 - The same signal again: cancel everything now; the runner still kills each child's
   process group on the way out, and results already queued stay in the on-disk outbox.
 - SIGHUP: re-read the config, validate it, and hand it to workers for their next run;
-  an invalid file is logged and the running config is kept.
+  an invalid file is logged and the running config is kept. Settings read at start-up
+  (devices, memory, state dir) or bound to claims and prepared data (agent, track, data
+  dir) wait for a restart, and the log names them.
 
 Under systemd (``Type=notify``) the daemon says ``READY=1`` once devices are known,
 keeps a readable ``STATUS=`` line, pings ``WATCHDOG=1`` only while :meth:`Daemon.unhealthy`
@@ -39,7 +41,7 @@ import anyio
 import structlog
 
 from autoresearchd import __version__
-from autoresearchd.config import Config, DevicesConfig, load_config
+from autoresearchd.config import Config, DevicesConfig, load_config, reload_config
 from autoresearchd.control import (
     Connectivity,
     ControlServer,
@@ -253,22 +255,21 @@ class Daemon:
             self.ctx.stop_runs.set()
 
     async def reload(self) -> None:
-        """Validate the config file again and apply it from each worker's next run."""
+        """Validate the config file again and apply it from each worker's next run.
+
+        The agent, track and data dir keep their running values: claims made under the old
+        agent would otherwise never be released, and runs would score against data not
+        prepared.
+        """
         assert self.ctx is not None
         try:
             new = await anyio.to_thread.run_sync(load_config, self.config_path)
         except ConfigError as exc:
             log.error("config_reload_failed", error=str(exc), kept="previous config")
             return
-        fixed = [
-            name
-            for name in ("devices", "memory")
-            if getattr(new, name) != getattr(self.config, name)
-        ]
-        if new.daemon.state_dir != self.config.daemon.state_dir:
-            fixed.append("daemon.state_dir")
-        if fixed:
-            log.warning("config_restart_needed", sections=fixed)
+        new, waiting = reload_config(self.config, new)
+        if waiting:
+            log.warning("config_restart_needed", keys=waiting)
         self.config = self.ctx.config = new
         log.info("config_reloaded", path=str(self.config_path))
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearchd.config import Config, load_config, parse_config
+from autoresearchd.config import Config, load_config, parse_config, reload_config
 from autoresearchd.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,3 +158,29 @@ def test_negative_cpu_workers_is_refused(tmp_path: Path) -> None:
     assert error_of(tmp_path, "[devices]\ncpu_workers = -3\n").endswith(
         'devices.cpu_workers: expected "auto" or an integer >= 0, got -3'
     )
+
+
+def test_reload_keeps_identity_and_track_and_names_what_waits_for_a_restart() -> None:
+    running = parse_config({"daemon": {"agent": "alice"}, "experiment": {"track": "synthetic"}})
+    new = parse_config(
+        {
+            "daemon": {"agent": "bob"},
+            "experiment": {"track": "shakespeare", "time_budget_s": 60.0},
+            "devices": {"max_temperature_c": 70, "exclude": ["0"]},
+        }
+    )
+    applied, waiting = reload_config(running, new)
+    assert waiting == ["devices.exclude", "daemon.agent", "experiment.track"]
+    assert applied.daemon.agent == "alice"
+    assert applied.experiment.track == "synthetic"
+    # Everything else takes effect from each worker's next run.
+    assert applied.experiment.time_budget_s == 60.0
+    assert applied.devices.max_temperature_c == 70
+
+
+def test_reload_with_only_live_settings_changed_needs_no_restart() -> None:
+    running = parse_config({"daemon": {"agent": "alice"}})
+    new = parse_config({"daemon": {"agent": "alice"}, "proposer": {"strategy": "tpe"}})
+    applied, waiting = reload_config(running, new)
+    assert waiting == []
+    assert applied == new
