@@ -8,7 +8,7 @@ read in the write's own transaction, they say why a write is refused. The rules:
 - An agent may update only keys it created; ``results/`` records are write-once and must
   carry the writer's own ``agent_id`` (and a ``train_py_sha256`` that hashes its
   ``train_py``). A claim whose holder released it or let it expire (by the hub's clock)
-  may be taken over by anyone.
+  may be taken over by anyone, and then belongs to its new holder.
 - The shared ``best/`` pairs (``best/metadata`` + ``best/train_py``, per tier and per
   track) change only by a *verified* agent, by compare-and-set (``if_match``, or a create
   when absent). New metadata names a ``result_key`` under ``@<org>/results/`` that exists,
@@ -172,7 +172,8 @@ def write_policy(
             return None
         return f"{key_name} belongs to {current.owner}"
 
-    return WritePolicy(check)
+    # A claim taken over belongs to its new holder, who alone may renew or release it.
+    return WritePolicy(check, takes_ownership=CLAIM.match(rest) is not None)
 
 
 def _refuse(reason: str) -> WritePolicy:

@@ -50,6 +50,7 @@ from autoresearchd.hub.store import (
     decode_text,
     like_prefix,
     memory_of,
+    new_owner,
     result_of,
 )
 
@@ -509,11 +510,13 @@ async def _update(conn: Conn, write: Write, if_match: int | None) -> WriteOutcom
     body = decode_text(item.value, item.is_base64) or ""
     cur = await conn.execute(
         "UPDATE memories SET value = %s, is_base64 = %s, version = version + 1,"
-        f" updated_at = %s, document = {DOCUMENT} WHERE key_name = %s AND version = %s",
+        f" updated_at = %s, owner = %s, document = {DOCUMENT}"
+        " WHERE key_name = %s AND version = %s",
         (
             item.value,
             item.is_base64,
             now,
+            new_owner(write, current),
             item.key_name,
             current.description,
             body,

@@ -198,6 +198,8 @@ class WritePolicy:
 
     check: Callable[[Memory | None, Evidence], str | None]
     needs: Needs = Needs()
+    #: The writer becomes the key's owner: a claim taken over is the new holder's to release.
+    takes_ownership: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -706,8 +708,15 @@ def _update(conn: sqlite3.Connection, write: Write, if_match: int | None) -> Wri
         # does not lock the row (PostgreSQL at READ COMMITTED).
         cur = conn.execute(
             "UPDATE memories SET value = ?, is_base64 = ?, version = version + 1,"
-            " updated_at = ? WHERE key_name = ? AND version = ?",
-            (item.value, int(item.is_base64), now, item.key_name, current.version),
+            " updated_at = ?, owner = ? WHERE key_name = ? AND version = ?",
+            (
+                item.value,
+                int(item.is_base64),
+                now,
+                new_owner(write, current),
+                item.key_name,
+                current.version,
+            ),
         )
         if not cur.rowcount:
             return WriteOutcome(reason=REASON_VERSION, current_version=current.version)
@@ -720,6 +729,12 @@ def _update(conn: sqlite3.Connection, write: Write, if_match: int | None) -> Wri
         version = current.version + 1
         _audit(conn, now, write.agent.name, "update", item.key_name, version, write.detail)
         return WriteOutcome(version=version)
+
+
+def new_owner(write: Write, current: Memory) -> str:
+    """The owner after ``write`` updates ``current``."""
+    takes = write.policy is not None and write.policy.takes_ownership
+    return write.agent.name if takes else current.owner
 
 
 def _history(conn: sqlite3.Connection, key_name: str, limit: int) -> list[AuditEntry]:

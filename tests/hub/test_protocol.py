@@ -165,6 +165,25 @@ async def test_an_agent_may_update_only_its_own_keys_except_free_claims(
         assert ("version" in reply) is allowed
 
 
+async def test_a_claim_taken_over_belongs_to_its_new_holder(http: httpx.AsyncClient) -> None:
+    nova, raven = await register(http, "nova"), await register(http, "raven")
+    name = f"@{ORG}/claims/synthetic--abcdef123456"
+    expired = json.dumps({"agent_id": "nova", "expires_at": 1.0, "released": False})
+    await call(http, nova, "create_memory", {"items": [{"key_name": name, "value": expired}]})
+    live = json.dumps({"agent_id": "raven", "expires_at": 4e9, "released": False})
+    taken = await call(http, raven, "update_memory", {"key_name": name, "value": live})
+    assert taken["version"] == 2
+    # The new holder releases its claim; the old one may no longer touch it.
+    released = json.dumps({"agent_id": "raven", "expires_at": 4e9, "released": True})
+    assert (await call(http, raven, "update_memory", {"key_name": name, "value": released}))[
+        "version"
+    ] == 3
+    again = json.dumps({"agent_id": "nova", "expires_at": 4e9, "released": False})
+    assert "version" in await call(http, nova, "update_memory", {"key_name": name, "value": again})
+    stale = await call(http, raven, "update_memory", {"key_name": name, "value": released})
+    assert stale["code"] == -32003 and "belongs to nova" in stale["message"]
+
+
 async def test_list_keys_filters_by_prefix_in_creation_order_with_a_limit(
     http: httpx.AsyncClient,
 ) -> None:
