@@ -3,7 +3,9 @@
 A hyperparameter is a top-level ``NAME = literal`` assignment with an UPPER_CASE name, where
 the literal is an int, float, str, bool, a tuple of literals, a power ``2**k`` or a number with
 a leading minus. A trailing ``# search: ...`` comment declares its space (``log LO..HI``,
-``float LO..HI``, ``int LO..HI``, ``pow2 KLO..KHI``, ``choice A B ...``, ``fixed``); a
+``float LO..HI``, ``int LO..HI``, ``pow2 KLO..KHI``, ``choice A B ...``, ``fixed``), optionally
+followed by ``device=cuda`` or ``device=cpu`` when the script reads the parameter on that kind
+of device only (proposers elsewhere then leave it alone: see :func:`movable`); a
 malformed one raises :class:`MutationError` with its line. Without one the space is inferred
 from the value, and bounds are relative to it so that a trust check can judge a stranger's
 values against the trusted baseline:
@@ -31,12 +33,14 @@ import random
 import re
 import tokenize
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeGuard
 
 from autoresearchd.errors import MutationError
 
 SPACE_KINDS = ("log", "float", "int", "pow2", "choice", "fixed")
+#: Device kinds an annotation may name after ``device=`` (those of ``models.Device.kind``).
+DEVICE_KINDS = ("cuda", "cpu")
 #: Largest exponent accepted in ``2**k``: bigger powers are never hyperparameters, and an
 #: unbounded one would let a hostile script make the parser compute a gigantic integer.
 MAX_EXPONENT = 62
@@ -52,6 +56,7 @@ NEIGHBOUR_TRIES = 20
 
 _NAME = re.compile(r"[A-Z][A-Z0-9_]*")
 _ANNOTATION = re.compile(r"#\s*search:(?P<spec>.*)")
+_DEVICE = re.compile(r"(?:^|\s)device=(?P<device>\S*)(?P<after>.*)$")
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
 _RANGE_PARSERS: dict[str, Callable[[str], float]] = {
     "log": float,
@@ -67,13 +72,21 @@ Value = object
 
 @dataclass(frozen=True, slots=True)
 class Space:
-    """Where a hyperparameter may move; ``fixed`` keeps its one value in ``choices``."""
+    """Where a hyperparameter may move; ``fixed`` keeps its one value in ``choices``.
+
+    ``device`` names the only kind of device whose runs read the parameter (None: every one).
+    """
 
     kind: str
     low: float | None = None
     high: float | None = None
     choices: tuple[Value, ...] = ()
     declared: bool = False
+    device: str | None = None
+
+    def applies_on(self, device: str) -> bool:
+        """Whether a run on ``device`` reads the parameter; an empty ``device`` is unknown."""
+        return not device or self.device is None or self.device == device
 
     def contains(self, value: Value) -> bool:
         """Whether ``value`` lies in the space (same Python type for choices, no bool-as-int)."""
@@ -89,10 +102,11 @@ class Space:
         return self.low <= value <= self.high
 
     def __str__(self) -> str:
+        device = f" device={self.device}" if self.device else ""
         if self.kind in ("choice", "fixed"):
-            return " ".join([self.kind, *(_text(choice) for choice in self.choices)])
+            return " ".join([self.kind, *(_text(choice) for choice in self.choices)]) + device
         suffix = "" if self.declared else " (inferred)"
-        return f"{self.kind} {_text(self.low)}..{_text(self.high)}{suffix}"
+        return f"{self.kind} {_text(self.low)}..{_text(self.high)}{device}{suffix}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +127,19 @@ class Param:
     end_line: int
     end_col: int
     source_text: str
+
+    def movable_on(self, device: str = "") -> bool:
+        """Whether a proposer on ``device`` (``cuda``, ``cpu``, empty: unknown) may change it."""
+        return self.space.kind != "fixed" and self.space.applies_on(device)
+
+
+def movable(params: Mapping[str, Param], device: str = "") -> dict[str, Param]:
+    """The params a proposer on ``device`` may change, in source order.
+
+    A parameter whose space names another device is treated as fixed: the script ignores it
+    there, so a run that changes it only measures seed noise again.
+    """
+    return {name: param for name, param in params.items() if param.movable_on(device)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +316,31 @@ def _comment_owners(tree: ast.Module, slots: Mapping[str, _Slot]) -> dict[int, _
 
 
 def _parse_annotation(slot: _Slot, spec: str, line: int) -> Space:
+    body, device = _split_device(slot, spec, line)
+    if device and not body:
+        raise MutationError(
+            f"{slot.name}: malformed search annotation {spec!r}: expected a space before it",
+            line=line,
+        )
+    space = _parse_space(slot, body, line)
+    return replace(space, device=device) if device else space
+
+
+def _split_device(slot: _Slot, spec: str, line: int) -> tuple[str, str | None]:
+    """The annotation without its trailing ``device=KIND`` qualifier, and that kind."""
+    match = _DEVICE.search(spec)
+    if match is None:
+        return spec, None
+    if match["device"] not in DEVICE_KINDS or match["after"].strip():
+        raise MutationError(
+            f"{slot.name}: malformed search annotation {spec!r}: "
+            f"expected device={' or device='.join(DEVICE_KINDS)} at its end",
+            line=line,
+        )
+    return spec[: match.start()].strip(), match["device"]
+
+
+def _parse_space(slot: _Slot, spec: str, line: int) -> Space:
     kind, _, rest = spec.partition(" ")
     rest = rest.strip()
     if kind == "fixed" and not rest:
@@ -400,10 +452,10 @@ def sample_changes(
     params: Mapping[str, Param], rng: random.Random, max_changes: int
 ) -> dict[str, Value]:
     """New values for 1..``max_changes`` randomly chosen non-fixed params (empty if none)."""
-    movable = [param for param in params.values() if param.space.kind != "fixed"]
-    if not movable or max_changes < 1:
+    free = list(movable(params).values())
+    if not free or max_changes < 1:
         return {}
-    chosen = rng.sample(movable, rng.randint(1, min(max_changes, len(movable))))
+    chosen = rng.sample(free, rng.randint(1, min(max_changes, len(free))))
     changes = {param.name: neighbour(param, rng) for param in chosen}
     return {name: value for name, value in changes.items() if not _same(value, params[name].value)}
 

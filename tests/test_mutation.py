@@ -19,6 +19,7 @@ from autoresearchd.mutation import (
     describe,
     float_text,
     int_unit,
+    movable,
     neighbour,
     parse_params,
     sample_changes,
@@ -183,6 +184,73 @@ def test_spaces_from_a_baseline_replace_the_scripts_own_annotations() -> None:
     with pytest.raises(MutationError, match="the baseline's is a float") as caught:
         parse_params('LR = "x"\n', spaces_from=baseline)
     assert caught.value.line == 1
+
+
+# --- device qualifiers --------------------------------------------------------------------
+
+QUALIFIED = """\
+DEPTH = 8  # search: int 2..16 device=cuda
+ACT = "relu"  # search: choice "relu" "gelu" device=cpu
+LR = 0.01  # search: log 0.001..0.1
+SEQ = 256  # search: fixed
+"""
+
+
+def test_a_device_qualifier_after_any_space_is_kept_in_the_space() -> None:
+    params = parse_params(QUALIFIED)
+    assert params["DEPTH"].space == Space("int", 2, 16, declared=True, device="cuda")
+    assert params["ACT"].space == Space(
+        "choice", choices=("relu", "gelu"), declared=True, device="cpu"
+    )
+    assert params["LR"].space == Space("log", 0.001, 0.1, declared=True)  # device None
+    assert str(params["DEPTH"].space) == "int 2..16 device=cuda"
+    assert str(params["ACT"].space) == 'choice "relu" "gelu" device=cpu'
+
+
+def test_a_qualified_param_rewrites_and_describes_as_any_other() -> None:
+    changed = apply_changes(QUALIFIED, {"DEPTH": 9})
+    assert changed.splitlines()[0] == "DEPTH = 9  # search: int 2..16 device=cuda"
+    assert describe(parse_params(QUALIFIED), {"DEPTH": 9}) == "DEPTH 8 → 9"
+
+
+def test_a_baselines_device_qualifier_holds_for_a_script_judged_against_it() -> None:
+    stranger = QUALIFIED.replace(" device=cuda", "")
+    params = parse_params(stranger, spaces_from=parse_params(QUALIFIED))
+    assert params["DEPTH"].space.device == "cuda"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("int 2..16 device=tpu", "expected device=cuda or device=cpu"),
+        ("int 2..16 device=", "expected device=cuda or device=cpu"),
+        ("int 2..16 device=cuda 4", "expected device=cuda or device=cpu at its end"),
+        ("device=cuda", "expected a space before it"),
+    ],
+)
+def test_a_bad_device_qualifier_is_a_one_line_error_naming_the_parameter(
+    spec: str, message: str
+) -> None:
+    source = f"import os\nDEPTH = 8  # search: {spec}\n"
+    with pytest.raises(MutationError, match=message) as caught:
+        parse_params(source)
+    assert str(caught.value).startswith(f"line 2: DEPTH: malformed search annotation {spec!r}")
+    assert "\n" not in str(caught.value)
+    assert caught.value.line == 2
+
+
+def test_movable_leaves_out_fixed_params_and_those_another_device_reads() -> None:
+    params = parse_params(QUALIFIED)
+    assert list(movable(params, "cuda")) == ["DEPTH", "LR"]
+    assert list(movable(params, "cpu")) == ["ACT", "LR"]
+    assert list(movable(params, "")) == ["DEPTH", "ACT", "LR"]  # unknown device: all but fixed
+    assert list(movable(params)) == ["DEPTH", "ACT", "LR"]
+
+
+def test_an_unqualified_space_applies_on_every_device() -> None:
+    lr = parse_params(QUALIFIED)["LR"]
+    assert all(lr.space.applies_on(device) for device in ("cuda", "cpu", ""))
+    assert all(lr.movable_on(device) for device in ("cuda", "cpu", ""))
 
 
 # --- moves -------------------------------------------------------------------------------
