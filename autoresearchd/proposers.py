@@ -27,7 +27,14 @@ from autoresearchd.config import DEFAULT_MAX_CHANGES, ProposerConfig
 from autoresearchd.errors import ConfigError
 from autoresearchd.memory.protocol import Note
 from autoresearchd.models import Candidate, Result, sha256_text
-from autoresearchd.mutation import Param, apply_changes, describe, parse_params, sample_changes
+from autoresearchd.mutation import (
+    Param,
+    apply_changes,
+    describe,
+    movable,
+    parse_params,
+    sample_changes,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -47,13 +54,16 @@ class ProposalContext:
 
     ``results`` are the track's results, newest first, from every agent; ``in_flight``
     holds the sources of candidates being run now, which a proposal should steer away from;
-    ``hypotheses`` and ``insights`` are the swarm's notes, newest first.
+    ``hypotheses`` and ``insights`` are the swarm's notes, newest first. ``device`` is the
+    kind of device the candidate will run on (``cuda`` or ``cpu``; empty when unknown): a
+    parameter whose space names another kind is left alone (:func:`mutation.movable`).
     """
 
     results: Sequence[Result] = ()
     in_flight: Sequence[str] = ()
     hypotheses: Sequence[Note] = ()
     insights: Sequence[Note] = ()
+    device: str = ""
 
 
 EMPTY_CONTEXT = ProposalContext()
@@ -77,7 +87,10 @@ class Proposer(Protocol):
 
 
 class PerturbProposer:
-    """Moves 1..``max_changes`` hyperparameters of the parent to neighbouring values."""
+    """Moves 1..``max_changes`` hyperparameters of the parent to neighbouring values.
+
+    Only parameters the context's device reads are moved.
+    """
 
     name = "perturb"
     uses_history = False
@@ -99,8 +112,9 @@ class PerturbProposer:
         self, parent: Candidate, is_known: IsKnown, context: ProposalContext = EMPTY_CONTEXT
     ) -> Candidate | None:
         params = parse_params(parent.source, spaces_from=self._spaces)
+        free = movable(params, context.device)
         for _ in range(self.attempts):
-            changes = sample_changes(params, self._rng, self.max_changes)
+            changes = sample_changes(free, self._rng, self.max_changes)
             if not changes:
                 continue
             source = apply_changes(parent.source, changes)

@@ -11,8 +11,8 @@ from structlog.testing import capture_logs
 from autoresearchd.config import ProposerConfig
 from autoresearchd.errors import MutationError
 from autoresearchd.models import Candidate, sha256_text
-from autoresearchd.mutation import parse_params
-from autoresearchd.proposers import PerturbProposer, Proposer, make_proposer
+from autoresearchd.mutation import apply_changes, parse_params, sample_changes
+from autoresearchd.proposers import PerturbProposer, ProposalContext, Proposer, make_proposer
 
 KARPATHY = (Path(__file__).parent / "fixtures" / "karpathy_train.py").read_text(encoding="utf-8")
 
@@ -125,6 +125,48 @@ async def test_baseline_spaces_bound_a_parent_that_widened_its_own_annotation() 
                 values.add(parse_params(candidate.source)["LR"].value)
     assert any(value < 0.1 for value in free_values)
     assert bound_values and all(0.1 <= value <= 0.2 for value in bound_values)
+
+
+#: One parameter read on each device only, and one read everywhere.
+BY_DEVICE = """\
+DEPTH = 8  # search: int 2..16 device=cuda
+CPU_DEPTH = 2  # search: int 1..6 device=cpu
+LR = 0.01  # search: log 0.001..0.1
+"""
+
+
+async def changed_on(device: str, seeds: int = 40) -> set[str]:
+    """The names seeded perturb proposals on ``device`` changed, over ``seeds`` proposals."""
+    parent, names = baseline(BY_DEVICE), set()
+    before = parse_params(BY_DEVICE)
+    for seed in range(seeds):
+        proposer = PerturbProposer(max_changes=3, rng=random.Random(seed))
+        candidate = await proposer.propose(
+            parent, Memory().is_known, ProposalContext(device=device)
+        )
+        assert candidate is not None
+        after = parse_params(candidate.source)
+        names |= {name for name, param in after.items() if param.value != before[name].value}
+    return names
+
+
+@pytest.mark.anyio
+async def test_perturb_never_moves_a_parameter_another_device_reads() -> None:
+    assert await changed_on("cpu") == {"CPU_DEPTH", "LR"}
+    assert await changed_on("cuda") == {"DEPTH", "LR"}
+
+
+@pytest.mark.anyio
+async def test_perturb_on_an_unknown_device_moves_everything_as_before() -> None:
+    assert await changed_on("") == {"DEPTH", "CPU_DEPTH", "LR"}
+    parent, context = baseline(BY_DEVICE), ProposalContext(device="")
+    for seed in range(10):
+        candidate = await PerturbProposer(3, random.Random(seed)).propose(
+            parent, Memory().is_known, context
+        )
+        changes = sample_changes(parse_params(BY_DEVICE), random.Random(seed), 3)
+        assert candidate is not None
+        assert candidate.source == apply_changes(BY_DEVICE, changes)
 
 
 @pytest.mark.anyio
