@@ -31,6 +31,7 @@ from autoresearchd.mutation import (
     apply_changes,
     describe,
     hyperparameter_name,
+    movable,
     parse_params,
     read_literal,
 )
@@ -220,7 +221,7 @@ class TpeProposer:
         self, parent: Candidate, is_known: IsKnown, context: ProposalContext = EMPTY_CONTEXT
     ) -> Candidate | None:
         params = parse_params(parent.source, spaces_from=self._spaces)
-        space = SearchSpace(params, self._optuna)
+        space = SearchSpace(movable(params, context.device), self._optuna)
         if not space.params:
             return None
         study = await anyio.to_thread.run_sync(self._study, parent, space, context)
@@ -237,7 +238,7 @@ class TpeProposer:
             description = describe(params, changes)
             return Candidate(source, parent.sha256, description, self.name, digest)
         log.info("tpe_fallback", parent=parent.sha256[:12], attempts=self.attempts)
-        return await self._fallback.propose(parent, is_known)
+        return await self._fallback.propose(parent, is_known, context)
 
     def _study(self, parent: Candidate, space: SearchSpace, context: ProposalContext) -> Any:
         """A fresh study holding the history and the in-flight candidates (runs in a thread)."""

@@ -170,6 +170,51 @@ async def test_falls_back_to_perturb_when_samples_are_all_known() -> None:
     assert events[-2:] == ["tpe_fallback", "proposer_exhausted"]
 
 
+#: SMALL with DEPTH read on CUDA only.
+CUDA_DEPTH = SMALL.replace("# search: int 2..8", "# search: int 2..8 device=cuda")
+
+
+async def depths_on(device: str) -> set[object]:
+    """DEPTH in a few TPE proposals on ``device``, learning from a history where it varies."""
+    rng = random.Random(5)
+    history = [
+        result(apply_changes(CUDA_DEPTH, {"LR": 0.002 * (n + 1), "DEPTH": 2 + n % 7}), 1.5, n=n)
+        for n in range(15)
+    ]
+    proposer, context = TpeProposer(rng), ProposalContext(results=history, device=device)
+    depths = set()
+    for _ in range(6):
+        candidate = await proposer.propose(parent(CUDA_DEPTH), never, context)
+        assert candidate is not None
+        depths.add(parse_params(candidate.source)["DEPTH"].value)
+    return depths
+
+
+@pytest.mark.anyio
+async def test_tpe_never_moves_a_parameter_another_device_reads() -> None:
+    assert await depths_on("cpu") == {4}
+    assert len(await depths_on("cuda")) > 1
+
+
+@pytest.mark.anyio
+async def test_tpe_falls_back_to_a_perturb_that_keeps_to_the_device() -> None:
+    """On a CPU only A moves: two candidates, then neither TPE nor its fallback touches B."""
+    source = "A = 2  # search: int 1..3\nB = 5  # search: int 1..9 device=cuda\n"
+    seen: set[str] = set()
+
+    async def is_known(sha256: str) -> bool:
+        return sha256 in seen
+
+    proposer, context = TpeProposer(random.Random(0), attempts=5), ProposalContext(device="cpu")
+    found = []
+    with capture_logs() as logs:
+        while (candidate := await proposer.propose(parent(source), is_known, context)) is not None:
+            seen.add(candidate.sha256)
+            found.append(candidate.description)
+    assert sorted(found) == ["A 2 → 1", "A 2 → 3"]
+    assert [entry["event"] for entry in logs][-2:] == ["tpe_fallback", "proposer_exhausted"]
+
+
 @pytest.mark.anyio
 async def test_proposal_stays_cheap_with_thousands_of_results() -> None:
     rng = random.Random(0)
