@@ -28,6 +28,7 @@ from autoresearchd.mutation import (
     apply_changes,
     describe,
     literal_text,
+    movable,
     parse_params,
 )
 from autoresearchd.proposers import EMPTY_CONTEXT, IsKnown, ProposalContext
@@ -47,7 +48,8 @@ class HypothesisProposer:
 
     ``taken`` holds the note keys already picked up. The daemon passes one set to all its
     workers: after the best moves, the same hypothesis gives a different candidate, which
-    the content-addressed claim would not stop a second worker from running.
+    the content-addressed claim would not stop a second worker from running. Suggested
+    changes to parameters the context's device does not read are dropped.
     """
 
     name = "hypotheses"
@@ -65,7 +67,7 @@ class HypothesisProposer:
         for note in context.hypotheses:
             if note.key in self._taken:
                 continue
-            changes = suggested_changes(note.value, params)
+            changes = suggested_changes(note.value, movable(params, context.device))
             if not changes:
                 continue
             source = apply_changes(parent.source, changes)

@@ -55,6 +55,27 @@ async def test_picks_the_newest_open_hypothesis_whose_candidate_is_fresh() -> No
     assert await proposer.propose(parent(), is_known, context) is None  # not twice
 
 
+@pytest.mark.anyio
+async def test_suggestions_for_parameters_another_device_reads_are_dropped() -> None:
+    cuda_depth = SMALL.replace("# search: int 2..8", "# search: int 2..8 device=cuda")
+    context = ProposalContext(
+        hypotheses=[
+            hypothesis("only-depth", {"DEPTH": 6}),
+            hypothesis("both", {"DEPTH": 6, "LR": 0.02}),
+        ],
+        device="cpu",
+    )
+    proposer = HypothesisProposer(cuda_depth)
+    candidate = await proposer.propose(parent(cuda_depth), never, context)
+    assert candidate is not None
+    assert candidate.description == "LR 0.01 → 0.02"  # "only-depth" skipped, DEPTH dropped
+    assert await proposer.propose(parent(cuda_depth), never, context) is None
+    on_gpu = await HypothesisProposer(cuda_depth).propose(
+        parent(cuda_depth), never, ProposalContext(hypotheses=context.hypotheses, device="cuda")
+    )
+    assert on_gpu is not None and on_gpu.description == "DEPTH 4 → 6"
+
+
 def test_follow_up_continues_an_improving_direction_until_the_space_ends() -> None:
     kept = result(variant(LR=0.02, DEPTH=5), 0.9, Status.KEEP, n=7)
     note = follow_up(SMALL, kept, "bob", 5.0, None)
