@@ -393,8 +393,9 @@ class Worker:
     async def proposal_context(self, proposer: Proposer) -> ProposalContext:
         """The swarm's history and in-flight candidates; empty when the memory fails."""
         in_flight = tuple(self.ctx.in_flight.values())
+        device = self.device.kind  # proposers leave parameters this kind never reads alone
         if not proposer.uses_history:
-            return ProposalContext(in_flight=in_flight)
+            return ProposalContext(in_flight=in_flight, device=device)
         memory, track = self.ctx.memory, self.config.experiment.track
         try:
             results = await memory.results(track, limit=self.config.proposer.max_history)
@@ -402,9 +403,9 @@ class Worker:
             insights = await memory.notes("insights", NOTES_LIMIT)
         except MemoryBackendError as exc:
             log.warning("history_unavailable", error=str(exc))
-            return ProposalContext(in_flight=in_flight)
+            return ProposalContext(in_flight=in_flight, device=device)
         mine = [n for n in hypotheses if n.value.get("track", track) == track]
-        return ProposalContext(results, in_flight, mine, insights)
+        return ProposalContext(results, in_flight, mine, insights, device=device)
 
     async def propose(self, best: Best | None) -> Candidate | None:
         baseline = self.baseline()

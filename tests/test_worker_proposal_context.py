@@ -1,0 +1,74 @@
+"""The proposal context a worker builds carries its device kind, on every path it can take.
+
+Workers drive a CPU slot and a GPU found through the fake NVML, with a real SQLite memory
+and, for the path where the history is out of reach, a hub client pointed at a closed port.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from autoresearchd.config import parse_config
+from autoresearchd.gpus import Gpus
+from autoresearchd.hypotheses import HypothesisProposer
+from autoresearchd.memory.ensue import EnsueMemory
+from autoresearchd.memory.protocol import CollectiveMemory
+from autoresearchd.memory.sqlite import SqliteMemory
+from autoresearchd.models import Device
+from autoresearchd.outbox import Outbox
+from autoresearchd.proposers import PerturbProposer, Proposer
+from autoresearchd.publisher import Publisher
+from autoresearchd.testing import FakeNvml, ok_script
+from autoresearchd.worker import Worker, WorkerContext
+
+from .hub.support import free_port
+
+pytestmark = pytest.mark.anyio
+
+
+async def a_gpu() -> Device:
+    async with Gpus(FakeNvml.with_gpus(1)) as gpus:
+        (gpu,) = (await gpus.discover()).gpus
+    return gpu
+
+
+def worker(tmp_path: Path, memory: CollectiveMemory, device: Device) -> Worker:
+    (tmp_path / "train.py").write_text(ok_script())
+    config = parse_config(
+        {
+            "daemon": {"state_dir": str(tmp_path / "state")},
+            "experiment": {"workspace": str(tmp_path)},
+        }
+    )
+    outbox = Outbox(config.outbox_dir)
+    outbox.open()
+    ctx = WorkerContext(config, memory, outbox, Publisher(outbox, memory), Gpus())
+    return Worker(device, ctx)
+
+
+@pytest.mark.parametrize("proposer", [PerturbProposer(), HypothesisProposer()])
+async def test_the_context_names_the_workers_device_kind(
+    tmp_path: Path, proposer: Proposer
+) -> None:
+    """With and without history: a GPU worker says cuda, a CPU worker says cpu."""
+    async with SqliteMemory(tmp_path / "memory.sqlite") as memory:
+        on_gpu = await worker(tmp_path, memory, await a_gpu()).proposal_context(proposer)
+        on_cpu = await worker(tmp_path, memory, Device.cpu(0)).proposal_context(proposer)
+    assert (on_gpu.device, on_cpu.device) == ("cuda", "cpu")
+
+
+async def test_the_context_keeps_the_device_kind_when_the_history_is_out_of_reach(
+    tmp_path: Path,
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}/"  # nothing listens there
+    memory = EnsueMemory(url, "test", "key", primary_track="synthetic", attempts=1)
+    async with memory:
+        with capture_logs() as logs:
+            context = await worker(tmp_path, memory, await a_gpu()).proposal_context(
+                HypothesisProposer()
+            )
+    assert "history_unavailable" in [entry["event"] for entry in logs]
+    assert context.results == () and context.device == "cuda"
