@@ -41,17 +41,18 @@ from autoresearchd.harness.tracks import DEFAULT_DATA_DIR, get_track  # noqa: E4
 
 # =====================================================================================
 # Hyperparameters: the mutator edits these literals and nothing else (DESIGN.md, 2).
+# `device=cuda` / `device=cpu` marks a parameter read on that device only (see choose_shape).
 # =====================================================================================
 # Model on CUDA: width = DEPTH * ASPECT_RATIO, rounded up to a multiple of HEAD_DIM.
-DEPTH = 8  # search: int 2..16
-ASPECT_RATIO = 64  # search: int 32..128
+DEPTH = 8  # search: int 2..16 device=cuda
+ASPECT_RATIO = 64  # search: int 32..128 device=cuda
 HEAD_DIM = 2**6  # search: pow2 5..7
 MLP_RATIO = 4  # search: int 2..6
 LOGIT_SOFTCAP = 15.0  # search: log 5..50
 # Batches, in tokens: one optimizer step sees TOTAL_BATCH_SIZE tokens, accumulated in
 # micro-batches of DEVICE_BATCH_SIZE tokens (lower it when memory is short).
-TOTAL_BATCH_SIZE = 2**17  # search: pow2 14..20
-DEVICE_BATCH_SIZE = 2**15  # search: pow2 12..17
+TOTAL_BATCH_SIZE = 2**17  # search: pow2 14..20 device=cuda
+DEVICE_BATCH_SIZE = 2**15  # search: pow2 12..17 device=cuda
 # AdamW, one learning rate per kind of parameter.
 MATRIX_LR = 0.004  # search: log 0.0005..0.03
 EMBEDDING_LR = 0.02  # search: log 0.002..0.2
@@ -66,9 +67,9 @@ WARMDOWN_FRAC = 0.4  # search: log 0.05..0.9
 FINAL_LR_FRAC = 0.05  # search: log 0.01..0.5
 # CPU (float32, eager): small enough that seconds of training already lower val_bpb.
 # Width is CPU_WIDTH exactly; the batch is in tokens, with no accumulation.
-CPU_DEPTH = 2  # search: int 1..6
-CPU_WIDTH = 2**7  # search: pow2 6..9
-CPU_BATCH_SIZE = 2**12  # search: pow2 10..15
+CPU_DEPTH = 2  # search: int 1..6 device=cpu
+CPU_WIDTH = 2**7  # search: pow2 6..9 device=cpu
+CPU_BATCH_SIZE = 2**12  # search: pow2 10..15 device=cpu
 # =====================================================================================
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device name; the first matching key wins, so

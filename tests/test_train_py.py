@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import warnings
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 
 from autoresearchd.harness import prepare_track
 from autoresearchd.models import KNOWN_METRICS, Summary
+from autoresearchd.mutation import parse_params
 from autoresearchd.summary import parse_result_json, parse_summary_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -179,6 +181,37 @@ def test_batch_sizes_are_powers_of_two() -> None:
         name = node.targets[0].id  # type: ignore[attr-defined]
         if name.endswith("BATCH_SIZE"):
             assert isinstance(node.value, ast.BinOp) and isinstance(node.value.op, ast.Pow), name
+
+
+def _reads_by_device() -> dict[str, set[str]]:
+    """Where train.py reads each name: ``cpu``/``cuda`` in choose_shape's branches, else ``any``."""
+    tree = ast.parse(TRAIN_PY.read_text(encoding="utf-8"))
+    shape = next(
+        n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "choose_shape"
+    )
+    branch = next(n for n in shape.body if isinstance(n, ast.If))
+    assert ast.unparse(branch.test) == "device.type == 'cpu'"
+    kind_of: dict[int, str] = {}
+    for kind, body in (("cpu", branch.body), ("cuda", branch.orelse)):
+        kind_of.update({id(node): kind for stmt in body for node in ast.walk(stmt)})
+    reads: dict[str, set[str]] = defaultdict(set)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            reads[node.id].add(kind_of.get(id(node), "any"))
+    return reads
+
+
+def test_device_qualifiers_match_where_train_py_reads_each_parameter() -> None:
+    """A parameter read on one device only says so, and one read on both says nothing."""
+    reads = _reads_by_device()
+    params = parse_params(TRAIN_PY.read_text(encoding="utf-8"))
+    for name, param in params.items():
+        only = {frozenset({"cpu"}): "cpu", frozenset({"cuda"}): "cuda"}.get(frozenset(reads[name]))
+        assert param.space.device == only, name
+    on_cpu = {name for name, param in params.items() if param.space.device == "cpu"}
+    assert on_cpu == {name for name in params if name.startswith("CPU_")} != set()
+    assert params["DEVICE_BATCH_SIZE"].space.device == "cuda"
+    assert params["TOTAL_BATCH_SIZE"].space.device == "cuda"
 
 
 def test_result_json_is_plain_numbers(longer_run: Run) -> None:
