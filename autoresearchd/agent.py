@@ -70,7 +70,9 @@ In this directory:
   timeout/invalid, val_bpb, the description of the change, the error of a failed run).
 - `hypotheses.json`: open suggestions from others (`suggested_config`: parameter values).
 - `insights.json`: findings from the history, such as regions that crash.
-- `spaces.json`: every hyperparameter, its value and the space it may move in.
+- `spaces.json`: every hyperparameter, its value and the space it may move in. A space
+  ending in `device=cuda` or `device=cpu` is read on that device only; the candidate
+  runs on device `{device}`, so changing a parameter of the other device changes nothing.
 
 Write a new `train.py` and a one-line `description.txt` (like `MATRIX_LR 0.04 → 0.05`)
 into `{output}`. Be quick: you have {timeout:g} seconds.
@@ -132,6 +134,7 @@ class CommandProposer:
             output=where.parent / "output",
             timeout=self.timeout_s,
             policy=POLICY[self.trust],
+            device=context.device or "unknown",
         )
         (where / "program.md").write_text(brief, encoding="utf-8")
 

@@ -145,3 +145,17 @@ async def test_known_or_unchanged_output_is_no_candidate(tmp_path: Path) -> None
         return True
 
     assert await proposer(tmp_path, "good").propose(parent(), everything) is None
+
+
+def test_spaces_keep_their_device_qualifier_and_the_brief_names_the_device(
+    tmp_path: Path,
+) -> None:
+    qualified = SMALL.replace("# search: int 2..8", "# search: int 2..8 device=cuda")
+    config = ProposerConfig(strategy="command", command=(sys.executable, "-c", "pass"))
+    agent = CommandProposer(config, baseline=qualified)
+    where = tmp_path / "context"
+    agent.write_context(where, parent(qualified), ProposalContext(device="cpu"))
+    spaces = json.loads((where / "spaces.json").read_text())
+    assert spaces["DEPTH"] == {"value": "4", "space": "int 2..8 device=cuda"}
+    assert spaces["LR"]["space"] == "log 0.001..0.1"
+    assert "runs on device `cpu`" in (where / "program.md").read_text()
