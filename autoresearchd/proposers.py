@@ -57,6 +57,8 @@ class ProposalContext:
     ``hypotheses`` and ``insights`` are the swarm's notes, newest first. ``device`` is the
     kind of device the candidate will run on (``cuda`` or ``cpu``; empty when unknown): a
     parameter whose space names another kind is left alone (:func:`mutation.movable`).
+    ``tier`` is the device's VRAM tier (empty when unknown): history-aware search learns
+    from that tier's results, since another tier's val_bpb sits on another scale.
     """
 
     results: Sequence[Result] = ()
@@ -64,6 +66,7 @@ class ProposalContext:
     hypotheses: Sequence[Note] = ()
     insights: Sequence[Note] = ()
     device: str = ""
+    tier: str = ""
 
 
 EMPTY_CONTEXT = ProposalContext()

@@ -395,7 +395,7 @@ class Worker:
         in_flight = tuple(self.ctx.in_flight.values())
         device = self.device.kind  # proposers leave parameters this kind never reads alone
         if not proposer.uses_history:
-            return ProposalContext(in_flight=in_flight, device=device)
+            return ProposalContext(in_flight=in_flight, device=device, tier=self.device.tier)
         memory, track = self.ctx.memory, self.config.experiment.track
         try:
             results = await memory.results(track, limit=self.config.proposer.max_history)
@@ -403,9 +403,11 @@ class Worker:
             insights = await memory.notes("insights", NOTES_LIMIT)
         except MemoryBackendError as exc:
             log.warning("history_unavailable", error=str(exc))
-            return ProposalContext(in_flight=in_flight, device=device)
+            return ProposalContext(in_flight=in_flight, device=device, tier=self.device.tier)
         mine = [n for n in hypotheses if n.value.get("track", track) == track]
-        return ProposalContext(results, in_flight, mine, insights, device=device)
+        return ProposalContext(
+            results, in_flight, mine, insights, device=device, tier=self.device.tier
+        )
 
     async def propose(self, best: Best | None) -> Candidate | None:
         baseline = self.baseline()

@@ -53,11 +53,13 @@ def worker(tmp_path: Path, memory: CollectiveMemory, device: Device) -> Worker:
 async def test_the_context_names_the_workers_device_kind(
     tmp_path: Path, proposer: Proposer
 ) -> None:
-    """With and without history: a GPU worker says cuda, a CPU worker says cpu."""
+    """With and without history: a GPU worker says cuda and its tier, a CPU worker cpu."""
     async with SqliteMemory(tmp_path / "memory.sqlite") as memory:
-        on_gpu = await worker(tmp_path, memory, await a_gpu()).proposal_context(proposer)
+        gpu = await a_gpu()
+        on_gpu = await worker(tmp_path, memory, gpu).proposal_context(proposer)
         on_cpu = await worker(tmp_path, memory, Device.cpu(0)).proposal_context(proposer)
     assert (on_gpu.device, on_cpu.device) == ("cuda", "cpu")
+    assert (on_gpu.tier, on_cpu.tier) == (gpu.tier, "cpu") and gpu.tier != "cpu"
 
 
 async def test_the_context_keeps_the_device_kind_when_the_history_is_out_of_reach(
@@ -71,4 +73,4 @@ async def test_the_context_keeps_the_device_kind_when_the_history_is_out_of_reac
                 HypothesisProposer()
             )
     assert "history_unavailable" in [entry["event"] for entry in logs]
-    assert context.results == () and context.device == "cuda"
+    assert context.results == () and context.device == "cuda" and context.tier != ""
