@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
+from autoresearchd import search
 from autoresearchd.config import ProposerConfig
 from autoresearchd.models import Candidate, Result, Status, sha256_text
 from autoresearchd.mutation import apply_changes, parse_params
@@ -135,6 +136,18 @@ async def test_learns_from_history_and_never_proposes_a_known_candidate() -> Non
     assert sorted(lrs)[5] > 0.03  # median well above the log-uniform median (0.01)
 
 
+def test_learns_only_from_results_of_the_workers_tier() -> None:
+    proposer = TpeProposer(random.Random(0))
+    space = SearchSpace(parse_params(SMALL), proposer._optuna)
+    cpu = result(variant(LR=0.02), 3.0, n=1)
+    large = dataclasses.replace(result(variant(LR=0.03), 1.0, n=2), vram_tier="large")
+    context = ProposalContext(results=[cpu, large], tier="large")
+    study = proposer._study(parent(), space, context)
+    assert [t.value for t in study.trials] == [1.0]
+    everything = proposer._study(parent(), space, ProposalContext(results=[cpu, large]))
+    assert [t.value for t in everything.trials] == [3.0, 1.0]  # tier unknown: all of them
+
+
 @pytest.mark.anyio
 async def test_in_flight_candidates_become_running_trials() -> None:
     proposer = TpeProposer(random.Random(0))
@@ -216,19 +229,23 @@ async def test_tpe_falls_back_to_a_perturb_that_keeps_to_the_device() -> None:
 
 
 @pytest.mark.anyio
-async def test_proposal_stays_cheap_with_thousands_of_results() -> None:
+async def test_history_is_capped_and_each_source_read_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     rng = random.Random(0)
     history = [
         result(variant(LR=float(f"{10 ** rng.uniform(-3, -1):.4g}"), DEPTH=rng.randint(2, 8)), 1.0)
         for _ in range(2000)
     ]
     proposer = TpeProposer(random.Random(0), max_history=1000)
-    start = time.perf_counter()
+    read: list[str] = []
+    original = search.read_source
+    monkeypatch.setattr(search, "read_source", lambda text: read.append(text) or original(text))
     assert await proposer.propose(parent(), never, ProposalContext(results=history))
-    assert time.perf_counter() - start < 5.0
-    start = time.perf_counter()
+    assert len(read) == 1 + len({r.train_py_sha256 for r in history[:1000]})  # capped history
+    read.clear()
     assert await proposer.propose(parent(), never, ProposalContext(results=history))
-    assert time.perf_counter() - start < 1.0  # sources are cached by hash
+    assert read == []  # every source, parent included, is read once and cached by hash
 
 
 def test_make_proposer_falls_back_to_perturb_without_optuna(
