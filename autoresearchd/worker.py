@@ -11,7 +11,6 @@ A candidate that beats the best by ``min_improvement`` is provisional: it become
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 import statistics
 import time
@@ -36,6 +35,7 @@ from autoresearchd.errors import (
 from autoresearchd.gpus import Gpus
 from autoresearchd.health import DeviceHealth, FlapDetector, sleep_unless
 from autoresearchd.hypotheses import crash_insights, follow_up
+from autoresearchd.judging import best_from, delta_vs_best, improves, lowest, own_outdated
 from autoresearchd.memory.protocol import CollectiveMemory, Note
 from autoresearchd.models import Best, Candidate, Device, Result, Status
 from autoresearchd.mutation import Param, parse_params
@@ -107,43 +107,6 @@ class WorkerContext:
     #: Keys of the swarm hypotheses this daemon's workers picked up: each is run once here.
     hypotheses_taken: set[str] = field(default_factory=set)
     new_seed: Callable[[], int] = field(default=lambda: random.SystemRandom().randrange(2**31))
-
-
-def best_from(result: Result) -> Best:
-    """The best a kept result makes, as this worker knows it before the memory confirms."""
-    return Best(
-        track=result.track,
-        tier=result.vram_tier,
-        val_bpb=result.best_bpb or math.inf,
-        train_py=result.train_py,
-        train_py_sha256=result.train_py_sha256,
-        result_id=result.id,
-        agent_id=result.agent_id,
-        updated_at=result.completed_at,
-    )
-
-
-def _covers(best: Best | None, own: Best) -> bool:
-    """True when the memory's best already accounts for our own latest keep."""
-    return best is not None and (best.result_id == own.result_id or best.val_bpb <= own.val_bpb)
-
-
-def delta_vs_best(val_bpb: float | None, best: Best | None) -> float | None:
-    """``val_bpb`` minus the best's; None unless both are finite.
-
-    A hub seeds ``best/`` with an unscored baseline (an infinite ``val_bpb``), and an
-    infinite delta is not valid JSON for the other clients that read our records.
-    """
-    if val_bpb is None or best is None or not math.isfinite(best.val_bpb):
-        return None
-    return val_bpb - best.val_bpb
-
-
-def improves(val_bpb: float | None, best: Best | None, min_improvement: float) -> bool:
-    """True when ``val_bpb`` beats the best by more than ``min_improvement``."""
-    if val_bpb is None or not math.isfinite(val_bpb):
-        return False
-    return best is None or val_bpb < best.val_bpb - min_improvement
 
 
 class Worker:
@@ -321,10 +284,9 @@ class Worker:
         except MemoryBackendError as exc:
             log.warning("best_unavailable", error=str(exc))
         own = self._own_best
-        if own is not None and (own.track != track or _covers(self._best, own)):
+        if own is not None and own_outdated(own, self._best, track):
             self._own_best = None  # the memory has caught up (or the track changed)
-        known = [b for b in (self._best, self._own_best) if b is not None]
-        return min(known, key=lambda b: b.val_bpb) if known else None
+        return lowest(self._best, self._own_best)
 
     async def is_known(self, sha256: str) -> bool:
         if sha256 in self.ctx.ran or sha256 in self.ctx.in_flight:
