@@ -14,7 +14,6 @@ import dataclasses
 import random
 import statistics
 import time
-import uuid
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -42,6 +41,7 @@ from autoresearchd.mutation import Param, parse_params
 from autoresearchd.outbox import Outbox
 from autoresearchd.proposers import ProposalContext, Proposer, make_proposer
 from autoresearchd.publisher import Publisher
+from autoresearchd.records import Origin, build_result, failed_proposal, invalid_result, new_run_id
 from autoresearchd.runner import RunReport, RunSpec, run_experiment
 from autoresearchd.sandbox import Sandbox
 from autoresearchd.trust import check_params_only
@@ -387,45 +387,8 @@ class Worker:
             log.warning(
                 "proposal_failed", proposer=exc.proposer, outcome=exc.outcome, error=str(exc)
             )
-            await self.queue(self.failed_proposal(exc, parent))
+            await self.queue(failed_proposal(self.origin(), exc, parent))
             return None
-
-    def failed_proposal(self, exc: ProposalError, parent: Candidate) -> Result:
-        """A proposer's failure as a result: no run, its reason in ``error``."""
-        candidate = Candidate(
-            source=exc.source,
-            parent_sha256=parent.sha256,
-            description=f"{exc.proposer} proposal failed",
-            proposer=exc.proposer,
-        )
-        status = Status.INVALID if exc.outcome == "invalid" else Status.CRASH
-        return self.unrun_result(candidate, status, str(exc))
-
-    def unrun_result(self, candidate: Candidate, status: Status, error: str) -> Result:
-        """A result for a script that never ran (refused, or a proposer that failed)."""
-        now = time.time()
-        return Result(
-            id=f"{self.config.daemon.agent}-{uuid.uuid4().hex[:12]}",
-            agent_id=self.config.daemon.agent,
-            track=self.config.experiment.track,
-            status=status,
-            val_bpb=None,
-            description=candidate.description,
-            train_py=candidate.source,
-            train_py_sha256=candidate.sha256,
-            parent_sha256=candidate.parent_sha256,
-            seed=0,
-            device_name=self.device.name,
-            device_uuid=self.device.uuid,
-            memory_gb=self.device.memory_gb,
-            vram_tier=self.device.tier,
-            started_at=now,
-            completed_at=now,
-            duration_s=0.0,
-            proposer=candidate.proposer,
-            error=error,
-            software=self.ctx.software,
-        )
 
     # -- sharing what we learned -------------------------------------------------------
 
@@ -503,12 +466,8 @@ class Worker:
             reason=verdict.reason,
             parent=fallback.sha256[:12],
         )
-        await self.queue(self.invalid_result(candidate, f"trust: {verdict.reason}"))
+        await self.queue(invalid_result(self.origin(), candidate, f"trust: {verdict.reason}"))
         return fallback
-
-    def invalid_result(self, candidate: Candidate, reason: str) -> Result:
-        """A result for a script refused by policy: it was never run."""
-        return self.unrun_result(candidate, Status.INVALID, reason)
 
     # -- running and judging ---------------------------------------------------------
 
@@ -588,7 +547,7 @@ class Worker:
         return result.with_(delta_vs_best=delta_vs_best(result.val_bpb, best)), best
 
     async def run(self, candidate: Candidate) -> Result | None:
-        run_id = f"{self.config.daemon.agent}-{uuid.uuid4().hex[:12]}"
+        run_id = new_run_id(self.config.daemon.agent)
         seed = self.ctx.new_seed()
         structlog.contextvars.bind_contextvars(run_id=run_id)
         try:
@@ -629,36 +588,14 @@ class Worker:
         self._flap_delay = self.flaps.record(report.outcome == "crash", report.duration_s)
         if report.outcome == "stopped":
             return None
-        return self.build_result(candidate, report, seed)
+        result = build_result(self.origin(), candidate, report, seed)
+        self.last_val_bpb = result.val_bpb if result.val_bpb is not None else self.last_val_bpb
+        return result
 
-    def build_result(self, candidate: Candidate, report: RunReport, seed: int) -> Result:
-        summary = report.summary
-        val = summary.val_bpb if summary and report.outcome == "ok" else None
-        self.last_val_bpb = val if val is not None else self.last_val_bpb
-        status = {"ok": Status.DISCARD, "timeout": Status.TIMEOUT}.get(report.outcome, Status.CRASH)
-        return Result(
-            id=report.run_id,
-            agent_id=self.config.daemon.agent,
-            track=self.config.experiment.track,
-            status=status,
-            val_bpb=val,
-            description=candidate.description,
-            train_py=candidate.source,
-            train_py_sha256=candidate.sha256,
-            parent_sha256=candidate.parent_sha256,
-            seed=seed,
-            device_name=self.device.name,
-            device_uuid=self.device.uuid,
-            memory_gb=self.device.memory_gb,
-            vram_tier=self.device.tier,
-            started_at=report.started_at,
-            completed_at=report.completed_at,
-            duration_s=report.duration_s,
-            metrics=dict(summary.metrics) if summary else {},
-            proposer=candidate.proposer,
-            error=report.error,
-            software=self.ctx.software,
-        )
+    def origin(self) -> Origin:
+        """What this worker's records carry now: the config and device may have changed."""
+        agent, track = self.config.daemon.agent, self.config.experiment.track
+        return Origin(agent, track, self.device, self.ctx.software)
 
     async def queue(self, result: Result) -> None:
         """Durably queue a result for the publisher, then wake it."""
