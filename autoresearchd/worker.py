@@ -25,25 +25,19 @@ import anyio.abc
 import structlog
 
 from autoresearchd.config import Config
-from autoresearchd.errors import (
-    AutoresearchdError,
-    MemoryBackendError,
-    MutationError,
-    ProposalError,
-)
+from autoresearchd.errors import AutoresearchdError, MemoryBackendError, ProposalError
 from autoresearchd.gpus import Gpus
 from autoresearchd.health import DeviceHealth, FlapDetector, sleep_unless
-from autoresearchd.hypotheses import crash_insights, follow_up
 from autoresearchd.judging import best_from, delta_vs_best, improves, lowest, own_outdated
-from autoresearchd.memory.protocol import CollectiveMemory, Note
+from autoresearchd.memory.protocol import CollectiveMemory
 from autoresearchd.models import Best, Candidate, Device, Result, Status
-from autoresearchd.mutation import Param, parse_params
 from autoresearchd.outbox import Outbox
 from autoresearchd.proposers import ProposalContext, Proposer, make_proposer
 from autoresearchd.publisher import Publisher
 from autoresearchd.records import Origin, build_result, failed_proposal, invalid_result, new_run_id
 from autoresearchd.runner import RunReport, RunSpec, run_experiment
 from autoresearchd.sandbox import Sandbox
+from autoresearchd.sharing import Sharing
 from autoresearchd.trust import check_params_only
 
 log = structlog.get_logger(__name__)
@@ -69,8 +63,6 @@ BEST_READ_TIMEOUT_S = 5.0
 RELEASE_TIMEOUT_S = 10.0
 #: Hypotheses and insights a proposal reads; the newest matter most.
 NOTES_LIMIT = 100
-#: Least seconds between two insight computations of one worker.
-INSIGHT_INTERVAL_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +129,7 @@ class Worker:
         self._background: anyio.abc.TaskGroup | None = None
         self._run_clock = 0.0
         self._prefetched: anyio.Event | None = None
-        self._last_keep: Result | None = None
-        self._insights_at = 0.0
+        self.sharing = Sharing(ctx.memory, lambda: self.baseline().source)
         self._trusted: dict[str, Candidate] = {}  # network bests accepted, by baseline sha
         # Pausing, from the control socket: a paused worker asks for no work at all.
         self.paused = False
@@ -199,7 +190,7 @@ class Worker:
             # without a result frees it, during the next run, off the critical path.
             if not queued:
                 self._to_release.append(ready.candidate)
-        await self.share(ready.candidate, ready.parent_best)
+        await self.sharing.share(self.config, ready.candidate, ready.parent_best)
         await self._maybe_back_off()
 
     async def prepare(self) -> Prepared | None:
@@ -390,55 +381,6 @@ class Worker:
             await self.queue(failed_proposal(self.origin(), exc, parent))
             return None
 
-    # -- sharing what we learned -------------------------------------------------------
-
-    async def share(self, candidate: Candidate, best: Best | None) -> None:
-        """Publish a follow-up hypothesis after a keep, and insights now and then."""
-        if not self.config.proposer.share_notes:
-            return
-        kept, self._last_keep = self._last_keep, None
-        notes: list[tuple[str, Note]] = []
-        now = time.time()
-        if kept is not None and best is not None and kept.train_py_sha256 == candidate.sha256:
-            spaces = self.proposer_spaces()
-            note = follow_up(best.train_py, kept, self.config.daemon.agent, now, spaces)
-            notes += [("hypotheses", note)] if note else []
-        if now - self._insights_at >= INSIGHT_INTERVAL_S:
-            self._insights_at = now
-            notes += [("insights", n) for n in await self.insights(now)]
-        for kind, note in notes:
-            await self.put_note(kind, note)
-
-    def proposer_spaces(self) -> dict[str, Param] | None:
-        try:
-            return parse_params(self.baseline().source)
-        except (OSError, MutationError):
-            return None
-
-    async def insights(self, now: float) -> list[Note]:
-        track = self.config.experiment.track
-        try:
-            results = await self.ctx.memory.results(track, limit=self.config.proposer.max_history)
-        except MemoryBackendError as exc:
-            log.warning("history_unavailable", error=str(exc))
-            return []
-        if not results:
-            return []
-        baseline = self.baseline().source
-        found = await anyio.to_thread.run_sync(
-            crash_insights, results, self.config.daemon.agent, now, baseline
-        )
-        return list(found)
-
-    async def put_note(self, kind: str, note: Note) -> None:
-        try:
-            created = await self.ctx.memory.put_note(kind, note)
-        except MemoryBackendError as exc:
-            log.warning("note_unpublished", kind=kind, error=str(exc))
-            return
-        if created:
-            log.info("note_published", kind=kind, key=note.key, title=note.value.get("title"))
-
     # -- trust (DESIGN.md, contract 2) --------------------------------------------------
 
     async def trusted_parent(self, best: Best, baseline: Candidate) -> Candidate:
@@ -607,7 +549,7 @@ class Worker:
         if result.status is Status.KEEP:
             self._moved_best = True
             self._own_best = best_from(result)
-            self._last_keep = result
+            self.sharing.kept(result)
         log.info(
             "result_queued",
             result_id=result.id,
