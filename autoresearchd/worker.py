@@ -32,13 +32,13 @@ from autoresearchd.judging import best_from, delta_vs_best, improves, lowest, ow
 from autoresearchd.memory.protocol import CollectiveMemory
 from autoresearchd.models import Best, Candidate, Device, Result, Status
 from autoresearchd.outbox import Outbox
+from autoresearchd.parents import Parents
 from autoresearchd.proposers import ProposalContext, Proposer, make_proposer
 from autoresearchd.publisher import Publisher
 from autoresearchd.records import Origin, build_result, failed_proposal, invalid_result, new_run_id
 from autoresearchd.runner import RunReport, RunSpec, run_experiment
 from autoresearchd.sandbox import Sandbox
 from autoresearchd.sharing import Sharing
-from autoresearchd.trust import check_params_only
 
 log = structlog.get_logger(__name__)
 
@@ -130,7 +130,7 @@ class Worker:
         self._run_clock = 0.0
         self._prefetched: anyio.Event | None = None
         self.sharing = Sharing(ctx.memory, lambda: self.baseline().source)
-        self._trusted: dict[str, Candidate] = {}  # network bests accepted, by baseline sha
+        self.parents = Parents(ctx.refused)
         # Pausing, from the control socket: a paused worker asks for no work at all.
         self.paused = False
         self.finishing = False
@@ -388,28 +388,20 @@ class Worker:
 
         A refused best is recorded once as an ``invalid`` result and never run.
         """
-        candidate = Candidate(
-            source=best.train_py, parent_sha256=None, description="best", proposer="memory"
-        )
-        if self.config.experiment.trust != "params-only" or candidate.sha256 == baseline.sha256:
-            return candidate
-        fallback = self._trusted.get(baseline.sha256, baseline)
-        if candidate.sha256 in self.ctx.refused:
-            return fallback
-        verdict = check_params_only(baseline.source, candidate.source)
-        if verdict.ok:
-            self._trusted[baseline.sha256] = candidate
-            return candidate
-        self.ctx.refused.add(candidate.sha256)
+        trust = self.config.experiment.trust
+        parent, refusal = self.parents.choose(best, baseline, trust)
+        if refusal is None:
+            return parent
         log.warning(
             "best_refused",
-            sha=candidate.sha256[:12],
+            sha=refusal.candidate.sha256[:12],
             agent=best.agent_id,
-            reason=verdict.reason,
-            parent=fallback.sha256[:12],
+            reason=refusal.reason,
+            parent=parent.sha256[:12],
         )
-        await self.queue(invalid_result(self.origin(), candidate, f"trust: {verdict.reason}"))
-        return fallback
+        reason = f"trust: {refusal.reason}"
+        await self.queue(invalid_result(self.origin(), refusal.candidate, reason))
+        return parent
 
     # -- running and judging ---------------------------------------------------------
 
