@@ -6,6 +6,9 @@ and a memory that cannot be reached degrades to the last known best and unclaime
 A candidate that beats the best by ``min_improvement`` is provisional: it becomes a
 ``keep`` only after ``replicates`` confirming runs with other seeds keep the mean ahead
 (DESIGN.md, Noise). Shared state the daemon owns arrives in a :class:`WorkerContext`.
+The worker orchestrates the cycle; what it builds on lives beside it: ``judging`` (a result
+against the best), ``records`` (results from runs), ``parents`` (the trust policy for
+network bests) and ``sharing`` (notes to the swarm).
 """
 
 from __future__ import annotations
