@@ -6,16 +6,17 @@ and a memory that cannot be reached degrades to the last known best and unclaime
 A candidate that beats the best by ``min_improvement`` is provisional: it becomes a
 ``keep`` only after ``replicates`` confirming runs with other seeds keep the mean ahead
 (DESIGN.md, Noise). Shared state the daemon owns arrives in a :class:`WorkerContext`.
+The worker orchestrates the cycle; what it builds on lives beside it: ``judging`` (a result
+against the best), ``records`` (results from runs), ``parents`` (the trust policy for
+network bests) and ``sharing`` (notes to the swarm).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 import statistics
 import time
-import uuid
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -27,24 +28,20 @@ import anyio.abc
 import structlog
 
 from autoresearchd.config import Config
-from autoresearchd.errors import (
-    AutoresearchdError,
-    MemoryBackendError,
-    MutationError,
-    ProposalError,
-)
+from autoresearchd.errors import AutoresearchdError, MemoryBackendError, ProposalError
 from autoresearchd.gpus import Gpus
 from autoresearchd.health import DeviceHealth, FlapDetector, sleep_unless
-from autoresearchd.hypotheses import crash_insights, follow_up
-from autoresearchd.memory.protocol import CollectiveMemory, Note
+from autoresearchd.judging import best_from, delta_vs_best, improves, lowest, own_outdated
+from autoresearchd.memory.protocol import CollectiveMemory
 from autoresearchd.models import Best, Candidate, Device, Result, Status
-from autoresearchd.mutation import Param, parse_params
 from autoresearchd.outbox import Outbox
+from autoresearchd.parents import Parents
 from autoresearchd.proposers import ProposalContext, Proposer, make_proposer
 from autoresearchd.publisher import Publisher
+from autoresearchd.records import Origin, build_result, failed_proposal, invalid_result, new_run_id
 from autoresearchd.runner import RunReport, RunSpec, run_experiment
 from autoresearchd.sandbox import Sandbox
-from autoresearchd.trust import check_params_only
+from autoresearchd.sharing import Sharing
 
 log = structlog.get_logger(__name__)
 
@@ -69,8 +66,6 @@ BEST_READ_TIMEOUT_S = 5.0
 RELEASE_TIMEOUT_S = 10.0
 #: Hypotheses and insights a proposal reads; the newest matter most.
 NOTES_LIMIT = 100
-#: Least seconds between two insight computations of one worker.
-INSIGHT_INTERVAL_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,43 +104,6 @@ class WorkerContext:
     new_seed: Callable[[], int] = field(default=lambda: random.SystemRandom().randrange(2**31))
 
 
-def best_from(result: Result) -> Best:
-    """The best a kept result makes, as this worker knows it before the memory confirms."""
-    return Best(
-        track=result.track,
-        tier=result.vram_tier,
-        val_bpb=result.best_bpb or math.inf,
-        train_py=result.train_py,
-        train_py_sha256=result.train_py_sha256,
-        result_id=result.id,
-        agent_id=result.agent_id,
-        updated_at=result.completed_at,
-    )
-
-
-def _covers(best: Best | None, own: Best) -> bool:
-    """True when the memory's best already accounts for our own latest keep."""
-    return best is not None and (best.result_id == own.result_id or best.val_bpb <= own.val_bpb)
-
-
-def delta_vs_best(val_bpb: float | None, best: Best | None) -> float | None:
-    """``val_bpb`` minus the best's; None unless both are finite.
-
-    A hub seeds ``best/`` with an unscored baseline (an infinite ``val_bpb``), and an
-    infinite delta is not valid JSON for the other clients that read our records.
-    """
-    if val_bpb is None or best is None or not math.isfinite(best.val_bpb):
-        return None
-    return val_bpb - best.val_bpb
-
-
-def improves(val_bpb: float | None, best: Best | None, min_improvement: float) -> bool:
-    """True when ``val_bpb`` beats the best by more than ``min_improvement``."""
-    if val_bpb is None or not math.isfinite(val_bpb):
-        return False
-    return best is None or val_bpb < best.val_bpb - min_improvement
-
-
 class Worker:
     """Keeps one device busy with experiments until the daemon drains."""
 
@@ -174,9 +132,8 @@ class Worker:
         self._background: anyio.abc.TaskGroup | None = None
         self._run_clock = 0.0
         self._prefetched: anyio.Event | None = None
-        self._last_keep: Result | None = None
-        self._insights_at = 0.0
-        self._trusted: dict[str, Candidate] = {}  # network bests accepted, by baseline sha
+        self.sharing = Sharing(ctx.memory, lambda: self.baseline().source)
+        self.parents = Parents(ctx.refused)
         # Pausing, from the control socket: a paused worker asks for no work at all.
         self.paused = False
         self.finishing = False
@@ -236,7 +193,7 @@ class Worker:
             # without a result frees it, during the next run, off the critical path.
             if not queued:
                 self._to_release.append(ready.candidate)
-        await self.share(ready.candidate, ready.parent_best)
+        await self.sharing.share(self.config, ready.candidate, ready.parent_best)
         await self._maybe_back_off()
 
     async def prepare(self) -> Prepared | None:
@@ -321,10 +278,9 @@ class Worker:
         except MemoryBackendError as exc:
             log.warning("best_unavailable", error=str(exc))
         own = self._own_best
-        if own is not None and (own.track != track or _covers(self._best, own)):
+        if own is not None and own_outdated(own, self._best, track):
             self._own_best = None  # the memory has caught up (or the track changed)
-        known = [b for b in (self._best, self._own_best) if b is not None]
-        return min(known, key=lambda b: b.val_bpb) if known else None
+        return lowest(self._best, self._own_best)
 
     async def is_known(self, sha256: str) -> bool:
         if sha256 in self.ctx.ran or sha256 in self.ctx.in_flight:
@@ -425,94 +381,8 @@ class Worker:
             log.warning(
                 "proposal_failed", proposer=exc.proposer, outcome=exc.outcome, error=str(exc)
             )
-            await self.queue(self.failed_proposal(exc, parent))
+            await self.queue(failed_proposal(self.origin(), exc, parent))
             return None
-
-    def failed_proposal(self, exc: ProposalError, parent: Candidate) -> Result:
-        """A proposer's failure as a result: no run, its reason in ``error``."""
-        candidate = Candidate(
-            source=exc.source,
-            parent_sha256=parent.sha256,
-            description=f"{exc.proposer} proposal failed",
-            proposer=exc.proposer,
-        )
-        status = Status.INVALID if exc.outcome == "invalid" else Status.CRASH
-        return self.unrun_result(candidate, status, str(exc))
-
-    def unrun_result(self, candidate: Candidate, status: Status, error: str) -> Result:
-        """A result for a script that never ran (refused, or a proposer that failed)."""
-        now = time.time()
-        return Result(
-            id=f"{self.config.daemon.agent}-{uuid.uuid4().hex[:12]}",
-            agent_id=self.config.daemon.agent,
-            track=self.config.experiment.track,
-            status=status,
-            val_bpb=None,
-            description=candidate.description,
-            train_py=candidate.source,
-            train_py_sha256=candidate.sha256,
-            parent_sha256=candidate.parent_sha256,
-            seed=0,
-            device_name=self.device.name,
-            device_uuid=self.device.uuid,
-            memory_gb=self.device.memory_gb,
-            vram_tier=self.device.tier,
-            started_at=now,
-            completed_at=now,
-            duration_s=0.0,
-            proposer=candidate.proposer,
-            error=error,
-            software=self.ctx.software,
-        )
-
-    # -- sharing what we learned -------------------------------------------------------
-
-    async def share(self, candidate: Candidate, best: Best | None) -> None:
-        """Publish a follow-up hypothesis after a keep, and insights now and then."""
-        if not self.config.proposer.share_notes:
-            return
-        kept, self._last_keep = self._last_keep, None
-        notes: list[tuple[str, Note]] = []
-        now = time.time()
-        if kept is not None and best is not None and kept.train_py_sha256 == candidate.sha256:
-            spaces = self.proposer_spaces()
-            note = follow_up(best.train_py, kept, self.config.daemon.agent, now, spaces)
-            notes += [("hypotheses", note)] if note else []
-        if now - self._insights_at >= INSIGHT_INTERVAL_S:
-            self._insights_at = now
-            notes += [("insights", n) for n in await self.insights(now)]
-        for kind, note in notes:
-            await self.put_note(kind, note)
-
-    def proposer_spaces(self) -> dict[str, Param] | None:
-        try:
-            return parse_params(self.baseline().source)
-        except (OSError, MutationError):
-            return None
-
-    async def insights(self, now: float) -> list[Note]:
-        track = self.config.experiment.track
-        try:
-            results = await self.ctx.memory.results(track, limit=self.config.proposer.max_history)
-        except MemoryBackendError as exc:
-            log.warning("history_unavailable", error=str(exc))
-            return []
-        if not results:
-            return []
-        baseline = self.baseline().source
-        found = await anyio.to_thread.run_sync(
-            crash_insights, results, self.config.daemon.agent, now, baseline
-        )
-        return list(found)
-
-    async def put_note(self, kind: str, note: Note) -> None:
-        try:
-            created = await self.ctx.memory.put_note(kind, note)
-        except MemoryBackendError as exc:
-            log.warning("note_unpublished", kind=kind, error=str(exc))
-            return
-        if created:
-            log.info("note_published", kind=kind, key=note.key, title=note.value.get("title"))
 
     # -- trust (DESIGN.md, contract 2) --------------------------------------------------
 
@@ -521,32 +391,20 @@ class Worker:
 
         A refused best is recorded once as an ``invalid`` result and never run.
         """
-        candidate = Candidate(
-            source=best.train_py, parent_sha256=None, description="best", proposer="memory"
-        )
-        if self.config.experiment.trust != "params-only" or candidate.sha256 == baseline.sha256:
-            return candidate
-        fallback = self._trusted.get(baseline.sha256, baseline)
-        if candidate.sha256 in self.ctx.refused:
-            return fallback
-        verdict = check_params_only(baseline.source, candidate.source)
-        if verdict.ok:
-            self._trusted[baseline.sha256] = candidate
-            return candidate
-        self.ctx.refused.add(candidate.sha256)
+        trust = self.config.experiment.trust
+        parent, refusal = self.parents.choose(best, baseline, trust)
+        if refusal is None:
+            return parent
         log.warning(
             "best_refused",
-            sha=candidate.sha256[:12],
+            sha=refusal.candidate.sha256[:12],
             agent=best.agent_id,
-            reason=verdict.reason,
-            parent=fallback.sha256[:12],
+            reason=refusal.reason,
+            parent=parent.sha256[:12],
         )
-        await self.queue(self.invalid_result(candidate, f"trust: {verdict.reason}"))
-        return fallback
-
-    def invalid_result(self, candidate: Candidate, reason: str) -> Result:
-        """A result for a script refused by policy: it was never run."""
-        return self.unrun_result(candidate, Status.INVALID, reason)
+        reason = f"trust: {refusal.reason}"
+        await self.queue(invalid_result(self.origin(), refusal.candidate, reason))
+        return parent
 
     # -- running and judging ---------------------------------------------------------
 
@@ -626,7 +484,7 @@ class Worker:
         return result.with_(delta_vs_best=delta_vs_best(result.val_bpb, best)), best
 
     async def run(self, candidate: Candidate) -> Result | None:
-        run_id = f"{self.config.daemon.agent}-{uuid.uuid4().hex[:12]}"
+        run_id = new_run_id(self.config.daemon.agent)
         seed = self.ctx.new_seed()
         structlog.contextvars.bind_contextvars(run_id=run_id)
         try:
@@ -667,36 +525,14 @@ class Worker:
         self._flap_delay = self.flaps.record(report.outcome == "crash", report.duration_s)
         if report.outcome == "stopped":
             return None
-        return self.build_result(candidate, report, seed)
+        result = build_result(self.origin(), candidate, report, seed)
+        self.last_val_bpb = result.val_bpb if result.val_bpb is not None else self.last_val_bpb
+        return result
 
-    def build_result(self, candidate: Candidate, report: RunReport, seed: int) -> Result:
-        summary = report.summary
-        val = summary.val_bpb if summary and report.outcome == "ok" else None
-        self.last_val_bpb = val if val is not None else self.last_val_bpb
-        status = {"ok": Status.DISCARD, "timeout": Status.TIMEOUT}.get(report.outcome, Status.CRASH)
-        return Result(
-            id=report.run_id,
-            agent_id=self.config.daemon.agent,
-            track=self.config.experiment.track,
-            status=status,
-            val_bpb=val,
-            description=candidate.description,
-            train_py=candidate.source,
-            train_py_sha256=candidate.sha256,
-            parent_sha256=candidate.parent_sha256,
-            seed=seed,
-            device_name=self.device.name,
-            device_uuid=self.device.uuid,
-            memory_gb=self.device.memory_gb,
-            vram_tier=self.device.tier,
-            started_at=report.started_at,
-            completed_at=report.completed_at,
-            duration_s=report.duration_s,
-            metrics=dict(summary.metrics) if summary else {},
-            proposer=candidate.proposer,
-            error=report.error,
-            software=self.ctx.software,
-        )
+    def origin(self) -> Origin:
+        """What this worker's records carry now: the config and device may have changed."""
+        agent, track = self.config.daemon.agent, self.config.experiment.track
+        return Origin(agent, track, self.device, self.ctx.software)
 
     async def queue(self, result: Result) -> None:
         """Durably queue a result for the publisher, then wake it."""
@@ -708,7 +544,7 @@ class Worker:
         if result.status is Status.KEEP:
             self._moved_best = True
             self._own_best = best_from(result)
-            self._last_keep = result
+            self.sharing.kept(result)
         log.info(
             "result_queued",
             result_id=result.id,

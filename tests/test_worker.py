@@ -10,10 +10,10 @@ import pytest
 
 from autoresearchd.daemon import Daemon
 from autoresearchd.harness.prepare import prepare_track
+from autoresearchd.judging import improves
 from autoresearchd.memory.sqlite import SqliteMemory
 from autoresearchd.models import Best, Result
 from autoresearchd.testing import PLAN_ENV, FakeNvml, plan_script, write_plan
-from autoresearchd.worker import improves
 
 pytestmark = pytest.mark.anyio
 

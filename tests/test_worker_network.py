@@ -12,13 +12,14 @@ from structlog.testing import capture_logs
 
 from autoresearchd.config import parse_config
 from autoresearchd.gpus import Gpus
+from autoresearchd.judging import delta_vs_best, improves
 from autoresearchd.memory.ensue import EnsueMemory
 from autoresearchd.memory.sqlite import SqliteMemory
 from autoresearchd.models import Best, Device
 from autoresearchd.outbox import Outbox
 from autoresearchd.publisher import Publisher
 from autoresearchd.testing import ok_script, plan_script
-from autoresearchd.worker import Worker, WorkerContext, delta_vs_best, improves
+from autoresearchd.worker import Worker, WorkerContext
 
 from .hub.support import free_port
 

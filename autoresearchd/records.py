@@ -1,0 +1,112 @@
+"""Building result records: a finished run, a refused script or a failed proposal as a Result.
+
+Pure constructors, no I/O and no worker state: what every record carries (the agent, the
+track, the device and the software versions) arrives as an :class:`Origin`, so the worker
+builds one per record from its current config and device, and tests build them directly.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from autoresearchd.errors import ProposalError
+from autoresearchd.models import Candidate, Device, Result, Status
+from autoresearchd.runner import RunReport
+
+#: The status a run's outcome records before judging; any other outcome is a crash.
+OUTCOME_STATUS = {"ok": Status.DISCARD, "timeout": Status.TIMEOUT}
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Who ran a script, on which device, with which software: shared by all its records."""
+
+    agent: str
+    track: str
+    device: Device
+    software: Mapping[str, str]
+
+
+def new_run_id(agent: str) -> str:
+    """A fresh id for a run or record, prefixed by the agent so ids never collide across it."""
+    return f"{agent}-{uuid.uuid4().hex[:12]}"
+
+
+def build_result(origin: Origin, candidate: Candidate, report: RunReport, seed: int) -> Result:
+    """A finished run as a result: scored ``discard`` if it ran ok, else timeout or crash."""
+    summary = report.summary
+    val = summary.val_bpb if summary and report.outcome == "ok" else None
+    device = origin.device
+    return Result(
+        id=report.run_id,
+        agent_id=origin.agent,
+        track=origin.track,
+        status=OUTCOME_STATUS.get(report.outcome, Status.CRASH),
+        val_bpb=val,
+        description=candidate.description,
+        train_py=candidate.source,
+        train_py_sha256=candidate.sha256,
+        parent_sha256=candidate.parent_sha256,
+        seed=seed,
+        device_name=device.name,
+        device_uuid=device.uuid,
+        memory_gb=device.memory_gb,
+        vram_tier=device.tier,
+        started_at=report.started_at,
+        completed_at=report.completed_at,
+        duration_s=report.duration_s,
+        metrics=dict(summary.metrics) if summary else {},
+        proposer=candidate.proposer,
+        error=report.error,
+        software=origin.software,
+    )
+
+
+def unrun_result(
+    origin: Origin, candidate: Candidate, status: Status, error: str, *, now: float | None = None
+) -> Result:
+    """A result for a script that never ran (refused, or a proposer that failed)."""
+    now = time.time() if now is None else now
+    device = origin.device
+    return Result(
+        id=new_run_id(origin.agent),
+        agent_id=origin.agent,
+        track=origin.track,
+        status=status,
+        val_bpb=None,
+        description=candidate.description,
+        train_py=candidate.source,
+        train_py_sha256=candidate.sha256,
+        parent_sha256=candidate.parent_sha256,
+        seed=0,
+        device_name=device.name,
+        device_uuid=device.uuid,
+        memory_gb=device.memory_gb,
+        vram_tier=device.tier,
+        started_at=now,
+        completed_at=now,
+        duration_s=0.0,
+        proposer=candidate.proposer,
+        error=error,
+        software=origin.software,
+    )
+
+
+def failed_proposal(origin: Origin, exc: ProposalError, parent: Candidate) -> Result:
+    """A proposer's failure as a result: no run, its reason in ``error``."""
+    candidate = Candidate(
+        source=exc.source,
+        parent_sha256=parent.sha256,
+        description=f"{exc.proposer} proposal failed",
+        proposer=exc.proposer,
+    )
+    status = Status.INVALID if exc.outcome == "invalid" else Status.CRASH
+    return unrun_result(origin, candidate, status, str(exc))
+
+
+def invalid_result(origin: Origin, candidate: Candidate, reason: str) -> Result:
+    """A result for a script refused by policy: it was never run."""
+    return unrun_result(origin, candidate, Status.INVALID, reason)
