@@ -286,28 +286,32 @@ def _derive(config: Config) -> Config:
     return dataclasses.replace(config, daemon=daemon, experiment=experiment, memory=memory)
 
 
-#: Settings read once at start-up: a reload that changes them needs a restart to apply.
-READ_AT_START = (
+#: Settings a reload keeps at their running values, logging that they wait for a restart:
+#: devices, memory and the state dir are opened once at start-up, and claims made and data
+#: prepared under the old agent, track or data dir would otherwise be released, published
+#: or looked for under the new one. (The sandbox also hides the running key file and state
+#: dir by these settings.)
+RESTART_ONLY = (
     "devices.gpus",
     "devices.exclude",
     "devices.cpu_workers",
     "memory",
     "daemon.state_dir",
+    "daemon.agent",
+    "experiment.track",
+    "experiment.data_dir",
 )
-#: Settings a reload keeps at their running values: claims made and data prepared under the
-#: old value would otherwise be released, published or looked for under the new one.
-KEPT_ON_RELOAD = ("daemon.agent", "experiment.track", "experiment.data_dir")
 
 
 def reload_config(running: Config, new: Config) -> tuple[Config, list[str]]:
     """``new`` as a reload applies it, and the dotted keys whose change waits for a restart."""
-    waiting = [
-        key for key in (*READ_AT_START, *KEPT_ON_RELOAD) if _get(new, key) != _get(running, key)
-    ]
-    for key in KEPT_ON_RELOAD:
-        section, name = key.split(".")
-        kept = dataclasses.replace(getattr(new, section), **{name: _get(running, key)})
-        new = dataclasses.replace(new, **{section: kept})
+    waiting = [key for key in RESTART_ONLY if _get(new, key) != _get(running, key)]
+    for key in waiting:
+        section, _, name = key.partition(".")
+        value = _get(running, key)
+        if name:
+            value = dataclasses.replace(getattr(new, section), **{name: value})
+        new = dataclasses.replace(new, **{section: value})
     return new, waiting
 
 

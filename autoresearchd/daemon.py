@@ -257,9 +257,8 @@ class Daemon:
     async def reload(self) -> None:
         """Validate the config file again and apply it from each worker's next run.
 
-        The agent, track and data dir keep their running values: claims made under the old
-        agent would otherwise never be released, and runs would score against data not
-        prepared.
+        Settings read at start-up or bound to claims keep their running values
+        (:data:`~autoresearchd.config.RESTART_ONLY`), and the log names those that changed.
         """
         assert self.ctx is not None
         try:
