@@ -38,31 +38,18 @@ def new_run_id(agent: str) -> str:
 def build_result(origin: Origin, candidate: Candidate, report: RunReport, seed: int) -> Result:
     """A finished run as a result: scored ``discard`` if it ran ok, else timeout or crash."""
     summary = report.summary
-    val = summary.val_bpb if summary and report.outcome == "ok" else None
-    device = origin.device
-    return Result(
+    run = _Run(
         id=report.run_id,
-        agent_id=origin.agent,
-        track=origin.track,
         status=OUTCOME_STATUS.get(report.outcome, Status.CRASH),
-        val_bpb=val,
-        description=candidate.description,
-        train_py=candidate.source,
-        train_py_sha256=candidate.sha256,
-        parent_sha256=candidate.parent_sha256,
+        val_bpb=summary.val_bpb if summary and report.outcome == "ok" else None,
         seed=seed,
-        device_name=device.name,
-        device_uuid=device.uuid,
-        memory_gb=device.memory_gb,
-        vram_tier=device.tier,
         started_at=report.started_at,
         completed_at=report.completed_at,
         duration_s=report.duration_s,
         metrics=dict(summary.metrics) if summary else {},
-        proposer=candidate.proposer,
         error=report.error,
-        software=origin.software,
     )
+    return _record(origin, candidate, run)
 
 
 def unrun_result(
@@ -70,27 +57,58 @@ def unrun_result(
 ) -> Result:
     """A result for a script that never ran (refused, or a proposer that failed)."""
     now = time.time() if now is None else now
-    device = origin.device
-    return Result(
+    run = _Run(
         id=new_run_id(origin.agent),
-        agent_id=origin.agent,
-        track=origin.track,
         status=status,
         val_bpb=None,
+        seed=0,
+        started_at=now,
+        completed_at=now,
+        duration_s=0.0,
+        metrics={},
+        error=error,
+    )
+    return _record(origin, candidate, run)
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """What one run (or its absence) adds to a record."""
+
+    id: str
+    status: Status
+    val_bpb: float | None
+    seed: int
+    started_at: float
+    completed_at: float
+    duration_s: float
+    metrics: dict[str, float]
+    error: str
+
+
+def _record(origin: Origin, candidate: Candidate, run: _Run) -> Result:
+    device = origin.device
+    return Result(
+        id=run.id,
+        agent_id=origin.agent,
+        track=origin.track,
+        status=run.status,
+        val_bpb=run.val_bpb,
         description=candidate.description,
         train_py=candidate.source,
         train_py_sha256=candidate.sha256,
         parent_sha256=candidate.parent_sha256,
-        seed=0,
+        seed=run.seed,
         device_name=device.name,
         device_uuid=device.uuid,
         memory_gb=device.memory_gb,
         vram_tier=device.tier,
-        started_at=now,
-        completed_at=now,
-        duration_s=0.0,
+        started_at=run.started_at,
+        completed_at=run.completed_at,
+        duration_s=run.duration_s,
+        metrics=run.metrics,
         proposer=candidate.proposer,
-        error=error,
+        error=run.error,
         software=origin.software,
     )
 
