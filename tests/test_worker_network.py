@@ -14,6 +14,7 @@ from autoresearchd.config import parse_config
 from autoresearchd.gpus import Gpus
 from autoresearchd.judging import delta_vs_best, improves
 from autoresearchd.memory.ensue import EnsueMemory
+from autoresearchd.memory.protocol import CollectiveMemory
 from autoresearchd.memory.sqlite import SqliteMemory
 from autoresearchd.models import Best, Device
 from autoresearchd.outbox import Outbox
@@ -157,7 +158,8 @@ async def test_the_very_first_result_is_kept_at_once_when_the_memory_says_no_bes
     assert only.status == "keep" and only.description == "baseline"
 
 
-def sqlite_worker(tmp_path: Path, memory: SqliteMemory) -> Worker:
+def a_worker(tmp_path: Path, memory: CollectiveMemory, device: Device | None = None) -> Worker:
+    """A worker on ``device`` (a CPU slot by default) running ok_script() against ``memory``."""
     (tmp_path / "train.py").write_text(ok_script())
     config = parse_config(
         {
@@ -168,14 +170,14 @@ def sqlite_worker(tmp_path: Path, memory: SqliteMemory) -> Worker:
     outbox = Outbox(config.outbox_dir)
     outbox.open()
     ctx = WorkerContext(config, memory, outbox, Publisher(outbox, memory), Gpus())
-    return Worker(Device.cpu(0), ctx)
+    return Worker(device or Device.cpu(0), ctx)
 
 
 @pytest.mark.anyio
 async def test_a_pause_after_a_resume_really_waits(tmp_path: Path) -> None:
     """Resuming once must not leave the next pause (or finish) spinning without waiting."""
     async with SqliteMemory(tmp_path / "memory.sqlite") as memory:
-        worker = sqlite_worker(tmp_path, memory)
+        worker = a_worker(tmp_path, memory)
         worker.resume()
         worker.current = worker.baseline()
         worker.finish()  # during a run: it pauses once the run is over
@@ -190,7 +192,7 @@ async def test_a_crashing_prefetch_costs_only_the_next_proposal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with SqliteMemory(tmp_path / "memory.sqlite") as memory:
-        worker = sqlite_worker(tmp_path, memory)
+        worker = a_worker(tmp_path, memory)
 
         async def broken() -> None:
             raise RuntimeError("a bug in a proposer")

@@ -11,20 +11,16 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from autoresearchd.config import parse_config
 from autoresearchd.gpus import Gpus
 from autoresearchd.hypotheses import HypothesisProposer
 from autoresearchd.memory.ensue import EnsueMemory
-from autoresearchd.memory.protocol import CollectiveMemory
 from autoresearchd.memory.sqlite import SqliteMemory
 from autoresearchd.models import Device
-from autoresearchd.outbox import Outbox
 from autoresearchd.proposers import PerturbProposer, Proposer
-from autoresearchd.publisher import Publisher
-from autoresearchd.testing import FakeNvml, ok_script
-from autoresearchd.worker import Worker, WorkerContext
+from autoresearchd.testing import FakeNvml
 
 from .hub.support import free_port
+from .test_worker_network import a_worker
 
 pytestmark = pytest.mark.anyio
 
@@ -35,20 +31,6 @@ async def a_gpu() -> Device:
     return gpu
 
 
-def worker(tmp_path: Path, memory: CollectiveMemory, device: Device) -> Worker:
-    (tmp_path / "train.py").write_text(ok_script())
-    config = parse_config(
-        {
-            "daemon": {"state_dir": str(tmp_path / "state")},
-            "experiment": {"workspace": str(tmp_path)},
-        }
-    )
-    outbox = Outbox(config.outbox_dir)
-    outbox.open()
-    ctx = WorkerContext(config, memory, outbox, Publisher(outbox, memory), Gpus())
-    return Worker(device, ctx)
-
-
 @pytest.mark.parametrize("proposer", [PerturbProposer(), HypothesisProposer()])
 async def test_the_context_names_the_workers_device_kind(
     tmp_path: Path, proposer: Proposer
@@ -56,8 +38,8 @@ async def test_the_context_names_the_workers_device_kind(
     """With and without history: a GPU worker says cuda and its tier, a CPU worker cpu."""
     async with SqliteMemory(tmp_path / "memory.sqlite") as memory:
         gpu = await a_gpu()
-        on_gpu = await worker(tmp_path, memory, gpu).proposal_context(proposer)
-        on_cpu = await worker(tmp_path, memory, Device.cpu(0)).proposal_context(proposer)
+        on_gpu = await a_worker(tmp_path, memory, gpu).proposal_context(proposer)
+        on_cpu = await a_worker(tmp_path, memory, Device.cpu(0)).proposal_context(proposer)
     assert (on_gpu.device, on_cpu.device) == ("cuda", "cpu")
     assert (on_gpu.tier, on_cpu.tier) == (gpu.tier, "cpu") and gpu.tier != "cpu"
 
@@ -69,7 +51,7 @@ async def test_the_context_keeps_the_device_kind_when_the_history_is_out_of_reac
     memory = EnsueMemory(url, "test", "key", primary_track="synthetic", attempts=1)
     async with memory:
         with capture_logs() as logs:
-            context = await worker(tmp_path, memory, await a_gpu()).proposal_context(
+            context = await a_worker(tmp_path, memory, await a_gpu()).proposal_context(
                 HypothesisProposer()
             )
     assert "history_unavailable" in [entry["event"] for entry in logs]
