@@ -16,7 +16,7 @@ simulated clock, i.e. GPU-hours at K=1 over GPU-hours at K) with a 90% bootstrap
 over the seeds, then the cost of one TPE proposal with thousands of results in history,
 and last ``runs_to_target(random) / runs_to_target(tpe)`` at K = 1.
 Goals: that ratio >= 2, 8-worker efficiency of tpe >= 75%, zero duplicates.
-Takes about ten minutes on 2 cores with the default 200 seeds.
+Takes about six minutes on 2 cores with the default 200 seeds.
 Usage: ``python benchmarks/search.py [--seeds N] [--jobs J]``.
 """
 
