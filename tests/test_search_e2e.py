@@ -97,11 +97,11 @@ def test_mixed_strategy_runs_another_agents_hypothesis(tmp_path: Path, data_dir:
         lambda rs: len(rs) >= 4 and any(r["proposer"] == "hypotheses" for r in rs),
         "the hypothesis to be run",
     )
-    picked = [r for r in results if r["description"] == "LR 0.01 → 0.0123"]
-    # Each worker runs a hypothesis once; two workers may each apply it to their own parent.
-    assert 1 <= len(picked) <= 2
-    assert {r["proposer"] for r in picked} == {"hypotheses"}
-    assert all("LR = 0.0123  # search" in r["train_py"] for r in picked)
+    # The daemon's workers share the keys they took: one run, on whichever best was current.
+    (picked,) = [r for r in results if r["proposer"] == "hypotheses"]
+    assert picked["description"].startswith("LR ")
+    assert picked["description"].endswith(" → 0.0123")
+    assert "LR = 0.0123  # search" in picked["train_py"]
     assert {r["proposer"] for r in results} <= {"baseline", "hypotheses", "tpe"}
     assert any(r["proposer"] == "tpe" for r in results)
 
