@@ -7,6 +7,7 @@ into recorded outcomes while the worker keeps going, and run its good script.
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 from pathlib import Path
@@ -97,11 +98,11 @@ def test_mixed_strategy_runs_another_agents_hypothesis(tmp_path: Path, data_dir:
         lambda rs: len(rs) >= 4 and any(r["proposer"] == "hypotheses" for r in rs),
         "the hypothesis to be run",
     )
-    # The daemon's workers share the keys they took: one run, on whichever best was current.
-    (picked,) = [r for r in results if r["proposer"] == "hypotheses"]
-    assert picked["description"].startswith("LR ")
-    assert picked["description"].endswith(" → 0.0123")
-    assert "LR = 0.0123  # search" in picked["train_py"]
+    # The daemon's workers share the keys they took: alice's note runs once, on whichever
+    # best was current. (Follow-ups the daemon publishes itself after a keep may run too.)
+    ran = [r for r in results if r["proposer"] == "hypotheses"]
+    (picked,) = [r for r in ran if "LR = 0.0123  # search" in r["train_py"]]
+    assert re.fullmatch(r"LR [0-9.]+ → 0\.0123", picked["description"])
     assert {r["proposer"] for r in results} <= {"baseline", "hypotheses", "tpe"}
     assert any(r["proposer"] == "tpe" for r in results)
 
