@@ -25,13 +25,12 @@ from autoresearchd.models import Candidate, Result, Status, sha256_text
 from autoresearchd.mutation import (
     Param,
     Value,
-    apply_changes,
     describe,
     literal_text,
     movable,
     parse_params,
 )
-from autoresearchd.proposers import EMPTY_CONTEXT, IsKnown, ProposalContext
+from autoresearchd.proposers import EMPTY_CONTEXT, IsKnown, ProposalContext, fresh_candidate
 
 log = structlog.get_logger(__name__)
 
@@ -68,17 +67,13 @@ class HypothesisProposer:
             if note.key in self._taken:
                 continue
             changes = suggested_changes(note.value, movable(params, context.device))
-            if not changes:
-                continue
-            source = apply_changes(parent.source, changes)
-            digest = sha256_text(source)
-            if digest in self._proposed or await is_known(digest):
-                continue
-            self._proposed.add(digest)
-            self._taken.add(note.key)
-            log.info("hypothesis_picked", key=note.key, author=note.agent_id)
-            description = describe(params, changes)
-            return Candidate(source, parent.sha256, description, self.name, digest)
+            fresh = await fresh_candidate(
+                self.name, parent, params, changes, self._proposed, is_known
+            )
+            if fresh is not None:
+                self._taken.add(note.key)
+                log.info("hypothesis_picked", key=note.key, author=note.agent_id)
+                return fresh
         return None
 
 

@@ -29,6 +29,7 @@ from autoresearchd.memory.protocol import Note
 from autoresearchd.models import Candidate, Result, sha256_text
 from autoresearchd.mutation import (
     Param,
+    Value,
     apply_changes,
     describe,
     movable,
@@ -89,6 +90,29 @@ class Proposer(Protocol):
     ) -> Candidate | None: ...
 
 
+async def fresh_candidate(
+    proposer: str,
+    parent: Candidate,
+    params: Mapping[str, Param],
+    changes: Mapping[str, Value],
+    proposed: set[str],
+    is_known: IsKnown,
+) -> Candidate | None:
+    """``parent`` with ``changes``, unless there are none or the result is not fresh.
+
+    Fresh means neither proposed before by this proposer (``proposed``, which it joins) nor
+    known to the swarm (run or claimed).
+    """
+    if not changes:
+        return None
+    source = apply_changes(parent.source, changes)
+    digest = sha256_text(source)
+    if digest in proposed or await is_known(digest):
+        return None
+    proposed.add(digest)
+    return Candidate(source, parent.sha256, describe(params, changes), proposer, digest)
+
+
 class PerturbProposer:
     """Moves 1..``max_changes`` hyperparameters of the parent to neighbouring values.
 
@@ -118,21 +142,11 @@ class PerturbProposer:
         free = movable(params, context.device)
         for _ in range(self.attempts):
             changes = sample_changes(free, self._rng, self.max_changes)
-            if not changes:
-                continue
-            source = apply_changes(parent.source, changes)
-            digest = sha256_text(source)
-            if digest in self._proposed or await is_known(digest):
-                continue
-            self._proposed.add(digest)
-            description = describe(params, changes)
-            return Candidate(
-                source=source,
-                parent_sha256=parent.sha256,
-                description=description,
-                proposer=self.name,
-                sha256=digest,
+            fresh = await fresh_candidate(
+                self.name, parent, params, changes, self._proposed, is_known
             )
+            if fresh is not None:
+                return fresh
         log.warning("proposer_exhausted", parent=parent.sha256[:12], attempts=self.attempts)
         return None
 

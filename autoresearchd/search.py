@@ -28,8 +28,6 @@ from autoresearchd.models import Candidate, Result, Status, sha256_text
 from autoresearchd.mutation import (
     Param,
     Value,
-    apply_changes,
-    describe,
     hyperparameter_name,
     movable,
     parse_params,
@@ -41,6 +39,7 @@ from autoresearchd.proposers import (
     IsKnown,
     PerturbProposer,
     ProposalContext,
+    fresh_candidate,
 )
 
 if TYPE_CHECKING:
@@ -232,15 +231,11 @@ class TpeProposer:
         for _ in range(self.attempts):
             values = await anyio.to_thread.run_sync(self._ask, study, space)
             changes = {n: v for n, v in values.items() if not _same(v, params[n].value)}
-            if not changes:
-                continue
-            source = apply_changes(parent.source, changes)
-            digest = sha256_text(source)
-            if digest in self._proposed or await is_known(digest):
-                continue
-            self._proposed.add(digest)
-            description = describe(params, changes)
-            return Candidate(source, parent.sha256, description, self.name, digest)
+            fresh = await fresh_candidate(
+                self.name, parent, params, changes, self._proposed, is_known
+            )
+            if fresh is not None:
+                return fresh
         log.info("tpe_fallback", parent=parent.sha256[:12], attempts=self.attempts)
         return await self._fallback.propose(parent, is_known, context)
 
