@@ -120,11 +120,13 @@ def stored_results(db: Path) -> list[dict[str, Any]]:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` still runs: a zombie waiting for its (new) parent to reap it does not."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    return True
+    state = stat.rsplit(")", 1)[1].split()[0]  # the name in parentheses may hold spaces
+    return state not in ("Z", "X")
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

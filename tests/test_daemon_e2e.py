@@ -65,11 +65,11 @@ def test_outcomes_then_clean_shutdown(tmp_path: Path, data_dir: Path) -> None:
     nan_errors = [r["error"] for r in results if r["status"] == "crash" and "nan" in r["error"]]
     assert nan_errors, "a NaN val_bpb is reported as a crash with its reason"
     assert Outbox(tmp_path / "state" / "outbox").depth() == 0
-    for step in steps:
-        for record in step:
-            for key in ("pid", "grandchild"):
-                if key in record:
-                    assert not pid_alive(record[key]), f"{key} {record[key]} outlived the daemon"
+    spawned = [r[key] for step in steps for r in step for key in ("pid", "grandchild") if key in r]
+    # A SIGKILL lands at once, but the exit itself may take a moment.
+    wait_for(
+        lambda: not [pid for pid in spawned if pid_alive(pid)], 5, "every child to exit with it"
+    )
     events = [e["event"] for e in daemon.events()]
     for name in (
         "daemon_started",
