@@ -43,7 +43,10 @@ _CRASHED = (Status.CRASH, Status.TIMEOUT)
 
 
 class HypothesisProposer:
-    """Runs the newest open hypothesis whose candidate is fresh (strategy ``hypotheses``).
+    """Runs the oldest open hypothesis whose candidate is fresh (strategy ``hypotheses``).
+
+    Oldest first, so that a stream of new notes (our own follow-ups among them) cannot
+    starve one published earlier.
 
     ``taken`` holds the note keys already picked up. The daemon passes one set to all its
     workers: after the best moves, the same hypothesis gives a different candidate, which
@@ -63,7 +66,7 @@ class HypothesisProposer:
         self, parent: Candidate, is_known: IsKnown, context: ProposalContext = EMPTY_CONTEXT
     ) -> Candidate | None:
         params = parse_params(parent.source, spaces_from=self._spaces)
-        for note in context.hypotheses:
+        for note in reversed(context.hypotheses):  # the context lists the newest first
             if note.key in self._taken:
                 continue
             changes = suggested_changes(note.value, movable(params, context.device))

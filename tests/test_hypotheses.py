@@ -34,14 +34,15 @@ def test_suggested_changes_keep_values_inside_spaces_and_coerce_json_numbers() -
 
 
 @pytest.mark.anyio
-async def test_picks_the_newest_open_hypothesis_whose_candidate_is_fresh() -> None:
+async def test_picks_the_oldest_open_hypothesis_whose_candidate_is_fresh() -> None:
     taken = variant(LR=0.05)
 
     async def is_known(sha256: str) -> bool:
         return sha256 == parent(taken).sha256
 
-    context = ProposalContext(
+    context = ProposalContext(  # newest first, as the memory lists them
         hypotheses=[
+            hypothesis("newer", {"BATCH": 64}),
             hypothesis("taken", {"LR": 0.05}),
             hypothesis("closed", {"LR": 0.03}, status="done"),
             hypothesis("fresh", {"DEPTH": 6}),
@@ -52,16 +53,18 @@ async def test_picks_the_newest_open_hypothesis_whose_candidate_is_fresh() -> No
     assert candidate is not None
     assert candidate.proposer == "hypotheses"
     assert candidate.description == "DEPTH 4 → 6"
-    assert await proposer.propose(parent(), is_known, context) is None  # not twice
+    later = await proposer.propose(parent(), is_known, context)
+    assert later is not None and later.description == "BATCH 2**5 → 2**6"
+    assert await proposer.propose(parent(), is_known, context) is None  # none twice
 
 
 @pytest.mark.anyio
 async def test_suggestions_for_parameters_another_device_reads_are_dropped() -> None:
     cuda_depth = SMALL.replace("# search: int 2..8", "# search: int 2..8 device=cuda")
     context = ProposalContext(
-        hypotheses=[
-            hypothesis("only-depth", {"DEPTH": 6}),
+        hypotheses=[  # newest first: "only-depth" is tried first
             hypothesis("both", {"DEPTH": 6, "LR": 0.02}),
+            hypothesis("only-depth", {"DEPTH": 6}),
         ],
         device="cpu",
     )

@@ -87,6 +87,10 @@ async def publish_hypothesis(db: Path) -> None:
         assert await memory.put_note("hypotheses", Note("alice--lr", "alice", value, 1.0))
 
 
+def ran_alices_note(result: dict[str, Any]) -> bool:
+    return result["proposer"] == "hypotheses" and "LR = 0.0123  # search" in result["train_py"]
+
+
 def test_mixed_strategy_runs_another_agents_hypothesis(tmp_path: Path, data_dir: Path) -> None:
     anyio.run(publish_hypothesis, tmp_path / "state" / "memory.sqlite")
     config = configure(
@@ -95,13 +99,12 @@ def test_mixed_strategy_runs_another_agents_hypothesis(tmp_path: Path, data_dir:
     results = run_until(
         config,
         tmp_path,
-        lambda rs: len(rs) >= 4 and any(r["proposer"] == "hypotheses" for r in rs),
-        "the hypothesis to be run",
+        lambda rs: len(rs) >= 4 and any(ran_alices_note(r) for r in rs),
+        "alice's hypothesis to be run",
     )
     # The daemon's workers share the keys they took: alice's note runs once, on whichever
     # best was current. (Follow-ups the daemon publishes itself after a keep may run too.)
-    ran = [r for r in results if r["proposer"] == "hypotheses"]
-    (picked,) = [r for r in ran if "LR = 0.0123  # search" in r["train_py"]]
+    (picked,) = [r for r in results if ran_alices_note(r)]
     assert re.fullmatch(r"LR [0-9.]+ → 0\.0123", picked["description"])
     assert {r["proposer"] for r in results} <= {"baseline", "hypotheses", "tpe"}
     assert any(r["proposer"] == "tpe" for r in results)
