@@ -48,19 +48,21 @@ class HypothesisProposer:
     Oldest first, so that a stream of new notes (our own follow-ups among them) cannot
     starve one published earlier.
 
-    ``taken`` holds the note keys already picked up. The daemon passes one set to all its
-    workers: after the best moves, the same hypothesis gives a different candidate, which
-    the content-addressed claim would not stop a second worker from running. Suggested
-    changes to parameters the context's device does not read are dropped.
+    ``taken`` maps the keys of the notes picked up to the candidates made from them. The
+    daemon passes one mapping to all its workers: after the best moves, the same hypothesis
+    gives a different candidate, which the content-addressed claim would not stop a second
+    worker from running. A worker that drops such a candidate unrun gives its note back
+    (:func:`give_back`). Suggested changes to parameters the context's device does not read
+    are dropped.
     """
 
     name = "hypotheses"
     uses_history = True
 
-    def __init__(self, baseline: str | None = None, taken: set[str] | None = None) -> None:
+    def __init__(self, baseline: str | None = None, taken: dict[str, str] | None = None) -> None:
         self._spaces: dict[str, Param] | None = parse_params(baseline) if baseline else None
         self._proposed: set[str] = set()
-        self._taken = taken if taken is not None else set()
+        self._taken = taken if taken is not None else {}
 
     async def propose(
         self, parent: Candidate, is_known: IsKnown, context: ProposalContext = EMPTY_CONTEXT
@@ -74,10 +76,16 @@ class HypothesisProposer:
                 self.name, parent, params, changes, self._proposed, is_known
             )
             if fresh is not None:
-                self._taken.add(note.key)
+                self._taken[note.key] = fresh.sha256
                 log.info("hypothesis_picked", key=note.key, author=note.agent_id)
                 return fresh
         return None
+
+
+def give_back(taken: dict[str, str], candidate: Candidate) -> None:
+    """Make the note ``candidate`` came from open again: it was dropped before it ran."""
+    for key in [key for key, sha256 in taken.items() if sha256 == candidate.sha256]:
+        del taken[key]
 
 
 def suggested_changes(value: Mapping[str, Any], params: Mapping[str, Param]) -> dict[str, Value]:

@@ -187,11 +187,12 @@ def make_proposer(
     baseline: str | None = None,
     *,
     trust: str = "params-only",
-    taken: set[str] | None = None,
+    taken: dict[str, str] | None = None,
 ) -> Proposer:
     """The proposer ``config.strategy`` names; ``baseline`` is the trusted train.py, if any.
 
-    ``taken`` is the set of hypothesis keys picked up, shared by the workers of one daemon.
+    ``taken`` maps the hypothesis keys picked up to their candidates, shared by the workers
+    of one daemon.
 
     ``tpe`` needs optuna: when it is missing, the daemon logs one line and uses ``perturb``.
     """
@@ -214,7 +215,7 @@ def _single(
     rng: random.Random,
     baseline: str | None,
     trust: str,
-    taken: set[str] | None,
+    taken: dict[str, str] | None,
 ) -> Proposer:
     # Imported here: these modules build on this one (ProposalContext, PerturbProposer).
     from autoresearchd.agent import CommandProposer

@@ -31,6 +31,7 @@ from autoresearchd.config import Config
 from autoresearchd.errors import AutoresearchdError, MemoryBackendError, ProposalError
 from autoresearchd.gpus import Gpus
 from autoresearchd.health import DeviceHealth, FlapDetector, sleep_unless
+from autoresearchd.hypotheses import give_back
 from autoresearchd.judging import best_from, delta_vs_best, improves, lowest, own_outdated
 from autoresearchd.memory.protocol import CollectiveMemory
 from autoresearchd.models import Best, Candidate, Device, Result, Status
@@ -99,8 +100,9 @@ class WorkerContext:
     ran: set[str] = field(default_factory=set)
     #: sha256s of network scripts refused by the trust check, recorded once per daemon.
     refused: set[str] = field(default_factory=set)
-    #: Keys of the swarm hypotheses this daemon's workers picked up: each is run once here.
-    hypotheses_taken: set[str] = field(default_factory=set)
+    #: Keys of the swarm hypotheses this daemon's workers picked up, to the sha256 of the
+    #: candidate each became: each is run once here.
+    hypotheses_taken: dict[str, str] = field(default_factory=dict)
     new_seed: Callable[[], int] = field(default=lambda: random.SystemRandom().randrange(2**31))
 
 
@@ -216,8 +218,10 @@ class Worker:
     def _take_prepared(self) -> Prepared | None:
         ready, self._next = self._next, None
         if ready is not None and self._moved_best:
-            # Proposed from a best we have since beaten: make a fresh one from the new best.
+            # Proposed from a best we have since beaten: make a fresh one from the new best,
+            # and let a hypothesis it came from be applied to that best instead.
             self._to_release.append(ready.candidate)
+            give_back(self.ctx.hypotheses_taken, ready.candidate)
             ready = None
         self._moved_best = False
         return ready

@@ -9,6 +9,7 @@ from autoresearchd.hypotheses import (
     HypothesisProposer,
     crash_insights,
     follow_up,
+    give_back,
     suggested_changes,
 )
 from autoresearchd.memory.protocol import Note
@@ -122,21 +123,26 @@ async def test_hypothesis_proposer_with_no_notes_has_nothing() -> None:
 async def test_workers_sharing_taken_keys_run_a_hypothesis_once_even_after_the_best_moved() -> None:
     # Two workers of one daemon: after the best moves, the same note gives a new candidate,
     # so only the shared set of taken keys keeps the second worker off it.
-    taken: set[str] = set()
+    taken: dict[str, str] = {}
     first, second = HypothesisProposer(SMALL, taken), HypothesisProposer(SMALL, taken)
     context = ProposalContext(hypotheses=[hypothesis("deeper", {"DEPTH": 6})])
-    assert await first.propose(parent(), never, context) is not None
+    dropped = await first.propose(parent(), never, context)
+    assert dropped is not None and taken == {"deeper": dropped.sha256}
     moved = parent(variant(LR=0.05))
     assert await second.propose(moved, never, context) is None
     assert await HypothesisProposer(SMALL).propose(moved, never, context) is not None
-    assert taken == {"deeper"}
+    # A candidate dropped unrun (the best moved before it ran) gives its note back.
+    give_back(taken, dropped)
+    again = await second.propose(moved, never, context)
+    assert again is not None and again.description == "DEPTH 4 → 6"
+    assert taken == {"deeper": again.sha256}
 
 
 @pytest.mark.anyio
 async def test_make_proposer_hands_the_taken_set_to_the_hypotheses_in_a_mix() -> None:
-    taken: set[str] = set()
+    taken: dict[str, str] = {}
     config = ProposerConfig(strategy="mixed", weights={"hypotheses": 1.0})
     proposer = make_proposer(config, baseline=SMALL, taken=taken)
     context = ProposalContext(hypotheses=[hypothesis("deeper", {"DEPTH": 6})])
     assert await proposer.propose(parent(), never, context) is not None
-    assert taken == {"deeper"}
+    assert list(taken) == ["deeper"]
