@@ -80,11 +80,13 @@ def test_outcomes_then_clean_shutdown(tmp_path: Path, data_dir: Path) -> None:
         "run_finished",
         "result_queued",
         "result_published",
-        "best_improved",
         "daemon_stopping",
         "daemon_stopped",
     ):
         assert name in events, name
+    # Which worker's script draws which scripted outcome is a race: when the baseline draws
+    # the crash, the first improvement must be replicated, and its replicate may draw the NaN.
+    assert ("best_improved" in events) == (found["keep"] > 0)
 
 
 def test_sigkill_with_queued_results_loses_nothing(tmp_path: Path, data_dir: Path) -> None:
