@@ -129,10 +129,10 @@ def pid_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
+def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     """``autoresearchd ARGS`` from the repository root, as a user types it."""
     return subprocess.run(
-        [sys.executable, "-m", "autoresearchd", *args],
+        [sys.executable, "-m", "autoresearchd", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -1,25 +1,13 @@
 """``autoresearchd trust-check``: exit 0 accepted, 1 refused with the reason, 2 unreadable."""
 
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 from autoresearchd.mutation import apply_changes, parse_params, sample_changes
 
-ROOT = Path(__file__).resolve().parent.parent
+from .daemon_process import cli
+
 BASELINE = Path(__file__).parent / "fixtures" / "annotated_train.py"
-
-
-def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "autoresearchd", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_help_lists_trust_check() -> None:

@@ -6,8 +6,6 @@ import json
 import signal
 import socket
 import stat
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +28,7 @@ from autoresearchd.models import Device
 from autoresearchd.report import status_text
 from autoresearchd.testing import plan_script, write_plan
 
-from .daemon_process import ROOT, DaemonProcess, wait_for, write_config
+from .daemon_process import DaemonProcess, cli, wait_for, write_config
 
 
 class FakeDaemon:
@@ -200,17 +198,6 @@ def test_status_text_has_a_row_per_device_and_colours_only_when_asked() -> None:
 
 
 # -- the real daemon -----------------------------------------------------------------
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "autoresearchd", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
 
 
 def device_states(config: Path) -> dict[str, str]:

@@ -24,6 +24,7 @@ from autoresearchd.hub.auth import hash_key, new_api_key
 from autoresearchd.hub.mail import Mailer
 from autoresearchd.hub.store import Agent, HubStore, open_store
 from autoresearchd.memory.ensue import EnsueMemory
+from tests.daemon_process import cli
 
 ORG = "test"
 TRACK = "synthetic"
@@ -102,12 +103,6 @@ def write_hub_config(folder: Path, port: int, **hub: Any) -> Path:
     path = folder / "hub.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "autoresearchd", *args], capture_output=True, text=True, check=False
-    )
 
 
 @dataclass
