@@ -10,16 +10,20 @@ value and space) and ``program.md``, a brief saying what to do. It must write
 Its script passes the trust policy like any code from outside: params-only unless
 ``experiment.trust = "sandboxed"``. A timeout, a failure or no output raises
 :class:`ProposalError` with outcome ``crash``; a refused script, outcome ``invalid``. The
-worker records either as a result and carries on.
+worker records either as a result and carries on. An agent whose answer to a context was
+a script already run is not asked the same again until the context changes: each call
+may be a paid model call, and an idle worker asks every few seconds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import tempfile
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +47,8 @@ MAX_SCRIPT_BYTES = 1_000_000
 MAX_DESCRIPTION_CHARS = 200
 #: Seconds between SIGTERM and SIGKILL when an agent overruns.
 KILL_GRACE_S = 2.0
+#: Contexts remembered as asked without a new answer (the newest few are what recur).
+FRUITLESS_KEPT = 16
 _RESULT_FIELDS = (
     "id",
     "agent_id",
@@ -103,11 +109,16 @@ class CommandProposer:
         self.baseline = baseline
         self.trust = trust if trust in POLICY else "params-only"
         self.track = ""
+        self._fruitless: deque[str] = deque(maxlen=FRUITLESS_KEPT)
 
     async def propose(
         self, parent: Candidate, is_known: IsKnown, context: ProposalContext = EMPTY_CONTEXT
     ) -> Candidate | None:
         if not self.command:
+            return None
+        question = self.question(parent, context)
+        if question in self._fruitless:
+            log.debug("agent_not_asked", reason="same context as a known answer")
             return None
         with tempfile.TemporaryDirectory(prefix="autoresearchd-agent-") as tmp:
             root = Path(tmp)
@@ -116,7 +127,22 @@ class CommandProposer:
             await anyio.to_thread.run_sync(self.write_context, context_dir, parent, context)
             await self.run_agent(context_dir, output_dir)
             source, description = read_output(output_dir, self.name)
-        return await self.judge(parent, source, description, is_known)
+        candidate = await self.judge(parent, source, description, is_known)
+        if candidate is None:
+            self._fruitless.append(question)
+        return candidate
+
+    def question(self, parent: Candidate, context: ProposalContext) -> str:
+        """A digest of everything the agent is shown, so an unchanged context is spotted."""
+        shown = [
+            parent.sha256,
+            [_brief(r) for r in context.results[:CONTEXT_RESULTS]],
+            [n.value for n in context.hypotheses],
+            [n.value for n in context.insights],
+            context.device,
+            self.trust,
+        ]
+        return hashlib.sha256(json.dumps(shown, default=str).encode()).hexdigest()
 
     def write_context(self, where: Path, parent: Candidate, context: ProposalContext) -> None:
         where.mkdir()

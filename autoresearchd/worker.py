@@ -180,7 +180,12 @@ class Worker:
         """One candidate, from proposal to queued results."""
         if self._prefetched is not None:
             await self._prefetched.wait()  # the next candidate, if one is being prepared
-        ready = await self._refresh(self._take_prepared()) or await self.prepare()
+        ready = await self._refresh(self._take_prepared())
+        if ready is None:
+            # Claims of candidates dropped unrun still count as runs (``was_run`` sees live
+            # claims): free them first, or a fresh proposal of the same source looks known.
+            await self._release_finished()
+            ready = await self.prepare()
         if ready is None:
             await sleep_unless(IDLE_PAUSE_S, self.ctx.draining)
             return
@@ -217,14 +222,22 @@ class Worker:
 
     def _take_prepared(self) -> Prepared | None:
         ready, self._next = self._next, None
-        if ready is not None and self._moved_best:
+        if ready is not None and self._moved_best and not self._builds_on_own_best(ready):
             # Proposed from a best we have since beaten: make a fresh one from the new best,
-            # and let a hypothesis it came from be applied to that best instead.
+            # and let a hypothesis it came from be applied to that best instead. It leaves
+            # the in-flight ledger now, since nothing will run it; its claim goes soon after.
+            self.ctx.in_flight.pop(ready.candidate.sha256, None)
             self._to_release.append(ready.candidate)
             give_back(self.ctx.hypotheses_taken, ready.candidate)
             ready = None
         self._moved_best = False
         return ready
+
+    def _builds_on_own_best(self, ready: Prepared) -> bool:
+        """True when ``ready`` is a change of the best we just kept (a candidate prepared
+        while the baseline ran, say): the best moving to its own parent leaves it current."""
+        own = self._own_best
+        return own is not None and ready.candidate.parent_sha256 == own.train_py_sha256
 
     async def _refresh(self, ready: Prepared | None) -> Prepared | None:
         """Renew the claim of a candidate that waited long (e.g. through replicates)."""

@@ -147,6 +147,33 @@ async def test_known_or_unchanged_output_is_no_candidate(tmp_path: Path) -> None
     assert await proposer(tmp_path, "good").propose(parent(), everything) is None
 
 
+@pytest.mark.anyio
+async def test_an_agent_that_answered_a_known_script_is_asked_again_only_on_a_new_context(
+    tmp_path: Path,
+) -> None:
+    """Each call may be a paid model call: the same question gets no second call."""
+    agent = proposer(tmp_path, "good")
+    calls: list[Path] = []
+    original = agent.run_agent
+
+    async def counted(context_dir: Path, output_dir: Path) -> None:
+        calls.append(context_dir)
+        await original(context_dir, output_dir)
+
+    async def everything(sha256: str) -> bool:
+        return True
+
+    agent.run_agent = counted  # type: ignore[method-assign]
+    context = ProposalContext(results=[result(variant(LR=0.03), 1.1, n=1)])
+    assert await agent.propose(parent(), everything, context) is None
+    assert await agent.propose(parent(), everything, context) is None
+    assert len(calls) == 1
+    newer = ProposalContext(results=[result(variant(LR=0.05), 1.2, n=2), *context.results])
+    assert await agent.propose(parent(), never, newer) is not None
+    assert await agent.propose(parent(), never, newer) is not None  # a fresh answer is no reason
+    assert len(calls) == 3
+
+
 def test_spaces_keep_their_device_qualifier_and_the_brief_names_the_device(
     tmp_path: Path,
 ) -> None:
