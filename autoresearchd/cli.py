@@ -40,6 +40,7 @@ from autoresearchd.memory.ensue import (
     write_api_key,
 )
 from autoresearchd.models import Best, Device, Result
+from autoresearchd.preflight import check_host
 from autoresearchd.report import (
     TIERS,
     bests_json,
@@ -129,12 +130,14 @@ def _load(path: Path | None) -> Config:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.path)
+    check_host(config)
     print(f"{config.source}: ok")
     return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    check_host(config)  # before the daemon starts: a bad path fails once, not every run
     configure_logging(config.daemon.log_format, config.daemon.log_level)
     # Imported here so light commands (check-config, gpus) skip the daemon's imports.
     from autoresearchd.daemon import run_daemon
