@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -54,12 +55,28 @@ from autoresearchd.trust import check_params_only
 EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
+#: What a shell reports for a program killed by SIGPIPE, as ``seq 1000000 | head -1`` is.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 DEFAULT_RESULTS_LIMIT = 20
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # Flushed here, not at exit, so that a reader gone early (``| head``) is met
+            # below; argparse's own --help output takes this path too.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # Nobody reads the rest: say nothing more, and let the exit-time flush go nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # Commands print their answer on stdout, so diagnostics must not mix into it.

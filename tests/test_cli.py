@@ -1,7 +1,11 @@
 """The CLI as a user runs it: exit codes, one-line errors, JSON that parses."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from .daemon_process import cli
 
@@ -63,3 +67,27 @@ def test_gpus_table_prints() -> None:
     result = cli("gpus")
     assert result.returncode == 0
     assert result.stdout.startswith(("INDEX", "no devices"))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["check-config", "config.example.toml"],
+        ["results", "--config", "config.example.toml"],
+        ["best", "--config", "config.example.toml", "--json"],
+    ],
+)
+def test_a_reader_that_leaves_early_gets_no_traceback(args: list[str]) -> None:
+    """``autoresearchd ... | head -1``: the pipe closes before we write; we exit quietly,
+    with the status of a program killed by SIGPIPE."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "autoresearchd", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # before the child has imported anything, let alone printed
+        stderr = proc.stderr.read().decode()
+        code = proc.wait(timeout=60)
+    assert (code, stderr) == (141, "")
