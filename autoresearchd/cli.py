@@ -46,6 +46,7 @@ from autoresearchd.report import (
     TIERS,
     bests_json,
     bests_table,
+    format_best,
     results_json,
     results_table,
     status_text,
@@ -58,6 +59,8 @@ EXIT_USAGE = 2
 #: What a shell reports for a program killed by SIGPIPE, as ``seq 1000000 | head -1`` is.
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 DEFAULT_RESULTS_LIMIT = 20
+#: Results read beyond those shown, so a replicate shown is numbered from its first run.
+REPLICATE_LOOKBACK = 50
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -255,11 +258,17 @@ def _positive_int(text: str) -> int:
 def cmd_results(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     track = args.track or config.experiment.track
-    results = anyio.run(_read_results, config, track, args.limit)
+    read = anyio.run(_read_results, config, track, args.limit + REPLICATE_LOOKBACK)
+    results, older = read[: args.limit], read[args.limit :]
     if args.json:
         print(json.dumps(results_json(results, full=args.full), indent=2, allow_nan=False))
-    else:
-        print(results_table(results, track=track, colour=use_colour()))
+        return EXIT_OK
+    # A hub sets its own replicate count; only our own memory follows ours.
+    wanted = config.experiment.replicates if config.memory.backend == "sqlite" else None
+    table = results_table(
+        results, track=track, colour=use_colour(), replicates=wanted or None, older=older
+    )
+    print(table)
     return EXIT_OK
 
 
@@ -305,7 +314,7 @@ def _best_history(config: Config, track: str, *, as_json: bool) -> int:
     for change in changes:
         when = datetime.fromtimestamp(change.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
         sha = change.train_py_sha256[:12]
-        rows.append((when, change.agent_id, f"{change.val_bpb:.6f}", sha, change.description))
+        rows.append((when, change.agent_id, format_best(change.val_bpb), sha, change.description))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

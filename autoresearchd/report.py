@@ -22,6 +22,12 @@ from autoresearchd.models import CPU_TIER, TIER_BOUNDS_GB, Best, Result, Status
 TIERS: tuple[str, ...] = (*(name for name, _ in TIER_BOUNDS_GB), "xl", CPU_TIER)
 SHA_SHOWN = 12
 MISSING = "-"
+#: How a hub's seeded best reads before anyone has scored it (its val_bpb is infinite).
+UNSCORED = "unscored"
+PROVISIONAL = "provisional"
+REJECTED = "rejected"
+#: The LEFT of a run past its training budget: the script is evaluating (within its grace).
+EVALUATING = "evaluating"
 
 BOLD, DIM, RED, GREEN, YELLOW, MAGENTA = "1", "2", "31", "32", "33", "35"
 STATUS_COLOURS = {
@@ -47,20 +53,30 @@ def results_json(results: Sequence[Result], *, full: bool = False) -> list[dict[
 
 
 def results_table(
-    results: Sequence[Result], *, track: str, tz: tzinfo | None = None, colour: bool = False
+    results: Sequence[Result],
+    *,
+    track: str,
+    tz: tzinfo | None = None,
+    colour: bool = False,
+    replicates: int | None = None,
+    older: Sequence[Result] = (),
 ) -> str:
     """A table of results (time, agent, status, val_bpb, delta, description).
 
-    With ``colour``, keeps are bold green, crashes red and timeouts yellow.
+    The status says where a run stands in replication (see :func:`run_labels`, which
+    also reads ``older`` results, not shown, and takes ``replicates`` as the count
+    wanted). With ``colour``, keeps are bold green, crashes red, timeouts yellow, and
+    runs still awaiting replication dim.
     """
     if not results:
         return f"no results yet for track {track}"
+    labels = run_labels([*results, *older], replicates)
     rows = [("TIME", "AGENT", "STATUS", "VAL_BPB", "DELTA", "DESCRIPTION")]
     rows += [
         (
             format_time(r.completed_at, tz),
             r.agent_id,
-            str(r.status),
+            labels.get(r.id, str(r.status)),
             format_bpb(r.val_bpb),
             format_delta(r.delta_vs_best),
             r.description,
@@ -69,8 +85,38 @@ def results_table(
     ]
     if not colour:
         return align(rows)
-    styles = [BOLD, *(STATUS_COLOURS.get(r.status, "") for r in results)]
+    styles = [BOLD, *(DIM if r.provisional else STATUS_COLOURS.get(r.status, "") for r in results)]
     return paint_lines(align(rows), styles)
+
+
+def run_labels(results: Sequence[Result], replicates: int | None = None) -> dict[str, str]:
+    """Status texts, by result id, for the runs that take part in a replication.
+
+    A run that beat the best is ``provisional``; each later run of the same source is a
+    replicate of it, numbered in time order (``replicate 1/2``, the ``/2`` when the count
+    wanted is known). A replicate that ended the replication says how: ``keep``, a crash
+    or timeout, or ``rejected`` when its scores did not hold up, which is not the same
+    as a change that never looked better (a plain ``discard``). Other runs get no label.
+    """
+    labels: dict[str, str] = {}
+    counts: dict[str, int] = {}  # sources with a provisional run: replicates seen since
+    for result in sorted(results, key=lambda r: r.completed_at):
+        sha = result.train_py_sha256
+        if sha in counts:
+            counts[sha] += 1
+            labels[result.id] = _replicate_label(result, counts[sha], replicates)
+        elif result.provisional:
+            counts[sha] = 0
+            labels[result.id] = PROVISIONAL
+    return labels
+
+
+def _replicate_label(result: Result, n: int, replicates: int | None) -> str:
+    which = f"replicate {n}/{replicates}" if replicates else f"replicate {n}"
+    if result.provisional:  # more replicates to come
+        return which
+    verdict = REJECTED if result.status is Status.DISCARD else str(result.status)
+    return f"{verdict}, {which}"
 
 
 def bests_json(
@@ -87,7 +133,10 @@ def bests_json(
 def bests_table(
     track: str, best: Best | None, tiers: Mapping[str, Best], *, tz: tzinfo | None = None
 ) -> str:
-    """A table with the track's best first, then one row per tier that has a best."""
+    """A table with the track's best first, then one row per tier that has a best.
+
+    A best seeded by a hub and not scored yet reads ``unscored``, not ``inf``.
+    """
     if best is None and not tiers:
         return f"no best yet for track {track}"
     rows = [("SCOPE", "VAL_BPB", "AGENT", "RESULT", "SHA256", "UPDATED")]
@@ -96,7 +145,7 @@ def bests_table(
     rows += [
         (
             scope,
-            format_bpb(b.val_bpb),
+            format_best(b.val_bpb),
             b.agent_id,
             b.result_id,
             b.train_py_sha256[:SHA_SHOWN],
@@ -160,10 +209,16 @@ def _device_row(device: Mapping[str, Any]) -> tuple[str, ...]:
         device["uuid"],
         device["state"].replace("_", " "),
         format_seconds(run["elapsed_s"]) if run else MISSING,
-        format_seconds(run["remaining_s"]) if run else MISSING,
+        _time_left(run) if run else MISSING,
         format_bpb(device.get("last_val_bpb")),
         run["description"] if run else MISSING,
     )
+
+
+def _time_left(run: Mapping[str, Any]) -> str:
+    """The training time left, or what the run does once its budget is spent."""
+    remaining: float = run["remaining_s"]
+    return format_seconds(remaining) if remaining >= 1 else EVALUATING
 
 
 def format_seconds(seconds: float) -> str:
@@ -194,6 +249,11 @@ def format_bpb(value: float | None) -> str:
     if value is None:
         return MISSING
     return f"{value:.6f}" if math.isfinite(value) else str(value)
+
+
+def format_best(value: float) -> str:
+    """A best's val_bpb; a hub's seeded baseline is infinite until someone scores it."""
+    return format_bpb(value) if math.isfinite(value) else UNSCORED
 
 
 def format_delta(value: float | None) -> str:

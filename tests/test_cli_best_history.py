@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import tomllib
 from pathlib import Path
 
 import anyio
+import httpx
 
 from autoresearchd.memory.ensue import EnsueMemory
-from tests.hub.support import hub_process
+from tests.hub.support import ORG, free_port, hub_process, serve_hub, write_hub_config
 from tests.memory.conformance import make_result
 from tests.test_cli_results import cli, fill
 
@@ -68,3 +70,27 @@ def test_history_from_a_hub_comes_from_its_audit_log(tmp_path: Path) -> None:
     (change,) = json.loads(done.stdout)
     assert (change["agent_id"], change["val_bpb"], change["description"]) == ("alice", 0.9, "LR up")
     assert change["train_py_sha256"] == result.train_py_sha256
+
+
+def test_a_hubs_unscored_baseline_reads_unscored(tmp_path: Path) -> None:
+    """``hub init --baseline`` seeds best/ with no score yet: ``best`` must not say inf."""
+    baseline = tmp_path / "train.py"
+    baseline.write_text("LR = 0.01\n")
+    config = write_hub_config(tmp_path, free_port())
+    init = cli("hub", "init", "--config", str(config), "--baseline", str(baseline))
+    assert init.returncode == 0, init.stderr
+    with serve_hub(config, tmp_path / "hub.log"):
+        port = tomllib.loads(config.read_text())["hub"]["listen_port"]
+        url = f"http://127.0.0.1:{port}/"
+        key = httpx.post(f"{url}auth/agent-register", json={"name": "alice"}).json()["api_key"]
+        key_file = tmp_path / "hub.key"
+        key_file.write_text(key)
+        os.chmod(key_file, 0o600)
+        daemon = tmp_path / "daemon.toml"
+        daemon.write_text(
+            f'[experiment]\ntrack = "synthetic"\n[memory]\nbackend = "ensue"\n'
+            f'url = "{url}"\norg = "{ORG}"\napi_key_file = "{key_file}"\n'
+        )
+        done = cli("best", "--config", str(daemon))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1].split()[:3] == ["track", "synthetic", "unscored"]

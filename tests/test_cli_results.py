@@ -171,3 +171,20 @@ def test_results_limit_must_be_positive(config: Path, limit: str) -> None:
     done = cli("results", "--config", str(config), "--limit", limit)
     assert done.returncode == 2
     assert "expected a whole number >= 1" in done.stderr
+
+
+def test_results_mark_provisional_runs_and_replicates(config: Path) -> None:
+    """A replication that failed: the provisional run, one replicate, then the rejection,
+    each marked, beside a plain discard that never looked better."""
+    source = "LR = 7\n"
+    runs = [
+        make_result(train_py=source, status=Status.DISCARD, provisional=provisional, completed_at=t)
+        for t, provisional in ((100.0, True), (200.0, True), (300.0, False))
+    ]
+    fill(config, *runs, make_result(status=Status.DISCARD, completed_at=400.0))
+    done = cli("results", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    statuses = [line.split("  ")[2].strip() for line in done.stdout.splitlines()[1:]]
+    assert statuses == ["discard", "rejected, replicate 2/2", "replicate 1/2", "provisional"]
+    shown = cli("results", "--config", str(config), "--limit", "2")
+    assert "rejected, replicate 2/2" in shown.stdout and "provisional" not in shown.stdout

@@ -6,7 +6,7 @@ import json
 import math
 from datetime import UTC
 
-from autoresearchd.models import Best, Status
+from autoresearchd.models import Best, Result, Status
 from autoresearchd.report import (
     align,
     bests_json,
@@ -16,6 +16,8 @@ from autoresearchd.report import (
     format_time,
     results_json,
     results_table,
+    run_labels,
+    status_text,
 )
 from tests.memory.conformance import make_result
 
@@ -142,3 +144,72 @@ def test_number_and_time_formats() -> None:
 
 def test_align_pads_all_but_the_last_column() -> None:
     assert align([("a", "bb", "c"), ("ccc", "d", "")]) == "a    bb  c\nccc  d"
+
+
+def replication(*statuses: tuple[Status, bool], source: str = "LR = 2\n") -> list[Result]:
+    """Runs of one source, oldest first: (status, provisional) each, a minute apart."""
+    return [
+        make_result(
+            train_py=source, status=status, provisional=provisional, completed_at=T0 + 60 * i
+        )
+        for i, (status, provisional) in enumerate(statuses)
+    ]
+
+
+def test_a_replication_that_holds_up_reads_provisional_replicates_then_keep() -> None:
+    runs = replication((Status.DISCARD, True), (Status.DISCARD, True), (Status.KEEP, False))
+    other = make_result(status=Status.DISCARD, completed_at=T0 + 30)  # never looked better
+    labels = run_labels([*runs, other], replicates=2)
+    assert [labels[r.id] for r in runs] == ["provisional", "replicate 1/2", "keep, replicate 2/2"]
+    assert other.id not in labels
+
+
+def test_a_replication_that_fails_reads_rejected_not_discard() -> None:
+    runs = replication((Status.DISCARD, True), (Status.DISCARD, True), (Status.DISCARD, False))
+    table = results_table(list(reversed(runs)), track="synthetic", tz=UTC, replicates=2)
+    statuses = [line.split("  ")[2].strip() for line in table.splitlines()[1:]]
+    assert statuses == ["rejected, replicate 2/2", "replicate 1/2", "provisional"]
+
+
+def test_a_crash_ends_a_replication_and_says_which_replicate() -> None:
+    runs = replication((Status.DISCARD, True), (Status.CRASH, False))
+    assert run_labels(runs)[runs[1].id] == "crash, replicate 1"
+
+
+def test_replicates_shown_are_numbered_from_runs_read_but_not_shown() -> None:
+    first, *rest = replication((Status.DISCARD, True), (Status.DISCARD, True), (Status.KEEP, False))
+    newest_first = list(reversed(rest))
+    table = results_table(newest_first, track="synthetic", tz=UTC, replicates=2, older=[first])
+    assert len(table.splitlines()) == 3
+    assert "keep, replicate 2/2" in table and "provisional" not in table
+
+
+def test_runs_awaiting_replication_are_dim_in_colour() -> None:
+    runs = replication((Status.DISCARD, True), (Status.KEEP, False))
+    lines = results_table(list(reversed(runs)), track="t", colour=True).splitlines()
+    assert lines[1].startswith("\x1b[1;32m") and lines[2].startswith("\x1b[2m")
+
+
+def test_a_hubs_unscored_baseline_reads_unscored() -> None:
+    text = bests_table("synthetic", make_best(val_bpb=math.inf), {}, tz=UTC)
+    assert text.splitlines()[1].split()[:4] == ["track", "synthetic", "unscored", "alice"]
+    assert "inf" not in text
+
+
+def test_a_run_past_its_budget_reads_evaluating() -> None:
+    device = {"index": 0, "uuid": "cpu-0", "state": "running", "last_val_bpb": None}
+    run = {"description": "LR 1 → 2", "elapsed_s": 301.0, "remaining_s": 0.0}
+    snapshot = {
+        "version": "0.1.0",
+        "pid": 1,
+        "agent": "a",
+        "track": "t",
+        "state": "running",
+        "started_at": T0,
+        "best_bpb": None,
+        "outbox_depth": 0,
+        "memory": {"backend": "sqlite"},
+        "devices": [{**device, "experiment": run}],
+    }
+    row = status_text(snapshot, tz=UTC).splitlines()[-1]
+    assert row.split()[:5] == ["0", "cpu-0", "running", "5m01s", "evaluating"]
