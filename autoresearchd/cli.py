@@ -14,14 +14,23 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 
 from autoresearchd import __version__
-from autoresearchd.config import UNSET_PATH, Config, load_config, parse_config
+from autoresearchd.config import (
+    CONFIG_ENV,
+    SYSTEM_CONFIG,
+    UNSET_PATH,
+    USER_CONFIG,
+    Config,
+    config_search_path,
+    load_config,
+    parse_config,
+)
 from autoresearchd.control import request, socket_path
 from autoresearchd.errors import (
     AutoresearchdError,
@@ -105,8 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
-    check = commands.add_parser("check-config", help="validate a config file")
-    check.add_argument("path", type=Path, help="the TOML config to check")
+    check = commands.add_parser(
+        "check-config", help="validate a config file and the paths it names"
+    )
+    check.add_argument(
+        "path", type=Path, nargs="?", help=f"the TOML config to check (default: {SEARCH_HELP})"
+    )
     check.set_defaults(handler=cmd_check_config)
 
     gpus = commands.add_parser("gpus", help="list the devices workers would use")
@@ -139,17 +152,57 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_option(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """``--config``; a command that need not be given one looks where :func:`find_config` does."""
     parser.add_argument(
-        "--config", type=Path, required=required, metavar="PATH", help="the TOML config file"
+        "--config",
+        type=Path,
+        required=required,
+        metavar="PATH",
+        help="the TOML config file" + ("" if required else f" (default: {SEARCH_HELP})"),
     )
 
 
+SEARCH_HELP = f"${CONFIG_ENV}, else {SYSTEM_CONFIG}, else ~/.config/{USER_CONFIG}"
+
+
+def find_config(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The first readable config file on the search path (saying on stderr which), or None."""
+    environ = os.environ if environ is None else environ
+    for path, how in config_search_path(environ):
+        if _readable_file(path):
+            print(f"autoresearchd: config {path} (from {how})", file=sys.stderr)
+            return path
+    if named := environ.get(CONFIG_ENV):
+        raise ConfigError(f"${CONFIG_ENV} names no readable file", path=named)
+    return None
+
+
+def _readable_file(path: Path) -> bool:
+    try:
+        return path.is_file() and os.access(path, os.R_OK)
+    except OSError:  # a folder above it is private to another user
+        return False
+
+
+def _query_config(path: Path | None) -> Config:
+    """The config a command reads: ``--config``, else the first one found."""
+    if path is None and (path := find_config()) is None:
+        places = " or ".join(str(p) for p, _ in config_search_path(os.environ))
+        raise ConfigError(
+            f"no readable config file: pass --config PATH, set ${CONFIG_ENV}, or create {places}"
+        )
+    return load_config(path)
+
+
 def _load(path: Path | None) -> Config:
-    return load_config(path) if path is not None else parse_config({})
+    """Like :func:`_query_config`, but with no file anywhere the defaults will do."""
+    if path is None and (path := find_config()) is None:
+        return parse_config({})
+    return load_config(path)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.path)
+    config = _query_config(args.path)
     check_host(config)
     print(f"{config.source}: ok")
     return EXIT_OK
@@ -227,7 +280,7 @@ def _device_table(devices: list[Device]) -> str:
 
 def _add_memory_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     results = commands.add_parser("results", help="list recent results, newest first")
-    _config_option(results)
+    _config_option(results, required=False)
     results.add_argument("--json", action="store_true", help="print a JSON list")
     results.add_argument("--full", action="store_true", help="include train_py in --json")
     results.add_argument(
@@ -241,7 +294,7 @@ def _add_memory_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     results.set_defaults(handler=cmd_results)
 
     best = commands.add_parser("best", help="show the best val_bpb of a track and of each tier")
-    _config_option(best)
+    _config_option(best, required=False)
     best.add_argument("--json", action="store_true", help="print a JSON object")
     best.add_argument("--full", action="store_true", help="include train_py in --json")
     best.add_argument("--track", metavar="T", help="the track (default: the configured one)")
@@ -256,7 +309,7 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = _query_config(args.config)
     track = args.track or config.experiment.track
     read = anyio.run(_read_results, config, track, args.limit + REPLICATE_LOOKBACK)
     results, older = read[: args.limit], read[args.limit :]
@@ -273,7 +326,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = _query_config(args.config)
     track = args.track or config.experiment.track
     if args.history:
         return _best_history(config, track, as_json=args.json)
@@ -340,7 +393,7 @@ def _add_identity_commands(commands: argparse._SubParsersAction[argparse.Argumen
     )
     register.set_defaults(handler=cmd_register)
     who = commands.add_parser("whoami", help="show this agent's name and verification state")
-    _config_option(who)
+    _config_option(who, required=False)
     who.set_defaults(handler=cmd_whoami)
 
 
@@ -376,7 +429,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_whoami(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = _query_config(args.config)
     url, key_file = _hub_settings(config)
     identity = anyio.run(whoami, url, read_api_key(key_file))
     state = "verified" if identity.verified else "not verified (check your inbox)"
@@ -435,7 +488,7 @@ def use_colour() -> bool:
 
 def _add_control_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = commands.add_parser("status", help="show the running daemon's devices and runs")
-    _config_option(status)
+    _config_option(status, required=False)
     status.add_argument("--json", action="store_true", help="print a JSON object")
     status.set_defaults(handler=cmd_status)
     helps = {
@@ -445,18 +498,18 @@ def _add_control_commands(commands: argparse._SubParsersAction[argparse.Argument
     }
     for action, text in helps.items():
         parser = commands.add_parser(action, help=text)
-        _config_option(parser)
+        _config_option(parser, required=False)
         parser.add_argument("device", nargs="?", help="index or UUID (default: every device)")
         parser.set_defaults(handler=cmd_control, action=action)
     progress = commands.add_parser("progress", help="plot val_bpb over time to a PNG")
-    _config_option(progress)
+    _config_option(progress, required=False)
     progress.add_argument("--out", type=Path, default=Path("progress.png"), metavar="PNG")
     progress.add_argument("--track", metavar="T", help="the track (default: the configured one)")
     progress.set_defaults(handler=cmd_progress)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = _query_config(args.config)
     reply = anyio.run(request, socket_path(config.daemon.state_dir), "status")
     if args.json:
         print(json.dumps(reply["status"], indent=2))
@@ -466,7 +519,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_control(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = _query_config(args.config)
     path = socket_path(config.daemon.state_dir)
     reply = anyio.run(request, path, args.action, args.device)
     past = {"pause": "paused", "resume": "resumed", "finish": "finishing, then paused"}
@@ -477,7 +530,7 @@ def cmd_control(args: argparse.Namespace) -> int:
 def cmd_progress(args: argparse.Namespace) -> int:
     from autoresearchd.plot import plot_progress  # matplotlib is an optional extra
 
-    config = load_config(args.config)
+    config = _query_config(args.config)
     track = args.track or config.experiment.track
     results = anyio.run(_read_results, config, track, None)
     if not results:

@@ -51,6 +51,12 @@ DEFAULT_SMTP_PORT = 587
 DEFAULT_WORKSPACE_IGNORE = (".git", ".venv", "__pycache__", "*.pyc", ".mypy_cache", "state")
 
 GPUS_EXPECTED = 'expected "auto", "none" or a list of indices/UUIDs'
+#: Names the config file for commands run without ``--config``.
+CONFIG_ENV = "AUTORESEARCHD_CONFIG"
+#: Where a packaged or system-wide install keeps its config (the systemd unit reads it).
+SYSTEM_CONFIG = Path("/etc/autoresearchd/config.toml")
+#: The config file inside the user's config folder (``$XDG_CONFIG_HOME`` or ``~/.config``).
+USER_CONFIG = Path("autoresearchd/config.toml")
 
 
 #: Marks a field as a path: resolved against the config file's folder, "~" expanded.
@@ -320,6 +326,24 @@ def _get(config: Config, key: str) -> Any:
     for part in key.split("."):
         value = getattr(value, part)
     return value
+
+
+def config_search_path(
+    environ: Mapping[str, str], *, system: Path = SYSTEM_CONFIG
+) -> list[tuple[Path, str]]:
+    """Where a command without ``--config`` looks, in order, each with how it was chosen:
+    ``$AUTORESEARCHD_CONFIG`` alone when set, else ``system``, then the user's config
+    folder (``$XDG_CONFIG_HOME`` when it is an absolute path, as the XDG spec asks, else
+    ``~/.config``). Pure: it looks at no file."""
+    if named := environ.get(CONFIG_ENV):
+        return [(Path(named).expanduser(), f"${CONFIG_ENV}")]
+    xdg = environ.get("XDG_CONFIG_HOME", "")
+    if xdg and Path(xdg).is_absolute():
+        user, how = Path(xdg) / USER_CONFIG, "$XDG_CONFIG_HOME"
+    else:
+        home = Path(environ["HOME"]) if environ.get("HOME") else Path.home()
+        user, how = home / ".config" / USER_CONFIG, "the user's config folder"
+    return [(system, "the system config"), (user, how)]
 
 
 def default_agent_name() -> str:
