@@ -10,9 +10,9 @@ value and space) and ``program.md``, a brief saying what to do. It must write
 Its script passes the trust policy like any code from outside: params-only unless
 ``experiment.trust = "sandboxed"``. A timeout, a failure or no output raises
 :class:`ProposalError` with outcome ``crash``; a refused script, outcome ``invalid``. The
-worker records either as a result and carries on. An agent whose answer to a context was
-a script already run is not asked the same again until the context changes: each call
-may be a paid model call, and an idle worker asks every few seconds.
+worker records either as a result and carries on. An agent is asked about one context
+once: until the parent or the swarm's history changes, it is not asked again, since each
+call may be a paid model call and an idle worker asks every few seconds.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ MAX_SCRIPT_BYTES = 1_000_000
 MAX_DESCRIPTION_CHARS = 200
 #: Seconds between SIGTERM and SIGKILL when an agent overruns.
 KILL_GRACE_S = 2.0
-#: Contexts remembered as asked without a new answer (the newest few are what recur).
-FRUITLESS_KEPT = 16
+#: Contexts remembered as answered (the newest few are the ones that recur).
+ASKED_KEPT = 16
 _RESULT_FIELDS = (
     "id",
     "agent_id",
@@ -109,7 +109,7 @@ class CommandProposer:
         self.baseline = baseline
         self.trust = trust if trust in POLICY else "params-only"
         self.track = ""
-        self._fruitless: deque[str] = deque(maxlen=FRUITLESS_KEPT)
+        self._asked: deque[str] = deque(maxlen=ASKED_KEPT)
 
     async def propose(
         self, parent: Candidate, is_known: IsKnown, context: ProposalContext = EMPTY_CONTEXT
@@ -117,8 +117,8 @@ class CommandProposer:
         if not self.command:
             return None
         question = self.question(parent, context)
-        if question in self._fruitless:
-            log.debug("agent_not_asked", reason="same context as a known answer")
+        if question in self._asked:
+            log.debug("agent_not_asked", reason="it answered this context before")
             return None
         with tempfile.TemporaryDirectory(prefix="autoresearchd-agent-") as tmp:
             root = Path(tmp)
@@ -126,11 +126,9 @@ class CommandProposer:
             output_dir.mkdir()
             await anyio.to_thread.run_sync(self.write_context, context_dir, parent, context)
             await self.run_agent(context_dir, output_dir)
+            self._asked.append(question)  # a failure is recorded, and so changes the context
             source, description = read_output(output_dir, self.name)
-        candidate = await self.judge(parent, source, description, is_known)
-        if candidate is None:
-            self._fruitless.append(question)
-        return candidate
+        return await self.judge(parent, source, description, is_known)
 
     def question(self, parent: Candidate, context: ProposalContext) -> str:
         """A digest of everything the agent is shown, so an unchanged context is spotted."""

@@ -224,9 +224,8 @@ class Worker:
         ready, self._next = self._next, None
         if ready is not None and self._moved_best and not self._builds_on_own_best(ready):
             # Proposed from a best we have since beaten: make a fresh one from the new best,
-            # and let a hypothesis it came from be applied to that best instead. It leaves
-            # the in-flight ledger now, since nothing will run it; its claim goes soon after.
-            self.ctx.in_flight.pop(ready.candidate.sha256, None)
+            # and let a hypothesis it came from be applied to that best instead. ``cycle``
+            # releases it (claim and in-flight entry) before it proposes again.
             self._to_release.append(ready.candidate)
             give_back(self.ctx.hypotheses_taken, ready.candidate)
             ready = None

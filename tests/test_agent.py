@@ -148,10 +148,9 @@ async def test_known_or_unchanged_output_is_no_candidate(tmp_path: Path) -> None
 
 
 @pytest.mark.anyio
-async def test_an_agent_that_answered_a_known_script_is_asked_again_only_on_a_new_context(
-    tmp_path: Path,
-) -> None:
-    """Each call may be a paid model call: the same question gets no second call."""
+async def test_an_agent_is_asked_about_one_context_once(tmp_path: Path) -> None:
+    """Each call may be a paid model call: the same question gets no second call, whether
+    its answer had been run before or is running now; a new context is a new question."""
     agent = proposer(tmp_path, "good")
     calls: list[Path] = []
     original = agent.run_agent
@@ -170,8 +169,8 @@ async def test_an_agent_that_answered_a_known_script_is_asked_again_only_on_a_ne
     assert len(calls) == 1
     newer = ProposalContext(results=[result(variant(LR=0.05), 1.2, n=2), *context.results])
     assert await agent.propose(parent(), never, newer) is not None
-    assert await agent.propose(parent(), never, newer) is not None  # a fresh answer is no reason
-    assert len(calls) == 3
+    assert await agent.propose(parent(), never, newer) is None
+    assert len(calls) == 2
 
 
 def test_spaces_keep_their_device_qualifier_and_the_brief_names_the_device(

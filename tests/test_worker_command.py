@@ -16,11 +16,18 @@ import anyio
 import pytest
 
 from autoresearchd import worker
+from autoresearchd.config import parse_config
 from autoresearchd.daemon import Daemon
+from autoresearchd.gpus import Gpus
 from autoresearchd.harness.prepare import prepare_track
+from autoresearchd.judging import best_from
 from autoresearchd.memory.sqlite import SqliteMemory
-from autoresearchd.models import Result, sha256_text
+from autoresearchd.models import Candidate, Device, Result, Status, sha256_text
+from autoresearchd.outbox import Outbox
+from autoresearchd.publisher import Publisher
 from autoresearchd.testing import ok_script
+from autoresearchd.worker import Prepared, Worker, WorkerContext
+from tests.memory.conformance import make_result
 
 pytestmark = pytest.mark.anyio
 
@@ -107,3 +114,52 @@ async def test_a_deterministic_agents_candidate_runs_and_no_question_is_asked_tw
     assert [(r.status, r.provisional) for r in runs] == [("discard", True), ("keep", False)]
     asked = questions.read_text().split()
     assert len(asked) == len(set(asked)), f"the agent was asked the same question: {asked}"
+
+
+#: Asked anything, it answers with the script in the file its first argument names.
+FIXED_AGENT = """\
+import os, pathlib, sys
+out = pathlib.Path(os.environ["AUTORESEARCH_OUTPUT_DIR"])
+(out / "train.py").write_text(pathlib.Path(sys.argv[1]).read_text())
+"""
+
+
+async def test_a_candidate_dropped_when_the_best_moved_can_be_proposed_again_at_once(
+    tmp_path: Path,
+) -> None:
+    """The prepared candidate came from an older best, so it is dropped; the agent then
+    proposes the same source from the new best, and it must run, not look already run."""
+    baseline, answer = ok_script(), ok_script(lr=0.03)
+    (tmp_path / "train.py").write_text(baseline)
+    (tmp_path / "answer.py").write_text(answer)
+    (tmp_path / "agent.py").write_text(FIXED_AGENT)
+    config = parse_config(
+        {
+            "daemon": {"state_dir": str(tmp_path / "state")},
+            "experiment": {"workspace": str(tmp_path), "sandbox": "off", "time_budget_s": 10.0},
+            "proposer": {
+                "strategy": "command",
+                "command": [
+                    sys.executable,
+                    str(tmp_path / "agent.py"),
+                    str(tmp_path / "answer.py"),
+                ],
+            },
+        }
+    )
+    kept = make_result(train_py=baseline, status=Status.KEEP, vram_tier="cpu", val_bpb=1.2)
+    outbox = Outbox(config.outbox_dir)
+    outbox.open()
+    async with SqliteMemory(tmp_path / "memory.sqlite") as memory:
+        await memory.publish(kept)
+        ctx = WorkerContext(config, memory, outbox, Publisher(outbox, memory), Gpus())
+        cpu = Worker(Device.cpu(0), ctx)
+        stale = Candidate(answer, sha256_text("an older best"), "LR 0.01 -> 0.03", "command")
+        assert await cpu.claim(stale)
+        cpu._next = Prepared(stale)  # prepared while the run that kept the baseline went on
+        cpu._moved_best, cpu._own_best = True, best_from(kept)
+        with anyio.fail_after(60):
+            await cpu.cycle()
+    ran = [r for r in outbox.pending() if r.train_py_sha256 == stale.sha256]
+    assert ran and {r.parent_sha256 for r in ran} == {kept.train_py_sha256}
+    assert stale.sha256 not in ctx.in_flight
