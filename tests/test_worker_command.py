@@ -14,6 +14,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 from autoresearchd import worker
 from autoresearchd.config import parse_config
@@ -108,7 +109,12 @@ async def test_a_deterministic_agents_candidate_runs_and_no_question_is_asked_tw
     questions = tmp_path / "questions.txt"
     daemon = Daemon(write_config(tmp_path, data_dir, questions))
     wanted = sha256_text(ok_script(sleep_s=0.5, lr=0.02))
-    await serve_until_kept(daemon, tmp_path, wanted, idle_s=3.0)
+    with capture_logs() as logs:
+        await serve_until_kept(daemon, tmp_path, wanted, idle_s=3.0)
+    events = [entry["event"] for entry in logs]
+    second_run = [i for i, event in enumerate(events) if event == "run_started"][1]
+    # The answer prepared during the baseline is what runs next: no second question first.
+    assert events[:second_run].count("agent_started") == 1
     runs = [r for r in await stored(tmp_path) if r.train_py_sha256 == wanted]
     runs.sort(key=lambda r: r.completed_at)  # the run, then its replicate
     assert [(r.status, r.provisional) for r in runs] == [("discard", True), ("keep", False)]
