@@ -3,7 +3,9 @@
 The agent always makes the same change (LR 0.01 → 0.02) and logs each question it is
 asked. Its first answer is prepared while the baseline runs; the baseline then sets the
 first best, which is the candidate's own parent, so the candidate must still run. Once
-nothing new is left to try, the same question must not be asked again and again.
+nothing new is left to try, the same question must not be asked again and again. A
+candidate dropped because the best moved elsewhere frees its claim before the next
+proposal, so the same source proposed again from the new best runs.
 """
 
 from __future__ import annotations
