@@ -70,6 +70,8 @@ EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 DEFAULT_RESULTS_LIMIT = 20
 #: Results read beyond those shown, so a replicate shown is numbered from its first run.
 REPLICATE_LOOKBACK = 50
+#: Where commands without ``--config`` look, as their help says.
+SEARCH_HELP = f"${CONFIG_ENV}, else {SYSTEM_CONFIG}, else ~/.config/{USER_CONFIG}"
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -79,8 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return _main(argv)
         finally:
-            # Flushed here, not at exit, so that a reader gone early (``| head``) is met
-            # below; argparse's own --help output takes this path too.
+            # Flushed here, not at exit, so that a reader gone early (``| head``) is met below.
             sys.stdout.flush()
     except BrokenPipeError:
         # Nobody reads the rest: say nothing more, and let the exit-time flush go nowhere.
@@ -160,9 +161,6 @@ def _config_option(parser: argparse.ArgumentParser, *, required: bool = True) ->
         metavar="PATH",
         help="the TOML config file" + ("" if required else f" (default: {SEARCH_HELP})"),
     )
-
-
-SEARCH_HELP = f"${CONFIG_ENV}, else {SYSTEM_CONFIG}, else ~/.config/{USER_CONFIG}"
 
 
 def find_config(environ: Mapping[str, str] | None = None) -> Path | None:
