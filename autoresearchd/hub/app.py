@@ -39,17 +39,19 @@ from starlette.routing import Route
 
 from autoresearchd.config import Config, HubConfig
 from autoresearchd.errors import ConfigError, HubError
+from autoresearchd.hub import strictjson
 from autoresearchd.hub.auth import (
-    AGENT_NAME,
-    EMAIL,
     RateLimiter,
     Rules,
     hash_key,
+    is_agent_name,
+    is_email,
     new_api_key,
     new_verification_code,
 )
 from autoresearchd.hub.mail import Mailer, SmtpMailer, verification_message
 from autoresearchd.hub.rpc import (
+    INVALID_PARAMS,
     RATE_LIMITED,
     TOO_LARGE,
     UNAUTHORISED,
@@ -69,6 +71,7 @@ from autoresearchd.hub.store import (
     is_postgres_url,
     open_store,
 )
+from autoresearchd.hub.strictjson import JsonRefused
 from autoresearchd.models import sha256_text
 
 log = structlog.get_logger(__name__)
@@ -124,6 +127,9 @@ class Hub:
             headers = _retry_after(fault)
             return _reply(error_reply(request_id_of(body), fault), status or 200, headers)
         except HubError as exc:
+            if 400 <= exc.status < 500:  # the store refused the value itself
+                refused = RpcFault(INVALID_PARAMS, f"invalid params: {exc}")
+                return _reply(error_reply(request_id_of(body), refused))
             log.error("hub_storage_failed", error=str(exc))
             unavailable = RpcFault(UNAVAILABLE, "storage unavailable, retry later")
             return _reply(error_reply(request_id_of(body), unavailable), 503)
@@ -163,15 +169,17 @@ class Hub:
         limited = self._limit(request, self.ip_limiter, self.auth_limiter)
         if limited is not None:
             return limited
-        form = _form(await _read_body(request, MAX_AUTH_BYTES))
+        form = await _read_form(request)
+        if isinstance(form, Response):
+            return form
         name, email = form.get("name"), form.get("email")
-        if not isinstance(name, str) or not AGENT_NAME.match(name):
+        if not is_agent_name(name):
             return _error(400, 'expected {"name": <1-64 of A-Z a-z 0-9 _ . ->, "email": ...}')
-        if email is not None and (not isinstance(email, str) or not EMAIL.match(email)):
-            return _error(400, "expected a valid email address")
+        if email is not None and not is_email(email):
+            return _error(400, "expected a valid email address, without control characters")
         if email is None and self.config.require_email:
             return _error(400, 'this hub needs an "email" to send a verification link to')
-        return await self._register(request, name, email or "")
+        return await self._register(request, str(name), str(email or ""))
 
     async def _register(self, request: Request, name: str, email: str) -> Response:
         api_key, code = new_api_key(), new_verification_code()
@@ -213,7 +221,9 @@ class Hub:
         limited = self._limit(request, self.ip_limiter, self.auth_limiter)
         if limited is not None:
             return limited
-        form = _form(await _read_body(request, MAX_AUTH_BYTES))
+        form = await _read_form(request)
+        if isinstance(form, Response):
+            return form
         name, code = form.get("name"), form.get("code")
         if not isinstance(name, str) or not isinstance(code, str):
             return _error(400, 'expected {"name": ..., "code": ...}')
@@ -222,7 +232,7 @@ class Hub:
         return JSONResponse({"agent": name, "verified": True})
 
     async def _verify(self, name: str, code: str) -> bool:
-        if not AGENT_NAME.match(name) or not code or len(code) > MAX_CODE_CHARS:
+        if not is_agent_name(name) or not code or len(code) > MAX_CODE_CHARS:
             return False
         verified = await self.store.verify(name, hash_key(code), self.clock())
         log.info("agent_verification", agent=name, verified=verified)
@@ -260,13 +270,16 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return bytes(body)
 
 
-def _form(body: bytes | None) -> dict[str, Any]:
-    """A JSON object body, or an empty dict when the body is anything else."""
+async def _read_form(request: Request) -> dict[str, Any] | Response:
+    """The JSON object an ``/auth`` body holds, or the 4xx reply saying why there is none."""
+    body = await _read_body(request, MAX_AUTH_BYTES)
+    if body is None:
+        return _error(413, f"the body exceeds {MAX_AUTH_BYTES} bytes")
     try:
-        message = json.loads(body) if body is not None else None
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    return message if isinstance(message, dict) else {}
+        form = strictjson.loads(body)
+    except JsonRefused as exc:
+        return _error(400, f"the body was refused: {exc}")
+    return form if isinstance(form, dict) else _error(400, "expected a JSON object")
 
 
 def _error(status: int, message: str) -> Response:

@@ -47,11 +47,12 @@ from autoresearchd.hub.store import (
     Write,
     WriteOutcome,
     WritePolicy,
-    decode_text,
     like_prefix,
     memory_of,
     new_owner,
     result_of,
+    search_text,
+    unstorable,
 )
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
@@ -229,6 +230,8 @@ class PostgresStore:
         try:
             async with self._pool.connection() as conn, conn.transaction():
                 yield conn
+        except (psycopg.DataError, UnicodeEncodeError) as exc:
+            raise unstorable(exc) from None
         except psycopg.Error as exc:
             raise _unavailable(exc) from None
 
@@ -442,7 +445,7 @@ async def _create(conn: Conn, write: Write) -> WriteOutcome:
     refusal = await _refusal(conn, write.policy, None)
     if refusal:
         return WriteOutcome(reason=REASON_REFUSED, detail=refusal)
-    body = decode_text(item.value, item.is_base64) or ""
+    body = search_text(item)
     cur = await conn.execute(
         f"INSERT INTO memories ({COLUMNS}, document)"
         f" VALUES (%s, %s, %s, %s, %s, 1, %s, %s, %s, {DOCUMENT})"
@@ -507,7 +510,7 @@ async def _update(conn: Conn, write: Write, if_match: int | None) -> WriteOutcom
     refusal = await _refusal(conn, write.policy, current)
     if refusal:
         return WriteOutcome(reason=REASON_REFUSED, detail=refusal)
-    body = decode_text(item.value, item.is_base64) or ""
+    body = search_text(item)
     cur = await conn.execute(
         "UPDATE memories SET value = %s, is_base64 = %s, version = version + 1,"
         f" updated_at = %s, owner = %s, document = {DOCUMENT}"

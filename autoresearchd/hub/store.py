@@ -305,6 +305,19 @@ def decode_text(value: str, is_base64: bool) -> str | None:
         return None
 
 
+def search_text(item: NewMemory) -> str:
+    """What search indexes of a value: its text, with NULs (which PostgreSQL text cannot
+    hold, though a base64 value may decode to them) as spaces; binary values index nothing."""
+    return (decode_text(item.value, item.is_base64) or "").replace("\x00", " ")
+
+
+def unstorable(exc: Exception) -> HubError:
+    """The 400 for a value a database cannot hold (an integer past 64 bits, text that is
+    not Unicode): the request is at fault, so it must not read as an outage to retry."""
+    problem = " ".join(str(exc).split())
+    return HubError(f"cannot store the value: {problem}", status=400, code="unstorable")
+
+
 def is_postgres_url(database: str | Path) -> bool:
     """Whether ``hub.database`` names a PostgreSQL database rather than a SQLite file."""
     return isinstance(database, str) and database.startswith(POSTGRES_SCHEMES)
@@ -352,6 +365,8 @@ class SqliteStore:
     def _translate(self) -> Iterator[None]:
         try:
             yield
+        except (UnicodeEncodeError, OverflowError) as exc:  # raised binding a parameter
+            raise unstorable(exc) from None
         except sqlite3.Error as exc:
             raise HubError(f"{self.path}: database error: {exc}", status=503) from None
 
@@ -643,7 +658,7 @@ def _create(conn: sqlite3.Connection, write: Write) -> WriteOutcome:
         )
         if not cur.rowcount:  # a writer that does not lock on read got there first
             return WriteOutcome(reason=REASON_EXISTS, current_version=1)
-        body = decode_text(item.value, item.is_base64) or ""
+        body = search_text(item)
         conn.execute(
             "INSERT INTO memories_fts (rowid, key_name, description, body) VALUES (?, ?, ?, ?)",
             (cur.lastrowid, item.key_name, item.description, body),
@@ -720,7 +735,7 @@ def _update(conn: sqlite3.Connection, write: Write, if_match: int | None) -> Wri
         )
         if not cur.rowcount:
             return WriteOutcome(reason=REASON_VERSION, current_version=current.version)
-        body = decode_text(item.value, item.is_base64) or ""
+        body = search_text(item)
         conn.execute(
             "UPDATE memories_fts SET body = ? WHERE rowid ="
             " (SELECT seq FROM memories WHERE key_name = ?)",
