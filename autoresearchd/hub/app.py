@@ -25,8 +25,11 @@ from __future__ import annotations
 import base64
 import json
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -361,9 +364,29 @@ async def serve(config: Config, *, migrate: bool = False) -> None:
     )
     log.info("hub_serving", host=config.hub.listen_host, port=config.hub.listen_port)
     try:
-        await server.serve()
+        with _sigterm_is_a_clean_stop():
+            await server.serve()
     finally:
         await store.close()
+    log.info("hub_stopped")
+
+
+@contextmanager
+def _sigterm_is_a_clean_stop() -> Iterator[None]:
+    """Let ``hub serve`` exit 0 when SIGTERM stopped it cleanly.
+
+    uvicorn shuts down on SIGTERM and then raises the signal again under the handler it
+    found, so the process dies by it (exit 143) and a service manager logs a failure. Under
+    this no-op handler the signal raised again does nothing and serve returns.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 async def init_hub(config: Config, baseline: Path | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,3 +53,13 @@ async def test_unreachable_hub_fails_fast_as_transient_then_recovers(tmp_path: P
         async with EnsueMemory(url, "test", key, primary_track=TRACK, clock=FakeClock()) as memory:
             assert (await memory.publish(result)).created
             assert await memory.results(TRACK) == [result]
+
+
+def test_hub_serve_exits_0_after_a_clean_stop_by_sigterm(tmp_path: Path) -> None:
+    """systemd stops a service with SIGTERM: a clean shutdown is a success, not exit 143."""
+    with hub_process(tmp_path) as hub:
+        hub.register("alice")  # it served a request before it was stopped
+        hub.proc.send_signal(signal.SIGTERM)
+        assert hub.proc.wait(timeout=30) == 0
+    log = (tmp_path / "hub.log").read_text()
+    assert "hub_stopped" in log and "Traceback" not in log
