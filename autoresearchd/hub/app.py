@@ -40,7 +40,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from autoresearchd.config import Config, HubConfig
+from autoresearchd.config import SQLITE_URL, Config, HubConfig
 from autoresearchd.errors import ConfigError, HubError
 from autoresearchd.hub import strictjson
 from autoresearchd.hub.auth import (
@@ -85,12 +85,15 @@ MAX_CODE_CHARS = 128
 
 
 def database_path(config: Config) -> str | Path:
-    """``hub.database``: a ``postgresql://`` URL, or the SQLite file (relative to the config)."""
+    """``hub.database``: a ``postgresql://`` URL, or the SQLite file (relative to the config),
+    named as a path or as a ``sqlite:///`` URL (``sqlite:////srv/hub.sqlite`` is absolute)."""
     database = config.hub.database
     if is_postgres_url(database):
         return database
     if not database:
         return config.daemon.state_dir / "hub.sqlite"
+    if database.startswith(SQLITE_URL):
+        database = database[len(SQLITE_URL) :]
     path = Path(database).expanduser()
     return path if path.is_absolute() else (config.source.parent / path).resolve()
 
