@@ -11,9 +11,12 @@ verification existed. Every JSON-RPC call needs ``Authorization: Bearer <key>``;
 over ``max_body_bytes`` are refused before they are parsed. Requests are rate limited per
 client IP (the ``/auth`` routes more tightly) and per key; a limited request gets 429 with
 ``Retry-After``. The limits live in each hub process, so they apply per replica. Errors
-are JSON, never tracebacks: storage or mail trouble is 503 so that clients retry it.
+are JSON, never tracebacks: storage or mail trouble is 503 so that clients retry it, while
+bodies go through :mod:`~autoresearchd.hub.strictjson` (hostile JSON is a parse error or
+a 400) and a value a store cannot hold is invalid params, not an outage to retry.
 :func:`serve` runs the app under uvicorn over the store ``hub.database`` names (a SQLite
-file, or a ``postgresql://`` URL that any number of replicas may share); :func:`init_hub`
+file or ``sqlite:///`` URL, or a ``postgresql://`` URL that any number of replicas may
+share) until SIGTERM, which is a clean stop (exit 0); :func:`init_hub`
 creates the org and the admin key and seeds ``best/``; :func:`migrate_hub` applies
 PostgreSQL schema migrations. Nothing a guarantee rests on is kept in process memory:
 only the rate limits (per replica, as above) and a cache of orgs seen to exist (orgs are

@@ -12,7 +12,9 @@ same transaction. A ``results/`` record is indexed in the ``results`` table in t
 transaction that creates it (results are write-once), so a policy can count replicates
 with one indexed ``SELECT``. Verification is one ``UPDATE ... WHERE`` on the agent's
 code hash. :class:`SqliteStore` gives each worker thread its own connection in WAL mode
-and runs every call in a thread, off the event loop.
+and runs every call in a thread, off the event loop. A value a database cannot hold (an
+integer past 64 bits, text that is not Unicode, NUL in PostgreSQL text) fails the write
+with a 400 :class:`HubError` from :func:`unstorable`: the request's fault, not an outage.
 """
 
 from __future__ import annotations

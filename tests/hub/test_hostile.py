@@ -48,6 +48,17 @@ HOSTILE = {
     "object": '{"x": "y"}',
     "long": '"' + "x" * 20_000 + '"',
 }
+#: The HOSTILE entries no request may hold, wherever they are.
+UNREADABLE = {
+    "lone surrogate",
+    "lone low surrogate",
+    "NUL",
+    "deep list",
+    "deep object",
+    "1e999",
+    "NaN",
+    "-Infinity",
+}
 #: Whole bodies for every POST route.
 BODIES = {
     "empty": b"",
@@ -68,6 +79,17 @@ BODIES = {
     "NUL name": b'{"name": "a\\u0000", "code": "x"}',
 }
 POST_ROUTES = ("/", "/mcp", "/auth/agent-register", "/auth/verify")
+#: Query strings for the GET verification routes, and Authorization headers for every route.
+QUERIES = (
+    "agent=%00&code=%00",
+    "agent=nova&code=%ED%A0%80",
+    "agent=%ED%A0%80&code=x",
+    "agent=nova%0A&code=x",
+    "agent=nova&code=" + "x" * 5000,
+    "agent=a&agent=b&code=c",
+    "%",
+)
+HEADERS = (b"Bearer \xff\xfe", b"Bearer " + b"x" * 8000, b"Bearer", b"Basic \x00", b"Bearer  ")
 MARK = '"@@HOSTILE@@"'
 
 
@@ -154,7 +176,7 @@ def payload(message: dict[str, Any]) -> Any:
     return json.loads(message["result"]["content"][0]["text"])
 
 
-async def test_hostile_bodies_on_every_post_route_get_a_4xx_or_json_rpc_error(
+async def test_hostile_bodies_queries_and_keys_on_every_route_get_a_4xx_or_json_rpc_error(
     hub: InProcessHub, http: httpx.AsyncClient
 ) -> None:
     key = await hub.agent("alice")
@@ -166,17 +188,33 @@ async def test_hostile_bodies_on_every_post_route_get_a_4xx_or_json_rpc_error(
                 assert message["id"] is None, name
             else:
                 assert status in (400, 404, 413), (path, name, message)
+    for query in QUERIES:
+        for path in ("/auth/verify", "/auth/claim"):
+            reply = await http.get(f"{path}?{query}")
+            assert reply.status_code == 404, (path, query, reply.status_code)
+    for header in HEADERS:
+        for method, path in (("GET", "/auth/whoami"), ("POST", "/"), ("POST", "/mcp")):
+            reply = await http.request(
+                method, path, content=b"{}", headers={"authorization": header}
+            )
+            assert reply.status_code == 401, (path, header[:20], reply.status_code)
 
 
 async def test_hostile_values_in_every_argument_of_every_tool_never_get_a_500(
     hub: InProcessHub, http: httpx.AsyncClient
 ) -> None:
+    """Unreadable ones are a parse error wherever they are; the rest reach the tools."""
     key = await hub.agent("alice")
+    note = {"key_name": f"@{ORG}/notes/a", "value": "v"}  # so updates reach the store
+    created = payload(await tool_call(http, key, rpc_body("create_memory", {"items": [note]}, "")))
+    assert created["results"][0]["status"] == "created"
     for tool, arguments in tool_cases():
         for name, hostile in HOSTILE.items():
-            body = rpc_body(tool, arguments, hostile)
-            message = await tool_call(http, key, body)
-            assert "error" in message or "result" in message, (tool, arguments, name)
+            message = await tool_call(http, key, rpc_body(tool, arguments, hostile))
+            if name in UNREADABLE:
+                assert message["error"]["code"] == -32700, (tool, arguments, name, message)
+            else:
+                assert "error" in message or "result" in message, (tool, arguments, name)
 
 
 async def test_hostile_records_in_results_and_bests_never_get_a_500(
