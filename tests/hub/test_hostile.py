@@ -363,3 +363,9 @@ def test_strict_json_reads_what_is_fine() -> None:
     assert loads('{"a": "\\\\ud800"}') == {"a": "\\ud800"}  # an escaped backslash, not a surrogate
     nan = loads('{"v": NaN, "w": 1e999}', allow_nan=True)
     assert nan["v"] != nan["v"] and nan["w"] == float("inf")
+
+
+def test_strict_json_refuses_a_raw_surrogate_in_text_it_is_handed() -> None:
+    """Text (not bytes) may hold a raw surrogate no escape spelled, beside other non-ASCII."""
+    with pytest.raises(JsonRefused, match=r"lone surrogate \\udc80 \(not Unicode text\) at \$\.a"):
+        loads('{"é": 1, "a": "\udc80"}')
