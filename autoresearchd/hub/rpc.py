@@ -15,7 +15,6 @@ version), -32013 too large, -32029 rate limited, -32050 storage unavailable.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
@@ -223,7 +222,7 @@ class Tools:
         if is_base64:
             try:
                 size = len(base64.b64decode(value, validate=True))
-            except binascii.Error:
+            except ValueError:  # binascii.Error, or a non-ASCII character
                 raise _invalid("value is not valid base64") from None
         if size > self.max_value_bytes:
             raise RpcFault(TOO_LARGE, f"value of {size} bytes exceeds {self.max_value_bytes}")

@@ -20,7 +20,6 @@ with a 400 :class:`HubError` from :func:`unstorable`: the request's fault, not a
 from __future__ import annotations
 
 import base64
-import binascii
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -303,7 +302,7 @@ def decode_text(value: str, is_base64: bool) -> str | None:
         return value
     try:
         return base64.b64decode(value, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, a non-ASCII character, or not UTF-8
         return None
 
 
