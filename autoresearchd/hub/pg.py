@@ -31,6 +31,7 @@ from autoresearchd.errors import HubError
 from autoresearchd.hub.store import (
     COLUMNS,
     MAX_CONFIRMATIONS,
+    MAX_QUERY_WORDS,
     REASON_EXISTS,
     REASON_NOT_FOUND,
     REASON_REFUSED,
@@ -61,8 +62,6 @@ POOL_SIZE = 10
 CONNECT_TIMEOUT_S = 30.0
 #: The advisory lock :func:`migrate_database` holds, so replicas starting together migrate once.
 MIGRATION_LOCK = 0x6875625F6D6967  # "hub_mig"
-#: Words of a search query beyond this many are ignored.
-MAX_QUERY_WORDS = 32
 
 SCHEMA_1 = """
 CREATE TABLE orgs (name TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL);

@@ -100,6 +100,8 @@ MIGRATIONS = (
 )
 #: The most rows one replication query returns; a source run more often is an outlier.
 MAX_CONFIRMATIONS = 1000
+#: Words of a search query beyond this many are ignored (by both stores).
+MAX_QUERY_WORDS = 32
 #: The URL schemes that select :class:`~autoresearchd.hub.pg.PostgresStore`.
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -776,8 +778,12 @@ def _list(conn: sqlite3.Connection, prefix: str, limit: int) -> list[Memory]:
 
 
 def _fts_query(query: str) -> str:
-    """Quote each word so user text is never read as FTS5 syntax; any word may match."""
-    words = [w.replace('"', '""') for w in query.split() if w.strip()]
+    """Quote each word so user text is never read as FTS5 syntax; any word may match.
+
+    Words past :data:`MAX_QUERY_WORDS` are ignored, as in PostgreSQL: a query of 100,000
+    words held a thread for seconds.
+    """
+    words = [w.replace('"', '""') for w in query.split()[:MAX_QUERY_WORDS]]
     return " OR ".join(f'"{w}"' for w in words)
 
 
