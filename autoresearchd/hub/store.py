@@ -347,7 +347,11 @@ class SqliteStore:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()  # guards the list of connections, not the data
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+            raise HubError(f"{self.path}: cannot create its folder: {problem}") from None
         with self._translate(), _transaction(self._conn()) as conn:
             _prepare(conn)
 

@@ -133,3 +133,15 @@ def test_check_config_names_the_file_and_key_of_a_port_out_of_range(tmp_path: Pa
     assert done.stderr == (
         f"autoresearchd: {config}: hub.listen_port: expected a port from 0 to 65535, got 99999\n"
     )
+
+
+def test_a_sqlite_file_whose_folder_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    """A database under a regular file was a FileExistsError traceback from hub init."""
+    (tmp_path / "afile").write_text("")
+    config = tmp_path / "hub.toml"
+    database = tmp_path / "afile" / "hub.sqlite"
+    config.write_text(f'[hub]\ndatabase = "{database}"\nrequire_email = false\norg = "o"\n')
+    for command in ("init", "serve"):
+        done = cli("hub", command, "--config", str(config))
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr == f"autoresearchd: {database}: cannot create its folder: File exists\n"
