@@ -474,7 +474,15 @@ def cmd_hub_migrate(args: argparse.Namespace) -> int:
 def cmd_hub_init(args: argparse.Namespace) -> int:
     from autoresearchd.hub.app import init_hub
 
-    api_key = anyio.run(init_hub, load_config(args.config), args.baseline)
+    config = load_config(args.config)
+    api_key = anyio.run(init_hub, config, args.baseline)
+    # The label goes to stderr, so `key=$(autoresearchd hub init ...)` still gets the bare key.
+    print(
+        f"The admin API key of @{config.hub.org} follows. Save it now (in a file of mode 0600):"
+        " the hub stores only its hash and cannot show it again.",
+        file=sys.stderr,
+        flush=True,
+    )
     print(api_key)
     return EXIT_OK
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import socket
 import sys
 import tomllib
@@ -57,6 +58,10 @@ CONFIG_ENV = "AUTORESEARCHD_CONFIG"
 SYSTEM_CONFIG = Path("/etc/autoresearchd/config.toml")
 #: The config file inside the user's config folder (``$XDG_CONFIG_HOME`` or ``~/.config``).
 USER_CONFIG = Path("autoresearchd/config.toml")
+#: ``hub.database`` may name its SQLite file as a URL: ``sqlite:///rel`` or ``sqlite:////abs``.
+SQLITE_URL = "sqlite:///"
+POSTGRES_URLS = ("postgresql://", "postgres://")
+URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
 
 #: Marks a field as a path: resolved against the config file's folder, "~" expanded.
@@ -206,6 +211,32 @@ def _weights(value: Any) -> str | None:
     return None if sum(value.values()) > 0 else "expected at least one weight > 0"
 
 
+def _port(value: Any) -> str | None:
+    return None if 1 <= value <= 65535 else f"expected a port from 1 to 65535, got {value!r}"
+
+
+def _listen_port(value: Any) -> str | None:
+    # 0 asks the system for a free port, as socket.bind does.
+    return None if 0 <= value <= 65535 else f"expected a port from 0 to 65535, got {value!r}"
+
+
+def _hub_database(value: Any) -> str | None:
+    """A SQLite file path, a ``sqlite:///`` URL or a PostgreSQL URL; never another URL."""
+    if value.startswith(POSTGRES_URLS):
+        return None
+    if value.startswith(SQLITE_URL):
+        path = value[len(SQLITE_URL) :]
+        if path and path != ":memory:" and "?" not in path:
+            return None
+        return f"expected sqlite:///<file> or sqlite:////<absolute file>, got {_show(value)}"
+    scheme = value.partition(":")[0]
+    if value.startswith("sqlite:") or (":/" in value and URL_SCHEME.fullmatch(scheme)):
+        # Only the scheme is shown: the rest of a URL may hold a password.
+        expected = "expected a SQLite file, sqlite:///<file> or postgresql://..."
+        return f'{expected}, got a "{scheme}:" URL'
+    return None
+
+
 def _cpu_workers(value: Any) -> str | None:
     if value == "auto" or value >= 0:
         return None
@@ -228,7 +259,8 @@ CHECKS: dict[str, Check] = {
     "proposer.max_history": _positive,
     "proposer.command_timeout_s": _positive,
     "memory.claim_ttl_s": _non_negative,
-    "hub.listen_port": _non_negative,
+    "hub.listen_port": _listen_port,
+    "hub.database": _hub_database,
     "hub.max_body_bytes": _positive,
     "hub.max_value_bytes": _positive,
     "hub.rate_limit_per_s": _positive,
@@ -238,7 +270,7 @@ CHECKS: dict[str, Check] = {
     "hub.auth_rate_limit_per_s": _positive,
     "hub.auth_rate_limit_burst": _positive,
     "hub.replicates": _non_negative,
-    "hub.smtp_port": _positive,
+    "hub.smtp_port": _port,
 }
 
 
@@ -265,7 +297,27 @@ def parse_config(raw: Mapping[str, Any], *, source: Path = Path("<defaults>")) -
     sections = {
         name: reader.section(name, cls, raw.get(name, {})) for name, cls in SECTIONS.items()
     }
-    return _derive(Config(source=source, **sections))
+    config = _derive(Config(source=source, **sections))
+    if "hub" in raw:  # a hub's config: check what `hub serve` would otherwise fail on
+        _check_hub_mail(config)
+    return config
+
+
+def _check_hub_mail(config: Config) -> None:
+    """A hub that requires email needs a server to send the verification links through."""
+    if config.hub.require_email and not config.hub.smtp_host:
+        raise ConfigError(
+            "expected a mail server when hub.require_email = true"
+            " (or require_email = false: registration replies then carry the link)",
+            path=str(config.source),
+            key="hub.smtp_host",
+        )
+    if config.hub.smtp_user and config.hub.smtp_password_file == UNSET_PATH:
+        raise ConfigError(
+            "expected a password file when hub.smtp_user is set",
+            path=str(config.source),
+            key="hub.smtp_password_file",
+        )
 
 
 def _derive(config: Config) -> Config:

@@ -11,9 +11,12 @@ verification existed. Every JSON-RPC call needs ``Authorization: Bearer <key>``;
 over ``max_body_bytes`` are refused before they are parsed. Requests are rate limited per
 client IP (the ``/auth`` routes more tightly) and per key; a limited request gets 429 with
 ``Retry-After``. The limits live in each hub process, so they apply per replica. Errors
-are JSON, never tracebacks: storage or mail trouble is 503 so that clients retry it.
+are JSON, never tracebacks: storage or mail trouble is 503 so that clients retry it, while
+bodies go through :mod:`~autoresearchd.hub.strictjson` (hostile JSON is a parse error or
+a 400) and a value a store cannot hold is invalid params, not an outage to retry.
 :func:`serve` runs the app under uvicorn over the store ``hub.database`` names (a SQLite
-file, or a ``postgresql://`` URL that any number of replicas may share); :func:`init_hub`
+file or ``sqlite:///`` URL, or a ``postgresql://`` URL that any number of replicas may
+share) until SIGTERM, which is a clean stop (exit 0); :func:`init_hub`
 creates the org and the admin key and seeds ``best/``; :func:`migrate_hub` applies
 PostgreSQL schema migrations. Nothing a guarantee rests on is kept in process memory:
 only the rate limits (per replica, as above) and a cache of orgs seen to exist (orgs are
@@ -25,8 +28,11 @@ from __future__ import annotations
 import base64
 import json
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -37,19 +43,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from autoresearchd.config import Config, HubConfig
+from autoresearchd.config import SQLITE_URL, Config, HubConfig
 from autoresearchd.errors import ConfigError, HubError
+from autoresearchd.hub import strictjson
 from autoresearchd.hub.auth import (
-    AGENT_NAME,
-    EMAIL,
     RateLimiter,
     Rules,
     hash_key,
+    is_agent_name,
+    is_email,
     new_api_key,
     new_verification_code,
 )
 from autoresearchd.hub.mail import Mailer, SmtpMailer, verification_message
 from autoresearchd.hub.rpc import (
+    INVALID_PARAMS,
     RATE_LIMITED,
     TOO_LARGE,
     UNAUTHORISED,
@@ -69,6 +77,7 @@ from autoresearchd.hub.store import (
     is_postgres_url,
     open_store,
 )
+from autoresearchd.hub.strictjson import JsonRefused
 from autoresearchd.models import sha256_text
 
 log = structlog.get_logger(__name__)
@@ -79,12 +88,15 @@ MAX_CODE_CHARS = 128
 
 
 def database_path(config: Config) -> str | Path:
-    """``hub.database``: a ``postgresql://`` URL, or the SQLite file (relative to the config)."""
+    """``hub.database``: a ``postgresql://`` URL, or the SQLite file (relative to the config),
+    named as a path or as a ``sqlite:///`` URL (``sqlite:////srv/hub.sqlite`` is absolute)."""
     database = config.hub.database
     if is_postgres_url(database):
         return database
     if not database:
         return config.daemon.state_dir / "hub.sqlite"
+    if database.startswith(SQLITE_URL):
+        database = database[len(SQLITE_URL) :]
     path = Path(database).expanduser()
     return path if path.is_absolute() else (config.source.parent / path).resolve()
 
@@ -124,6 +136,9 @@ class Hub:
             headers = _retry_after(fault)
             return _reply(error_reply(request_id_of(body), fault), status or 200, headers)
         except HubError as exc:
+            if 400 <= exc.status < 500:  # the store refused the value itself
+                refused = RpcFault(INVALID_PARAMS, f"invalid params: {exc}")
+                return _reply(error_reply(request_id_of(body), refused))
             log.error("hub_storage_failed", error=str(exc))
             unavailable = RpcFault(UNAVAILABLE, "storage unavailable, retry later")
             return _reply(error_reply(request_id_of(body), unavailable), 503)
@@ -163,15 +178,17 @@ class Hub:
         limited = self._limit(request, self.ip_limiter, self.auth_limiter)
         if limited is not None:
             return limited
-        form = _form(await _read_body(request, MAX_AUTH_BYTES))
+        form = await _read_form(request)
+        if isinstance(form, Response):
+            return form
         name, email = form.get("name"), form.get("email")
-        if not isinstance(name, str) or not AGENT_NAME.match(name):
+        if not is_agent_name(name):
             return _error(400, 'expected {"name": <1-64 of A-Z a-z 0-9 _ . ->, "email": ...}')
-        if email is not None and (not isinstance(email, str) or not EMAIL.match(email)):
-            return _error(400, "expected a valid email address")
+        if email is not None and not is_email(email):
+            return _error(400, "expected a valid email address, without control characters")
         if email is None and self.config.require_email:
             return _error(400, 'this hub needs an "email" to send a verification link to')
-        return await self._register(request, name, email or "")
+        return await self._register(request, str(name), str(email or ""))
 
     async def _register(self, request: Request, name: str, email: str) -> Response:
         api_key, code = new_api_key(), new_verification_code()
@@ -213,7 +230,9 @@ class Hub:
         limited = self._limit(request, self.ip_limiter, self.auth_limiter)
         if limited is not None:
             return limited
-        form = _form(await _read_body(request, MAX_AUTH_BYTES))
+        form = await _read_form(request)
+        if isinstance(form, Response):
+            return form
         name, code = form.get("name"), form.get("code")
         if not isinstance(name, str) or not isinstance(code, str):
             return _error(400, 'expected {"name": ..., "code": ...}')
@@ -222,7 +241,7 @@ class Hub:
         return JSONResponse({"agent": name, "verified": True})
 
     async def _verify(self, name: str, code: str) -> bool:
-        if not AGENT_NAME.match(name) or not code or len(code) > MAX_CODE_CHARS:
+        if not is_agent_name(name) or not code or len(code) > MAX_CODE_CHARS:
             return False
         verified = await self.store.verify(name, hash_key(code), self.clock())
         log.info("agent_verification", agent=name, verified=verified)
@@ -260,13 +279,16 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return bytes(body)
 
 
-def _form(body: bytes | None) -> dict[str, Any]:
-    """A JSON object body, or an empty dict when the body is anything else."""
+async def _read_form(request: Request) -> dict[str, Any] | Response:
+    """The JSON object an ``/auth`` body holds, or the 4xx reply saying why there is none."""
+    body = await _read_body(request, MAX_AUTH_BYTES)
+    if body is None:
+        return _error(413, f"the body exceeds {MAX_AUTH_BYTES} bytes")
     try:
-        message = json.loads(body) if body is not None else None
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    return message if isinstance(message, dict) else {}
+        form = strictjson.loads(body)
+    except JsonRefused as exc:
+        return _error(400, f"the body was refused: {exc}")
+    return form if isinstance(form, dict) else _error(400, "expected a JSON object")
 
 
 def _error(status: int, message: str) -> Response:
@@ -348,9 +370,29 @@ async def serve(config: Config, *, migrate: bool = False) -> None:
     )
     log.info("hub_serving", host=config.hub.listen_host, port=config.hub.listen_port)
     try:
-        await server.serve()
+        with _sigterm_is_a_clean_stop():
+            await server.serve()
     finally:
         await store.close()
+    log.info("hub_stopped")
+
+
+@contextmanager
+def _sigterm_is_a_clean_stop() -> Iterator[None]:
+    """Let ``hub serve`` exit 0 when SIGTERM stopped it cleanly.
+
+    uvicorn shuts down on SIGTERM and then raises the signal again under the handler it
+    found, so the process dies by it (exit 143) and a service manager logs a failure. Under
+    this no-op handler the signal raised again does nothing and serve returns.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 async def init_hub(config: Config, baseline: Path | None) -> str:

@@ -33,7 +33,6 @@ global guarantee, so they need no shared state.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 import secrets
@@ -43,18 +42,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from autoresearchd.hub import strictjson
 from autoresearchd.hub.store import Agent, Evidence, Memory, Needs, ResultRow, WritePolicy
+from autoresearchd.hub.strictjson import JsonRefused
 from autoresearchd.models import sha256_text
 
 KEY_PREFIX = "ard_"
 #: ``best/`` keys every verified agent may move (not ``best/agent/<name>``, which is personal).
+#: (``\Z``, not ``$``: ``$`` also matches before a trailing newline.)
 SHARED_BEST = re.compile(
-    r"^(tracks/[^/]+/)?best/(metadata|train_py|tier/[^/]+/(metadata|train_py))$"
+    r"^(tracks/[^/]+/)?best/(metadata|train_py|tier/[^/]+/(metadata|train_py))\Z"
 )
 CLAIM = re.compile(r"^claims/")
 RESULT = re.compile(r"^results/")
-AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-EMAIL = re.compile(r"^[^@\s<>\"',;]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,63}$")
+#: Matched whole (``fullmatch``): ``$`` would let ``"admin\n"`` pass as a name.
+AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+EMAIL = re.compile(r"[^@\s<>\"',;]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,63}")
+#: The seeds the results index can hold: SQLite and PostgreSQL integers are 64-bit.
+SEED_RANGE = range(-(2**63), 2**63)
 #: Statuses whose finite val_bpb counts toward replication (a discard only if provisional).
 COUNTED = ("keep", "discard")
 #: How far a claimed val_bpb may sit below the replicates' mean: float summation noise only.
@@ -62,6 +67,16 @@ MEAN_TOLERANCE = 1e-9
 MAX_BUCKETS = 100_000
 
 Replication = Literal["any", "other-agent"]
+
+
+def is_agent_name(name: object) -> bool:
+    """Whether ``name`` is a whole agent name: 1-64 of ``A-Z a-z 0-9 _ . -``, no newline."""
+    return isinstance(name, str) and AGENT_NAME.fullmatch(name) is not None
+
+
+def is_email(email: object) -> bool:
+    """Whether ``email`` looks like one address, with no control or invisible characters."""
+    return isinstance(email, str) and email.isprintable() and EMAIL.fullmatch(email) is not None
 
 
 def new_api_key() -> str:
@@ -93,17 +108,32 @@ class Rules:
 
 
 def record_of(text: str | None) -> dict[str, Any]:
+    """The JSON object ``text`` holds, or an empty dict when it holds anything else."""
     try:
-        record = json.loads(text) if text is not None else None
-    except ValueError:
+        return parse_record(text)
+    except JsonRefused:
         return {}
-    return record if isinstance(record, dict) else {}
+
+
+def parse_record(text: str | None) -> dict[str, Any]:
+    """The JSON object ``text`` holds; :class:`JsonRefused` says why it is not one."""
+    if text is None:
+        raise JsonRefused("binary, not JSON text")
+    record = strictjson.loads(text, allow_nan=True)  # a crash's metrics may be NaN
+    if not isinstance(record, dict):
+        raise JsonRefused("not a JSON object")
+    return record
 
 
 def finite(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
+    """``value`` as a finite float, or None (an int too large for a float is not finite)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 # --- results ---------------------------------------------------------------------------
@@ -112,13 +142,14 @@ def finite(value: Any) -> float | None:
 def index_result(agent: Agent, key_name: str, text: str | None) -> tuple[ResultRow | None, str]:
     """The index row of a new ``results/`` record, or a reason to refuse it."""
     org = (split_key(key_name) or ("", ""))[0]
-    record = record_of(text)
-    if record.get("agent_id") != agent.name and not agent.is_admin:
-        return None, f"a result record must carry agent_id {agent.name!r}, the key's agent"
-    source, sha = record.get("train_py"), record.get("train_py_sha256")
-    if isinstance(source, str) and isinstance(sha, str) and sha256_text(source) != sha:
-        return None, "train_py_sha256 does not hash train_py"
-    seed = record.get("seed")
+    try:
+        record = parse_record(text)
+    except JsonRefused as exc:
+        return None, f"a result record must be a JSON object: {exc}"
+    problem = _result_problem(agent, record)
+    if problem:
+        return None, problem
+    seed, sha = record.get("seed"), record.get("train_py_sha256")
     row = ResultRow(
         key_name=key_name,
         org=org,
@@ -133,6 +164,19 @@ def index_result(agent: Agent, key_name: str, text: str | None) -> tuple[ResultR
         val_bpb=finite(record.get("val_bpb")),
     )
     return row, ""
+
+
+def _result_problem(agent: Agent, record: dict[str, Any]) -> str:
+    """Why ``record`` cannot be indexed as ``agent``'s result, or ""."""
+    if record.get("agent_id") != agent.name and not agent.is_admin:
+        return f"a result record must carry agent_id {agent.name!r}, the key's agent"
+    source, sha = record.get("train_py"), record.get("train_py_sha256")
+    if isinstance(source, str) and isinstance(sha, str) and sha256_text(source) != sha:
+        return "train_py_sha256 does not hash train_py"
+    seed = record.get("seed")
+    if isinstance(seed, int) and not isinstance(seed, bool) and seed not in SEED_RANGE:
+        return "seed must be an integer from -2**63 to 2**63 - 1"
+    return ""
 
 
 # --- write policies --------------------------------------------------------------------

@@ -31,6 +31,7 @@ from autoresearchd.errors import HubError
 from autoresearchd.hub.store import (
     COLUMNS,
     MAX_CONFIRMATIONS,
+    MAX_QUERY_WORDS,
     REASON_EXISTS,
     REASON_NOT_FOUND,
     REASON_REFUSED,
@@ -47,11 +48,12 @@ from autoresearchd.hub.store import (
     Write,
     WriteOutcome,
     WritePolicy,
-    decode_text,
     like_prefix,
     memory_of,
     new_owner,
     result_of,
+    search_text,
+    unstorable,
 )
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
@@ -60,8 +62,6 @@ POOL_SIZE = 10
 CONNECT_TIMEOUT_S = 30.0
 #: The advisory lock :func:`migrate_database` holds, so replicas starting together migrate once.
 MIGRATION_LOCK = 0x6875625F6D6967  # "hub_mig"
-#: Words of a search query beyond this many are ignored.
-MAX_QUERY_WORDS = 32
 
 SCHEMA_1 = """
 CREATE TABLE orgs (name TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL);
@@ -229,6 +229,8 @@ class PostgresStore:
         try:
             async with self._pool.connection() as conn, conn.transaction():
                 yield conn
+        except (psycopg.DataError, UnicodeEncodeError) as exc:
+            raise unstorable(exc) from None
         except psycopg.Error as exc:
             raise _unavailable(exc) from None
 
@@ -442,7 +444,7 @@ async def _create(conn: Conn, write: Write) -> WriteOutcome:
     refusal = await _refusal(conn, write.policy, None)
     if refusal:
         return WriteOutcome(reason=REASON_REFUSED, detail=refusal)
-    body = decode_text(item.value, item.is_base64) or ""
+    body = search_text(item)
     cur = await conn.execute(
         f"INSERT INTO memories ({COLUMNS}, document)"
         f" VALUES (%s, %s, %s, %s, %s, 1, %s, %s, %s, {DOCUMENT})"
@@ -507,7 +509,7 @@ async def _update(conn: Conn, write: Write, if_match: int | None) -> WriteOutcom
     refusal = await _refusal(conn, write.policy, current)
     if refusal:
         return WriteOutcome(reason=REASON_REFUSED, detail=refusal)
-    body = decode_text(item.value, item.is_base64) or ""
+    body = search_text(item)
     cur = await conn.execute(
         "UPDATE memories SET value = %s, is_base64 = %s, version = version + 1,"
         f" updated_at = %s, owner = %s, document = {DOCUMENT}"

@@ -15,13 +15,14 @@ version), -32013 too large, -32029 rate limited, -32050 storage unavailable.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from autoresearchd.errors import HubError
+from autoresearchd.hub import strictjson
 from autoresearchd.hub.auth import (
     RESULT,
     SHARED_BEST,
@@ -43,6 +44,7 @@ from autoresearchd.hub.store import (
     ResultRow,
     decode_text,
 )
+from autoresearchd.hub.strictjson import JsonRefused
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -101,12 +103,14 @@ class Call:
 def parse_request(body: bytes) -> Call:
     """Validate the JSON-RPC envelope; raise :class:`RpcFault` with the standard codes."""
     try:
-        message = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise RpcFault(PARSE_ERROR, "parse error: the body is not JSON") from None
+        message = strictjson.loads(body)
+    except JsonRefused as exc:
+        raise RpcFault(PARSE_ERROR, f"parse error: {exc}") from None
     if not isinstance(message, dict):
         raise RpcFault(INVALID_REQUEST, "invalid request: expected one JSON-RPC object")
     request_id = message.get("id")
+    if not _is_request_id(request_id):
+        raise RpcFault(INVALID_REQUEST, "invalid request: id must be a string, number or null")
     if message.get("jsonrpc") != "2.0" or not isinstance(message.get("method"), str):
         raise RpcFault(INVALID_REQUEST, 'invalid request: needs "jsonrpc": "2.0" and a method')
     if message["method"] != "tools/call":
@@ -123,10 +127,16 @@ def parse_request(body: bytes) -> Call:
 def request_id_of(body: bytes) -> Any:
     """The id of a request, if it has a readable one, for error replies."""
     try:
-        message = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        message = strictjson.loads(body)
+    except JsonRefused:
         return None
-    return message.get("id") if isinstance(message, dict) else None
+    request_id = message.get("id") if isinstance(message, dict) else None
+    return request_id if _is_request_id(request_id) else None
+
+
+def _is_request_id(value: Any) -> bool:
+    """JSON-RPC 2.0 ids are strings, numbers or null; anything else is not echoed back."""
+    return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
 
 
 # --- argument checks ---------------------------------------------------------------------
@@ -212,7 +222,7 @@ class Tools:
         if is_base64:
             try:
                 size = len(base64.b64decode(value, validate=True))
-            except binascii.Error:
+            except ValueError:  # binascii.Error, or a non-ASCII character
                 raise _invalid("value is not valid base64") from None
         if size > self.max_value_bytes:
             raise RpcFault(TOO_LARGE, f"value of {size} bytes exceeds {self.max_value_bytes}")
@@ -325,9 +335,13 @@ def _audit_detail(key: str, text: str | None) -> str:
 
 def _change(entry: AuditEntry) -> dict[str, Any]:
     try:
-        # Non-finite numbers become null: replies are strict JSON.
-        metadata = json.loads(entry.detail, parse_constant=lambda _: None) if entry.detail else {}
-    except ValueError:
+        # Non-finite numbers (NaN, 1e999) become null: replies are strict JSON.
+        metadata = (
+            json.loads(entry.detail, parse_constant=lambda _: None, parse_float=_finite_or_none)
+            if entry.detail
+            else {}
+        )
+    except (ValueError, RecursionError):  # the admin may have written anything
         metadata = {}
     return {
         "at": entry.at,
@@ -336,6 +350,11 @@ def _change(entry: AuditEntry) -> dict[str, Any]:
         "version": entry.version,
         "metadata": metadata if isinstance(metadata, dict) else {},
     }
+
+
+def _finite_or_none(literal: str) -> float | None:
+    number = float(literal)
+    return number if math.isfinite(number) else None
 
 
 def _summary(memory: Memory) -> dict[str, Any]:

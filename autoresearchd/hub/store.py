@@ -12,13 +12,14 @@ same transaction. A ``results/`` record is indexed in the ``results`` table in t
 transaction that creates it (results are write-once), so a policy can count replicates
 with one indexed ``SELECT``. Verification is one ``UPDATE ... WHERE`` on the agent's
 code hash. :class:`SqliteStore` gives each worker thread its own connection in WAL mode
-and runs every call in a thread, off the event loop.
+and runs every call in a thread, off the event loop. A value a database cannot hold (an
+integer past 64 bits, text that is not Unicode, NUL in PostgreSQL text) fails the write
+with a 400 :class:`HubError` from :func:`unstorable`: the request's fault, not an outage.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -99,6 +100,8 @@ MIGRATIONS = (
 )
 #: The most rows one replication query returns; a source run more often is an outlier.
 MAX_CONFIRMATIONS = 1000
+#: Words of a search query beyond this many are ignored (by both stores).
+MAX_QUERY_WORDS = 32
 #: The URL schemes that select :class:`~autoresearchd.hub.pg.PostgresStore`.
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -301,8 +304,21 @@ def decode_text(value: str, is_base64: bool) -> str | None:
         return value
     try:
         return base64.b64decode(value, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, a non-ASCII character, or not UTF-8
         return None
+
+
+def search_text(item: NewMemory) -> str:
+    """What search indexes of a value: its text, with NULs (which PostgreSQL text cannot
+    hold, though a base64 value may decode to them) as spaces; binary values index nothing."""
+    return (decode_text(item.value, item.is_base64) or "").replace("\x00", " ")
+
+
+def unstorable(exc: Exception) -> HubError:
+    """The 400 for a value a database cannot hold (an integer past 64 bits, text that is
+    not Unicode): the request is at fault, so it must not read as an outage to retry."""
+    problem = " ".join(str(exc).split())
+    return HubError(f"cannot store the value: {problem}", status=400, code="unstorable")
 
 
 def is_postgres_url(database: str | Path) -> bool:
@@ -331,7 +347,11 @@ class SqliteStore:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()  # guards the list of connections, not the data
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+            raise HubError(f"{self.path}: cannot create its folder: {problem}") from None
         with self._translate(), _transaction(self._conn()) as conn:
             _prepare(conn)
 
@@ -352,6 +372,8 @@ class SqliteStore:
     def _translate(self) -> Iterator[None]:
         try:
             yield
+        except (UnicodeEncodeError, OverflowError) as exc:  # raised binding a parameter
+            raise unstorable(exc) from None
         except sqlite3.Error as exc:
             raise HubError(f"{self.path}: database error: {exc}", status=503) from None
 
@@ -643,7 +665,7 @@ def _create(conn: sqlite3.Connection, write: Write) -> WriteOutcome:
         )
         if not cur.rowcount:  # a writer that does not lock on read got there first
             return WriteOutcome(reason=REASON_EXISTS, current_version=1)
-        body = decode_text(item.value, item.is_base64) or ""
+        body = search_text(item)
         conn.execute(
             "INSERT INTO memories_fts (rowid, key_name, description, body) VALUES (?, ?, ?, ?)",
             (cur.lastrowid, item.key_name, item.description, body),
@@ -720,7 +742,7 @@ def _update(conn: sqlite3.Connection, write: Write, if_match: int | None) -> Wri
         )
         if not cur.rowcount:
             return WriteOutcome(reason=REASON_VERSION, current_version=current.version)
-        body = decode_text(item.value, item.is_base64) or ""
+        body = search_text(item)
         conn.execute(
             "UPDATE memories_fts SET body = ? WHERE rowid ="
             " (SELECT seq FROM memories WHERE key_name = ?)",
@@ -760,8 +782,12 @@ def _list(conn: sqlite3.Connection, prefix: str, limit: int) -> list[Memory]:
 
 
 def _fts_query(query: str) -> str:
-    """Quote each word so user text is never read as FTS5 syntax; any word may match."""
-    words = [w.replace('"', '""') for w in query.split() if w.strip()]
+    """Quote each word so user text is never read as FTS5 syntax; any word may match.
+
+    Words past :data:`MAX_QUERY_WORDS` are ignored, as in PostgreSQL: a query of 100,000
+    words held a thread for seconds.
+    """
+    words = [w.replace('"', '""') for w in query.split()[:MAX_QUERY_WORDS]]
     return " OR ".join(f'"{w}"' for w in words)
 
 

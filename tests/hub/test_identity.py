@@ -168,6 +168,26 @@ async def test_a_hub_that_requires_email_refuses_registration_without_one(
     assert smtp.inbox.messages == []
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "admin\n", "email": "a@b.org"},
+        {"name": "nova\r\n", "email": "a@b.org"},
+        {"name": "nova", "email": "nova@example.org\n"},
+        {"name": "nova", "email": "no\x07va@example.org"},
+        {"name": "nova", "email": "nova\u200b@example.org"},
+        {"name": "nova", "email": "nova@example.org\u202e"},
+    ],
+)
+async def test_names_and_emails_must_match_whole_without_control_characters(
+    http: httpx.AsyncClient, smtp: MailServer, body: dict[str, str]
+) -> None:
+    """``$`` once let "admin\\n" register; a newline or hidden character is refused."""
+    reply = await http.post("/auth/agent-register", json=body)
+    assert reply.status_code == 400, reply.text
+    assert smtp.inbox.messages == []
+
+
 async def test_names_are_unique_and_bound_to_their_key(
     http: httpx.AsyncClient, smtp: MailServer
 ) -> None:

@@ -373,8 +373,10 @@ def test_hub_init_prints_an_admin_key_and_seeds_best(tmp_path: Path) -> None:
     config = write_hub_config(tmp_path, 0)
     done = cli("hub", "init", "--config", str(config), "--baseline", str(baseline))
     assert done.returncode == 0, done.stderr
-    admin_key = done.stdout.strip()
-    assert admin_key.startswith("ard_")
+    admin_key = done.stdout.strip()  # bare on stdout, so scripts can capture it
+    assert admin_key.startswith("ard_") and done.stdout == admin_key + "\n"
+    assert done.stderr.startswith(f"The admin API key of @{ORG} follows. Save it now")
+    assert "cannot show it again" in done.stderr and admin_key not in done.stderr
 
     async def check() -> None:
         store = SqliteStore(tmp_path / "state" / "hub.sqlite")

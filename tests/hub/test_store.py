@@ -18,6 +18,7 @@ import pytest
 
 from autoresearchd.hub.auth import Rules, write_policy
 from autoresearchd.hub.store import (
+    MAX_QUERY_WORDS,
     REASON_EXISTS,
     REASON_NOT_FOUND,
     REASON_REFUSED,
@@ -230,6 +231,16 @@ async def test_search_ranks_by_relevance_with_scores_in_0_1(store: HubStore) -> 
     await store.update(ALICE, updated, None, ANYONE, 1.0)
     found = {h.memory.key_name for h in await store.search("warmup", "@o/", 10)}
     assert found == {"@o/n/a", "@o/n/c"}  # an update re-indexes the new text
+
+
+async def test_search_reads_the_first_max_query_words_words_in_both_stores(
+    store: HubStore,
+) -> None:
+    """A query of 100,000 words held a SQLite thread for seconds; PostgreSQL read 32."""
+    await store.create(ALICE, NewMemory("@o/n/a", "warmup", False), 0.0)
+    padding = " ".join(f"w{i}" for i in range(MAX_QUERY_WORDS - 1))
+    assert len(await store.search(f"{padding} warmup", "@o/", 10)) == 1
+    assert await store.search(f"{padding} w{MAX_QUERY_WORDS} warmup", "@o/", 10) == []
 
 
 async def test_agents_register_once_verify_with_their_code_and_unverified_may_be_forgotten(
