@@ -95,6 +95,10 @@ CREATE TABLE IF NOT EXISTS notes (
 CREATE INDEX IF NOT EXISTS notes_by_time ON notes (kind, created_at, seq);
 """
 
+#: Result codes that say the disk, not the data, is at fault: "database or disk is full"
+#: and "disk I/O error" (ENOSPC can surface as either, depending on which write met it).
+_PASSING = (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
+
 T = TypeVar("T")
 
 
@@ -263,8 +267,11 @@ def _translate_errors(path: Path) -> Iterator[None]:
     try:
         yield
     except sqlite3.OperationalError as exc:
-        if getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
             raise TransientMemoryError(f"{path}: database is busy", backend=BACKEND) from None
+        if code in _PASSING:  # a full disk or a failed write: retry once it has room again
+            raise TransientMemoryError(f"{path}: {exc}", backend=BACKEND) from None
         raise MemoryBackendError(f"{path}: {exc}", backend=BACKEND) from None
     except sqlite3.Error as exc:
         raise MemoryBackendError(
