@@ -1,9 +1,15 @@
-"""The daemon under a full disk: it keeps running, holds the finished result in memory,
-says so in ``status``, writes the result out when space returns, and never reports a
-flushed outbox while a result exists only in memory."""
+"""The daemon and its outbox, against a full disk and bad files.
+
+Under a full disk it keeps running, holds the finished result in memory, says so in
+``status``, writes the result out when space returns, and never reports a flushed outbox
+while a result exists only in memory. Bad outbox files are set aside at start-up, which
+goes on, and a result parked for a passing cause is published after all.
+"""
 
 from __future__ import annotations
 
+import json
+import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +24,11 @@ from autoresearchd.control import status_line
 from autoresearchd.daemon import Daemon
 from autoresearchd.harness.prepare import prepare_track
 from autoresearchd.report import status_text
+from autoresearchd.testing import plan_script, write_plan
+from tests.memory.conformance import make_result
 
+from . import daemon_process
+from .daemon_process import DaemonProcess, stored_results, wait_for
 from .full_disk import SmallFilesystem, small_filesystem
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -167,3 +177,54 @@ async def test_stopping_with_a_result_only_in_memory_says_so_and_logs_the_record
     unsaved = [e for e in logs if e["event"] == "result_unsaved"]
     assert unsaved and unsaved[0]["record"]["val_bpb"] == pytest.approx(1.51)
     assert unsaved[0]["error"] == "No space left on device"
+
+
+# -- bad files at start-up ------------------------------------------------------------------
+
+
+BAD_ENTRIES = {
+    "list.json": b"[]",
+    "null.json": b"null",
+    "text-time.json": json.dumps(
+        {**make_result(id="text-time").to_record(), "completed_at": "2026-12-01T10:00:00Z"}
+    ).encode(),
+    "latin1.json": b'{"id": "latin1", "description": "caf\xe9"}',
+    "cut.json": json.dumps(make_result(id="cut").to_record()).encode()[:50],
+}
+
+
+def test_bad_outbox_files_are_set_aside_and_start_up_goes_on(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    plan_dir = tmp_path / "plan"
+    write_plan(plan_dir, ["ok"] * 20)
+    config = daemon_process.write_config(tmp_path, plan_script(sleep_s=0.5), data_dir)
+    outbox = tmp_path / "state" / "outbox"
+    (outbox / "failed").mkdir(parents=True)
+    for name, content in BAD_ENTRIES.items():
+        (outbox / name).write_bytes(content)
+    (outbox / "folder.json").mkdir()
+    good = make_result(id="good")
+    (outbox / "good.json").write_text(json.dumps(good.to_record()))
+    parked = make_result(id="parked")  # parked by an older release for a passing cause
+    (outbox / "failed" / "parked.json").write_text(json.dumps(parked.to_record()))
+    (outbox / "failed" / "parked.reason").write_text("memory.sqlite: database or disk is full\n")
+    db = tmp_path / "state" / "memory.sqlite"
+    daemon = DaemonProcess(config, plan_dir, tmp_path / "daemon.log")
+    try:
+        wait_for(
+            lambda: {"good", "parked"} <= {r["id"] for r in stored_results(db)},
+            timeout=60,
+            what="the good and the once-parked results to be published",
+        )
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+    finally:
+        daemon.kill()
+    set_aside = [e for e in daemon.events() if e["event"] == "outbox_entry_set_aside"]
+    names = sorted(Path(e["file"]).name for e in set_aside)
+    assert names == sorted([*BAD_ENTRIES, "folder.json"]), "one line per bad file"
+    for name in names:
+        assert (outbox / "failed" / name).exists()
+        assert (outbox / "failed" / name).with_suffix(".reason").read_text().strip()
+    assert "Traceback" not in daemon.log_path.read_text()
