@@ -365,7 +365,7 @@ class Daemon:
             "best_bpb": self.best_bpb(),
             "outbox_depth": depth,
             # Results the disk refused, kept only in memory until it takes them again.
-            "outbox_held": len(self.ctx.outbox.held()),
+            "outbox_held": self.ctx.outbox.held_count(),
             "outbox_error": self.ctx.outbox.last_error,
             "memory": self.connectivity.to_json(),
             "devices": [worker.snapshot(now) for worker in self.workers],

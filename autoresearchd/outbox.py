@@ -161,6 +161,10 @@ class Outbox:
             held = {f"{h.result.id}{_SUFFIX}" for h in self._held.values() if h.reason is None}
         return len(on_disk | held)
 
+    def held_count(self) -> int:
+        """How many results exist only in memory; takes no lock, so the event loop may ask."""
+        return len(self._held)
+
     def held(self) -> list[Result]:
         """The results that exist only in memory, because the disk refused them."""
         with self._lock:

@@ -75,7 +75,7 @@ class Publisher:
     async def _spill_forever(self) -> None:
         # Apart from draining: a publish may be retrying for days while the disk frees up.
         while True:
-            if self.outbox.held():
+            if self.outbox.held_count():
                 await anyio.to_thread.run_sync(self.outbox.spill)
             await anyio.sleep(SPILL_S)
 
@@ -85,7 +85,7 @@ class Publisher:
             await self.drain()
         await anyio.to_thread.run_sync(self.outbox.spill)
         depth = await anyio.to_thread.run_sync(self.outbox.depth)
-        return depth == 0 and not self.outbox.held()
+        return depth == 0 and not self.outbox.held_count()
 
     async def drain(self) -> int:
         """Publish everything pending; returns how many results were sent."""
