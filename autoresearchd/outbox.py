@@ -243,9 +243,13 @@ class Outbox:
         log.info("outbox_failed_retried", file=str(target), reason=reason or "none recorded")
 
     def _path(self, result_id: str) -> Path:
-        if not result_id or "/" in result_id or result_id.startswith("."):
+        if not _safe_id(result_id):
             raise RunError("result id is not a safe file name", run_id=result_id)
         return self.root / f"{result_id}{_SUFFIX}"
+
+
+def _safe_id(result_id: str) -> bool:
+    return bool(result_id) and "/" not in result_id and not result_id.startswith(".")
 
 
 # -- reading an entry back ----------------------------------------------------------------
@@ -266,6 +270,8 @@ def read_entry(path: Path) -> Result:
     except json.JSONDecodeError as exc:
         raise ValueError(f"not JSON: {exc}") from None
     result = decode_record(record)
+    if not _safe_id(result.id):
+        raise ValueError(f"its id {result.id!r} is not a safe file name")
     if f"{result.id}{_SUFFIX}" != path.name:
         raise ValueError(f"its id {result.id!r} does not match the file name")
     return result

@@ -249,3 +249,11 @@ def test_an_entry_that_cannot_be_moved_is_skipped_not_fatal(outbox: Outbox) -> N
         assert outbox.pending() == []
     assert outbox.depth() == 0
     assert [e["log_level"] for e in logs if e["event"] == "outbox_entry_set_aside"] == ["error"]
+
+
+def test_an_entry_with_an_unsafe_id_is_set_aside(outbox: Outbox) -> None:
+    """Its id would be refused when the result is removed after publishing."""
+    (outbox.root / ".hidden.json").write_text(json.dumps(make_result(".hidden").to_record()))
+    assert outbox.pending() == []
+    reason = (outbox.failed_dir / ".hidden.reason").read_text()
+    assert "not a safe file name" in reason
