@@ -326,6 +326,8 @@ def status_line(snapshot: Mapping[str, Any]) -> str:
     parts.append("no best yet" if best is None else f"best {best:.6f}")
     queued = snapshot.get("outbox_depth", 0)
     parts.append(f"{queued} result{'' if queued == 1 else 's'} queued")
+    if held := snapshot.get("outbox_held", 0):
+        parts.append(f"{held} held in memory ({snapshot.get('outbox_error', '')})")
     if snapshot.get("state") == "draining":
         parts.insert(0, "stopping")
     return " · ".join(parts)

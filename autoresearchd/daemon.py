@@ -109,6 +109,7 @@ class Daemon:
         self.forced = False
         self.ctx: WorkerContext | None = None
         self._early_drain = ""
+        self.results_unsaved = 0
 
     async def serve(self) -> int:
         if self.state is not State.CREATED:
@@ -177,13 +178,27 @@ class Daemon:
                     workers.start_soon(worker.serve)
             await self._finish()
             tg.cancel_scope.cancel()
-        return EXIT_FAILED if self.forced else EXIT_OK
+        return EXIT_FAILED if self.forced or self.results_unsaved else EXIT_OK
 
     async def _finish(self) -> None:
         """Workers are done: flush what they queued, within reason."""
         assert self.ctx is not None
+        outbox = self.ctx.outbox
         flushed = await self.ctx.publisher.flush(FLUSH_TIMEOUT_S)
-        log.info("daemon_stopped", outbox_flushed=flushed, pending=self.ctx.outbox.depth())
+        unsaved = outbox.held()
+        for result in unsaved:
+            # The disk still refuses it and the memory has not taken it: the log is the one
+            # place left, so the whole record goes there, to be recovered from the journal.
+            log.error(
+                "result_unsaved",
+                result_id=result.id,
+                error=outbox.last_error,
+                record=result.to_record(),
+            )
+        self.results_unsaved = len(unsaved)
+        log.info(
+            "daemon_stopped", outbox_flushed=flushed, pending=outbox.depth(), unsaved=len(unsaved)
+        )
 
     async def _prepare_data(self, config: Config) -> None:
         """Prepare the track in a child process, so the daemon's memory never holds the data."""
@@ -349,6 +364,9 @@ class Daemon:
             "started_at": self.started_at,
             "best_bpb": self.best_bpb(),
             "outbox_depth": depth,
+            # Results the disk refused, kept only in memory until it takes them again.
+            "outbox_held": self.ctx.outbox.held_count(),
+            "outbox_error": self.ctx.outbox.last_error,
             "memory": self.connectivity.to_json(),
             "devices": [worker.snapshot(now) for worker in self.workers],
         }

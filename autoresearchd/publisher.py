@@ -5,6 +5,8 @@ the outbox and call :meth:`Publisher.notify`. Only transient failures are retrie
 (``TransientMemoryError``: transport errors, 5xx, 429), with BOINC-style jittered,
 capped exponential backoff that honours a server's ``Retry-After``. Every retry is
 logged; a permanent refusal parks the result in ``outbox/failed`` instead of losing it.
+Alongside, it keeps trying to write results the disk refused (held in memory by the
+outbox) every ``SPILL_S``, so they are safe on disk again soon after space returns.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ DEFAULT_MIN_BACKOFF_S = 1.0
 DEFAULT_MAX_BACKOFF_S = 300.0
 #: How often the publisher looks at the outbox even without a notification.
 POLL_S = 30.0
+#: How often results held in memory (the disk refused them) are offered to the disk again.
+SPILL_S = 5.0
 
 
 def _log_retry(state: RetryCallState) -> None:
@@ -60,18 +64,28 @@ class Publisher:
 
     async def serve(self) -> None:
         """Drain forever; the caller cancels this task to stop it."""
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._spill_forever)
+            while True:
+                await self.drain()
+                with anyio.move_on_after(POLL_S):
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+
+    async def _spill_forever(self) -> None:
+        # Apart from draining: a publish may be retrying for days while the disk frees up.
         while True:
-            await self.drain()
-            with anyio.move_on_after(POLL_S):
-                await self._wake.wait()
-            self._wake = anyio.Event()
+            if self.outbox.held_count():
+                await anyio.to_thread.run_sync(self.outbox.spill)
+            await anyio.sleep(SPILL_S)
 
     async def flush(self, timeout_s: float) -> bool:
-        """Drain within ``timeout_s``; True when the outbox is empty afterwards."""
+        """Drain within ``timeout_s``; True when nothing is left, on disk or in memory."""
         with anyio.move_on_after(timeout_s):
             await self.drain()
+        await anyio.to_thread.run_sync(self.outbox.spill)
         depth = await anyio.to_thread.run_sync(self.outbox.depth)
-        return depth == 0
+        return depth == 0 and not self.outbox.held_count()
 
     async def drain(self) -> int:
         """Publish everything pending; returns how many results were sent."""

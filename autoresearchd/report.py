@@ -181,6 +181,8 @@ def status_text(
         f"best {format_bpb(best) if best is not None else 'none yet'} · "
         f"{snapshot['outbox_depth']} queued for publishing · {memory_text(snapshot['memory'])}"
     )
+    if held := snapshot.get("outbox_held", 0):
+        summary += f"\n{held} held in memory: the disk refused them ({snapshot['outbox_error']})"
     rows: list[tuple[str, ...]] = [
         ("#", "DEVICE", "STATE", "ELAPSED", "LEFT", "LAST_VAL_BPB", "EXPERIMENT")
     ]

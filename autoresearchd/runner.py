@@ -176,7 +176,11 @@ async def run_experiment(spec: RunSpec, *, stop: anyio.Event | None = None) -> R
         finished = await _supervise(spec, sink, stop)
     finally:
         sink.close()
-    if sink.dropped:
+    if sink.error:
+        log.warning(
+            "run_log_incomplete", run_id=spec.run_id, path=str(spec.log_path), error=sink.error
+        )
+    elif sink.dropped:
         log.warning("run_log_capped", run_id=spec.run_id, dropped_bytes=sink.dropped)
     tail = sink.tail_text()
     summary = await anyio.to_thread.run_sync(read_summary, spec.result_path, tail)
@@ -221,7 +225,10 @@ def prepare_run_dir(spec: RunSpec) -> Path:
         raise RunError(f"cannot copy workspace: {exc}", run_id=spec.run_id) from None
     # A result file copied from the workspace would pass for this run's own.
     spec.result_path.unlink(missing_ok=True)
-    (spec.run_dir / spec.script).write_text(spec.candidate.source, encoding="utf-8")
+    try:
+        (spec.run_dir / spec.script).write_text(spec.candidate.source, encoding="utf-8")
+    except OSError as exc:
+        raise RunError(f"cannot write {spec.script}: {exc.strerror}", run_id=spec.run_id) from None
     return spec.run_dir
 
 
@@ -392,37 +399,59 @@ class _LogSink:
     Past ``max_bytes`` the middle of the output is dropped: the file keeps its head, a line
     saying how much was dropped, and the tail, so a flood can neither fill the disk nor hide
     the summary printed at the end. Writes go straight to the page cache, which costs less than
-    a thread hop per chunk.
+    a thread hop per chunk. A disk that refuses a write (full, say) ends the file there, with a
+    last attempt at the tail on close: the run goes on, and its summary is read from memory.
     """
 
     def __init__(self, path: Path, max_bytes: int) -> None:
-        self._file = path.open("wb")
+        try:
+            self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError as exc:
+            raise RunError(f"cannot create {path}: {exc.strerror or exc}") from None
         self._tail_room = min(TAIL_BYTES, max_bytes // 2)
         self._head_room = max_bytes - self._tail_room
         self._tail = bytearray()
         self.total = 0
+        self.written = 0
         self.dropped = 0
+        #: Why the disk refused the log, empty while every write landed.
+        self.error = ""
 
     def write(self, chunk: bytes) -> None:
-        room = self._head_room - self.total
-        if room > 0:
-            self._file.write(chunk[:room])
+        room = self._head_room - self.written
+        if room > 0 and not self.error:
+            self._put(chunk[:room])
         self.total += len(chunk)
         self._tail += chunk
         if len(self._tail) > TAIL_BYTES:
             del self._tail[: len(self._tail) - TAIL_BYTES]
 
     def close(self) -> None:
-        if self._file.closed:
+        if self._fd is None:
             return
-        unwritten = self.total - self._head_room
+        unwritten = self.total - self.written
         if unwritten > 0:
             kept = min(unwritten, self._tail_room)
             self.dropped = unwritten - kept
             if self.dropped:
-                self._file.write(b"\n[autoresearchd: %d bytes of output dropped]\n" % self.dropped)
-            self._file.write(self._tail[len(self._tail) - kept :])
-        self._file.close()
+                self._put(b"\n[autoresearchd: %d bytes of output dropped]\n" % self.dropped)
+            self._put(bytes(self._tail[len(self._tail) - kept :]))
+        try:
+            os.close(self._fd)
+        except OSError as exc:  # some file systems report a full disk only here
+            self.error = self.error or exc.strerror or str(exc)
+        self._fd = None
+
+    def _put(self, data: bytes) -> None:
+        """Write all of ``data``, or note why the disk would not take it."""
+        view = memoryview(data)
+        try:
+            while view and self._fd is not None:
+                done = os.write(self._fd, view)
+                self.written += done
+                view = view[done:]
+        except OSError as exc:
+            self.error = self.error or exc.strerror or str(exc)
 
     def tail_text(self) -> str:
         return self._tail.decode("utf-8", errors="replace")

@@ -40,6 +40,8 @@ from autoresearchd.testing import (
     write_workspace,
 )
 
+from .full_disk import small_filesystem
+
 pytestmark = pytest.mark.anyio
 
 MiB = 1024 * 1024
@@ -513,3 +515,44 @@ def test_prune_spares_live_runs_however_old(tmp_path: Path) -> None:
     os.utime(tmp_path / "live", (1, 1))
     assert prune_runs(tmp_path, keep=1, live={"live"}) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["live", "new"]
+
+
+# Says it started, waits for the go-ahead, then prints more than a full disk can take.
+WAITS_THEN_TALKS = """\
+import pathlib, time
+print("started", flush=True)
+go = pathlib.Path({go!r})
+while not go.exists():
+    time.sleep(0.02)
+for i in range(4000):
+    print("progress line", i)
+print("---")
+print("val_bpb: 1.25")
+"""
+
+
+async def test_a_full_disk_under_the_run_log_loses_no_result(tmp_path: Path) -> None:
+    """The log stops where the disk did; the run finishes and its summary is still read."""
+    go = tmp_path / "go"
+    with small_filesystem(tmp_path / "fs") as disk:
+        spec = make_spec(tmp_path, WAITS_THEN_TALKS.format(go=str(go)), run_root=disk.path)
+        reports: list[RunReport] = []
+
+        async def run() -> None:
+            reports.append(await run_experiment(spec))
+
+        with capture_logs() as logs:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(run)
+                with anyio.fail_after(20):
+                    while not spec.log_path.exists() or not spec.log_path.read_bytes():  # noqa: ASYNC110
+                        await anyio.sleep(0.02)
+                disk.fill()
+                go.touch()
+        [report] = reports
+        assert report.outcome == "ok", report.error
+        assert report.summary is not None and report.summary.val_bpb == 1.25
+        (incomplete,) = _events(logs, "run_log_incomplete")
+        assert incomplete["error"] == "No space left on device"
+        text = report.log_path.read_bytes()
+        assert text.startswith(b"started\n") and b"val_bpb" not in text

@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -94,6 +95,10 @@ CREATE TABLE IF NOT EXISTS notes (
 );
 CREATE INDEX IF NOT EXISTS notes_by_time ON notes (kind, created_at, seq);
 """
+
+#: Result codes that say the disk, not the data, is at fault: "database or disk is full"
+#: and "disk I/O error" (ENOSPC can surface as either, depending on which write met it).
+_PASSING = (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
 
 T = TypeVar("T")
 
@@ -263,13 +268,27 @@ def _translate_errors(path: Path) -> Iterator[None]:
     try:
         yield
     except sqlite3.OperationalError as exc:
-        if getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
             raise TransientMemoryError(f"{path}: database is busy", backend=BACKEND) from None
+        if code in _PASSING:  # a full disk or a failed write: retry once it has room again
+            raise TransientMemoryError(
+                f"{path}: {exc}{_disk_hint(path)}", backend=BACKEND
+            ) from None
         raise MemoryBackendError(f"{path}: {exc}", backend=BACKEND) from None
     except sqlite3.Error as exc:
         raise MemoryBackendError(
             f"{path}: cannot use the database: {exc}", backend=BACKEND
         ) from None
+
+
+def _disk_hint(path: Path) -> str:
+    """Say so when the database's disk is full: "disk I/O error" alone hides the cause."""
+    try:
+        full = os.statvfs(path.parent).f_bavail == 0
+    except OSError:
+        return ""
+    return " (its disk is full)" if full else ""
 
 
 def _check_kind(kind: str) -> None:

@@ -11,9 +11,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from autoresearchd.config import parse_config
-from autoresearchd.errors import MemoryBackendError
+from autoresearchd.errors import MemoryBackendError, TransientMemoryError
 from autoresearchd.memory import SqliteMemory, open_memory
 from autoresearchd.memory.sqlite import SCHEMA_VERSION
+from tests.full_disk import small_filesystem
 from tests.memory.conformance import (
     TRACK,
     TTL_S,
@@ -242,3 +243,23 @@ async def test_best_history_is_written_with_the_result_and_stamped_by_the_clock(
         (second.id, clock()),
         (first.id, clock() - 10),
     ]
+
+
+async def test_a_full_disk_is_transient_and_the_result_lands_once_space_returns(
+    tmp_path: Path,
+) -> None:
+    result = make_result(train_py="LR = 0.1\n" + "# padding\n" * 20_000)
+    with small_filesystem(tmp_path / "fs") as disk:
+        async with SqliteMemory(disk.path / "memory.sqlite") as memory:
+            disk.fill()
+            if not disk.real:  # the fallback cannot reach SQLite's own writes: cap the file
+                assert memory._conn is not None
+                pages = memory._conn.execute("PRAGMA page_count").fetchone()[0]
+                memory._conn.execute(f"PRAGMA max_page_count = {pages}")
+            with pytest.raises(TransientMemoryError, match="database or disk is full"):
+                await memory.publish(result)
+            disk.free()
+            if not disk.real:
+                memory._conn.execute("PRAGMA max_page_count = 1073741823")
+            assert (await memory.publish(result)).created
+            assert await memory.results() == [result]
