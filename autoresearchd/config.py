@@ -136,6 +136,7 @@ class HubConfig:
     require_email: bool = True
     replicates: int = DEFAULT_HUB_REPLICATES
     replication: Literal["any", "other-agent"] = "any"
+    track: str = "synthetic"  # the org's primary track: the one its bare best/ keys hold
     smtp_host: str = ""  # empty: the hub sends no email
     smtp_port: int = DEFAULT_SMTP_PORT
     smtp_security: Literal["starttls", "tls", "plain"] = "starttls"

@@ -32,7 +32,14 @@ from autoresearchd.errors import AutoresearchdError, MemoryBackendError, Proposa
 from autoresearchd.gpus import Gpus
 from autoresearchd.health import DeviceHealth, FlapDetector, sleep_unless
 from autoresearchd.hypotheses import give_back
-from autoresearchd.judging import best_from, delta_vs_best, improves, lowest, own_outdated
+from autoresearchd.judging import (
+    best_from,
+    delta_vs_best,
+    improves,
+    lowest,
+    own_outdated,
+    plausible,
+)
 from autoresearchd.memory.protocol import CollectiveMemory
 from autoresearchd.models import Best, Candidate, Device, Result, Status
 from autoresearchd.outbox import Outbox
@@ -529,7 +536,8 @@ class Worker:
         self._flap_delay = self.flaps.record(report.outcome == "crash", report.duration_s)
         if report.outcome == "stopped":
             return None
-        result = build_result(self.origin(), candidate, report, seed)
+        # A score no honest run can reach (negative, below the track's floor) is invalid.
+        result = plausible(build_result(self.origin(), candidate, report, seed))
         self.last_val_bpb = result.val_bpb if result.val_bpb is not None else self.last_val_bpb
         return result
 

@@ -15,6 +15,11 @@ read in the write's own transaction, they say why a write is refused. The rules:
   was written by this agent while verified, and has the metadata's ``train_py_sha256``;
   its ``val_bpb`` is finite, beats the current best, and is no better than the replicates'
   mean (below). ``best/train_py`` must hash to its metadata's ``train_py_sha256``.
+- Plausibility: a best's ``val_bpb`` must be positive and within its track's bounds (the
+  synthetic track's floor is its entropy rate), and the result it names must be of the
+  best's own track: ``tracks/<track>/best/...`` names it, the bare ``best/`` is the org's
+  primary track (``hub.track``). A result record whose score is implausible is stored but
+  indexed as ``invalid``, so it never counts as a replicate.
 - Replication (BOINC's quorum): the hub counts the indexed results of the same track and
   ``train_py_sha256`` written by verified agents with a finite ``val_bpb`` and status
   ``keep``, or ``discard`` marked ``provisional``, one per distinct ``seed``. It needs
@@ -44,6 +49,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from autoresearchd.hub.store import Agent, Evidence, Memory, Needs, ResultRow, WritePolicy
+from autoresearchd.judging import implausible
+from autoresearchd.memory.ensue import slug
 from autoresearchd.models import sha256_text
 
 KEY_PREFIX = "ard_"
@@ -90,6 +97,8 @@ class Rules:
 
     replicates: int = 2
     replication: Replication = "any"
+    #: The org's primary track: the one its bare ``best/`` keys hold.
+    track: str = "synthetic"
 
 
 def record_of(text: str | None) -> dict[str, Any]:
@@ -119,20 +128,31 @@ def index_result(agent: Agent, key_name: str, text: str | None) -> tuple[ResultR
     if isinstance(source, str) and isinstance(sha, str) and sha256_text(source) != sha:
         return None, "train_py_sha256 does not hash train_py"
     seed = record.get("seed")
+    status, val_bpb = str(record.get("status", "")), finite(record.get("val_bpb"))
+    track = str(record.get("track", ""))
+    if status in COUNTED and implausible(_number(record.get("val_bpb")), track):
+        status = "invalid"  # kept as evidence of what was claimed, never as a replicate
     row = ResultRow(
         key_name=key_name,
         org=org,
         agent=str(record.get("agent_id", agent.name)),
         verified=agent.verified,
         result_id=str(record.get("id", "")),
-        track=str(record.get("track", "")),
+        track=track,
         train_py_sha256=sha if isinstance(sha, str) else "",
         seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
-        status=str(record.get("status", "")),
+        status=status,
         provisional=record.get("provisional") is True,
-        val_bpb=finite(record.get("val_bpb")),
+        val_bpb=val_bpb,
     )
     return row, ""
+
+
+def _number(value: Any) -> float | None:
+    """A JSON number as a float (NaN and infinities included); None for anything else."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 # --- write policies --------------------------------------------------------------------
@@ -199,8 +219,15 @@ def _best_policy(
         return _refuse(f"best metadata must name its result_key under @{org}/results/")
     if not isinstance(sha, str) or not sha:
         return _refuse("best metadata needs a train_py_sha256")
-    claim = _BestClaim(agent.name, record, result_key, sha, rules)
+    claim = _BestClaim(agent.name, record, result_key, sha, rules, _best_track(rest, rules))
     return WritePolicy(claim.check, Needs(result_key=result_key, replicates_of=(org, sha)))
+
+
+def _best_track(rest: str, rules: Rules) -> str:
+    """The track a shared best key holds, as its slug (``tracks/<slug>/``) or by name."""
+    match = SHARED_BEST.match(rest)
+    prefix = match.group(1) if match else None
+    return prefix[len("tracks/") : -1] if prefix else rules.track
 
 
 def _source_policy(key_name: str, new_text: str | None) -> WritePolicy:
@@ -225,6 +252,7 @@ class _BestClaim:
     result_key: str
     sha: str
     rules: Rules
+    track: str  # the best key's track: its name, or its slug under tracks/
 
     def check(self, current: Memory | None, evidence: Evidence) -> str | None:
         new_bpb = finite(self.record.get("val_bpb"))
@@ -233,9 +261,18 @@ class _BestClaim:
         old_bpb = finite(record_of(current.text if current else None).get("val_bpb"))
         if old_bpb is not None and not new_bpb < old_bpb:
             return f"val_bpb {new_bpb} does not beat the best {old_bpb}"
-        return self._check_result(evidence.result) or self._check_replicates(
-            evidence.result, evidence.replicates, new_bpb, old_bpb
+        return (
+            self._check_result(evidence.result)
+            or self._check_plausible(evidence.result, new_bpb)
+            or self._check_replicates(evidence.result, evidence.replicates, new_bpb, old_bpb)
         )
+
+    def _check_plausible(self, result: ResultRow | None, new_bpb: float) -> str | None:
+        track = result.track if result else ""
+        if self.track not in (track, slug(track)):
+            return f"the result {self.result_key} is of track {track!r}, not {self.track!r}"
+        reason = implausible(new_bpb, track)
+        return None if reason is None else f"implausible: {reason}"
 
     def _check_result(self, result: ResultRow | None) -> str | None:
         if result is None:
