@@ -9,6 +9,11 @@ read in the write's own transaction, they say why a write is refused. The rules:
   carry the writer's own ``agent_id`` (and a ``train_py_sha256`` that hashes its
   ``train_py``). A claim whose holder released it or let it expire (by the hub's clock)
   may be taken over by anyone, and then belongs to its new holder.
+- An agent creates keys only in its own namespace, so no one can squat a key its owner
+  will need: ``results/<agent>--…`` and ``best/agent/<agent>`` name the writer (by name or
+  by its key slug), as do community claims (``claims/<agent>--<slug>--<hash>``), and
+  hypotheses and insights whose key names an author (``<agent>--…``). Content-addressed
+  claims (``claims/<track>--<sha12>``) and notes keyed by topic alone name no one.
 - The shared ``best/`` pairs (``best/metadata`` + ``best/train_py``, per tier and per
   track) change only by a *verified* agent, by compare-and-set (``if_match``, or a create
   when absent). New metadata names a ``result_key`` under ``@<org>/results/`` that exists,
@@ -60,6 +65,10 @@ SHARED_BEST = re.compile(
 )
 CLAIM = re.compile(r"^claims/")
 RESULT = re.compile(r"^results/")
+#: Keys created only in the writer's own namespace: the kind, then what follows it.
+PERSONAL = re.compile(
+    r"^(?P<kind>results|claims|hypotheses|insights|(?:tracks/[^/]+/)?best/agent)/(?P<tail>.*)$"
+)
 AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 EMAIL = re.compile(r"^[^@\s<>\"',;]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,63}$")
 #: Statuses whose finite val_bpb counts toward replication (a discard only if provisional).
@@ -159,8 +168,12 @@ def _number(value: Any) -> float | None:
 
 
 def create_policy(agent: Agent, key_name: str, new_text: str | None, rules: Rules) -> WritePolicy:
-    """The policy for creating ``key_name``: shared bests follow the best rules."""
+    """The policy for creating ``key_name``: shared bests follow the best rules, and
+    personal keys must be the writer's own."""
     rest = (split_key(key_name) or ("", key_name))[1]
+    squatting = None if agent.is_admin else squatter(agent.name, key_name, rest)
+    if squatting is not None:
+        return _refuse(squatting)
     if agent.is_admin or not SHARED_BEST.match(rest):
         return WritePolicy(lambda current, evidence: None)
     return _best_policy(agent, key_name, rest, new_text, None, rules)
@@ -194,6 +207,25 @@ def write_policy(
 
     # A claim taken over belongs to its new holder, who alone may renew or release it.
     return WritePolicy(check, takes_ownership=CLAIM.match(rest) is not None)
+
+
+def squatter(agent: str, key_name: str, rest: str) -> str | None:
+    """Why creating ``rest`` would squat another agent's namespace; None when it may."""
+    match = PERSONAL.match(rest)
+    if match is None:
+        return None
+    kind, tail = match.group("kind"), match.group("tail")
+    own = (agent, slug(agent))
+    # Our claims are content-addressed (<track>--<sha12>) and a note may be keyed by its
+    # topic alone: only a key that names an author must name the writer.
+    authored = {"results": True, "claims": tail.count("--") >= 2}.get(kind, "--" in tail)
+    if kind.endswith("best/agent"):
+        squats = tail not in own
+    else:
+        squats = authored and not tail.startswith(tuple(f"{name}--" for name in own))
+    if squats:
+        return f"{key_name} is not in {agent}'s namespace: create keys only under your own name"
+    return None
 
 
 def _refuse(reason: str) -> WritePolicy:

@@ -390,3 +390,44 @@ async def test_a_best_must_name_a_result_of_its_own_track(swarm: Swarm) -> None:
         key = await swarm.publish("alice", run)
     reply = await swarm.write_best("alice", metadata(key, source, 0.5))
     assert refused(reply, "is of track 'made-up', not 'synthetic'"), reply
+
+
+@pytest.mark.parametrize(
+    "squatted",
+    [
+        "best/agent/bob",
+        "tracks/shakespeare/best/agent/bob",
+        "results/bob--lr-up--abc123",
+        "claims/bob--lr-up--abc123",
+        "hypotheses/bob--0123456789abcdef",
+        "insights/bob--0123456789abcdef",
+    ],
+)
+async def test_an_agent_creates_keys_only_in_its_own_namespace(swarm: Swarm, squatted: str) -> None:
+    """alice cannot take a key bob will need; bob then writes it as usual."""
+    key = f"@{ORG}/{squatted}"
+    value = json.dumps(make_result(agent_id="alice").to_record())
+    reply = await swarm.call(
+        "alice", "create_memory", {"items": [{"key_name": key, "value": value}]}
+    )
+    assert refused(reply["results"][0], f"{key} is not in alice's namespace"), reply
+    own = json.dumps(make_result(agent_id="bob").to_record())
+    mine = await swarm.call("bob", "create_memory", {"items": [{"key_name": key, "value": own}]})
+    assert mine["results"][0]["status"] == "created", mine
+
+
+@pytest.mark.parametrize(
+    "own",
+    [
+        "best/agent/alice",
+        "hypotheses/alice--0123456789abcdef",
+        "claims/synthetic--0123456789ab",
+        "insights/lr-up",
+    ],
+)
+async def test_own_keys_and_keys_that_name_no_one_may_be_created(swarm: Swarm, own: str) -> None:
+    key = f"@{ORG}/{own}"
+    reply = await swarm.call(
+        "alice", "create_memory", {"items": [{"key_name": key, "value": "{}"}]}
+    )
+    assert reply["results"][0]["status"] == "created", reply
