@@ -25,6 +25,9 @@ read in the write's own transaction, they say why a write is refused. The rules:
   best's own track: ``tracks/<track>/best/...`` names it, the bare ``best/`` is the org's
   primary track (``hub.track``). A result record whose score is implausible is stored but
   indexed as ``invalid``, so it never counts as a replicate.
+- Credit for a source goes to its first publisher: the verified agent whose (valid) result
+  of that ``train_py_sha256`` on the track the hub indexed first. Only that agent may name
+  the source in a shared best, so re-publishing another's source claims nothing.
 - Replication (BOINC's quorum): the hub counts the indexed results of the same track and
   ``train_py_sha256`` written by verified agents with a finite ``val_bpb`` and status
   ``keep``, or ``discard`` marked ``provisional``, one per distinct ``seed``. It needs
@@ -296,6 +299,7 @@ class _BestClaim:
         return (
             self._check_result(evidence.result)
             or self._check_plausible(evidence.result, new_bpb)
+            or self._check_credit(evidence.result, evidence.replicates)
             or self._check_replicates(evidence.result, evidence.replicates, new_bpb, old_bpb)
         )
 
@@ -318,6 +322,16 @@ class _BestClaim:
         result_id = self.record.get("result_id")
         if result_id is not None and result_id != result.result_id:
             return f"result_id {result_id!r} is not the id of {self.result_key}"
+        return None
+
+    def _check_credit(self, result: ResultRow | None, rows: tuple[ResultRow, ...]) -> str | None:
+        """A source's credit is its first publisher's: a replay of it claims nothing."""
+        track = result.track if result else ""
+        first = next(
+            (r for r in rows if r.verified and r.track == track and r.status != "invalid"), None
+        )
+        if first is not None and first.agent != self.agent:
+            return f"credit for this source goes to {first.agent}, who published it first"
         return None
 
     def _check_replicates(

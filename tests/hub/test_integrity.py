@@ -431,3 +431,47 @@ async def test_own_keys_and_keys_that_name_no_one_may_be_created(swarm: Swarm, o
         "alice", "create_memory", {"items": [{"key_name": key, "value": "{}"}]}
     )
     assert reply["results"][0]["status"] == "created", reply
+
+
+@pytest.mark.parametrize("claimed", [1.80, 0.502])
+async def test_replaying_anothers_best_source_with_a_better_claim_is_refused(
+    swarm: Swarm, claimed: float
+) -> None:
+    """bob's source is the best; alice re-publishes it as her own replicated run with a
+    better value (the issue's attack claimed 0.502, below the floor): refused, and the best
+    still credits bob."""
+    source = "LR = 0.05\n"
+    bobs = await swarm.replicated("bob", (1.90, 1.91, 1.92), source)
+    assert (await swarm.write_best("bob", metadata(bobs, source, 1.91, agent="bob")))["version"]
+    replay = await swarm.replicated("alice", (claimed, claimed, claimed), source)
+    reply = await swarm.write_best("alice", metadata(replay, source, claimed), if_match=1)
+    reason = "credit for this source goes to bob" if claimed > 1.75 else "implausible"
+    assert refused(reply, reason), reply
+    best = await swarm.call("eve", "get_memory", {"key_names": [META]})
+    assert json.loads(best["results"][0]["value"])["agent_id"] == "bob"
+
+
+async def test_the_first_publisher_may_name_its_source_after_others_reran_it(
+    swarm: Swarm,
+) -> None:
+    """Other agents' runs of alice's source are confirmations, not a claim on its credit."""
+    source = "LR = 0.05\n"
+    first = await swarm.publish(
+        "alice",
+        make_result(train_py=source, status=Status.DISCARD, provisional=True, val_bpb=1.90),
+    )
+    for value in (1.91, 1.92):
+        await swarm.publish(
+            "bob",
+            make_result(
+                agent_id="bob",
+                train_py=source,
+                status=Status.DISCARD,
+                provisional=True,
+                val_bpb=value,
+            ),
+        )
+    by_bob = await swarm.write_best("bob", metadata(first, source, 1.91, agent="bob"))
+    assert refused(by_bob, "is not by bob")
+    reply = await swarm.write_best("alice", metadata(first, source, 1.91))
+    assert reply["status"] == "created", reply
