@@ -4,16 +4,18 @@ The loop never waits on the network to start its next run: results go to the dur
 outbox for the publisher, the next candidate is prepared while the current one trains,
 and a memory that cannot be reached degrades to the last known best and unclaimed runs.
 A candidate that beats the best by ``min_improvement`` is provisional: it becomes a
-``keep`` only after ``replicates`` confirming runs with other seeds keep the mean ahead
-(DESIGN.md, Noise). Shared state the daemon owns arrives in a :class:`WorkerContext`.
-The worker orchestrates the cycle; what it builds on lives beside it: ``judging`` (a result
-against the best), ``records`` (results from runs), ``parents`` (the trust policy for
-network bests) and ``sharing`` (notes to the swarm).
+``keep`` only when fresh replicates with other seeds, against the incumbent's own runs,
+show an improvement the track's noise does not explain. Shared state the daemon owns
+arrives in a :class:`WorkerContext`. The worker orchestrates the cycle; what it builds on
+lives beside it: ``judging`` (a result against the best), ``promotion`` (when replicates
+promote), ``records`` (results from runs), ``parents`` (the trust policy for network
+bests) and ``sharing`` (notes to the swarm).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import statistics
 import time
@@ -44,6 +46,15 @@ from autoresearchd.memory.protocol import CollectiveMemory
 from autoresearchd.models import Best, Candidate, Device, Result, Status
 from autoresearchd.outbox import Outbox
 from autoresearchd.parents import Parents
+from autoresearchd.promotion import (
+    MEASURED,
+    Rule,
+    Step,
+    Trial,
+    make_rule,
+    measurements,
+    pooled_noise,
+)
 from autoresearchd.proposers import ProposalContext, Proposer, make_proposer
 from autoresearchd.publisher import Publisher
 from autoresearchd.records import Origin, build_result, failed_proposal, invalid_result, new_run_id
@@ -74,6 +85,8 @@ BEST_READ_TIMEOUT_S = 5.0
 RELEASE_TIMEOUT_S = 10.0
 #: Hypotheses and insights a proposal reads; the newest matter most.
 NOTES_LIMIT = 100
+#: The proposer a re-measure of the incumbent records: a deliberate rerun, not a candidate.
+REMEASURE = "remeasure"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +123,9 @@ class WorkerContext:
     #: Keys of the swarm hypotheses this daemon's workers picked up, to the sha256 of the
     #: candidate each became: each is run once here.
     hypotheses_taken: dict[str, str] = field(default_factory=dict)
+    #: val_bpb of the runs this daemon queued, by (tier, sha256) then result id: the
+    #: incumbent's runs and the noise count them before the memory has them.
+    measured: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     new_seed: Callable[[], int] = field(default=lambda: random.SystemRandom().randrange(2**31))
 
 
@@ -436,7 +452,7 @@ class Worker:
         elif self._first_ever(candidate, best) or self.config.experiment.replicates == 0:
             await self.queue(result.with_(status=Status.KEEP, confirmed_bpb=result.val_bpb))
         else:
-            await self.replicate(candidate, result)
+            await self.replicate(candidate, result, best)
         return True
 
     def _first_ever(self, candidate: Candidate, best: Best | None) -> bool:
@@ -445,38 +461,118 @@ class Worker:
         does any result when the best could not be read (unknown is not absent)."""
         return best is None and self._memory_answered and candidate.parent_sha256 is None
 
-    async def replicate(self, candidate: Candidate, first: Result) -> None:
-        """Confirm a provisional improvement with more seeds before calling it a keep."""
-        await self.queue(first.with_(provisional=True))
-        values = [first.val_bpb]
-        last = self.config.experiment.replicates
-        for n in range(1, last + 1):
-            if self.ctx.draining.is_set():
-                return
-            log.info("replicate_started", sha=candidate.sha256[:12], replicate=n)
-            result, _ = await self.run_judged(candidate)
-            if result is None:
-                return
-            if result.status is not Status.DISCARD:
-                await self.queue(result)  # a crash or timeout ends the replication
-                return
-            values.append(result.val_bpb)
-            if n == last:
-                await self.confirm(result, values)
-            else:
-                await self.queue(result.with_(provisional=True))
+    async def replicate(self, candidate: Candidate, first: Result, best: Best | None) -> None:
+        """Confirm a provisional improvement with fresh replicates before calling it a keep.
 
-    async def confirm(self, last: Result, values: list[float | None]) -> None:
-        mean = statistics.fmean(v for v in values if v is not None)
+        The promotion rule (:mod:`autoresearchd.promotion`) says what to run next: the
+        candidate again, or the incumbent when it has too few runs of its own. Each fresh
+        replicate is queued provisional until the rule decides, then as keep or discard.
+        """
+        await self.queue(first.with_(provisional=True))
+        trial, rule = await self.trial_for(first, best)
+        last: Result | None = None  # the latest fresh replicate, not yet queued
+        step = rule.next_step(trial)
+        while step in (Step.CANDIDATE, Step.INCUMBENT) and not self.ctx.draining.is_set():
+            if last is not None:
+                await self.queue(last.with_(provisional=True))
+                last = None
+            if step is Step.INCUMBENT and best is not None:
+                trial = await self.remeasure(best, trial)
+            else:
+                log.info(
+                    "replicate_started", sha=candidate.sha256[:12], replicate=len(trial.fresh) + 1
+                )
+                result, _ = await self.run_judged(candidate)
+                if result is None or result.status is not Status.DISCARD:
+                    if result is not None:
+                        await self.queue(result)  # a crash, timeout or invalid run ends it
+                    return
+                trial, last = trial.with_fresh(result.val_bpb or math.inf), result
+            step = rule.next_step(trial)
+        if last is not None and step in (Step.KEEP, Step.DISCARD):
+            await self.confirm(last, trial, rule, step)
+
+    async def confirm(self, last: Result, trial: Trial, rule: Rule, step: Step) -> None:
+        """Queue the last replicate as the keep the rule found, or as a plain discard.
+
+        A keep must still beat the best as it stands now: another keep may have moved it
+        while the replicates ran, and the memory moves a best only for a lower value.
+        """
+        value = rule.confirmed(trial)
         best = await self.read_best()
-        if improves(mean, best, self.config.experiment.min_improvement):
-            delta = delta_vs_best(mean, best)
+        if step is Step.KEEP and improves(value, best, 0.0):
+            delta = delta_vs_best(value, best)
             await self.queue(
-                last.with_(status=Status.KEEP, confirmed_bpb=mean, delta_vs_best=delta)
+                last.with_(status=Status.KEEP, confirmed_bpb=value, delta_vs_best=delta)
             )
-        else:
-            log.info("replication_failed", mean_val_bpb=mean, runs=len(values))
-            await self.queue(last)
+            return
+        log.info(
+            "replication_failed",
+            mean_val_bpb=statistics.fmean(trial.fresh),
+            runs=len(trial.fresh),
+            incumbent_runs=len(trial.incumbent or ()),
+        )
+        await self.queue(last)
+
+    async def trial_for(self, first: Result, best: Best | None) -> tuple[Trial, Rule]:
+        """What the history says about the incumbent and the noise, and the rule to apply.
+
+        An unscored best (a hub's seeded baseline) is nothing to compare with.
+        """
+        measured = await self.measured()
+        noise = pooled_noise(runs.values() for runs in measured.values())
+        incumbent: tuple[float, ...] | None = None
+        if best is not None and math.isfinite(best.val_bpb):
+            incumbent = tuple(measured.get(best.train_py_sha256, {}).values())
+        trial = Trial(
+            selecting=first.val_bpb or math.inf,
+            best=None if best is None else best.val_bpb,
+            incumbent=incumbent,
+            remeasurable=best is not None and self._may_remeasure(best),
+        )
+        log.info("replication_planned", noise_sd=round(noise.sd, 6), noise_dof=noise.dof)
+        return trial, make_rule(self.config.experiment, noise)
+
+    async def measured(self) -> dict[str, dict[str, float]]:
+        """Each source's runs on this track and tier: the history's and this daemon's own."""
+        track, tier = self.config.experiment.track, self.device.tier
+        try:
+            history = await self.ctx.memory.results(track, limit=self.config.proposer.max_history)
+        except MemoryBackendError as exc:
+            log.warning("history_unavailable", error=str(exc))
+            history = []
+        found = measurements(history, track, tier)
+        for (run_tier, sha), runs in self.ctx.measured.items():
+            if run_tier == tier:
+                found.setdefault(sha, {}).update(runs)
+        return found
+
+    def _may_remeasure(self, best: Best) -> bool:
+        """The incumbent's source may run here: trusted, and no other worker of ours runs it."""
+        if best.train_py_sha256 in self.ctx.in_flight:
+            return False
+        parent, _ = self.parents.choose(best, self.baseline(), self.config.experiment.trust)
+        return parent.sha256 == best.train_py_sha256
+
+    async def remeasure(self, best: Best, trial: Trial) -> Trial:
+        """One more run of the incumbent's source, queued as a result of its own."""
+        incumbent = Candidate(
+            source=best.train_py,
+            parent_sha256=None,
+            description=f"re-measure of the best {best.train_py_sha256[:12]}",
+            proposer=REMEASURE,
+        )
+        log.info("remeasure_started", sha=incumbent.sha256[:12], runs=len(trial.incumbent or ()))
+        self.ctx.in_flight[incumbent.sha256] = incumbent.source
+        try:
+            result = await self.run(incumbent)
+        finally:
+            self.ctx.in_flight.pop(incumbent.sha256, None)
+        if result is not None:
+            await self.queue(result.with_(delta_vs_best=delta_vs_best(result.val_bpb, best)))
+        if result is None or result.status is not Status.DISCARD or result.val_bpb is None:
+            return dataclasses.replace(trial, remeasurable=False)
+        return trial.with_incumbent(result.val_bpb)
 
     async def run_judged(
         self, candidate: Candidate, *, alongside: bool = False
@@ -552,6 +648,10 @@ class Worker:
             await anyio.to_thread.run_sync(self.ctx.outbox.put, result)
             self.results_queued += 1
             self.ctx.ran.add(result.train_py_sha256)
+        if result.status in MEASURED and result.val_bpb is not None:
+            # Until the memory has it, only we know this run measured its source.
+            runs = self.ctx.measured.setdefault((result.vram_tier, result.train_py_sha256), {})
+            runs[result.id] = result.val_bpb
         self.ctx.publisher.notify()
         if result.status is Status.KEEP:
             self._moved_best = True

@@ -18,8 +18,8 @@ read in the write's own transaction, they say why a write is refused. The rules:
   track) change only by a *verified* agent, by compare-and-set (``if_match``, or a create
   when absent). New metadata names a ``result_key`` under ``@<org>/results/`` that exists,
   was written by this agent while verified, and has the metadata's ``train_py_sha256``;
-  its ``val_bpb`` is finite, beats the current best, and is no better than the replicates'
-  mean (below). ``best/train_py`` must hash to its metadata's ``train_py_sha256``.
+  its ``val_bpb`` is finite, beats the current best, and is no better than the
+  confirmations' mean (below). ``best/train_py`` must hash to its metadata's ``train_py_sha256``.
 - Plausibility: a best's ``val_bpb`` must be positive and within its track's bounds (the
   synthetic track's floor is its entropy rate), and the result it names must be of the
   best's own track: ``tracks/<track>/best/...`` names it, the bare ``best/`` is the org's
@@ -32,11 +32,12 @@ read in the write's own transaction, they say why a write is refused. The rules:
   ``train_py_sha256`` written by verified agents with a finite ``val_bpb`` and status
   ``keep``, or ``discard`` marked ``provisional``, one per distinct ``seed``. It needs
   ``1 + replicates`` of them (the candidate's run and ``replicates`` confirmations), and
-  their mean must beat the current best. With ``replication = "other-agent"`` at least one
+  the confirmations' mean (never the first, selecting run: it was picked for being low)
+  must beat the current best. With ``replication = "other-agent"`` at least one
   of them must come from an agent other than the writer. A daemon whose
-  ``experiment.replicates`` is at least the hub's satisfies this: it publishes the first
-  run and every confirmation but the last as provisional discards, then the last as a
-  ``keep`` whose ``confirmed_bpb`` is their mean, in that order.
+  ``experiment.min_replicates`` is at least the hub's ``replicates`` satisfies this: it
+  publishes the first run and every confirmation but the last as provisional discards,
+  then the last as a ``keep`` whose ``confirmed_bpb`` is the confirmations' mean.
 - The admin agent bypasses every rule.
 
 The rate limiters are token buckets in process memory: a limit per hub replica, not a
@@ -352,7 +353,9 @@ class _BestClaim:
         if self.rules.replication == "other-agent" and self.rules.replicates > 0:
             if all(row.agent == self.agent for row in counted):
                 return "needs a confirming result by another agent"
-        mean = statistics.fmean(row.val_bpb or 0.0 for row in counted)
+        # The first run selected the source for being low: only the later ones confirm it.
+        fresh = counted[1:] or counted
+        mean = statistics.fmean(row.val_bpb or 0.0 for row in fresh)
         if old_bpb is not None and not mean < old_bpb:
             return f"the replicates' mean {mean} does not beat the best {old_bpb}"
         if new_bpb < mean - MEAN_TOLERANCE * max(1.0, abs(mean)):

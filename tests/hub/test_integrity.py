@@ -55,7 +55,8 @@ class Swarm:
         return name
 
     async def replicated(self, agent: str, values: tuple[float, ...], source: str) -> str:
-        """The daemon's flow: provisional discards, then a keep carrying the mean."""
+        """The daemon's flow: provisional discards, then a keep carrying the mean of all but
+    the first (selecting) run."""
         runs = [
             make_result(
                 agent_id=agent,
@@ -67,7 +68,7 @@ class Swarm:
             for value in values
         ]
         last = runs[-1].with_(
-            status=Status.KEEP, provisional=False, confirmed_bpb=statistics.fmean(values)
+            status=Status.KEEP, provisional=False, confirmed_bpb=statistics.fmean(values[1:])
         )
         for run in runs[:-1]:
             await self.publish(agent, run)
@@ -134,7 +135,7 @@ async def test_a_verified_replicated_result_moves_the_best_and_then_its_source(
     swarm: Swarm,
 ) -> None:
     source = "LR = 0.05\n"
-    key = await swarm.replicated("alice", (1.90, 1.91, 1.92), source)
+    key = await swarm.replicated("alice", (1.92, 1.90, 1.92), source)
     reply = await swarm.write_best("alice", metadata(key, source, 1.91))
     assert reply["status"] == "created", reply
     wrong = await swarm.call(
@@ -166,7 +167,7 @@ async def test_results_must_hash_their_source_and_are_write_once(swarm: Swarm) -
 
 async def test_an_unverified_agent_cannot_move_a_best(swarm: Swarm) -> None:
     source = "LR = 0.05\n"
-    key = await swarm.replicated("eve", (1.90, 1.91, 1.92), source)
+    key = await swarm.replicated("eve", (1.92, 1.90, 1.92), source)
     reply = await swarm.write_best("eve", metadata(key, source, 1.91, agent="eve"))
     assert refused(reply, "only verified agents")
 
@@ -205,14 +206,14 @@ async def test_best_metadata_must_match_its_evidence(
     swarm: Swarm, change: dict[str, Any], reason: str
 ) -> None:
     source = "LR = 0.05\n"
-    key = await swarm.replicated("alice", (1.90, 1.91, 1.92), source)
+    key = await swarm.replicated("alice", (1.92, 1.90, 1.92), source)
     reply = await swarm.write_best("alice", metadata(key, source, 1.91) | change)
     assert refused(reply, reason), reply
 
 
 async def test_a_best_may_name_only_its_writers_own_result(swarm: Swarm) -> None:
     source = "LR = 0.05\n"
-    key = await swarm.replicated("bob", (1.90, 1.91, 1.92), source)
+    key = await swarm.replicated("bob", (1.92, 1.90, 1.92), source)
     reply = await swarm.write_best("alice", metadata(key, source, 1.91))
     assert refused(reply, "is not by alice")
 
@@ -242,7 +243,7 @@ async def test_replicates_with_the_same_seed_count_once(swarm: Swarm) -> None:
 
 async def test_the_new_best_must_beat_the_old_by_value_and_by_mean(swarm: Swarm) -> None:
     first = "LR = 0.05\n"
-    key = await swarm.replicated("alice", (1.90, 1.91, 1.92), first)
+    key = await swarm.replicated("alice", (1.92, 1.90, 1.92), first)
     assert (await swarm.write_best("alice", metadata(key, first, 1.91)))["status"] == "created"
     lucky = "LR = 0.06\n"
     key = await swarm.replicated("alice", (1.80, 1.95, 1.96), lucky)
@@ -254,7 +255,7 @@ async def test_the_new_best_must_beat_the_old_by_value_and_by_mean(swarm: Swarm)
 
 async def test_best_writes_need_compare_and_set(swarm: Swarm) -> None:
     source = "LR = 0.05\n"
-    key = await swarm.replicated("alice", (1.90, 1.91, 1.92), source)
+    key = await swarm.replicated("alice", (1.92, 1.90, 1.92), source)
     await swarm.write_best("admin", {"val_bpb": None, "train_py_sha256": "seed"})
     record = metadata(key, source, 1.91)
     blind = await swarm.call(
@@ -270,7 +271,7 @@ async def test_other_agent_replication_needs_a_confirmation_by_someone_else(
     other_agent_swarm: Swarm,
 ) -> None:
     swarm, source = other_agent_swarm, "LR = 0.05\n"
-    key = await swarm.replicated("alice", (1.90, 1.91, 1.92), source)
+    key = await swarm.replicated("alice", (1.92, 1.90, 1.92), source)
     alone = await swarm.write_best("alice", metadata(key, source, 1.91))
     assert refused(alone, "confirming result by another agent")
     await swarm.publish(
@@ -289,9 +290,9 @@ async def test_other_agent_replication_needs_a_confirmation_by_someone_else(
 
 async def test_every_change_of_the_best_is_audited_and_readable(swarm: Swarm) -> None:
     old, new = "LR = 0.05\n", "LR = 0.06\n"
-    first = await swarm.replicated("alice", (1.90, 1.91, 1.92), old)
+    first = await swarm.replicated("alice", (1.92, 1.90, 1.92), old)
     await swarm.write_best("alice", metadata(first, old, 1.91))
-    second = await swarm.replicated("bob", (1.80, 1.81, 1.82), new)
+    second = await swarm.replicated("bob", (1.82, 1.80, 1.82), new)
     await swarm.write_best("bob", metadata(second, new, 1.81, agent="bob"), if_match=1)
     history = await swarm.call("eve", "best_history", {"key_name": META})
     changes = [(c["agent"], c["action"], c["metadata"]["val_bpb"]) for c in history["changes"]]
@@ -303,16 +304,16 @@ async def test_every_change_of_the_best_is_audited_and_readable(swarm: Swarm) ->
 
 
 async def test_the_daemons_flow_moves_the_best_once_replicated(swarm: Swarm) -> None:
-    """Through the client: provisional, provisional, keep with the mean; an unverified
-    agent's better flow is stored but moves nothing."""
+    """Through the client: provisional, provisional, keep with the mean of the two
+    confirmations; an unverified agent's better flow is stored but moves nothing."""
     source = "LR = 0.05\n"
-    values = (1.90, 1.91, 1.92)
+    values = (1.80, 1.90, 1.92)
     runs = [
         make_result(train_py=source, status=Status.DISCARD, provisional=True, val_bpb=v)
         for v in values
     ]
     runs[-1] = runs[-1].with_(
-        status=Status.KEEP, provisional=False, confirmed_bpb=statistics.fmean(values)
+        status=Status.KEEP, provisional=False, confirmed_bpb=statistics.fmean(values[1:])
     )
     async with swarm.hub.memory(swarm.keys["alice"], clock=FakeClock()) as alice:
         assert (await alice.publish(runs[0])).best_improved == ()
@@ -441,7 +442,7 @@ async def test_replaying_anothers_best_source_with_a_better_claim_is_refused(
     better value (the issue's attack claimed 0.502, below the floor): refused, and the best
     still credits bob."""
     source = "LR = 0.05\n"
-    bobs = await swarm.replicated("bob", (1.90, 1.91, 1.92), source)
+    bobs = await swarm.replicated("bob", (1.92, 1.90, 1.92), source)
     assert (await swarm.write_best("bob", metadata(bobs, source, 1.91, agent="bob")))["version"]
     replay = await swarm.replicated("alice", (claimed, claimed, claimed), source)
     reply = await swarm.write_best("alice", metadata(replay, source, claimed), if_match=1)
@@ -460,7 +461,7 @@ async def test_the_first_publisher_may_name_its_source_after_others_reran_it(
         "alice",
         make_result(train_py=source, status=Status.DISCARD, provisional=True, val_bpb=1.90),
     )
-    for value in (1.91, 1.92):
+    for value in (1.90, 1.92):
         await swarm.publish(
             "bob",
             make_result(
@@ -475,3 +476,15 @@ async def test_the_first_publisher_may_name_its_source_after_others_reran_it(
     assert refused(by_bob, "is not by bob")
     reply = await swarm.write_best("alice", metadata(first, source, 1.91))
     assert reply["status"] == "created", reply
+
+
+async def test_the_selecting_run_never_counts_toward_the_hubs_mean(swarm: Swarm) -> None:
+    """A lucky first run (1.80) would pull the mean of all three (1.88) below the best
+    (1.91); the confirmations alone (1.92) do not beat it."""
+    first = "LR = 0.05\n"
+    key = await swarm.replicated("alice", (1.92, 1.90, 1.92), first)
+    assert (await swarm.write_best("alice", metadata(key, first, 1.91)))["status"] == "created"
+    lucky = "LR = 0.06\n"
+    key = await swarm.replicated("alice", (1.80, 1.92, 1.92), lucky)
+    reply = await swarm.write_best("alice", metadata(key, lucky, 1.88), if_match=1)
+    assert refused(reply, "the replicates' mean 1.92 does not beat the best 1.91"), reply
