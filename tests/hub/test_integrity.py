@@ -56,7 +56,7 @@ class Swarm:
 
     async def replicated(self, agent: str, values: tuple[float, ...], source: str) -> str:
         """The daemon's flow: provisional discards, then a keep carrying the mean of all but
-    the first (selecting) run."""
+        the first (selecting) run."""
         runs = [
             make_result(
                 agent_id=agent,
