@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Protocol
@@ -43,7 +43,7 @@ from autoresearchd.config import (
     DEFAULT_SIGNIFICANCE,
     ExperimentConfig,
 )
-from autoresearchd.models import Result, Status
+from autoresearchd.models import Best, Result, Status
 
 #: The noise a history too young to say otherwise is assumed to have: the high end of the
 #: seed-to-seed spread of val_bpb on an idle host.
@@ -160,6 +160,61 @@ class MeanRule:
 
     def confirmed(self, trial: Trial) -> float:
         return statistics.fmean((trial.selecting, *trial.fresh))
+
+
+#: Runs one more replicate (or incumbent run) and gives its val_bpb; None when it failed.
+Measure = Callable[[], Awaitable[float | None]]
+
+
+async def settle(
+    rule: Rule, trial: Trial, fresh: Measure, incumbent: Measure, stopped: Callable[[], bool]
+) -> tuple[Step | None, Trial]:
+    """Run the candidate or the incumbent as ``rule`` asks until it keeps or discards.
+
+    The step is None when a fresh replicate failed (a crash ends the trial) or ``stopped``
+    says to give up; a failed incumbent run only means it is not run again.
+    """
+    step = rule.next_step(trial)
+    while step in (Step.CANDIDATE, Step.INCUMBENT):
+        if stopped():
+            return None, trial
+        if step is Step.INCUMBENT:
+            value = await incumbent()
+            trial = (
+                replace(trial, remeasurable=False) if value is None else trial.with_incumbent(value)
+            )
+        else:
+            value = await fresh()
+            if value is None:
+                return None, trial
+            trial = trial.with_fresh(value)
+        step = rule.next_step(trial)
+    return step, trial
+
+
+def new_trial(
+    selecting: float, best: Best | None, measured: dict[str, dict[str, float]], remeasurable: bool
+) -> Trial:
+    """The trial of a candidate whose selecting run scored ``selecting``, against ``best``
+    and the runs ``measured`` (sha256 to result id to val_bpb) holds of its source.
+
+    An unscored best (a hub's seeded baseline) is nothing to compare with.
+    """
+    incumbent: tuple[float, ...] | None = None
+    if best is not None and math.isfinite(best.val_bpb):
+        incumbent = tuple(measured.get(best.train_py_sha256, {}).values())
+    return Trial(
+        selecting=selecting,
+        best=None if best is None else best.val_bpb,
+        incumbent=incumbent,
+        remeasurable=best is not None and remeasurable,
+    )
+
+
+def accepts(step: Step | None, value: float, best: Best | None) -> bool:
+    """A keep stands only if it still beats the best as it stands now: another keep may
+    have moved it while the replicates ran, and a memory moves a best only for less."""
+    return step is Step.KEEP and (best is None or value < best.val_bpb)
 
 
 def make_rule(experiment: ExperimentConfig, noise: Noise) -> Rule:

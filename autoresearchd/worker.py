@@ -51,9 +51,12 @@ from autoresearchd.promotion import (
     Rule,
     Step,
     Trial,
+    accepts,
     make_rule,
     measurements,
+    new_trial,
     pooled_noise,
+    settle,
 )
 from autoresearchd.proposers import ProposalContext, Proposer, make_proposer
 from autoresearchd.publisher import Publisher
@@ -469,38 +472,28 @@ class Worker:
         replicate is queued provisional until the rule decides, then as keep or discard.
         """
         await self.queue(first.with_(provisional=True))
-        trial, rule = await self.trial_for(first, best)
-        last: Result | None = None  # the latest fresh replicate, not yet queued
-        step = rule.next_step(trial)
-        while step in (Step.CANDIDATE, Step.INCUMBENT) and not self.ctx.draining.is_set():
-            if last is not None:
-                await self.queue(last.with_(provisional=True))
-                last = None
-            if step is Step.INCUMBENT and best is not None:
-                trial = await self.remeasure(best, trial)
-            else:
-                log.info(
-                    "replicate_started", sha=candidate.sha256[:12], replicate=len(trial.fresh) + 1
-                )
-                result, _ = await self.run_judged(candidate)
-                if result is None or result.status is not Status.DISCARD:
-                    if result is not None:
-                        await self.queue(result)  # a crash, timeout or invalid run ends it
-                    return
-                trial, last = trial.with_fresh(result.val_bpb or math.inf), result
-            step = rule.next_step(trial)
-        if last is not None and step in (Step.KEEP, Step.DISCARD):
-            await self.confirm(last, trial, rule, step)
+        measured = await self.measured()
+        noise = pooled_noise(runs.values() for runs in measured.values())
+        remeasurable = best is not None and self._may_remeasure(best)
+        trial = new_trial(first.val_bpb or math.inf, best, measured, remeasurable)
+        rule = make_rule(self.config.experiment, noise)
+        log.info("replication_planned", noise_sd=round(noise.sd, 6), noise_dof=noise.dof)
+        replicates = _Replicates(self, candidate)
+        step, trial = await settle(
+            rule, trial, replicates.run, lambda: self.remeasure(best), self.ctx.draining.is_set
+        )
+        if replicates.last is None:
+            return
+        if step is None:  # stopped while the rule was undecided: the run is still a result
+            await self.queue(replicates.last.with_(provisional=True))
+        else:
+            await self.confirm(replicates.last, trial, rule, step)
 
     async def confirm(self, last: Result, trial: Trial, rule: Rule, step: Step) -> None:
-        """Queue the last replicate as the keep the rule found, or as a plain discard.
-
-        A keep must still beat the best as it stands now: another keep may have moved it
-        while the replicates ran, and the memory moves a best only for a lower value.
-        """
+        """Queue the last replicate as the keep the rule found, or as a plain discard."""
         value = rule.confirmed(trial)
         best = await self.read_best()
-        if step is Step.KEEP and improves(value, best, 0.0):
+        if accepts(step, value, best):
             delta = delta_vs_best(value, best)
             await self.queue(
                 last.with_(status=Status.KEEP, confirmed_bpb=value, delta_vs_best=delta)
@@ -513,25 +506,6 @@ class Worker:
             incumbent_runs=len(trial.incumbent or ()),
         )
         await self.queue(last)
-
-    async def trial_for(self, first: Result, best: Best | None) -> tuple[Trial, Rule]:
-        """What the history says about the incumbent and the noise, and the rule to apply.
-
-        An unscored best (a hub's seeded baseline) is nothing to compare with.
-        """
-        measured = await self.measured()
-        noise = pooled_noise(runs.values() for runs in measured.values())
-        incumbent: tuple[float, ...] | None = None
-        if best is not None and math.isfinite(best.val_bpb):
-            incumbent = tuple(measured.get(best.train_py_sha256, {}).values())
-        trial = Trial(
-            selecting=first.val_bpb or math.inf,
-            best=None if best is None else best.val_bpb,
-            incumbent=incumbent,
-            remeasurable=best is not None and self._may_remeasure(best),
-        )
-        log.info("replication_planned", noise_sd=round(noise.sd, 6), noise_dof=noise.dof)
-        return trial, make_rule(self.config.experiment, noise)
 
     async def measured(self) -> dict[str, dict[str, float]]:
         """Each source's runs on this track and tier: the history's and this daemon's own."""
@@ -554,25 +528,26 @@ class Worker:
         parent, _ = self.parents.choose(best, self.baseline(), self.config.experiment.trust)
         return parent.sha256 == best.train_py_sha256
 
-    async def remeasure(self, best: Best, trial: Trial) -> Trial:
+    async def remeasure(self, best: Best | None) -> float | None:
         """One more run of the incumbent's source, queued as a result of its own."""
+        if best is None:
+            return None
         incumbent = Candidate(
             source=best.train_py,
             parent_sha256=None,
             description=f"re-measure of the best {best.train_py_sha256[:12]}",
             proposer=REMEASURE,
         )
-        log.info("remeasure_started", sha=incumbent.sha256[:12], runs=len(trial.incumbent or ()))
+        log.info("remeasure_started", sha=incumbent.sha256[:12])
         self.ctx.in_flight[incumbent.sha256] = incumbent.source
         try:
             result = await self.run(incumbent)
         finally:
             self.ctx.in_flight.pop(incumbent.sha256, None)
-        if result is not None:
-            await self.queue(result.with_(delta_vs_best=delta_vs_best(result.val_bpb, best)))
-        if result is None or result.status is not Status.DISCARD or result.val_bpb is None:
-            return dataclasses.replace(trial, remeasurable=False)
-        return trial.with_incumbent(result.val_bpb)
+        if result is None:
+            return None
+        await self.queue(result.with_(delta_vs_best=delta_vs_best(result.val_bpb, best)))
+        return result.val_bpb if result.status is Status.DISCARD else None
 
     async def run_judged(
         self, candidate: Candidate, *, alongside: bool = False
@@ -783,6 +758,29 @@ class Worker:
             "budget_s": budget,
             "remaining_s": round(max(0.0, budget - elapsed), 1),
         }
+
+
+@dataclass
+class _Replicates:
+    """Fresh replicates of one candidate for :func:`settle`: each run's result is queued
+    provisional once the next one starts, so the last is left for the rule's verdict."""
+
+    worker: Worker
+    candidate: Candidate
+    last: Result | None = None
+
+    async def run(self) -> float | None:
+        if self.last is not None:
+            await self.worker.queue(self.last.with_(provisional=True))
+            self.last = None
+        log.info("replicate_started", sha=self.candidate.sha256[:12])
+        result, _ = await self.worker.run_judged(self.candidate)
+        if result is None or result.status is not Status.DISCARD or result.val_bpb is None:
+            if result is not None:
+                await self.worker.queue(result)  # a crash, timeout or invalid run ends it
+            return None
+        self.last = result
+        return result.val_bpb
 
 
 async def _relay(source: anyio.Event, target: anyio.Event) -> None:
