@@ -30,11 +30,11 @@ DEFAULT_GRACE_S = 60.0
 DEFAULT_KILL_GRACE_S = 10.0
 DEFAULT_MIN_IMPROVEMENT = 0.001
 #: The most fresh replicates a provisional candidate gets (autoresearchd/promotion.py).
-DEFAULT_REPLICATES = 4
+DEFAULT_REPLICATES = 6
 #: The fewest fresh replicates a keep rests on.
 DEFAULT_MIN_REPLICATES = 2
 #: Runs of its own the incumbent is compared by; re-measured up to this.
-DEFAULT_INCUMBENT_RUNS = 3
+DEFAULT_INCUMBENT_RUNS = 6
 #: The chance that a candidate no better than the incumbent is kept: well below the
 #: 1 in 10,000 candidates a swarm can afford, so thousands of candidates promote no noise.
 DEFAULT_SIGNIFICANCE = 1e-5

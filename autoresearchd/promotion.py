@@ -10,7 +10,8 @@ is known about it and about the incumbent, and the rule says what to do next (a
 
 - The selecting run never counts again: it was picked for being low (the winner's curse).
 - The incumbent is judged by its own runs on this track and tier, re-measured first while
-  it has fewer than ``incumbent_runs`` of them.
+  it has fewer than ``incumbent_runs`` of them; the selecting run must beat their mean by
+  ``min_improvement`` too, or the candidate stops before any replicate.
 - Noise is one standard deviation per track and tier, pooled over every source that was run
   more than once (:func:`pooled_noise`), shrunk toward :data:`PRIOR_SD` by
   :data:`PRIOR_DOF` pseudo-degrees of freedom so a young history errs on the noisy side.
@@ -123,6 +124,10 @@ class SequentialRule:
             return Step.INCUMBENT
         n, enough = len(trial.fresh), min(self.min_replicates, self.replicates)
         if n == 0:
+            # The screen again, now against the incumbent's own mean rather than the one
+            # value its best recorded: a candidate that only beat a lucky record stops here.
+            if incumbent and trial.selecting >= statistics.fmean(incumbent) - self.min_improvement:
+                return Step.DISCARD
             return Step.CANDIDATE if self.replicates > 0 else Step.DISCARD
         if incumbent is None:  # nothing to compare with: the replicates only confirm a score
             return Step.KEEP if n >= enough else Step.CANDIDATE
@@ -220,8 +225,8 @@ def accepts(step: Step | None, value: float, best: Best | None) -> bool:
 def make_rule(experiment: ExperimentConfig, noise: Noise) -> Rule:
     """The rule ``experiment.promotion`` names, with its settings.
 
-    The incumbent needs no more runs than a candidate promoted at the first look has (its
-    selecting run and ``min_replicates``), so a fresh best is not re-measured at once.
+    The incumbent needs no more runs than a candidate given every replicate has (its
+    selecting run and ``replicates``), so a daemon that replicates little re-measures little.
     """
     if experiment.promotion == "mean":
         return MeanRule(experiment.replicates, experiment.min_improvement)
@@ -230,7 +235,7 @@ def make_rule(experiment: ExperimentConfig, noise: Noise) -> Rule:
         noise,
         replicates=experiment.replicates,
         min_replicates=enough,
-        incumbent_runs=min(experiment.incumbent_runs, 1 + enough),
+        incumbent_runs=min(experiment.incumbent_runs, 1 + experiment.replicates),
         significance=experiment.significance,
         min_improvement=experiment.min_improvement,
     )

@@ -128,4 +128,14 @@ def test_the_configured_rule_is_built_from_the_experiment_settings() -> None:
     assert (built.replicates, built.min_replicates, built.incumbent_runs) == (1, 1, 2)
     assert built.significance == 1e-4
     former = parse_config({"experiment": {"promotion": "mean"}}).experiment
-    assert make_rule(former, NOISE) == MeanRule(4, 0.001)
+    assert make_rule(former, NOISE) == MeanRule(6, 0.001)
+
+
+def test_a_candidate_that_only_beat_a_lucky_record_stops_before_any_replicate() -> None:
+    """The best recorded 2.99 on one lucky run; its own runs average 3.0. A selecting run of
+    2.9995 beat the record but not the incumbent's mean."""
+    trial = Trial(selecting=2.9995, best=2.99, incumbent=(2.99, 3.005, 3.005))
+    assert rule().next_step(trial) is Step.DISCARD
+    assert rule().next_step(Trial(selecting=2.98, best=2.99, incumbent=(2.99, 3.005, 3.005))) is (
+        Step.CANDIDATE
+    )

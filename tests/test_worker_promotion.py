@@ -4,7 +4,7 @@ One CPU worker runs the plan stand-in (autoresearchd/testing.py); its runs take 
 scripted values in order: the baseline 3.0 (kept, the first best), candidate A's lucky
 selecting run 2.5, two re-measures of the baseline (it has one run of the three the rule
 wants), A's replicates 2.9 and 2.9 (kept: confirmed 2.9, the selecting run left out),
-candidate B's selecting run 2.85 and its replicate 3.5 (a clear loser: stopped at once).
+candidate B's selecting run 2.7 and its replicate 3.5 (a clear loser: stopped at once).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from autoresearchd.testing import PLAN_ENV, plan_script, write_plan
 
 pytestmark = pytest.mark.anyio
 
-PLAN = ["val=3.0", "val=2.5", "val=3.0", "val=3.0", "val=2.9", "val=2.9", "val=2.85", "val=3.5"]
+PLAN = ["val=3.0", "val=2.5", "val=3.0", "val=3.0", "val=2.9", "val=2.9", "val=2.7", "val=3.5"]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ async def run_solo(tmp_path: Path, data_dir: Path, runs: int) -> list[Result]:
         f'[daemon]\nagent = "solo"\nstate_dir = "{tmp_path / "state"}"\n'
         '[devices]\ngpus = "none"\ncpu_workers = 1\n'
         f'[experiment]\nworkspace = "{workspace}"\ntime_budget_s = 5.0\ngrace_s = 1.0\n'
-        f'data_dir = "{data_dir}"\nreplicates = 4\nsandbox = "off"\n'
+        f'data_dir = "{data_dir}"\nreplicates = 4\nincumbent_runs = 3\nsandbox = "off"\n'
     )
     daemon, db = Daemon(config), tmp_path / "state" / "memory.sqlite"
 
