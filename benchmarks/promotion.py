@@ -23,9 +23,10 @@ Both rules run side by side on the same draws: ``old`` is the former rule (``pro
 best's value by 0.001) and ``new`` is today's default (the sequential rule). Printed per
 landscape and rule: promotions, false promotions (a candidate no better than its
 incumbent), the share of real improvements promoted, the GPU-hours spent confirming
-(replicates and re-measures, beyond each candidate's selecting run), and the true value
-of the final best. Last: the new rule's false promotions over all null candidates (goal 0).
-Takes about a minute on 2 cores. Usage: ``python benchmarks/promotion.py [--candidates N]``.
+(replicates and re-measures, beyond each candidate's selecting run), and the final best's
+true value and recorded value (on the null landscape, any gap between them is luck).
+Last: each rule's false promotions over all null candidates (goal for the new one: 0).
+Takes about ten minutes on one core. Usage: ``python benchmarks/promotion.py [--candidates N]``.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class Tally:
     real_promoted: int = 0
     confirm_runs: int = 0
     final_true: float = START
+    final_recorded: float = START
 
 
 @dataclass
@@ -184,6 +186,7 @@ async def landscape(
         tally.real_promoted += promoted and real
         tally.false_promotions += promoted and true >= parent
     tally.final_true = swarm.best_true
+    tally.final_recorded = swarm.best.val_bpb if swarm.best else math.inf
     return tally
 
 
@@ -193,7 +196,7 @@ def row(name: str, sd: float, rule: str, tally: Tally) -> str:
     return (
         f"{name:8} {sd:6.3f} {rule:4} {tally.candidates:10d} {tally.promotions:10d}"
         f" {tally.false_promotions:6d} {tally.real:5d} {share:8.1%} {hours:12.1f}"
-        f" {hours / tally.candidates:10.3f} {tally.final_true:10.4f}"
+        f" {hours / tally.candidates:10.3f} {tally.final_true:10.4f} {tally.final_recorded:10.4f}"
     )
 
 
@@ -201,7 +204,7 @@ async def main(n: int) -> None:
     print(
         f"{'scenario':8} {'sd':>6} {'rule':4} {'candidates':>10} {'promotions':>10}"
         f" {'false':>6} {'real':>5} {'promoted':>8} {'confirm GPUh':>12} {'GPUh/cand':>10}"
-        f" {'final true':>10}"
+        f" {'final true':>10} {'recorded':>10}"
     )
     null_false = {rule: 0 for rule in RULES}
     for index, sd in enumerate(NULL_NOISE):
