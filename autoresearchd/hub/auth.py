@@ -33,11 +33,12 @@ read in the write's own transaction, they say why a write is refused. The rules:
   ``keep``, or ``discard`` marked ``provisional``, one per distinct ``seed``. It needs
   ``1 + replicates`` of them (the candidate's run and ``replicates`` confirmations), and
   the confirmations' mean (never the first, selecting run: it was picked for being low)
-  must beat the current best. With ``replication = "other-agent"`` at least one
-  of them must come from an agent other than the writer. A daemon whose
-  ``experiment.min_replicates`` is at least the hub's ``replicates`` satisfies this: it
-  publishes the first run and every confirmation but the last as provisional discards,
-  then the last as a ``keep`` whose ``confirmed_bpb`` is the confirmations' mean.
+  must beat the current best. With ``replication = "other-agent"`` only confirmations
+  by verified agents other than the writer count: ``replicates`` of them, and their mean.
+  Otherwise a daemon whose ``experiment.min_replicates`` is at least the hub's
+  ``replicates`` satisfies this: it publishes the first run and every confirmation but
+  the last as provisional discards, then the last as a ``keep`` whose ``confirmed_bpb``
+  is the confirmations' mean.
 - The admin agent bypasses every rule.
 
 The rate limiters are token buckets in process memory: a limit per hub replica, not a
@@ -350,11 +351,15 @@ class _BestClaim:
                 f"needs {need} verified results with distinct seeds of this source,"
                 f" has {len(counted)}"
             )
-        if self.rules.replication == "other-agent" and self.rules.replicates > 0:
-            if all(row.agent == self.agent for row in counted):
-                return "needs a confirming result by another agent"
         # The first run selected the source for being low: only the later ones confirm it.
         fresh = counted[1:] or counted
+        if self.rules.replication == "other-agent" and self.rules.replicates > 0:
+            fresh = [row for row in counted if row.agent != self.agent]
+            if len(fresh) < self.rules.replicates:
+                return (
+                    f"needs {self.rules.replicates} confirming results by other agents,"
+                    f" has {len(fresh)}"
+                )
         mean = statistics.fmean(row.val_bpb or 0.0 for row in fresh)
         if old_bpb is not None and not mean < old_bpb:
             return f"the replicates' mean {mean} does not beat the best {old_bpb}"

@@ -267,23 +267,28 @@ async def test_best_writes_need_compare_and_set(swarm: Swarm) -> None:
     assert (await swarm.write_best("alice", record, if_match=1))["version"] == 2
 
 
-async def test_other_agent_replication_needs_a_confirmation_by_someone_else(
+async def test_other_agent_replication_counts_only_other_agents_confirmations(
     other_agent_swarm: Swarm,
 ) -> None:
+    """alice's own replicates (1.80, 1.80) count for nothing; bob's two (1.90, 1.92) do, and
+    the best records their mean, not alice's."""
     swarm, source = other_agent_swarm, "LR = 0.05\n"
-    key = await swarm.replicated("alice", (1.92, 1.90, 1.92), source)
-    alone = await swarm.write_best("alice", metadata(key, source, 1.91))
-    assert refused(alone, "confirming result by another agent")
-    await swarm.publish(
-        "bob",
-        make_result(
-            agent_id="bob",
-            train_py=source,
-            provisional=True,
-            status=Status.DISCARD,
-            val_bpb=1.91,
-        ),
-    )
+    key = await swarm.replicated("alice", (1.80, 1.80, 1.80), source)
+    alone = await swarm.write_best("alice", metadata(key, source, 1.80))
+    assert refused(alone, "needs 2 confirming results by other agents, has 0"), alone
+    for value in (1.90, 1.92):
+        await swarm.publish(
+            "bob",
+            make_result(
+                agent_id="bob",
+                train_py=source,
+                provisional=True,
+                status=Status.DISCARD,
+                val_bpb=value,
+            ),
+        )
+    lucky = await swarm.write_best("alice", metadata(key, source, 1.80))
+    assert refused(lucky, "better than the replicates' mean 1.91"), lucky
     reply = await swarm.write_best("alice", metadata(key, source, 1.91))
     assert reply["status"] == "created", reply
 
