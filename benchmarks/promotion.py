@@ -15,8 +15,9 @@ Landscapes:
   a run scores the true value plus N(0, sd), for sd 0.003, 0.005 and 0.01, over
   ``--candidates`` candidates (5,000 by default) each. Every promotion is a false one.
 - ``effects``: a candidate's true value is its parent's (the current best) plus an effect:
-  with probability 0.1 an improvement drawn from Exp(mean 0.01), else a loss |N(0, 0.02)|;
-  noise sd 0.005. A *real improvement* is one larger than the noise's sd.
+  with probability 0.1 an improvement drawn from Exp(mean 0.01), scaled down as the parent
+  nears a floor of 2.0 (mean ``0.01·(parent - 2)``), else a loss |N(0, 0.02)|; noise sd
+  0.005. A *real improvement* is one larger than the noise's sd.
 
 Both rules run side by side on the same draws: ``old`` is the former rule (``promotion =
 "mean"`` with its defaults: the mean of the selecting run and 2 replicates against the
@@ -55,6 +56,7 @@ from autoresearchd.promotion import (
 TRACK, TIER = "synthetic", "xl"
 RUN_S = 300.0
 START = 3.0  # the baseline's true val_bpb
+FLOOR = 2.0  # the best any source can do on the effects landscape
 NULL_NOISE = (0.003, 0.005, 0.01)
 EFFECTS_NOISE = 0.005
 RULES: dict[str, dict[str, object]] = {
@@ -71,8 +73,9 @@ def null(rng: random.Random, parent: float) -> float:
 
 
 def effects(rng: random.Random, parent: float) -> float:
+    """Improvements shrink as the best nears :data:`FLOOR`, as a real search's do."""
     if rng.random() < 0.1:
-        return parent - rng.expovariate(1 / 0.01)
+        return parent - rng.expovariate(1 / 0.01) * (parent - FLOOR) / (START - FLOOR)
     return parent + abs(rng.gauss(0.0, 0.02))
 
 
