@@ -30,7 +30,15 @@ DEFAULT_TIME_BUDGET_S = 300.0
 DEFAULT_GRACE_S = 60.0
 DEFAULT_KILL_GRACE_S = 10.0
 DEFAULT_MIN_IMPROVEMENT = 0.001
-DEFAULT_REPLICATES = 2
+#: The most fresh replicates a provisional candidate gets (autoresearchd/promotion.py).
+DEFAULT_REPLICATES = 6
+#: The fewest fresh replicates a keep rests on.
+DEFAULT_MIN_REPLICATES = 2
+#: Runs of its own the incumbent is compared by; re-measured up to this.
+DEFAULT_INCUMBENT_RUNS = 6
+#: The chance that a candidate no better than the incumbent is kept: well below the
+#: 1 in 10,000 candidates a swarm can afford, so thousands of candidates promote no noise.
+DEFAULT_SIGNIFICANCE = 1e-5
 DEFAULT_KEEP_RUNS = 50
 DEFAULT_MAX_TEMPERATURE_C = 85
 DEFAULT_HEALTH_INTERVAL_S = 10.0
@@ -102,6 +110,10 @@ class ExperimentConfig:
     kill_grace_s: float = DEFAULT_KILL_GRACE_S
     min_improvement: float = DEFAULT_MIN_IMPROVEMENT
     replicates: int = DEFAULT_REPLICATES
+    promotion: Literal["sequential", "mean"] = "sequential"
+    min_replicates: int = DEFAULT_MIN_REPLICATES
+    incumbent_runs: int = DEFAULT_INCUMBENT_RUNS
+    significance: float = DEFAULT_SIGNIFICANCE
     keep_runs: int = DEFAULT_KEEP_RUNS
     workspace_ignore: tuple[str, ...] = DEFAULT_WORKSPACE_IGNORE
     trust: Literal["params-only", "sandboxed", "any"] = "params-only"
@@ -147,6 +159,7 @@ class HubConfig:
     require_email: bool = True
     replicates: int = DEFAULT_HUB_REPLICATES
     replication: Literal["any", "other-agent"] = "any"
+    track: str = "synthetic"  # the org's primary track: the one its bare best/ keys hold
     smtp_host: str = ""  # empty: the hub sends no email
     smtp_port: int = DEFAULT_SMTP_PORT
     smtp_security: Literal["starttls", "tls", "plain"] = "starttls"
@@ -201,6 +214,10 @@ def _non_negative(value: Any) -> str | None:
     return None if value >= 0 else f"expected a number >= 0, got {value!r}"
 
 
+def _probability(value: Any) -> str | None:
+    return None if 0 < value < 1 else f"expected a number between 0 and 1, got {value!r}"
+
+
 def _weights(value: Any) -> str | None:
     known = ("perturb", "tpe", "hypotheses", "command")
     for name, weight in value.items():
@@ -253,6 +270,9 @@ CHECKS: dict[str, Check] = {
     "experiment.kill_grace_s": _non_negative,
     "experiment.min_improvement": _non_negative,
     "experiment.replicates": _non_negative,
+    "experiment.min_replicates": _positive,
+    "experiment.incumbent_runs": _positive,
+    "experiment.significance": _probability,
     "experiment.keep_runs": _positive,
     "proposer.max_changes": _positive,
     "proposer.weights": _weights,

@@ -1,15 +1,19 @@
-"""Judging a result against the best: does it improve, by how much, and which best counts.
+"""Judging a result against the best: is it plausible, does it improve, does it promote.
 
 Pure functions over :class:`Result` and :class:`Best`, no I/O. The worker asks these
-whether a score beats the best by ``min_improvement``, what delta to record, and how its
-own latest keep (not yet confirmed by the memory) combines with the best the memory holds.
+whether a score is plausible for its track (finite, positive, within the track's bounds),
+whether it beats the best by ``min_improvement`` (the screen for replication), what delta
+to record, and how its own latest keep (not yet confirmed by the memory) combines with
+the best the memory holds. How replication decides a promotion lives in
+:mod:`autoresearchd.promotion`; the hub checks plausibility with the same function.
 """
 
 from __future__ import annotations
 
 import math
 
-from autoresearchd.models import Best, Result
+from autoresearchd.harness.tracks import score_bounds
+from autoresearchd.models import Best, Result, Status
 
 
 def best_from(result: Result) -> Best:
@@ -58,3 +62,28 @@ def improves(val_bpb: float | None, best: Best | None, min_improvement: float) -
     if val_bpb is None or not math.isfinite(val_bpb):
         return False
     return best is None or val_bpb < best.val_bpb - min_improvement
+
+
+def implausible(val_bpb: float | None, track: str) -> str | None:
+    """Why ``val_bpb`` cannot be an honest score on ``track``; None when it can be."""
+    if val_bpb is None:
+        return None
+    floor, ceiling = score_bounds(track)
+    if not math.isfinite(val_bpb):
+        return f"val_bpb {val_bpb} is not finite"
+    if val_bpb <= 0:
+        return f"val_bpb {val_bpb} is not positive"
+    if val_bpb < floor:
+        return f"val_bpb {val_bpb} is below the {track} track's floor {floor:.4f}"
+    if val_bpb > ceiling:
+        return f"val_bpb {val_bpb} is above the {track} track's ceiling {ceiling:g}"
+    return None
+
+
+def plausible(result: Result) -> Result:
+    """``result``, or the same result marked ``invalid`` with its reason when its score
+    cannot be honest: such a run never reaches judging against the best."""
+    reason = implausible(result.val_bpb, result.track)
+    if reason is None:
+        return result
+    return result.with_(status=Status.INVALID, error=f"implausible: {reason}")

@@ -4,16 +4,18 @@ The loop never waits on the network to start its next run: results go to the dur
 outbox for the publisher, the next candidate is prepared while the current one trains,
 and a memory that cannot be reached degrades to the last known best and unclaimed runs.
 A candidate that beats the best by ``min_improvement`` is provisional: it becomes a
-``keep`` only after ``replicates`` confirming runs with other seeds keep the mean ahead
-(DESIGN.md, Noise). Shared state the daemon owns arrives in a :class:`WorkerContext`.
-The worker orchestrates the cycle; what it builds on lives beside it: ``judging`` (a result
-against the best), ``records`` (results from runs), ``parents`` (the trust policy for
-network bests) and ``sharing`` (notes to the swarm).
+``keep`` only when fresh replicates with other seeds, against the incumbent's own runs,
+show an improvement the track's noise does not explain. Shared state the daemon owns
+arrives in a :class:`WorkerContext`. The worker orchestrates the cycle; what it builds on
+lives beside it: ``judging`` (a result against the best), ``promotion`` (when replicates
+promote), ``records`` (results from runs), ``parents`` (the trust policy for network
+bests) and ``sharing`` (notes to the swarm).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import statistics
 import time
@@ -32,11 +34,30 @@ from autoresearchd.errors import AutoresearchdError, MemoryBackendError, Proposa
 from autoresearchd.gpus import Gpus
 from autoresearchd.health import DeviceHealth, FlapDetector, sleep_unless
 from autoresearchd.hypotheses import give_back
-from autoresearchd.judging import best_from, delta_vs_best, improves, lowest, own_outdated
+from autoresearchd.judging import (
+    best_from,
+    delta_vs_best,
+    improves,
+    lowest,
+    own_outdated,
+    plausible,
+)
 from autoresearchd.memory.protocol import CollectiveMemory
 from autoresearchd.models import Best, Candidate, Device, Result, Status
 from autoresearchd.outbox import Outbox
 from autoresearchd.parents import Parents
+from autoresearchd.promotion import (
+    MEASURED,
+    Rule,
+    Step,
+    Trial,
+    accepts,
+    make_rule,
+    measurements,
+    new_trial,
+    pooled_noise,
+    settle,
+)
 from autoresearchd.proposers import ProposalContext, Proposer, make_proposer
 from autoresearchd.publisher import Publisher
 from autoresearchd.records import Origin, build_result, failed_proposal, invalid_result, new_run_id
@@ -67,6 +88,8 @@ BEST_READ_TIMEOUT_S = 5.0
 RELEASE_TIMEOUT_S = 10.0
 #: Hypotheses and insights a proposal reads; the newest matter most.
 NOTES_LIMIT = 100
+#: The proposer a re-measure of the incumbent records: a deliberate rerun, not a candidate.
+REMEASURE = "remeasure"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +126,9 @@ class WorkerContext:
     #: Keys of the swarm hypotheses this daemon's workers picked up, to the sha256 of the
     #: candidate each became: each is run once here.
     hypotheses_taken: dict[str, str] = field(default_factory=dict)
+    #: val_bpb of the runs this daemon queued, by (tier, sha256) then result id: the
+    #: incumbent's runs and the noise count them before the memory has them.
+    measured: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     new_seed: Callable[[], int] = field(default=lambda: random.SystemRandom().randrange(2**31))
 
 
@@ -441,7 +467,7 @@ class Worker:
         elif self._first_ever(candidate, best) or self.config.experiment.replicates == 0:
             await self.queue(result.with_(status=Status.KEEP, confirmed_bpb=result.val_bpb))
         else:
-            await self.replicate(candidate, result)
+            await self.replicate(candidate, result, best)
         return True
 
     def _first_ever(self, candidate: Candidate, best: Best | None) -> bool:
@@ -450,38 +476,90 @@ class Worker:
         does any result when the best could not be read (unknown is not absent)."""
         return best is None and self._memory_answered and candidate.parent_sha256 is None
 
-    async def replicate(self, candidate: Candidate, first: Result) -> None:
-        """Confirm a provisional improvement with more seeds before calling it a keep."""
-        await self.queue(first.with_(provisional=True))
-        values = [first.val_bpb]
-        last = self.config.experiment.replicates
-        for n in range(1, last + 1):
-            if self.ctx.draining.is_set():
-                return
-            log.info("replicate_started", sha=candidate.sha256[:12], replicate=n)
-            result, _ = await self.run_judged(candidate)
-            if result is None:
-                return
-            if result.status is not Status.DISCARD:
-                await self.queue(result)  # a crash or timeout ends the replication
-                return
-            values.append(result.val_bpb)
-            if n == last:
-                await self.confirm(result, values)
-            else:
-                await self.queue(result.with_(provisional=True))
+    async def replicate(self, candidate: Candidate, first: Result, best: Best | None) -> None:
+        """Confirm a provisional improvement with fresh replicates before calling it a keep.
 
-    async def confirm(self, last: Result, values: list[float | None]) -> None:
-        mean = statistics.fmean(v for v in values if v is not None)
-        best = await self.read_best()
-        if improves(mean, best, self.config.experiment.min_improvement):
-            delta = delta_vs_best(mean, best)
-            await self.queue(
-                last.with_(status=Status.KEEP, confirmed_bpb=mean, delta_vs_best=delta)
-            )
+        The promotion rule (:mod:`autoresearchd.promotion`) says what to run next: the
+        candidate again, or the incumbent when it has too few runs of its own. Each fresh
+        replicate is queued provisional until the rule decides, then as keep or discard.
+        """
+        await self.queue(first.with_(provisional=True))
+        measured = await self.measured()
+        noise = pooled_noise(runs.values() for runs in measured.values())
+        remeasurable = best is not None and self._may_remeasure(best)
+        trial = new_trial(first.val_bpb or math.inf, best, measured, remeasurable)
+        rule = make_rule(self.config.experiment, noise)
+        log.info("replication_planned", noise_sd=round(noise.sd, 6), noise_dof=noise.dof)
+        replicates = _Replicates(self, candidate)
+        step, trial = await settle(
+            rule, trial, replicates.run, lambda: self.remeasure(best), self.ctx.draining.is_set
+        )
+        if replicates.last is None:
+            return
+        if step is None:  # stopped while the rule was undecided: the run is still a result
+            await self.queue(replicates.last.with_(provisional=True))
         else:
-            log.info("replication_failed", mean_val_bpb=mean, runs=len(values))
-            await self.queue(last)
+            await self.confirm(replicates.last, trial, rule, step)
+
+    async def confirm(self, last: Result, trial: Trial, rule: Rule, step: Step) -> None:
+        """Queue the last replicate as the keep the rule found, or as a plain discard."""
+        value = rule.confirmed(trial)
+        best = await self.read_best()
+        if accepts(step, value, best):
+            delta = delta_vs_best(value, best)
+            await self.queue(
+                last.with_(status=Status.KEEP, confirmed_bpb=value, delta_vs_best=delta)
+            )
+            return
+        log.info(
+            "replication_failed",
+            mean_val_bpb=statistics.fmean(trial.fresh),
+            runs=len(trial.fresh),
+            incumbent_runs=len(trial.incumbent or ()),
+        )
+        await self.queue(last)
+
+    async def measured(self) -> dict[str, dict[str, float]]:
+        """Each source's runs on this track and tier: the history's and this daemon's own."""
+        track, tier = self.config.experiment.track, self.device.tier
+        try:
+            history = await self.ctx.memory.results(track, limit=self.config.proposer.max_history)
+        except MemoryBackendError as exc:
+            log.warning("history_unavailable", error=str(exc))
+            history = []
+        found = measurements(history, track, tier)
+        for (run_tier, sha), runs in self.ctx.measured.items():
+            if run_tier == tier:
+                found.setdefault(sha, {}).update(runs)
+        return found
+
+    def _may_remeasure(self, best: Best) -> bool:
+        """The incumbent's source may run here: trusted, and no other worker of ours runs it."""
+        if best.train_py_sha256 in self.ctx.in_flight:
+            return False
+        parent, _ = self.parents.choose(best, self.baseline(), self.config.experiment.trust)
+        return parent.sha256 == best.train_py_sha256
+
+    async def remeasure(self, best: Best | None) -> float | None:
+        """One more run of the incumbent's source, queued as a result of its own."""
+        if best is None:
+            return None
+        incumbent = Candidate(
+            source=best.train_py,
+            parent_sha256=None,
+            description=f"re-measure of the best {best.train_py_sha256[:12]}",
+            proposer=REMEASURE,
+        )
+        log.info("remeasure_started", sha=incumbent.sha256[:12])
+        self.ctx.in_flight[incumbent.sha256] = incumbent.source
+        try:
+            result = await self.run(incumbent)
+        finally:
+            self.ctx.in_flight.pop(incumbent.sha256, None)
+        if result is None:
+            return None
+        await self.queue(result.with_(delta_vs_best=delta_vs_best(result.val_bpb, best)))
+        return result.val_bpb if result.status is Status.DISCARD else None
 
     async def run_judged(
         self, candidate: Candidate, *, alongside: bool = False
@@ -541,7 +619,8 @@ class Worker:
         self._flap_delay = self.flaps.record(report.outcome == "crash", report.duration_s)
         if report.outcome == "stopped":
             return None
-        result = build_result(self.origin(), candidate, report, seed)
+        # A score no honest run can reach (negative, below the track's floor) is invalid.
+        result = plausible(build_result(self.origin(), candidate, report, seed))
         self.last_val_bpb = result.val_bpb if result.val_bpb is not None else self.last_val_bpb
         return result
 
@@ -556,6 +635,10 @@ class Worker:
             await anyio.to_thread.run_sync(self.ctx.outbox.put, result)
             self.results_queued += 1
             self.ctx.ran.add(result.train_py_sha256)
+        if result.status in MEASURED and result.val_bpb is not None:
+            # Until the memory has it, only we know this run measured its source.
+            runs = self.ctx.measured.setdefault((result.vram_tier, result.train_py_sha256), {})
+            runs[result.id] = result.val_bpb
         self.ctx.publisher.notify()
         if result.status is Status.KEEP:
             self._moved_best = True
@@ -687,6 +770,29 @@ class Worker:
             "budget_s": budget,
             "remaining_s": round(max(0.0, budget - elapsed), 1),
         }
+
+
+@dataclass
+class _Replicates:
+    """Fresh replicates of one candidate for :func:`settle`: each run's result is queued
+    provisional once the next one starts, so the last is left for the rule's verdict."""
+
+    worker: Worker
+    candidate: Candidate
+    last: Result | None = None
+
+    async def run(self) -> float | None:
+        if self.last is not None:
+            await self.worker.queue(self.last.with_(provisional=True))
+            self.last = None
+        log.info("replicate_started", sha=self.candidate.sha256[:12])
+        result, _ = await self.worker.run_judged(self.candidate)
+        if result is None or result.status is not Status.DISCARD or result.val_bpb is None:
+            if result is not None:
+                await self.worker.queue(result)  # a crash, timeout or invalid run ends it
+            return None
+        self.last = result
+        return result.val_bpb
 
 
 async def _relay(source: anyio.Event, target: anyio.Event) -> None:

@@ -58,7 +58,7 @@ def test_history_from_a_hub_comes_from_its_audit_log(tmp_path: Path) -> None:
             f'[experiment]\ntrack = "synthetic"\n[memory]\nbackend = "ensue"\n'
             f'url = "{hub.url}"\norg = "test"\napi_key_file = "{key_file}"\n'
         )
-        result = make_result(val_bpb=0.9, description="LR up")
+        result = make_result(val_bpb=1.9, description="LR up")
 
         async def publish() -> None:
             async with EnsueMemory(hub.url, "test", key, primary_track="synthetic") as memory:
@@ -68,7 +68,7 @@ def test_history_from_a_hub_comes_from_its_audit_log(tmp_path: Path) -> None:
         done = cli("best", "--history", "--json", "--config", str(config))
     assert done.returncode == 0, done.stderr
     (change,) = json.loads(done.stdout)
-    assert (change["agent_id"], change["val_bpb"], change["description"]) == ("alice", 0.9, "LR up")
+    assert (change["agent_id"], change["val_bpb"], change["description"]) == ("alice", 1.9, "LR up")
     assert change["train_py_sha256"] == result.train_py_sha256
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from autoresearchd.judging import best_from, covers, lowest, own_outdated
+from autoresearchd.judging import best_from, covers, implausible, lowest, own_outdated, plausible
 from autoresearchd.models import Best, Result, Status
 
 
@@ -79,3 +79,36 @@ def test_lowest_picks_the_smallest_val_bpb_of_those_known() -> None:
         2.0, result_id="b"
     )
     assert lowest(None, best(3.0)) == best(3.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (-1.0, "val_bpb -1.0 is not positive"),
+        (0.0, "val_bpb 0.0 is not positive"),
+        (math.nan, "val_bpb nan is not finite"),
+        (-math.inf, "val_bpb -inf is not finite"),
+        (0.502, "val_bpb 0.502 is below the synthetic track's floor 1.7363"),
+        (1.70, "below the synthetic track's floor"),
+        (65.0, "above the synthetic track's ceiling 64"),
+    ],
+)
+def test_a_score_no_honest_run_can_reach_is_implausible(value: float, reason: str) -> None:
+    found = implausible(value, "synthetic")
+    assert found is not None and reason in found
+
+
+@pytest.mark.parametrize(
+    ("value", "track"), [(1.75, "synthetic"), (0.3, "shakespeare"), (0.01, "x")]
+)
+def test_scores_within_a_tracks_bounds_are_plausible(value: float, track: str) -> None:
+    assert implausible(value, track) is None
+    assert implausible(None, track) is None  # no score (a crash) is judged elsewhere
+
+
+def test_an_implausible_run_is_recorded_invalid_with_its_reason() -> None:
+    faked = plausible(kept(status=Status.DISCARD, val_bpb=-1.0, track="synthetic"))
+    assert faked.status is Status.INVALID
+    assert faked.error == "implausible: val_bpb -1.0 is not positive"
+    honest = kept(status=Status.DISCARD, val_bpb=1.9, track="synthetic")
+    assert plausible(honest) is honest

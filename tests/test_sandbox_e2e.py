@@ -36,7 +36,7 @@ try:
 except OSError:
     escaped = 0
 print("---")
-print(f"val_bpb: {1.0 + LR}")
+print(f"val_bpb: {2.0 + LR}")
 print(f"connected: {connected}")
 print(f"escaped: {escaped}")
 '''

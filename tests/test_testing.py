@@ -68,11 +68,11 @@ def test_every_stand_in_has_the_annotated_hyperparameter_block(
 
 
 def test_objective_is_lowest_at_its_optimum_and_noise_follows_the_seed() -> None:
-    assert stand_in_val_bpb(0.02, 128, 64, seed=1, noise=0.0) == 1.0
-    assert stand_in_val_bpb(0.01, 64, 32, seed=1, noise=0.0) > 1.1
+    assert stand_in_val_bpb(0.02, 128, 64, seed=1, noise=0.0) == 2.0
+    assert stand_in_val_bpb(0.01, 64, 32, seed=1, noise=0.0) > 2.1
     noisy = [stand_in_val_bpb(0.02, 128, 64, seed=s, noise=0.003) for s in range(20)]
     assert len(set(noisy)) == 20
-    assert all(abs(v - 1.0) < 0.02 for v in noisy)
+    assert all(abs(v - 2.0) < 0.02 for v in noisy)
     assert stand_in_val_bpb(0.02, 128, 64, 5, 0.003) == stand_in_val_bpb(0.02, 128, 64, 5, 0.003)
 
 
@@ -81,7 +81,7 @@ def test_ok_script_reports_the_objective_of_its_own_hyperparameters(tmp_path: Pa
     far = _run(ok_script(noise=0.0), tmp_path, seed=3)
     seeded = _run(ok_script(), tmp_path, seed=3)
 
-    assert near == 1.0
+    assert near == 2.0
     assert far == pytest.approx(stand_in_val_bpb(0.01, 64, 32, 3, 0.0), abs=1e-6)
     assert seeded == pytest.approx(stand_in_val_bpb(0.01, 64, 32, 3, 0.003), abs=1e-6)
 

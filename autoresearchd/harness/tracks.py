@@ -1,13 +1,15 @@
 """Track definitions: what a run trains on and how it is scored.
 
 A track is a dataset plus a sequence length, a fixed number of evaluation tokens and a
-default time budget. Results are only compared within a track. ``get_track`` resolves
-the built-in names and ``text:<path>`` for a local corpus. Nothing here does I/O.
+default time budget, and the bounds a plausible val_bpb lies within. Results are only
+compared within a track. ``get_track`` resolves the built-in names and ``text:<path>`` for
+a local corpus; ``score_bounds`` gives any track name's bounds. Nothing here does I/O.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Literal
 
 from autoresearchd.config import DEFAULT_STATE_DIR, DEFAULT_TIME_BUDGET_S
 from autoresearchd.errors import DataError
-from autoresearchd.harness.markov import MarkovSpec
+from autoresearchd.harness.markov import MarkovSpec, entropy_bits
 
 #: Where prepared data lives unless told otherwise; matches the config's ``<state_dir>/data``.
 DEFAULT_DATA_DIR = DEFAULT_STATE_DIR / "data"
@@ -25,6 +27,13 @@ VAL_FRACTION = 0.1
 TEXT_SEQ_LEN = 256
 TEXT_EVAL_TOKENS = 2**16
 
+#: Standard deviations of the evaluation's sampling error a perfect model may score below
+#: the entropy rate on a finite evaluation set; beyond that the score is not credible.
+FLOOR_SIGMAS = 6.0
+#: A byte-level model that predicts worse than uniform over 256 values at this multiple is
+#: broken, not merely bad: no honest run reports it as a result.
+CEILING_BPB = 64.0
+
 SourceKind = Literal["synthetic", "url", "text"]
 
 
@@ -33,7 +42,9 @@ class Track:
     """One benchmark: dataset, sequence length, evaluation size and default budget.
 
     ``eval_tokens`` is a multiple of ``seq_len``; for ``text`` tracks it is an upper
-    bound, lowered at preparation time when the corpus is small.
+    bound, lowered at preparation time when the corpus is small. ``floor_bpb`` and
+    ``ceiling_bpb`` bound a plausible score: a synthetic track's floor is its source's
+    entropy rate less :data:`FLOOR_SIGMAS` of evaluation noise (:func:`entropy_floor`).
     """
 
     name: str
@@ -46,6 +57,8 @@ class Track:
     url: str = ""  # url: where the corpus is
     sha256: str = ""  # url: the corpus's pinned checksum
     path: Path | None = None  # text: the local corpus
+    floor_bpb: float = 0.0  # no honest val_bpb is below this
+    ceiling_bpb: float = CEILING_BPB  # nor above this
 
     @property
     def dirname(self) -> str:
@@ -57,18 +70,33 @@ class Track:
         return f"text-{stem}-{digest}"
 
 
+def entropy_floor(spec: MarkovSpec, eval_tokens: int) -> float:
+    """The lowest val_bpb an honest run can score on ``eval_tokens`` of ``spec``'s source.
+
+    Even the source itself, as a model, scores its entropy rate only on average: the mean
+    of ``-log2 p`` over a finite evaluation set has a standard deviation of
+    ``sqrt(Var[-log2 p] / eval_tokens)``. The floor sits :data:`FLOOR_SIGMAS` of it below.
+    """
+    rate = entropy_bits(spec.probs)
+    variance = sum(p * (-math.log2(p) - rate) ** 2 for p in spec.probs)
+    return rate - FLOOR_SIGMAS * math.sqrt(variance / eval_tokens)
+
+
+SYNTHETIC_SPEC = MarkovSpec(
+    alphabet=b"abcdefghijklmnopqrstuvwxyz .,;!?",
+    fanouts=(16, 8, 4),
+    probs=(0.5, 0.25, 0.125, 0.125),
+    seed=20240611,
+)
+SYNTHETIC_EVAL_TOKENS = 2**17
 SYNTHETIC = Track(
     name="synthetic",
     kind="synthetic",
     seq_len=256,
-    eval_tokens=2**17,
-    markov=MarkovSpec(
-        alphabet=b"abcdefghijklmnopqrstuvwxyz .,;!?",
-        fanouts=(16, 8, 4),
-        probs=(0.5, 0.25, 0.125, 0.125),
-        seed=20240611,
-    ),
+    eval_tokens=SYNTHETIC_EVAL_TOKENS,
+    markov=SYNTHETIC_SPEC,
     train_tokens=2**23,
+    floor_bpb=entropy_floor(SYNTHETIC_SPEC, SYNTHETIC_EVAL_TOKENS),
 )
 
 # The checksum of karpathy/char-rnn's data/tinyshakespeare/input.txt (1,115,394 bytes),
@@ -108,3 +136,16 @@ def text_track(path: str) -> Track:
         eval_tokens=TEXT_EVAL_TOKENS,
         path=resolved,
     )
+
+
+def score_bounds(name: str) -> tuple[float, float]:
+    """``(floor, ceiling)`` of a plausible val_bpb on track ``name``.
+
+    A track this version does not know (a newer one, or a typo) is bounded only by being
+    positive and below :data:`CEILING_BPB`: its floor cannot be known here.
+    """
+    try:
+        track = get_track(name)
+    except DataError:
+        return 0.0, CEILING_BPB
+    return track.floor_bpb, track.ceiling_bpb

@@ -9,21 +9,36 @@ read in the write's own transaction, they say why a write is refused. The rules:
   carry the writer's own ``agent_id`` (and a ``train_py_sha256`` that hashes its
   ``train_py``). A claim whose holder released it or let it expire (by the hub's clock)
   may be taken over by anyone, and then belongs to its new holder.
+- An agent creates keys only in its own namespace, so no one can squat a key its owner
+  will need: ``results/<agent>--…`` and ``best/agent/<agent>`` name the writer (by name or
+  by its key slug), as do community claims (``claims/<agent>--<slug>--<hash>``), and
+  hypotheses and insights whose key names an author (``<agent>--…``). Content-addressed
+  claims (``claims/<track>--<sha12>``) and notes keyed by topic alone name no one.
 - The shared ``best/`` pairs (``best/metadata`` + ``best/train_py``, per tier and per
   track) change only by a *verified* agent, by compare-and-set (``if_match``, or a create
   when absent). New metadata names a ``result_key`` under ``@<org>/results/`` that exists,
   was written by this agent while verified, and has the metadata's ``train_py_sha256``;
-  its ``val_bpb`` is finite, beats the current best, and is no better than the replicates'
-  mean (below). ``best/train_py`` must hash to its metadata's ``train_py_sha256``.
+  its ``val_bpb`` is finite, beats the current best, and is no better than the
+  confirmations' mean (below). ``best/train_py`` must hash to its metadata's ``train_py_sha256``.
+- Plausibility: a best's ``val_bpb`` must be positive and within its track's bounds (the
+  synthetic track's floor is its entropy rate), and the result it names must be of the
+  best's own track: ``tracks/<track>/best/...`` names it, the bare ``best/`` is the org's
+  primary track (``hub.track``). A result record whose score is implausible is stored but
+  indexed as ``invalid``, so it never counts as a replicate.
+- Credit for a source goes to its first publisher: the verified agent whose (valid) result
+  of that ``train_py_sha256`` on the track the hub indexed first. Only that agent may name
+  the source in a shared best, so re-publishing another's source claims nothing.
 - Replication (BOINC's quorum): the hub counts the indexed results of the same track and
   ``train_py_sha256`` written by verified agents with a finite ``val_bpb`` and status
   ``keep``, or ``discard`` marked ``provisional``, one per distinct ``seed``. It needs
   ``1 + replicates`` of them (the candidate's run and ``replicates`` confirmations), and
-  their mean must beat the current best. With ``replication = "other-agent"`` at least one
-  of them must come from an agent other than the writer. A daemon whose
-  ``experiment.replicates`` is at least the hub's satisfies this: it publishes the first
-  run and every confirmation but the last as provisional discards, then the last as a
-  ``keep`` whose ``confirmed_bpb`` is their mean, in that order.
+  the confirmations' mean (never the first, selecting run: it was picked for being low)
+  must beat the current best. With ``replication = "other-agent"`` only confirmations
+  by verified agents other than the writer count: ``replicates`` of them, and their mean.
+  Otherwise a daemon whose ``experiment.min_replicates`` is at least the hub's
+  ``replicates`` satisfies this: it publishes the first run and every confirmation but
+  the last as provisional discards, then the last as a ``keep`` whose ``confirmed_bpb``
+  is the confirmations' mean.
 - The admin agent bypasses every rule.
 
 The rate limiters are token buckets in process memory: a limit per hub replica, not a
@@ -45,6 +60,8 @@ from typing import Any, Literal
 from autoresearchd.hub import strictjson
 from autoresearchd.hub.store import Agent, Evidence, Memory, Needs, ResultRow, WritePolicy
 from autoresearchd.hub.strictjson import JsonRefused
+from autoresearchd.judging import implausible
+from autoresearchd.memory.ensue import slug
 from autoresearchd.models import sha256_text
 
 KEY_PREFIX = "ard_"
@@ -55,6 +72,10 @@ SHARED_BEST = re.compile(
 )
 CLAIM = re.compile(r"^claims/")
 RESULT = re.compile(r"^results/")
+#: Keys created only in the writer's own namespace: the kind, then what follows it.
+PERSONAL = re.compile(
+    r"^(?P<kind>results|claims|hypotheses|insights|(?:tracks/[^/]+/)?best/agent)/(?P<tail>.*)$"
+)
 #: Matched whole (``fullmatch``): ``$`` would let ``"admin\n"`` pass as a name.
 AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 EMAIL = re.compile(r"[^@\s<>\"',;]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,63}")
@@ -105,6 +126,8 @@ class Rules:
 
     replicates: int = 2
     replication: Replication = "any"
+    #: The org's primary track: the one its bare ``best/`` keys hold.
+    track: str = "synthetic"
 
 
 def record_of(text: str | None) -> dict[str, Any]:
@@ -150,18 +173,22 @@ def index_result(agent: Agent, key_name: str, text: str | None) -> tuple[ResultR
     if problem:
         return None, problem
     seed, sha = record.get("seed"), record.get("train_py_sha256")
+    status, val_bpb = str(record.get("status", "")), finite(record.get("val_bpb"))
+    track = str(record.get("track", ""))
+    if status in COUNTED and implausible(_number(record.get("val_bpb")), track):
+        status = "invalid"  # kept as evidence of what was claimed, never as a replicate
     row = ResultRow(
         key_name=key_name,
         org=org,
         agent=str(record.get("agent_id", agent.name)),
         verified=agent.verified,
         result_id=str(record.get("id", "")),
-        track=str(record.get("track", "")),
+        track=track,
         train_py_sha256=sha if isinstance(sha, str) else "",
         seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
-        status=str(record.get("status", "")),
+        status=status,
         provisional=record.get("provisional") is True,
-        val_bpb=finite(record.get("val_bpb")),
+        val_bpb=val_bpb,
     )
     return row, ""
 
@@ -179,12 +206,26 @@ def _result_problem(agent: Agent, record: dict[str, Any]) -> str:
     return ""
 
 
+def _number(value: Any) -> float | None:
+    """A JSON number as a float (NaN and infinities included); None for anything else."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int too large for a float is past every bound
+        return math.inf
+
+
 # --- write policies --------------------------------------------------------------------
 
 
 def create_policy(agent: Agent, key_name: str, new_text: str | None, rules: Rules) -> WritePolicy:
-    """The policy for creating ``key_name``: shared bests follow the best rules."""
+    """The policy for creating ``key_name``: shared bests follow the best rules, and
+    personal keys must be the writer's own."""
     rest = (split_key(key_name) or ("", key_name))[1]
+    squatting = None if agent.is_admin else squatter(agent.name, key_name, rest)
+    if squatting is not None:
+        return _refuse(squatting)
     if agent.is_admin or not SHARED_BEST.match(rest):
         return WritePolicy(lambda current, evidence: None)
     return _best_policy(agent, key_name, rest, new_text, None, rules)
@@ -220,6 +261,25 @@ def write_policy(
     return WritePolicy(check, takes_ownership=CLAIM.match(rest) is not None)
 
 
+def squatter(agent: str, key_name: str, rest: str) -> str | None:
+    """Why creating ``rest`` would squat another agent's namespace; None when it may."""
+    match = PERSONAL.match(rest)
+    if match is None:
+        return None
+    kind, tail = match.group("kind"), match.group("tail")
+    own = (agent, slug(agent))
+    # Our claims are content-addressed (<track>--<sha12>) and a note may be keyed by its
+    # topic alone: only a key that names an author must name the writer.
+    authored = {"results": True, "claims": tail.count("--") >= 2}.get(kind, "--" in tail)
+    if kind.endswith("best/agent"):
+        squats = tail not in own
+    else:
+        squats = authored and not tail.startswith(tuple(f"{name}--" for name in own))
+    if squats:
+        return f"{key_name} is not in {agent}'s namespace: create keys only under your own name"
+    return None
+
+
 def _refuse(reason: str) -> WritePolicy:
     return WritePolicy(lambda current, evidence: reason)
 
@@ -243,8 +303,15 @@ def _best_policy(
         return _refuse(f"best metadata must name its result_key under @{org}/results/")
     if not isinstance(sha, str) or not sha:
         return _refuse("best metadata needs a train_py_sha256")
-    claim = _BestClaim(agent.name, record, result_key, sha, rules)
+    claim = _BestClaim(agent.name, record, result_key, sha, rules, _best_track(rest, rules))
     return WritePolicy(claim.check, Needs(result_key=result_key, replicates_of=(org, sha)))
+
+
+def _best_track(rest: str, rules: Rules) -> str:
+    """The track a shared best key holds, as its slug (``tracks/<slug>/``) or by name."""
+    match = SHARED_BEST.match(rest)
+    prefix = match.group(1) if match else None
+    return prefix[len("tracks/") : -1] if prefix else rules.track
 
 
 def _source_policy(key_name: str, new_text: str | None) -> WritePolicy:
@@ -269,6 +336,7 @@ class _BestClaim:
     result_key: str
     sha: str
     rules: Rules
+    track: str  # the best key's track: its name, or its slug under tracks/
 
     def check(self, current: Memory | None, evidence: Evidence) -> str | None:
         new_bpb = finite(self.record.get("val_bpb"))
@@ -277,9 +345,19 @@ class _BestClaim:
         old_bpb = finite(record_of(current.text if current else None).get("val_bpb"))
         if old_bpb is not None and not new_bpb < old_bpb:
             return f"val_bpb {new_bpb} does not beat the best {old_bpb}"
-        return self._check_result(evidence.result) or self._check_replicates(
-            evidence.result, evidence.replicates, new_bpb, old_bpb
+        return (
+            self._check_result(evidence.result)
+            or self._check_plausible(evidence.result, new_bpb)
+            or self._check_credit(evidence.result, evidence.replicates)
+            or self._check_replicates(evidence.result, evidence.replicates, new_bpb, old_bpb)
         )
+
+    def _check_plausible(self, result: ResultRow | None, new_bpb: float) -> str | None:
+        track = result.track if result else ""
+        if self.track not in (track, slug(track)):
+            return f"the result {self.result_key} is of track {track!r}, not {self.track!r}"
+        reason = implausible(new_bpb, track)
+        return None if reason is None else f"implausible: {reason}"
 
     def _check_result(self, result: ResultRow | None) -> str | None:
         if result is None:
@@ -293,6 +371,16 @@ class _BestClaim:
         result_id = self.record.get("result_id")
         if result_id is not None and result_id != result.result_id:
             return f"result_id {result_id!r} is not the id of {self.result_key}"
+        return None
+
+    def _check_credit(self, result: ResultRow | None, rows: tuple[ResultRow, ...]) -> str | None:
+        """A source's credit is its first publisher's: a replay of it claims nothing."""
+        track = result.track if result else ""
+        first = next(
+            (r for r in rows if r.verified and r.track == track and r.status != "invalid"), None
+        )
+        if first is not None and first.agent != self.agent:
+            return f"credit for this source goes to {first.agent}, who published it first"
         return None
 
     def _check_replicates(
@@ -310,10 +398,16 @@ class _BestClaim:
                 f"needs {need} verified results with distinct seeds of this source,"
                 f" has {len(counted)}"
             )
+        # The first run selected the source for being low: only the later ones confirm it.
+        fresh = counted[1:] or counted
         if self.rules.replication == "other-agent" and self.rules.replicates > 0:
-            if all(row.agent == self.agent for row in counted):
-                return "needs a confirming result by another agent"
-        mean = statistics.fmean(row.val_bpb or 0.0 for row in counted)
+            fresh = [row for row in counted if row.agent != self.agent]
+            if len(fresh) < self.rules.replicates:
+                return (
+                    f"needs {self.rules.replicates} confirming results by other agents,"
+                    f" has {len(fresh)}"
+                )
+        mean = statistics.fmean(row.val_bpb or 0.0 for row in fresh)
         if old_bpb is not None and not mean < old_bpb:
             return f"the replicates' mean {mean} does not beat the best {old_bpb}"
         if new_bpb < mean - MEAN_TOLERANCE * max(1.0, abs(mean)):

@@ -55,7 +55,8 @@ class Swarm:
         return name
 
     async def replicated(self, agent: str, values: tuple[float, ...], source: str) -> str:
-        """The daemon's flow: provisional discards, then a keep carrying the mean."""
+        """The daemon's flow: provisional discards, then a keep carrying the mean of all but
+        the first (selecting) run."""
         runs = [
             make_result(
                 agent_id=agent,
@@ -67,7 +68,7 @@ class Swarm:
             for value in values
         ]
         last = runs[-1].with_(
-            status=Status.KEEP, provisional=False, confirmed_bpb=statistics.fmean(values)
+            status=Status.KEEP, provisional=False, confirmed_bpb=statistics.fmean(values[1:])
         )
         for run in runs[:-1]:
             await self.publish(agent, run)
@@ -134,8 +135,8 @@ async def test_a_verified_replicated_result_moves_the_best_and_then_its_source(
     swarm: Swarm,
 ) -> None:
     source = "LR = 0.05\n"
-    key = await swarm.replicated("alice", (0.90, 0.91, 0.92), source)
-    reply = await swarm.write_best("alice", metadata(key, source, 0.91))
+    key = await swarm.replicated("alice", (1.92, 1.90, 1.92), source)
+    reply = await swarm.write_best("alice", metadata(key, source, 1.91))
     assert reply["status"] == "created", reply
     wrong = await swarm.call(
         "alice", "create_memory", {"items": [{"key_name": SOURCE, "value": "LR = 9\n"}]}
@@ -148,7 +149,7 @@ async def test_a_verified_replicated_result_moves_the_best_and_then_its_source(
 
 
 async def test_a_result_must_carry_the_key_agents_own_name(swarm: Swarm) -> None:
-    forged = make_result(agent_id="bob", val_bpb=0.5)
+    forged = make_result(agent_id="bob", val_bpb=1.8)
     item = {"key_name": f"@{ORG}/results/bob--forged", "value": json.dumps(forged.to_record())}
     reply = await swarm.call("alice", "create_memory", {"items": [item]})
     assert refused(reply["results"][0], "must carry agent_id 'alice'")
@@ -166,25 +167,25 @@ async def test_results_must_hash_their_source_and_are_write_once(swarm: Swarm) -
 
 async def test_an_unverified_agent_cannot_move_a_best(swarm: Swarm) -> None:
     source = "LR = 0.05\n"
-    key = await swarm.replicated("eve", (0.90, 0.91, 0.92), source)
-    reply = await swarm.write_best("eve", metadata(key, source, 0.91, agent="eve"))
+    key = await swarm.replicated("eve", (1.92, 1.90, 1.92), source)
+    reply = await swarm.write_best("eve", metadata(key, source, 1.91, agent="eve"))
     assert refused(reply, "only verified agents")
 
 
 async def test_results_of_unverified_agents_are_marked_and_do_not_count(swarm: Swarm) -> None:
     source = "LR = 0.05\n"
-    for value in (0.90, 0.91):
+    for value in (1.90, 1.91):
         await swarm.publish(
             "eve",
             make_result(agent_id="eve", train_py=source, provisional=True, val_bpb=value),
         )
-    key = await swarm.publish("alice", make_result(agent_id="alice", train_py=source, val_bpb=0.92))
+    key = await swarm.publish("alice", make_result(agent_id="alice", train_py=source, val_bpb=1.92))
     got = await swarm.call("alice", "list_keys", {"prefix": f"@{ORG}/results/"})
     assert {k["key_name"].split("/")[-1].split("--")[0]: k["verified"] for k in got["keys"]} == {
         "eve": False,
         "alice": True,
     }
-    reply = await swarm.write_best("alice", metadata(key, source, 0.92))
+    reply = await swarm.write_best("alice", metadata(key, source, 1.92))
     assert refused(reply, "needs 3 verified results with distinct seeds of this source, has 1")
 
 
@@ -197,7 +198,7 @@ async def test_results_of_unverified_agents_are_marked_and_do_not_count(swarm: S
         ({"val_bpb": None}, "needs a finite val_bpb"),
         ({"val_bpb": math.nan}, "needs a finite val_bpb"),
         ({"val_bpb": math.inf}, "needs a finite val_bpb"),
-        ({"val_bpb": 0.5}, "better than the replicates' mean"),
+        ({"val_bpb": 1.8}, "better than the replicates' mean"),
         ({"result_id": "someone-else"}, "is not the id of"),
     ],
 )
@@ -205,15 +206,15 @@ async def test_best_metadata_must_match_its_evidence(
     swarm: Swarm, change: dict[str, Any], reason: str
 ) -> None:
     source = "LR = 0.05\n"
-    key = await swarm.replicated("alice", (0.90, 0.91, 0.92), source)
-    reply = await swarm.write_best("alice", metadata(key, source, 0.91) | change)
+    key = await swarm.replicated("alice", (1.92, 1.90, 1.92), source)
+    reply = await swarm.write_best("alice", metadata(key, source, 1.91) | change)
     assert refused(reply, reason), reply
 
 
 async def test_a_best_may_name_only_its_writers_own_result(swarm: Swarm) -> None:
     source = "LR = 0.05\n"
-    key = await swarm.replicated("bob", (0.90, 0.91, 0.92), source)
-    reply = await swarm.write_best("alice", metadata(key, source, 0.91))
+    key = await swarm.replicated("bob", (1.92, 1.90, 1.92), source)
+    reply = await swarm.write_best("alice", metadata(key, source, 1.91))
     assert refused(reply, "is not by alice")
 
 
@@ -221,42 +222,42 @@ async def test_two_results_are_not_enough_when_the_hub_wants_two_replicates(
     swarm: Swarm,
 ) -> None:
     source = "LR = 0.05\n"
-    key = await swarm.replicated("alice", (0.90, 0.92), source)
-    reply = await swarm.write_best("alice", metadata(key, source, 0.91))
+    key = await swarm.replicated("alice", (1.90, 1.92), source)
+    reply = await swarm.write_best("alice", metadata(key, source, 1.91))
     assert refused(reply, "needs 3 verified results with distinct seeds of this source, has 2")
 
 
 async def test_replicates_with_the_same_seed_count_once(swarm: Swarm) -> None:
     source = "LR = 0.05\n"
-    for value in (0.90, 0.91):
+    for value in (1.90, 1.91):
         await swarm.publish(
             "alice",
             make_result(
                 train_py=source, seed=7, provisional=True, status=Status.DISCARD, val_bpb=value
             ),
         )
-    key = await swarm.publish("alice", make_result(train_py=source, seed=8, val_bpb=0.92))
-    reply = await swarm.write_best("alice", metadata(key, source, 0.91))
+    key = await swarm.publish("alice", make_result(train_py=source, seed=8, val_bpb=1.92))
+    reply = await swarm.write_best("alice", metadata(key, source, 1.91))
     assert refused(reply, "has 2")
 
 
 async def test_the_new_best_must_beat_the_old_by_value_and_by_mean(swarm: Swarm) -> None:
     first = "LR = 0.05\n"
-    key = await swarm.replicated("alice", (0.90, 0.91, 0.92), first)
-    assert (await swarm.write_best("alice", metadata(key, first, 0.91)))["status"] == "created"
+    key = await swarm.replicated("alice", (1.92, 1.90, 1.92), first)
+    assert (await swarm.write_best("alice", metadata(key, first, 1.91)))["status"] == "created"
     lucky = "LR = 0.06\n"
-    key = await swarm.replicated("alice", (0.80, 0.95, 0.96), lucky)
-    worse = await swarm.write_best("alice", metadata(key, lucky, 0.92), if_match=1)
-    assert refused(worse, "does not beat the best 0.91")
-    unreplicated = await swarm.write_best("alice", metadata(key, lucky, 0.85), if_match=1)
+    key = await swarm.replicated("alice", (1.80, 1.95, 1.96), lucky)
+    worse = await swarm.write_best("alice", metadata(key, lucky, 1.92), if_match=1)
+    assert refused(worse, "does not beat the best 1.91")
+    unreplicated = await swarm.write_best("alice", metadata(key, lucky, 1.85), if_match=1)
     assert refused(unreplicated, "the replicates' mean")
 
 
 async def test_best_writes_need_compare_and_set(swarm: Swarm) -> None:
     source = "LR = 0.05\n"
-    key = await swarm.replicated("alice", (0.90, 0.91, 0.92), source)
+    key = await swarm.replicated("alice", (1.92, 1.90, 1.92), source)
     await swarm.write_best("admin", {"val_bpb": None, "train_py_sha256": "seed"})
-    record = metadata(key, source, 0.91)
+    record = metadata(key, source, 1.91)
     blind = await swarm.call(
         "alice", "update_memory", {"key_name": META, "value": json.dumps(record)}
     )
@@ -266,36 +267,41 @@ async def test_best_writes_need_compare_and_set(swarm: Swarm) -> None:
     assert (await swarm.write_best("alice", record, if_match=1))["version"] == 2
 
 
-async def test_other_agent_replication_needs_a_confirmation_by_someone_else(
+async def test_other_agent_replication_counts_only_other_agents_confirmations(
     other_agent_swarm: Swarm,
 ) -> None:
+    """alice's own replicates (1.80, 1.80) count for nothing; bob's two (1.90, 1.92) do, and
+    the best records their mean, not alice's."""
     swarm, source = other_agent_swarm, "LR = 0.05\n"
-    key = await swarm.replicated("alice", (0.90, 0.91, 0.92), source)
-    alone = await swarm.write_best("alice", metadata(key, source, 0.91))
-    assert refused(alone, "confirming result by another agent")
-    await swarm.publish(
-        "bob",
-        make_result(
-            agent_id="bob",
-            train_py=source,
-            provisional=True,
-            status=Status.DISCARD,
-            val_bpb=0.91,
-        ),
-    )
-    reply = await swarm.write_best("alice", metadata(key, source, 0.91))
+    key = await swarm.replicated("alice", (1.80, 1.80, 1.80), source)
+    alone = await swarm.write_best("alice", metadata(key, source, 1.80))
+    assert refused(alone, "needs 2 confirming results by other agents, has 0"), alone
+    for value in (1.90, 1.92):
+        await swarm.publish(
+            "bob",
+            make_result(
+                agent_id="bob",
+                train_py=source,
+                provisional=True,
+                status=Status.DISCARD,
+                val_bpb=value,
+            ),
+        )
+    lucky = await swarm.write_best("alice", metadata(key, source, 1.80))
+    assert refused(lucky, "better than the replicates' mean 1.91"), lucky
+    reply = await swarm.write_best("alice", metadata(key, source, 1.91))
     assert reply["status"] == "created", reply
 
 
 async def test_every_change_of_the_best_is_audited_and_readable(swarm: Swarm) -> None:
     old, new = "LR = 0.05\n", "LR = 0.06\n"
-    first = await swarm.replicated("alice", (0.90, 0.91, 0.92), old)
-    await swarm.write_best("alice", metadata(first, old, 0.91))
-    second = await swarm.replicated("bob", (0.80, 0.81, 0.82), new)
-    await swarm.write_best("bob", metadata(second, new, 0.81, agent="bob"), if_match=1)
+    first = await swarm.replicated("alice", (1.92, 1.90, 1.92), old)
+    await swarm.write_best("alice", metadata(first, old, 1.91))
+    second = await swarm.replicated("bob", (1.82, 1.80, 1.82), new)
+    await swarm.write_best("bob", metadata(second, new, 1.81, agent="bob"), if_match=1)
     history = await swarm.call("eve", "best_history", {"key_name": META})
     changes = [(c["agent"], c["action"], c["metadata"]["val_bpb"]) for c in history["changes"]]
-    assert changes == [("bob", "update", 0.81), ("alice", "create", 0.91)]
+    assert changes == [("bob", "update", 1.81), ("alice", "create", 1.91)]
     limited = await swarm.call("eve", "best_history", {"key_name": META, "limit": 1})
     assert len(limited["changes"]) == 1
     other = await swarm.call("eve", "best_history", {"key_name": f"@{ORG}/insights/x"})
@@ -303,16 +309,16 @@ async def test_every_change_of_the_best_is_audited_and_readable(swarm: Swarm) ->
 
 
 async def test_the_daemons_flow_moves_the_best_once_replicated(swarm: Swarm) -> None:
-    """Through the client: provisional, provisional, keep with the mean; an unverified
-    agent's better flow is stored but moves nothing."""
+    """Through the client: provisional, provisional, keep with the mean of the two
+    confirmations; an unverified agent's better flow is stored but moves nothing."""
     source = "LR = 0.05\n"
-    values = (0.90, 0.91, 0.92)
+    values = (1.80, 1.90, 1.92)
     runs = [
         make_result(train_py=source, status=Status.DISCARD, provisional=True, val_bpb=v)
         for v in values
     ]
     runs[-1] = runs[-1].with_(
-        status=Status.KEEP, provisional=False, confirmed_bpb=statistics.fmean(values)
+        status=Status.KEEP, provisional=False, confirmed_bpb=statistics.fmean(values[1:])
     )
     async with swarm.hub.memory(swarm.keys["alice"], clock=FakeClock()) as alice:
         assert (await alice.publish(runs[0])).best_improved == ()
@@ -320,7 +326,7 @@ async def test_the_daemons_flow_moves_the_best_once_replicated(swarm: Swarm) -> 
         assert (await alice.publish(runs[2])).best_improved == ("track", "xl")
         best = await alice.get_best(TRACK)
     assert best is not None and best.result_id == runs[2].id and best.train_py == source
-    assert math.isclose(best.val_bpb, 0.91)
+    assert math.isclose(best.val_bpb, 1.91)
     eve_runs = [
         make_result(
             agent_id="eve",
@@ -329,9 +335,9 @@ async def test_the_daemons_flow_moves_the_best_once_replicated(swarm: Swarm) -> 
             provisional=True,
             val_bpb=v,
         )
-        for v in (0.5, 0.5, 0.5)
+        for v in (1.8, 1.8, 1.8)
     ]
-    eve_runs[-1] = eve_runs[-1].with_(status=Status.KEEP, provisional=False, confirmed_bpb=0.5)
+    eve_runs[-1] = eve_runs[-1].with_(status=Status.KEEP, provisional=False, confirmed_bpb=1.8)
     async with swarm.hub.memory(swarm.keys["eve"], clock=FakeClock()) as eve:
         for run in eve_runs:
             outcome = await eve.publish(run)
@@ -345,6 +351,145 @@ async def test_the_daemons_flow_moves_the_best_once_replicated(swarm: Swarm) -> 
 async def test_a_keep_published_without_its_replicates_moves_nothing(swarm: Swarm) -> None:
     """A daemon with fewer replicates than the hub: stored, no error, no best."""
     async with swarm.hub.memory(swarm.keys["alice"], clock=FakeClock()) as alice:
-        outcome = await alice.publish(make_result(val_bpb=0.9, confirmed_bpb=0.9))
+        outcome = await alice.publish(make_result(val_bpb=1.9, confirmed_bpb=1.9))
         assert outcome.created and outcome.best_improved == ()
         assert await alice.get_best(TRACK) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (-1.0, "implausible: val_bpb -1.0 is not positive"),
+        (0.502, "implausible: val_bpb 0.502 is below the synthetic track's floor 1.7363"),
+        (math.nan, "needs a finite val_bpb"),
+        (math.inf, "needs a finite val_bpb"),
+    ],
+)
+async def test_a_fabricated_score_is_refused_as_a_best(
+    swarm: Swarm, value: float, reason: str
+) -> None:
+    source = "LR = 0.05\n"
+    key = await swarm.replicated("alice", (value, value, value), source)
+    reply = await swarm.write_best("alice", metadata(key, source, value))
+    assert refused(reply, reason), reply
+
+
+async def test_implausible_results_are_stored_but_never_count_as_replicates(swarm: Swarm) -> None:
+    """Three runs that claim -1.0 are indexed invalid: an honest-looking best over them fails."""
+    source = "LR = 0.05\n"
+    key = await swarm.replicated("alice", (-1.0, -1.0, -1.0), source)
+    stored = await swarm.call("alice", "get_memory", {"key_names": [key]})
+    assert json.loads(stored["results"][0]["value"])["val_bpb"] == -1.0
+    reply = await swarm.write_best("alice", metadata(key, source, 1.9))
+    assert refused(reply, "needs 3 verified results with distinct seeds of this source, has 0")
+
+
+async def test_a_best_must_name_a_result_of_its_own_track(swarm: Swarm) -> None:
+    """A result filed under a track with no known floor cannot stand as the synthetic best."""
+    source = "LR = 0.05\n"
+    runs = [
+        make_result(train_py=source, track="made-up", provisional=True, val_bpb=0.5)
+        for _ in range(3)
+    ]
+    key = ""
+    for run in runs:
+        key = await swarm.publish("alice", run)
+    reply = await swarm.write_best("alice", metadata(key, source, 0.5))
+    assert refused(reply, "is of track 'made-up', not 'synthetic'"), reply
+
+
+@pytest.mark.parametrize(
+    "squatted",
+    [
+        "best/agent/bob",
+        "tracks/shakespeare/best/agent/bob",
+        "results/bob--lr-up--abc123",
+        "claims/bob--lr-up--abc123",
+        "hypotheses/bob--0123456789abcdef",
+        "insights/bob--0123456789abcdef",
+    ],
+)
+async def test_an_agent_creates_keys_only_in_its_own_namespace(swarm: Swarm, squatted: str) -> None:
+    """alice cannot take a key bob will need; bob then writes it as usual."""
+    key = f"@{ORG}/{squatted}"
+    value = json.dumps(make_result(agent_id="alice").to_record())
+    reply = await swarm.call(
+        "alice", "create_memory", {"items": [{"key_name": key, "value": value}]}
+    )
+    assert refused(reply["results"][0], f"{key} is not in alice's namespace"), reply
+    own = json.dumps(make_result(agent_id="bob").to_record())
+    mine = await swarm.call("bob", "create_memory", {"items": [{"key_name": key, "value": own}]})
+    assert mine["results"][0]["status"] == "created", mine
+
+
+@pytest.mark.parametrize(
+    "own",
+    [
+        "best/agent/alice",
+        "hypotheses/alice--0123456789abcdef",
+        "claims/synthetic--0123456789ab",
+        "insights/lr-up",
+    ],
+)
+async def test_own_keys_and_keys_that_name_no_one_may_be_created(swarm: Swarm, own: str) -> None:
+    key = f"@{ORG}/{own}"
+    reply = await swarm.call(
+        "alice", "create_memory", {"items": [{"key_name": key, "value": "{}"}]}
+    )
+    assert reply["results"][0]["status"] == "created", reply
+
+
+@pytest.mark.parametrize("claimed", [1.80, 0.502])
+async def test_replaying_anothers_best_source_with_a_better_claim_is_refused(
+    swarm: Swarm, claimed: float
+) -> None:
+    """bob's source is the best; alice re-publishes it as her own replicated run with a
+    better value (the issue's attack claimed 0.502, below the floor): refused, and the best
+    still credits bob."""
+    source = "LR = 0.05\n"
+    bobs = await swarm.replicated("bob", (1.92, 1.90, 1.92), source)
+    assert (await swarm.write_best("bob", metadata(bobs, source, 1.91, agent="bob")))["version"]
+    replay = await swarm.replicated("alice", (claimed, claimed, claimed), source)
+    reply = await swarm.write_best("alice", metadata(replay, source, claimed), if_match=1)
+    reason = "credit for this source goes to bob" if claimed > 1.75 else "implausible"
+    assert refused(reply, reason), reply
+    best = await swarm.call("eve", "get_memory", {"key_names": [META]})
+    assert json.loads(best["results"][0]["value"])["agent_id"] == "bob"
+
+
+async def test_the_first_publisher_may_name_its_source_after_others_reran_it(
+    swarm: Swarm,
+) -> None:
+    """Other agents' runs of alice's source are confirmations, not a claim on its credit."""
+    source = "LR = 0.05\n"
+    first = await swarm.publish(
+        "alice",
+        make_result(train_py=source, status=Status.DISCARD, provisional=True, val_bpb=1.90),
+    )
+    for value in (1.90, 1.92):
+        await swarm.publish(
+            "bob",
+            make_result(
+                agent_id="bob",
+                train_py=source,
+                status=Status.DISCARD,
+                provisional=True,
+                val_bpb=value,
+            ),
+        )
+    by_bob = await swarm.write_best("bob", metadata(first, source, 1.91, agent="bob"))
+    assert refused(by_bob, "is not by bob")
+    reply = await swarm.write_best("alice", metadata(first, source, 1.91))
+    assert reply["status"] == "created", reply
+
+
+async def test_the_selecting_run_never_counts_toward_the_hubs_mean(swarm: Swarm) -> None:
+    """A lucky first run (1.80) would pull the mean of all three (1.88) below the best
+    (1.91); the confirmations alone (1.92) do not beat it."""
+    first = "LR = 0.05\n"
+    key = await swarm.replicated("alice", (1.92, 1.90, 1.92), first)
+    assert (await swarm.write_best("alice", metadata(key, first, 1.91)))["status"] == "created"
+    lucky = "LR = 0.06\n"
+    key = await swarm.replicated("alice", (1.80, 1.92, 1.92), lucky)
+    reply = await swarm.write_best("alice", metadata(key, lucky, 1.88), if_match=1)
+    assert refused(reply, "the replicates' mean 1.92 does not beat the best 1.91"), reply

@@ -144,7 +144,7 @@ class MemoryConformance:
     # --- publish and bests ----------------------------------------------------------------
 
     async def test_publish_is_idempotent_by_result_id(self, memory: CollectiveMemory) -> None:
-        result = make_result(val_bpb=0.99)
+        result = make_result(val_bpb=1.99)
         first = await memory.publish(result)
         replay = await memory.publish(result.with_(val_bpb=0.5, description="changed"))
         assert first.created
@@ -152,19 +152,19 @@ class MemoryConformance:
         assert replay.best_improved == ()
         assert await memory.results(TRACK) == [result]
         best = await memory.get_best(TRACK)
-        assert best is not None and best.val_bpb == 0.99
+        assert best is not None and best.val_bpb == 1.99
 
     async def test_first_keep_result_sets_track_and_tier_best(
         self, memory: CollectiveMemory, clock: FakeClock
     ) -> None:
-        result = make_result(val_bpb=0.99, vram_tier="medium")
+        result = make_result(val_bpb=1.99, vram_tier="medium")
         outcome = await memory.publish(result)
         assert outcome.created
         assert set(outcome.best_improved) == {"track", "medium"}
         for tier in (None, "medium"):
             best = await memory.get_best(TRACK, tier)
             assert best is not None
-            assert (best.track, best.tier, best.val_bpb) == (TRACK, tier, 0.99)
+            assert (best.track, best.tier, best.val_bpb) == (TRACK, tier, 1.99)
             assert (best.result_id, best.agent_id) == (result.id, result.agent_id)
             assert (best.train_py, best.train_py_sha256) == (
                 result.train_py,
@@ -177,31 +177,31 @@ class MemoryConformance:
         assert await memory.get_best(TRACK, "small") is None
 
     async def test_only_a_strictly_lower_bpb_moves_the_best(self, memory: CollectiveMemory) -> None:
-        first = make_result(val_bpb=0.99)
+        first = make_result(val_bpb=1.99)
         await memory.publish(first)
-        tie = await memory.publish(make_result(val_bpb=0.99))
-        worse = await memory.publish(make_result(val_bpb=1.01))
+        tie = await memory.publish(make_result(val_bpb=1.99))
+        worse = await memory.publish(make_result(val_bpb=2.01))
         assert tie.best_improved == worse.best_improved == ()
-        better = make_result(val_bpb=0.98)
+        better = make_result(val_bpb=1.98)
         assert (await memory.publish(better)).best_improved == ("track", "xl")
         best = await memory.get_best(TRACK)
         assert best is not None and best.result_id == better.id
 
     async def test_tier_best_moves_without_the_track_best(self, memory: CollectiveMemory) -> None:
-        await memory.publish(make_result(val_bpb=0.90, vram_tier="xl"))
-        small = make_result(val_bpb=0.95, vram_tier="small")
+        await memory.publish(make_result(val_bpb=1.9, vram_tier="xl"))
+        small = make_result(val_bpb=1.95, vram_tier="small")
         assert (await memory.publish(small)).best_improved == ("small",)
         track_best = await memory.get_best(TRACK)
         small_best = await memory.get_best(TRACK, "small")
-        assert track_best is not None and track_best.val_bpb == 0.90
+        assert track_best is not None and track_best.val_bpb == 1.9
         assert small_best is not None and small_best.result_id == small.id
         assert await memory.get_best(TRACK, "medium") is None
 
     async def test_confirmed_bpb_is_what_the_best_records(self, memory: CollectiveMemory) -> None:
-        await memory.publish(make_result(val_bpb=0.97, confirmed_bpb=0.975))
+        await memory.publish(make_result(val_bpb=1.97, confirmed_bpb=1.975))
         best = await memory.get_best(TRACK)
-        assert best is not None and best.val_bpb == 0.975
-        lucky = make_result(val_bpb=0.90, confirmed_bpb=0.98)
+        assert best is not None and best.val_bpb == 1.975
+        lucky = make_result(val_bpb=1.9, confirmed_bpb=1.98)
         assert (await memory.publish(lucky)).best_improved == ()
 
     @pytest.mark.parametrize(
@@ -213,10 +213,10 @@ class MemoryConformance:
         outcome = await memory.publish(make_result(status=status, val_bpb=0.5))
         assert outcome.created and outcome.best_improved == ()
         assert await memory.get_best(TRACK) is None
-        await memory.publish(make_result(val_bpb=0.99))
+        await memory.publish(make_result(val_bpb=1.99))
         await memory.publish(make_result(status=status, val_bpb=0.5))
         best = await memory.get_best(TRACK)
-        assert best is not None and best.val_bpb == 0.99
+        assert best is not None and best.val_bpb == 1.99
 
     @pytest.mark.parametrize("bpb", [None, math.inf, math.nan])
     async def test_keep_without_a_finite_bpb_never_moves_a_best(
@@ -227,10 +227,10 @@ class MemoryConformance:
         assert await memory.get_best(TRACK) is None
 
     async def test_bests_are_per_track(self, memory: CollectiveMemory) -> None:
-        await memory.publish(make_result(val_bpb=0.90, track="other"))
-        await memory.publish(make_result(val_bpb=0.99))
+        await memory.publish(make_result(val_bpb=1.9, track="other"))
+        await memory.publish(make_result(val_bpb=1.99))
         best = await memory.get_best(TRACK)
-        assert best is not None and best.val_bpb == 0.99
+        assert best is not None and best.val_bpb == 1.99
 
     async def test_concurrent_keep_publishes_end_with_the_true_minimum(
         self, memory: CollectiveMemory
@@ -238,7 +238,7 @@ class MemoryConformance:
         rng = random.Random(7)
         tiers = ("small", "medium", "large", "xl")
         results = [
-            make_result(val_bpb=rng.uniform(0.9, 1.1), vram_tier=rng.choice(tiers))
+            make_result(val_bpb=rng.uniform(1.9, 2.1), vram_tier=rng.choice(tiers))
             for _ in range(60)
         ]
         async with anyio.create_task_group() as tg:
@@ -256,14 +256,14 @@ class MemoryConformance:
         self, memory: CollectiveMemory, clock: FakeClock
     ) -> None:
         assert await memory.best_history(TRACK) == []
-        first = make_result(val_bpb=0.99, vram_tier="small")
+        first = make_result(val_bpb=1.99, vram_tier="small")
         await memory.publish(first)
         clock.advance(10)
-        await memory.publish(make_result(val_bpb=1.2))  # moves nothing
-        second = make_result(val_bpb=0.95, vram_tier="medium")
+        await memory.publish(make_result(val_bpb=2.2))  # moves nothing
+        second = make_result(val_bpb=1.95, vram_tier="medium")
         await memory.publish(second)
         history = await memory.best_history(TRACK)
-        assert [(c.result_id, c.val_bpb) for c in history] == [(second.id, 0.95), (first.id, 0.99)]
+        assert [(c.result_id, c.val_bpb) for c in history] == [(second.id, 1.95), (first.id, 1.99)]
         assert history[0].at >= history[1].at  # a network memory stamps moves by its own clock
         latest = history[0]
         assert (latest.agent_id, latest.description, latest.train_py_sha256) == (
@@ -303,7 +303,7 @@ class MemoryConformance:
     async def test_every_result_field_round_trips(self, memory: CollectiveMemory) -> None:
         result = make_result(
             status=Status.DISCARD,
-            val_bpb=0.987654321,
+            val_bpb=1.987654321,
             description="MATRIX_LR 0.04 → 0.05, DEPTH 8 → 9",
             train_py='MATRIX_LR = 0.05  # search: log 0.005..0.2\nprint("ünïcode")\n',
             parent_sha256=None,
@@ -311,7 +311,7 @@ class MemoryConformance:
             metrics={"mfu_percent": 41.5, "num_steps": 953.0, "custom_metric": -1.25},
             proposer="perturb",
             provisional=True,
-            confirmed_bpb=0.99,
+            confirmed_bpb=1.99,
             error="none",
             software={"python": "3.11.9", "torch": "2.5.1", "driver": "550.54"},
         )
