@@ -26,7 +26,6 @@ from autoresearchd.errors import ConfigError
 from autoresearchd.models import Candidate, Device
 from autoresearchd.runner import RunReport, RunSpec, run_experiment
 from autoresearchd.sandbox import (
-    SANDBOX_UID_BASE,
     Isolation,
     Sandbox,
     open_sandbox,
@@ -300,7 +299,7 @@ def test_child_gets_no_privileges_and_no_secrets(
     assert metric(report, "core_limit") == 0
     assert metric(report, "nproc_limit") == sandbox.nproc
     if os.geteuid() == 0:
-        assert metric(report, "uid") == SANDBOX_UID_BASE + 7
+        assert metric(report, "uid") == sandbox.uid(7)
 
 
 BOMB_SCRIPT = summary_script(f"""
