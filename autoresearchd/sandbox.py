@@ -66,6 +66,20 @@ Filesystem = Literal["read-only", "uid-permissions", "none"]
 Wrap = Callable[[Sequence[str]], list[str]]
 
 
+#: Errors that say the host, not the script, is at fault: the configured paths or the
+#: sandbox's tools are out of reach, or the interpreter cannot start or import.
+ENVIRONMENT_ERRORS = re.compile(
+    r"Permission denied|\[Errno 13\]|can't open file|^cannot start |^exit code 12[67]\b|"
+    r"\b(?:bwrap|setpriv|prlimit|unshare|mount|sh): |ModuleNotFoundError|"
+    r"No module named|error while loading shared libraries",
+)
+
+
+def environment_failure(error: str) -> bool:
+    """Whether a run's one-line ``error`` blames the host rather than the script."""
+    return bool(ENVIRONMENT_ERRORS.search(error))
+
+
 def scrub_env(env: Mapping[str, str]) -> dict[str, str]:
     """``env`` without the variables whose names suggest a secret."""
     return {name: value for name, value in env.items() if not SECRET_ENV.search(name)}
