@@ -49,6 +49,11 @@ UID_INSTANCES = 4096
 #: Where daemons on one host claim their uid blocks (root only: only root changes uid).
 UID_LOCK_DIR = Path("/run/autoresearchd/sandbox-uids")
 PROBE_TIMEOUT_S = 30.0
+#: The fix for a path the sandbox user cannot reach, as start-up errors give it.
+REACH_FIX = (
+    "let other users read that path and search its parents, e.g. chmod o+rX, or move "
+    "daemon.state_dir and experiment.data_dir to where they can"
+)
 PROBE_NAME = "sandbox_probe.py"
 PROBE_RESULT = "result.json"
 MAX_LINE_CHARS = 300
@@ -321,14 +326,21 @@ def open_sandbox(config: Config) -> Sandbox | None:
     if missing and (experiment.sandbox == "required" or experiment.trust == "sandboxed"):
         # Unchecked network code runs only in a complete sandbox.
         why = '"required"' if experiment.sandbox == "required" else 'trust = "sandboxed"'
-        refused = f"; a stronger plan failed: {sandbox.degraded}" if sandbox.degraded else ""
         raise ConfigError(
-            f"{why} but this host lacks: {', '.join(missing)}{refused} (install bubblewrap, "
-            'run as root or allow user namespaces, or set sandbox = "auto")',
-            path=str(config.source),
-            key="experiment.sandbox",
+            f"{why} but {_gap(sandbox, missing)}", path=str(config.source), key="experiment.sandbox"
         )
     return sandbox
+
+
+def _gap(sandbox: Sandbox, missing: list[str]) -> str:
+    """Why the sandbox falls short, and the fix, in one line."""
+    if sandbox.degraded:
+        # A stronger plan exists here; what it could not reach is the thing to fix.
+        return f"the sandbox user cannot run here: {sandbox.degraded} ({REACH_FIX})"
+    return (
+        f"this host lacks: {', '.join(missing)} (install bubblewrap, run as root or allow "
+        'user namespaces, or set sandbox = "auto")'
+    )
 
 
 def probe(
@@ -363,9 +375,8 @@ def probe(
         log.debug("sandbox_plan_failed", **plan.isolation.fields(), error=error)
         refused = refused or error
     raise ConfigError(
-        f"no sandbox plan can run {python} here: {refused} (every run would fail so; "
-        "let other users read that path and search its parents, e.g. chmod o+rX, or move "
-        'daemon.state_dir and experiment.data_dir there, or set experiment.sandbox = "off")',
+        f"no sandbox plan can run {python} here, so every run would fail: {refused} "
+        f'({REACH_FIX}, or set experiment.sandbox = "off")',
         path=str(config.source),
         key="experiment.sandbox",
     )
