@@ -15,6 +15,9 @@ $(STAMP): $(ROOT)/pyproject.toml $(ROOT)/constraints.txt
 	$(PIP) install --quiet -c $(ROOT)/constraints.txt -e '$(ROOT)[train,hub,plot,search,test]'
 	touch $(STAMP)
 
+# The venv by its relative name too, as `make .venv/.installed` in the clone.
+.venv/.installed: $(STAMP)
+
 run: $(STAMP)
 	$(BIN)/autoresearchd run --config $(ROOT)/config.example.toml
 
