@@ -1,15 +1,22 @@
 """The experiment sandbox: what stops a train.py from reaching the network, the disk or the host.
 
 At start-up :func:`open_sandbox` probes what this host allows, best first, and keeps the first
-plan that really runs Python: ``bwrap`` (read-only root, the run directory and a private tmp
-writable, the state directory and key files hidden, its own network, IPC, UTS and PID
-namespaces, the GPU nodes bound in), else ``unshare`` (namespaces only), else nothing.
-``prlimit`` caps tasks, file size and core dumps; ``setpriv`` sets no-new-privileges. When the
-daemon is root, the child also runs under a dedicated unprivileged uid per worker, because
-RLIMIT_NPROC counts tasks per uid and root is exempt from it: that is what bounds a fork bomb.
-The result is one ``sandbox_ready`` event naming what is in force. Each run is then wrapped
-by small C binaries (no extra Python process) through :attr:`RunSpec.wrap`, so the spawn stays
-close to a bare Python start.
+plan that really runs what a run runs (the configured interpreter by absolute path, as the
+child's uid, importing the harness, reading the data, writing the run directory and result
+file, starting ``sys.executable`` again, and being the same Python the results record):
+``bwrap`` (read-only root, the run directory and a private tmp writable, the state directory
+and key files hidden, its own network, IPC, UTS and PID namespaces, the GPU nodes bound in),
+else ``unshare`` (the same namespaces, and a mount namespace made by ``sh`` and mount(8) with a
+private tmp and the state hidden), else nothing. What the child sees of the filesystem is
+planned in :mod:`autoresearchd.sandbox_layout`, which also makes folders the child cannot
+search (a 0700 home) work. ``prlimit`` caps tasks, file size and core dumps; ``setpriv`` sets
+no-new-privileges. When the daemon is root, the child also runs under an unprivileged uid of
+its own per worker and per daemon (:class:`UidRange`), because RLIMIT_NPROC counts tasks per uid
+and root is exempt from it: that is what bounds a fork bomb. The result is one
+``sandbox_ready`` event naming what is in force (and ``degraded``: why a stronger plan failed).
+If no plan runs, start-up fails with one line naming the path and the fix. Each run is then
+wrapped by small C binaries (no extra Python process) through :attr:`RunSpec.wrap`, so the
+spawn stays close to a bare Python start.
 """
 
 from __future__ import annotations
