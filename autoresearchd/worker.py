@@ -95,6 +95,9 @@ class WorkerContext:
     #: candidate with this; history-aware proposers also treat these as running trials.
     in_flight: dict[str, str] = field(default_factory=dict)
     sandbox: Sandbox | None = None
+    #: Set when our baseline failed for this host's reasons: every worker then halts on its
+    #: next such failure instead of publishing it.
+    baseline_failed: str = ""
     #: Sources this daemon has run, by sha256: the memory's ``was_run`` cannot answer while
     #: it is out of reach, and a mutation may walk back to a source we ran before.
     ran: set[str] = field(default_factory=set)
@@ -541,10 +544,11 @@ class Worker:
     def _halts_on(self, candidate: Candidate, report: RunReport) -> bool:
         """Our own baseline failing for this host's reasons (a path the sandbox cannot
         reach, a missing interpreter) halts the worker rather than publish a crash per run."""
-        if candidate.parent_sha256 is not None or report.outcome != "crash":
+        if report.outcome != "crash" or not environment_failure(report.error):
             return False
-        if not environment_failure(report.error):
+        if candidate.parent_sha256 is not None and not self.ctx.baseline_failed:
             return False
+        self.ctx.baseline_failed = self.ctx.baseline_failed or report.error
         self.halted, self._flap_delay = report.error, 0.0
         log.error(
             "worker_halted", reason="baseline_failed", error=report.error, log=str(report.log_path)

@@ -37,7 +37,10 @@ async def serve_briefly(daemon: Daemon, seconds: float) -> dict[str, Any]:
     return seen
 
 
-async def test_baseline_that_cannot_import_halts_the_worker(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 3])
+async def test_baseline_that_cannot_import_halts_the_workers(tmp_path: Path, workers: int) -> None:
+    """One worker publishes nothing; beside it, a mutation that failed before the baseline
+    did may be published, but every worker then halts on its next such failure."""
     data_dir = tmp_path / "data"
     prepare_track("synthetic", data_dir)
     workspace = tmp_path / "ws"
@@ -46,23 +49,23 @@ async def test_baseline_that_cannot_import_halts_the_worker(tmp_path: Path) -> N
     config = tmp_path / "config.toml"
     config.write_text(
         f'[daemon]\nagent = "solo"\nstate_dir = "{tmp_path / "state"}"\n'
-        '[devices]\ngpus = "none"\ncpu_workers = 1\n'
+        f'[devices]\ngpus = "none"\ncpu_workers = {workers}\n'
         f'[experiment]\nworkspace = "{workspace}"\ndata_dir = "{data_dir}"\n'
         'time_budget_s = 5.0\ngrace_s = 1.0\nsandbox = "off"\n'
     )
     with capture_logs() as logs:
         status = await serve_briefly(Daemon(config), 6.0)
     async with SqliteMemory(tmp_path / "state" / "memory.sqlite") as memory:
-        assert await memory.results(limit=None) == []
+        published = await memory.results(limit=None)
+    assert len(published) <= workers - 1, [r.description for r in published]
     halted = [e for e in logs if e["event"] == "worker_halted"]
-    assert len(halted) == 1, [e["event"] for e in logs]
-    assert "ModuleNotFoundError" in halted[0]["error"]
-    assert halted[0]["log_level"] == "error"
-    assert [e for e in logs if e["event"] == "run_started"] != []
-    assert len([e for e in logs if e["event"] == "run_started"]) == 1, "ran past the halt"
-    (device,) = status["devices"]
-    assert device["state"] == "halted"
-    assert "ModuleNotFoundError" in device["halted"]
+    assert len(halted) == workers, [e["event"] for e in logs]
+    assert all("ModuleNotFoundError" in e["error"] for e in halted)
+    assert all(e["log_level"] == "error" for e in halted)
+    started = [e for e in logs if e["event"] == "run_started"]
+    assert len(started) <= 2 * workers - 1, "ran on past the halt"
+    assert [d["state"] for d in status["devices"]] == ["halted"] * workers
+    assert all("ModuleNotFoundError" in d["halted"] for d in status["devices"])
 
 
 @pytest.mark.parametrize(
