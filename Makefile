@@ -1,32 +1,41 @@
 # Two entry points (see README.md): `make run` and `make test`. Both build .venv first.
+# Paths are taken from this file's own folder, so `make -C <clone> run` works from anywhere.
+ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 PYTHON ?= python3
-VENV := .venv
+VENV := $(ROOT)/.venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit prepare clean
+.PHONY: run test system-deps lint typecheck unit prepare clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): $(ROOT)/pyproject.toml $(ROOT)/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c constraints.txt -e '.[train,hub,plot,search,test]'
+	$(PIP) install --quiet -c $(ROOT)/constraints.txt -e '$(ROOT)[train,hub,plot,search,test]'
 	touch $(STAMP)
 
-run: $(STAMP)
-	$(BIN)/autoresearchd run --config config.example.toml
+# The venv by its relative name too, as `make .venv/.installed` in the clone.
+.venv/.installed: $(STAMP)
 
-test: $(STAMP) lint typecheck unit
+run: $(STAMP)
+	$(BIN)/autoresearchd run --config $(ROOT)/config.example.toml
+
+# System parts first: installed when root on Debian, else one line naming them, then stop.
+test: system-deps $(STAMP) lint typecheck unit
+
+system-deps:
+	$(ROOT)/scripts/install-system-deps
 
 lint: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	cd $(ROOT) && $(BIN)/ruff check .
+	cd $(ROOT) && $(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy
+	cd $(ROOT) && $(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest
+	cd $(ROOT) && $(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(ROOT)/.mypy_cache $(ROOT)/.ruff_cache $(ROOT)/.pytest_cache

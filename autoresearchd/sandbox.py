@@ -1,25 +1,36 @@
 """The experiment sandbox: what stops a train.py from reaching the network, the disk or the host.
 
 At start-up :func:`open_sandbox` probes what this host allows, best first, and keeps the first
-plan that really runs Python: ``bwrap`` (read-only root, the run directory and a private tmp
-writable, the state directory and key files hidden, its own network, IPC, UTS and PID
-namespaces, the GPU nodes bound in), else ``unshare`` (namespaces only), else nothing.
-``prlimit`` caps tasks, file size and core dumps; ``setpriv`` sets no-new-privileges. When the
-daemon is root, the child also runs under a dedicated unprivileged uid per worker, because
-RLIMIT_NPROC counts tasks per uid and root is exempt from it: that is what bounds a fork bomb.
-The result is one ``sandbox_ready`` event naming what is in force. Each run is then wrapped
-by small C binaries (no extra Python process) through :attr:`RunSpec.wrap`, so the spawn stays
-close to a bare Python start.
+plan that really runs what a run runs (the configured interpreter by absolute path, as the
+child's uid, importing the harness, reading the data, writing the run directory and result
+file, starting ``sys.executable`` again, and being the same Python the results record):
+``bwrap`` (read-only root, the run directory and a private tmp writable, the state directory
+and key files hidden, its own network, IPC, UTS and PID namespaces, the GPU nodes bound in),
+else ``unshare`` (the same namespaces, and a mount namespace made by ``sh`` and mount(8) with a
+private tmp and the state hidden), else nothing. What the child sees of the filesystem is
+planned in :mod:`autoresearchd.sandbox_layout`, which also makes folders the child cannot
+search (a 0700 home) work. ``prlimit`` caps tasks, file size and core dumps; ``setpriv`` sets
+no-new-privileges. When the daemon is root, the child also runs under an unprivileged uid of
+its own per worker and per daemon (:class:`UidRange`), because RLIMIT_NPROC counts tasks per uid
+and root is exempt from it: that is what bounds a fork bomb. The result is one
+``sandbox_ready`` event naming what is in force (and ``degraded``: why a stronger plan failed).
+If no plan runs, start-up fails with one line naming the path and the fix. Each run is then
+wrapped by small C binaries (no extra Python process) through :attr:`RunSpec.wrap`, so the
+spawn stays close to a bare Python start.
 """
 
 from __future__ import annotations
 
+import fcntl
 import glob
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +40,7 @@ import structlog
 
 from autoresearchd.config import Config
 from autoresearchd.errors import ConfigError
+from autoresearchd.sandbox_layout import Mount, bwrap_args, mount_script, plan_mounts
 
 log = structlog.get_logger(__name__)
 
@@ -36,12 +48,22 @@ log = structlog.get_logger(__name__)
 DEFAULT_NPROC = 1024
 #: The largest file a child may write.
 DEFAULT_FSIZE_BYTES = 64 * 2**30
-#: When the daemon is root, a worker's children run as ``SANDBOX_UID_BASE + slot``: a uid no
-#: account uses, one per worker, so one worker's fork bomb cannot starve another's threads.
+#: When the daemon is root, a worker's children run under a uid no account uses, one per
+#: worker and daemon (:class:`UidRange`), so one fork bomb cannot starve other threads.
 SANDBOX_UID_BASE = 0x70000000
-UID_SLOTS = 65536
+UIDS_PER_INSTANCE = 256
+UID_INSTANCES = 4096
+#: Where daemons on one host claim their uid blocks (root only: only root changes uid).
+UID_LOCK_DIR = Path("/run/autoresearchd/sandbox-uids")
 PROBE_TIMEOUT_S = 30.0
-PROBE_FILE = "sandbox-probe"
+#: The fix for a path the sandbox user cannot reach, as start-up errors give it.
+REACH_FIX = (
+    "let other users read that path and search its parents, e.g. chmod o+rX, or move "
+    "daemon.state_dir and experiment.data_dir to where they can"
+)
+PROBE_NAME = "sandbox_probe.py"
+PROBE_RESULT = "result.json"
+MAX_LINE_CHARS = 300
 GPU_NODES = "/dev/nvidia*"
 #: The runner's log file in the run directory (``runner.LOG_NAME``).
 LOG_NAME = "run.log"
@@ -54,6 +76,20 @@ Tool = Literal["bwrap", "unshare", "none"]
 Filesystem = Literal["read-only", "uid-permissions", "none"]
 #: Turns ``[python, script]`` into the command actually run (``runner.Wrap``).
 Wrap = Callable[[Sequence[str]], list[str]]
+
+
+#: Errors that say the host, not the script, is at fault: the configured paths or the
+#: sandbox's tools are out of reach, or the interpreter cannot start or import.
+ENVIRONMENT_ERRORS = re.compile(
+    r"Permission denied|\[Errno 13\]|can't open file|^cannot start |^exit code 12[67]\b|"
+    r"\b(?:bwrap|setpriv|prlimit|unshare|mount|sh): |ModuleNotFoundError|"
+    r"No module named|error while loading shared libraries",
+)
+
+
+def environment_failure(error: str) -> bool:
+    """Whether a run's one-line ``error`` blames the host rather than the script."""
+    return bool(ENVIRONMENT_ERRORS.search(error))
 
 
 def scrub_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -107,6 +143,42 @@ class Isolation:
         }
 
 
+class UidRange:
+    """This daemon's own block of sandbox uids, held through a lock file for its lifetime.
+
+    Each daemon on a host claims the lowest free instance number under
+    :data:`UID_LOCK_DIR`, so two daemons never hand the same uid to their children, and one
+    daemon's fork bomb cannot eat another's process limit. Slots (one per worker) get the
+    instance's uids in the order they are first asked for.
+    """
+
+    def __init__(self, instance: int, fd: int) -> None:
+        self.instance = instance
+        self._slots: dict[int, int] = {}
+        weakref.finalize(self, os.close, fd)  # the lock lasts as long as this object
+
+    @classmethod
+    def claim(cls, lock_dir: Path = UID_LOCK_DIR) -> UidRange:
+        lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for instance in range(UID_INSTANCES):
+            fd = os.open(lock_dir / f"uids-{instance}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            return cls(instance, fd)
+        raise ConfigError(f"all {UID_INSTANCES} sandbox uid blocks are taken", path=str(lock_dir))
+
+    def uid(self, slot: int | None) -> int:
+        """The uid for ``slot``; None is the start-up probe's own."""
+        first = SANDBOX_UID_BASE + self.instance * UIDS_PER_INSTANCE
+        if slot is None:
+            return first + UIDS_PER_INSTANCE - 1
+        index = self._slots.setdefault(slot, len(self._slots))
+        return first + index % (UIDS_PER_INSTANCE - 1)
+
+
 @dataclass(frozen=True, slots=True)
 class Sandbox:
     """A probed plan plus the paths it hides; :meth:`wrapper` makes each run's ``RunSpec.wrap``."""
@@ -118,11 +190,16 @@ class Sandbox:
     readable_dirs: tuple[Path, ...] = ()
     nproc: int = DEFAULT_NPROC
     fsize_bytes: int = DEFAULT_FSIZE_BYTES
+    uids: UidRange | None = None
+    #: Why a stronger plan was not taken (its probe's error), empty when none was refused.
+    degraded: str = field(default="", kw_only=True)
 
-    def uid(self, slot: int) -> int | None:
-        return SANDBOX_UID_BASE + slot % UID_SLOTS if self.isolation.own_uid else None
+    def uid(self, slot: int | None) -> int | None:
+        if not self.isolation.own_uid or self.uids is None:
+            return None
+        return self.uids.uid(slot)
 
-    def wrapper(self, run_dir: Path, slot: int = 0) -> Wrap:
+    def wrapper(self, run_dir: Path, slot: int | None = 0) -> Wrap:
         """The wrap for one run in ``run_dir``; ``slot`` picks the worker's uid."""
         run_dir = run_dir.absolute()
         uid = self.uid(slot)
@@ -133,12 +210,22 @@ class Sandbox:
                 _chown_tree(run_dir, uid)
             return [
                 *self._limits(),
-                *self._namespaces(run_dir),
+                *self._namespaces(run_dir, uid),
                 *self._privileges(uid),
                 *command,
             ]
 
         return wrap
+
+    def mounts(self, run_dir: Path, uid: int | None) -> list[Mount]:
+        """What the child sees of the filesystem (:mod:`autoresearchd.sandbox_layout`)."""
+        return plan_mounts(
+            run_dir=run_dir,
+            readable=self.readable_dirs,
+            hidden_dirs=self.hidden_dirs,
+            hidden_files=self.hidden_files,
+            uid=uid,
+        )
 
     def _limits(self) -> list[str]:
         if not self.isolation.rlimits:
@@ -151,14 +238,14 @@ class Sandbox:
             "--",
         ]
 
-    def _namespaces(self, run_dir: Path) -> list[str]:
+    def _namespaces(self, run_dir: Path, uid: int | None) -> list[str]:
         if self.isolation.tool == "bwrap":
-            return self._bwrap(run_dir)
+            return self._bwrap(run_dir, uid)
         if self.isolation.tool == "unshare":
-            return self._unshare()
+            return self._unshare(run_dir, uid)
         return []
 
-    def _bwrap(self, run_dir: Path) -> list[str]:
+    def _bwrap(self, run_dir: Path, uid: int | None) -> list[str]:
         iso = self.isolation
         argv = [self.binaries["bwrap"], "--die-with-parent", "--unshare-net", "--unshare-ipc"]
         argv += ["--unshare-uts", "--ro-bind", "/", "/", "--dev", "/dev"]
@@ -166,14 +253,7 @@ class Sandbox:
             argv += ["--unshare-pid", "--proc", "/proc"]
         for node in sorted(glob.glob(GPU_NODES)):
             argv += ["--dev-bind", node, node]
-        argv += ["--perms", "1777", "--tmpfs", "/tmp", "--perms", "1777", "--tmpfs", "/dev/shm"]
-        for hidden in self.hidden_dirs:
-            argv += ["--tmpfs", str(hidden)]
-        for secret in self.hidden_files:
-            argv += ["--ro-bind", "/dev/null", str(secret)]
-        for readable in self.readable_dirs:
-            argv += [*self._parents(readable), "--ro-bind", str(readable), str(readable)]
-        argv += [*self._parents(run_dir), "--bind", str(run_dir), str(run_dir)]
+        argv += bwrap_args(self.mounts(run_dir, uid))
         argv += ["--chdir", str(run_dir)]
         # The daemon's home may be unreadable to the child's uid, or hidden with the state.
         argv += ["--setenv", "HOME", "/tmp"]
@@ -181,22 +261,18 @@ class Sandbox:
             argv += ["--cap-drop", "ALL"]
         return [*argv, "--"]
 
-    def _parents(self, path: Path) -> list[str]:
-        """Traversable mount points above ``path`` inside a fresh tmpfs (bwrap makes them 0700)."""
-        tmpfs = (Path("/tmp"), *self.hidden_dirs)
-        argv: list[str] = []
-        for parent in reversed(path.parents):
-            if any(parent != top and parent.is_relative_to(top) for top in tmpfs):
-                argv += ["--perms", "0755", "--dir", str(parent)]
-        return argv
-
-    def _unshare(self) -> list[str]:
-        argv = [self.binaries["unshare"], "--net", "--ipc", "--uts"]
+    def _unshare(self, run_dir: Path, uid: int | None) -> list[str]:
+        """Namespaces, and a mount namespace made by ``sh`` and mount(8) as bwrap would."""
+        argv = [self.binaries["unshare"], "--mount", "--net", "--ipc", "--uts"]
         if os.geteuid() != 0:
-            argv += ["--user", "--map-current-user"]
+            # Root in a user namespace may mount; outside it, it is still the daemon's user.
+            argv += ["--user", "--map-root-user"]
         if self.isolation.pid_namespace:
-            argv += ["--pid", "--fork", "--kill-child"]
-        return [*argv, "--"]
+            argv += ["--pid", "--fork", "--kill-child", "--mount-proc"]
+        steps = self.mounts(run_dir, uid)
+        bins = self.binaries
+        script = mount_script(steps, bins["mount"], bins["mkdir"], chdir=run_dir)
+        return [*argv, "--", self.binaries["sh"], "-c", script, "sh"]
 
     def _privileges(self, uid: int | None) -> list[str]:
         if uid is not None:
@@ -251,55 +327,156 @@ def open_sandbox(config: Config) -> Sandbox | None:
     sandbox = probe(config)
     missing = sandbox.isolation.missing()
     event = log.warning if missing else log.info
-    event("sandbox_ready", **sandbox.isolation.fields(), mode=experiment.sandbox, missing=missing)
+    fields = sandbox.isolation.fields()
+    degraded = {"degraded": sandbox.degraded} if sandbox.degraded else {}
+    event("sandbox_ready", **fields, mode=experiment.sandbox, missing=missing, **degraded)
     if missing and (experiment.sandbox == "required" or experiment.trust == "sandboxed"):
         # Unchecked network code runs only in a complete sandbox.
         why = '"required"' if experiment.sandbox == "required" else 'trust = "sandboxed"'
         raise ConfigError(
-            f"{why} but this host lacks: {', '.join(missing)} (install bubblewrap, run as "
-            'root or allow user namespaces, or set sandbox = "auto")',
-            path=str(config.source),
-            key="experiment.sandbox",
+            f"{why} but {_gap(sandbox, missing)}", path=str(config.source), key="experiment.sandbox"
         )
     return sandbox
 
 
-def probe(config: Config, **limits: int) -> Sandbox:
-    """The best plan that runs ``experiment.python`` here; ``limits`` override nproc/fsize."""
+def _gap(sandbox: Sandbox, missing: list[str]) -> str:
+    """Why the sandbox falls short, and the fix, in one line."""
+    if sandbox.degraded:
+        # A stronger plan exists here; what it could not reach is the thing to fix.
+        return f"the sandbox user cannot run here: {sandbox.degraded} ({REACH_FIX})"
+    return (
+        f"this host lacks: {', '.join(missing)} (install bubblewrap, run as root or allow "
+        'user namespaces, or set sandbox = "auto")'
+    )
+
+
+def probe(
+    config: Config, *, nproc: int = DEFAULT_NPROC, fsize_bytes: int = DEFAULT_FSIZE_BYTES
+) -> Sandbox:
+    """The best plan that runs ``experiment.python`` here, under these limits.
+
+    Raises :class:`ConfigError` when no plan can run what a real run runs, naming the path
+    and the fix: every run would crash the same way.
+    """
     run_root = config.run_dir
     run_root.mkdir(parents=True, exist_ok=True)  # before the state directory is looked up
-    binaries = {name: path for name in _TOOLS if (path := shutil.which(name))}
+    python = interpreter_path(config)
+    found = identify(python, config)
+    binaries = find_tools()
     base = Sandbox(
         Isolation(),
         binaries=binaries,
         hidden_dirs=_existing(config.daemon.state_dir),
         hidden_files=_secret_files(config),
-        readable_dirs=_existing(config.experiment.data_dir, *_code_dirs(config.experiment.python)),
-        **limits,
+        readable_dirs=_existing(config.experiment.data_dir, *found.code_dirs(python)),
+        uids=UidRange.claim() if os.geteuid() == 0 and "setpriv" in binaries else None,
+        nproc=nproc,
+        fsize_bytes=fsize_bytes,
     )
     base = replace(base, isolation=_helpers(base))
+    refused = ""
     for plan in _plans(base):
-        error = _try(plan, config.experiment.python, run_root)
+        error = _try(plan, python, config, found)
         if error is None:
-            return plan
+            return replace(plan, degraded=refused)
         log.debug("sandbox_plan_failed", **plan.isolation.fields(), error=error)
-    return replace(base, isolation=replace(base.isolation, rlimits=False, no_new_privs=False))
+        refused = refused or error
+    raise ConfigError(
+        f"no sandbox plan can run {python} here, so every run would fail: {refused} "
+        f'({REACH_FIX}, or set experiment.sandbox = "off")',
+        path=str(config.source),
+        key="experiment.sandbox",
+    )
 
 
-_TOOLS = ("bwrap", "unshare", "prlimit", "setpriv")
+_TOOLS = ("bwrap", "unshare", "prlimit", "setpriv", "mount", "mkdir", "sh")
 
 
-def _code_dirs(python: str) -> tuple[Path, ...]:
-    """What the child must still read when it lives under a hidden or private folder (a
-    checkout under /tmp, say): its interpreter's environment, the interpreter behind it,
-    and the source tree of this package, which an editable install imports in place."""
-    interpreter = Path(python).absolute()
-    package_root = Path(__file__).resolve().parent.parent
-    return (interpreter.parent.parent, interpreter.resolve().parent.parent, package_root)
+def find_tools() -> dict[str, str]:
+    """The sandbox's helper binaries on PATH, by real path: a link could lie under a
+    directory the sandbox masks (a private /tmp, say)."""
+    return {name: os.path.realpath(path) for name in _TOOLS if (path := shutil.which(name))}
+
+
+def interpreter_path(config: Config) -> str:
+    """``experiment.python`` as an absolute path, as the probe and every run execute it."""
+    python = config.experiment.python or sys.executable
+    found = shutil.which(python)
+    if found is None:
+        raise ConfigError(
+            f"{python} is not an executable file", path=str(config.source), key="experiment.python"
+        )
+    return os.path.abspath(found)
+
+
+@dataclass(frozen=True, slots=True)
+class Interpreter:
+    """What ``experiment.python`` reports about itself when run outside the sandbox."""
+
+    version: str
+    prefix: str
+    base_prefix: str
+    path: tuple[str, ...]
+
+    def code_dirs(self, python: str) -> tuple[Path, ...]:
+        """What the child must read: the interpreter's environment and base installation,
+        every entry of its import path, each link from ``python`` to the real binary, and
+        this package's source tree, which an editable install imports in place."""
+        dirs = [Path(self.prefix), Path(self.base_prefix), *map(Path, self.path)]
+        dirs += [hop.parent for hop in _link_chain(Path(python))]
+        dirs.append(Path(__file__).resolve().parent.parent)
+        return tuple(dict.fromkeys(d for d in dirs if d.is_absolute()))
+
+
+_IDENTIFY = (
+    "import json, sys\n"
+    "import autoresearchd.harness\n"
+    "print(json.dumps([sys.version, sys.prefix, sys.base_prefix, sys.path]))\n"
+)
+
+
+def identify(python: str, config: Config) -> Interpreter:
+    """Run ``python`` unsandboxed once; raises :class:`ConfigError` when it cannot import
+    the harness that every train.py uses."""
+    try:
+        done = subprocess.run(
+            [python, "-c", _IDENTIFY],
+            cwd="/",
+            env=scrub_env(os.environ),
+            capture_output=True,
+            timeout=PROBE_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise _unusable(python, config, str(exc)) from None
+    try:
+        version, prefix, base_prefix, path = json.loads(done.stdout)
+    except ValueError:
+        why = _last_line(done.stderr) or f"exit code {done.returncode}"
+        raise _unusable(python, config, why) from None
+    return Interpreter(version, prefix, base_prefix, tuple(p for p in path if p))
+
+
+def _unusable(python: str, config: Config, why: str) -> ConfigError:
+    return ConfigError(
+        f"{python} cannot import autoresearchd.harness: {why} (install autoresearchd into "
+        "that environment, or choose another interpreter)",
+        path=str(config.source),
+        key="experiment.python",
+    )
+
+
+def _link_chain(path: Path) -> Iterator[Path]:
+    """``path``, and each symlink hop from it to the real file."""
+    for _ in range(40):  # the kernel's own limit on nested links
+        yield path
+        if not path.is_symlink():
+            return
+        path = path.parent / os.readlink(path)
 
 
 def _existing(*paths: Path) -> tuple[Path, ...]:
-    return tuple(p.absolute() for p in paths if p != Path() and p.exists())
+    return tuple(dict.fromkeys(p.absolute() for p in paths if p != Path() and p.exists()))
 
 
 def _secret_files(config: Config) -> tuple[Path, ...]:
@@ -327,12 +504,13 @@ def _runs(argv: list[str]) -> bool:
 
 
 def _plans(base: Sandbox) -> Iterator[Sandbox]:
-    """Candidate plans, strongest first."""
+    """Candidate plans, strongest first; the last one wraps nothing at all."""
     iso, bins = base.isolation, base.binaries
-    own_uid = (True, False) if os.geteuid() == 0 and "setpriv" in bins else (False,)
-    for tool in ("bwrap", "unshare"):
-        if tool not in bins:
-            continue
+    own_uid = (True, False) if base.uids is not None else (False,)
+    tools: list[Tool] = [t for t in ("bwrap", "unshare") if t in bins]
+    if "unshare" in tools and not {"mount", "mkdir", "sh"} <= bins.keys():
+        tools.remove("unshare")  # its mount namespace is made by sh and mount(8)
+    for tool in tools:
         for pid in (True, False):
             for uid in own_uid:
                 nnp = iso.no_new_privs or tool == "bwrap"
@@ -340,27 +518,63 @@ def _plans(base: Sandbox) -> Iterator[Sandbox]:
                 yield replace(base, isolation=replace(plan, no_new_privs=nnp))
     for uid in own_uid:
         yield replace(base, isolation=replace(iso, own_uid=uid))
+    yield replace(base, isolation=Isolation())
 
 
-def _try(plan: Sandbox, python: str, run_root: Path) -> str | None:
-    """None when ``plan`` runs Python that can write its run directory, else why not."""
-    with tempfile.TemporaryDirectory(prefix=".sandbox-probe-", dir=run_root) as tmp:
+#: What the probe runs, as a real run runs train.py: a file in a run directory, by the
+#: configured interpreter, importing the harness, reading the data and writing the result.
+PROBE_SCRIPT = """\
+import json, os, subprocess, sys
+import autoresearchd.harness
+if "--data" in sys.argv:
+    os.listdir(os.environ["AUTORESEARCH_DATA_DIR"])
+with open("probe-written", "w") as file:
+    file.write("ok")
+subprocess.run([sys.executable, "-c", "pass"], check=True)
+with open(os.environ["AUTORESEARCH_RESULT_FILE"], "w") as file:
+    json.dump([sys.version, sys.prefix, sys.base_prefix], file)
+"""
+
+
+def _try(plan: Sandbox, python: str, config: Config, found: Interpreter) -> str | None:
+    """None when ``plan`` runs the probe script as a run would, else why not."""
+    with tempfile.TemporaryDirectory(prefix=".sandbox-probe-", dir=config.run_dir) as tmp:
         run_dir = Path(tmp)
-        code = f"open({PROBE_FILE!r}, 'w').write('ok')"
-        argv = plan.wrapper(run_dir)([python, "-c", code])
+        (run_dir / PROBE_NAME).write_text(PROBE_SCRIPT, encoding="utf-8")
+        result = run_dir / PROBE_RESULT
+        data = config.experiment.data_dir.absolute()
+        env = {
+            **scrub_env(os.environ),
+            "AUTORESEARCH_DATA_DIR": str(data),
+            "AUTORESEARCH_RESULT_FILE": str(result),
+        }
+        command = [python, PROBE_NAME, *(["--data"] if data.is_dir() else [])]
+        argv = plan.wrapper(run_dir, None)(command)
         try:
             done = subprocess.run(
-                argv,
-                cwd=run_dir,
-                env=scrub_env(os.environ),
-                capture_output=True,
-                timeout=PROBE_TIMEOUT_S,
-                check=False,
+                argv, cwd=run_dir, env=env, capture_output=True, timeout=PROBE_TIMEOUT_S
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             return str(exc)
-        wrote = (run_dir / PROBE_FILE).is_file()
-        if done.returncode == 0 and wrote:
-            return None
-        lines = done.stderr.decode(errors="replace").strip().splitlines()
-        return lines[-1] if lines else f"exit code {done.returncode}"
+        if done.returncode != 0:
+            return _last_line(done.stderr) or f"exit code {done.returncode}"
+        return _same_interpreter(result, found)
+
+
+def _same_interpreter(result: Path, found: Interpreter) -> str | None:
+    try:
+        version, prefix, base_prefix = json.loads(result.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"the probe wrote no readable {result.name}: {exc}"
+    if (version, prefix, base_prefix) != (found.version, found.prefix, found.base_prefix):
+        first = version.split()[0]
+        return (
+            f"the sandbox ran Python {first} from {base_prefix}, not "
+            f"{found.version.split()[0]} from {found.base_prefix}"
+        )
+    return None
+
+
+def _last_line(output: bytes) -> str:
+    lines = output.decode(errors="replace").strip().splitlines()
+    return lines[-1][:MAX_LINE_CHARS] if lines else ""

@@ -62,7 +62,7 @@ from autoresearchd.proposers import ProposalContext, Proposer, make_proposer
 from autoresearchd.publisher import Publisher
 from autoresearchd.records import Origin, build_result, failed_proposal, invalid_result, new_run_id
 from autoresearchd.runner import RunReport, RunSpec, run_experiment
-from autoresearchd.sandbox import Sandbox
+from autoresearchd.sandbox import Sandbox, environment_failure
 from autoresearchd.sharing import Sharing
 
 log = structlog.get_logger(__name__)
@@ -118,6 +118,9 @@ class WorkerContext:
     #: candidate with this; history-aware proposers also treat these as running trials.
     in_flight: dict[str, str] = field(default_factory=dict)
     sandbox: Sandbox | None = None
+    #: Set when our baseline failed for this host's reasons: every worker then halts on its
+    #: next such failure instead of publishing it.
+    baseline_failed: str = ""
     #: Sources this daemon has run, by sha256: the memory's ``was_run`` cannot answer while
     #: it is out of reach, and a mutation may walk back to a source we ran before.
     ran: set[str] = field(default_factory=set)
@@ -168,6 +171,8 @@ class Worker:
         self.run_id: str | None = None
         self._resumed = anyio.Event()
         self._run_stop: anyio.Event | None = None
+        #: Why this worker stopped for good: its own baseline failed for this host's reasons.
+        self.halted = ""
 
     @property
     def config(self) -> Config:
@@ -185,6 +190,9 @@ class Worker:
         log.info("worker_stopped")
 
     async def _step(self) -> None:
+        if self.halted:
+            await self.ctx.draining.wait()  # every run would fail the same way: stay put
+            return
         await self._hold_while_paused()
         self.device = await self.health.wait_until_ready(self.device, self.config.devices)
         if not self.ctx.draining.is_set() and not self.paused:
@@ -617,12 +625,26 @@ class Worker:
             error=report.error or None,
         )
         self._flap_delay = self.flaps.record(report.outcome == "crash", report.duration_s)
-        if report.outcome == "stopped":
+        if report.outcome == "stopped" or self._halts_on(candidate, report):
             return None
         # A score no honest run can reach (negative, below the track's floor) is invalid.
         result = plausible(build_result(self.origin(), candidate, report, seed))
         self.last_val_bpb = result.val_bpb if result.val_bpb is not None else self.last_val_bpb
         return result
+
+    def _halts_on(self, candidate: Candidate, report: RunReport) -> bool:
+        """Our own baseline failing for this host's reasons (a path the sandbox cannot
+        reach, a missing interpreter) halts the worker rather than publish a crash per run."""
+        if report.outcome != "crash" or not environment_failure(report.error):
+            return False
+        if candidate.parent_sha256 is not None and not self.ctx.baseline_failed:
+            return False
+        self.ctx.baseline_failed = self.ctx.baseline_failed or report.error
+        self.halted, self._flap_delay = report.error, 0.0
+        log.error(
+            "worker_halted", reason="baseline_failed", error=report.error, log=str(report.log_path)
+        )
+        return True
 
     def origin(self) -> Origin:
         """What this worker's records carry now: the config and device may have changed."""
@@ -715,6 +737,8 @@ class Worker:
     def state(self) -> str:
         """running, finishing, stopping, paused, waiting_foreign_process, too_hot,
         backing_off or idle."""
+        if self.halted:
+            return "halted"
         if self.run_started_at is not None:
             if self.paused:
                 return "stopping"
@@ -753,6 +777,7 @@ class Worker:
             "state": self.state,
             "experiment": self._experiment(now),
             "last_val_bpb": self.last_val_bpb,
+            "halted": self.halted or None,
         }
 
     def _experiment(self, now: float) -> dict[str, Any] | None:

@@ -2,7 +2,7 @@
 directory, no secrets, no new privileges, a bounded fork bomb, and the real train.py still runs.
 
 These tests need the isolation they check: on a host without it they fail and say what is
-missing (``.ci/run`` installs bubblewrap), they are never skipped.
+missing (``scripts/install-system-deps`` installs bubblewrap), they are never skipped.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from autoresearchd.errors import ConfigError
 from autoresearchd.models import Candidate, Device
 from autoresearchd.runner import RunReport, RunSpec, run_experiment
 from autoresearchd.sandbox import (
-    SANDBOX_UID_BASE,
     Isolation,
     Sandbox,
     open_sandbox,
@@ -118,7 +117,8 @@ def test_auto_reaches_full_isolation_on_this_host(sandbox: Sandbox) -> None:
     missing = sandbox.isolation.missing()
     assert missing == [], (
         f"sandbox isolation unavailable on this host, missing: {missing} "
-        f"(plan {sandbox.isolation.fields()}); install bubblewrap (.ci/run does)"
+        f"(plan {sandbox.isolation.fields()}); install bubblewrap "
+        "(scripts/install-system-deps does)"
     )
     assert sandbox.isolation.tool == "bwrap"
 
@@ -300,7 +300,7 @@ def test_child_gets_no_privileges_and_no_secrets(
     assert metric(report, "core_limit") == 0
     assert metric(report, "nproc_limit") == sandbox.nproc
     if os.geteuid() == 0:
-        assert metric(report, "uid") == SANDBOX_UID_BASE + 7
+        assert metric(report, "uid") == sandbox.uid(7)
 
 
 BOMB_SCRIPT = summary_script(f"""
