@@ -518,9 +518,9 @@ def print_summary(summary: dict[str, float]) -> None:
 # ------------------------------------------------------------------------------ main
 
 
-def run(settings: Settings) -> dict[str, float]:
+def build_trainer(settings: Settings) -> tuple[Trainer, TrackData]:
+    """The data on the device and a trainer for the model, compiled on CUDA (not yet run)."""
     prepared = prepare_track(settings.track, settings.data_dir)
-    budget = settings.budget_s or get_track(settings.track).budget_s
     torch.manual_seed(settings.seed)
     data: TrackData = load_track(prepared, settings.device)
     shape = choose_shape(settings.device, prepared.seq_len)
@@ -530,8 +530,18 @@ def run(settings: Settings) -> dict[str, float]:
         torch.backends.cuda.matmul.allow_tf32 = True
         model = torch.compile(raw, dynamic=False)  # type: ignore[assignment]
     sampler = BatchSampler(data.train, shape.seq_len, shape.micro_batch, settings.seed)
-    trainer = Trainer(model, raw, sampler, shape)
-    compile_s, warmup_s = warm_up(trainer, steps=3 if settings.device.type == "cuda" else 1)
+    return Trainer(model, raw, sampler, shape), data
+
+
+def warmup_steps(device: torch.device) -> int:
+    return 3 if device.type == "cuda" else 1
+
+
+def run(settings: Settings) -> dict[str, float]:
+    trainer, data = build_trainer(settings)
+    prepared, shape, model = data.prepared, trainer.shape, trainer.model
+    budget = settings.budget_s or get_track(settings.track).budget_s
+    compile_s, warmup_s = warm_up(trainer, steps=warmup_steps(settings.device))
     print(
         f"track {prepared.name} | device {settings.device} | depth {shape.depth} "
         f"| width {shape.width} | batch {trainer.tokens_per_step} tokens | budget {budget}s"
@@ -555,7 +565,7 @@ def run(settings: Settings) -> dict[str, float]:
     return summarize(
         val_bpb=val_bpb,
         progress=progress,
-        model=raw,
+        model=trainer.raw,
         shape=shape,
         device=settings.device,
         times=times,

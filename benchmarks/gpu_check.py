@@ -13,6 +13,8 @@ limit and all under one deadline (``--max-seconds``):
 - ``train``: train.py on CUDA at its default GPU shape for ``--train-seconds`` on the
   synthetic track: tokens/s, MFU against the device's own peak, peak VRAM, warm-up and
   compile seconds, val_bpb, and what the rest of the run's wall time went to.
+- ``profile``: the default shape's top kernels under ``torch.profiler`` over a few
+  optimizer steps (``profile.txt``), for when MFU falls short of the 40% goal.
 - ``train_large``: the same at a larger shape (``--large``), to show how MFU grows with size.
 - ``etiquette``: a foreign CUDA process started here holds the GPU; the worker must wait
   for it (``yield_to_foreign_processes``, the ``device_waiting`` log event), start nothing,
@@ -72,7 +74,7 @@ OK, FAILED, NO_GPU, OUT_OF_TIME, BLOCKED, NOT_ASKED = (
     "skipped_install_failed",
     "skipped_not_asked",
 )
-STEP_NAMES = ("install", "gpus", "train", "train_large", "etiquette", "daemon")
+STEP_NAMES = ("install", "gpus", "train", "profile", "train_large", "etiquette", "daemon")
 
 # Run inside an interpreter: what it holds, as one JSON line; torch only with --torch first.
 PROBE = """
@@ -152,6 +154,37 @@ from autoresearchd.mutation import apply_changes
 source, target, changes = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
 target.write_text(apply_changes(source.read_text(), changes))
 print(json.dumps(changes))
+"""
+
+# Run in the venv with train.py's environment: its own trainer, warmed up, then a few
+# optimizer steps under torch.profiler. Writes the table to argv[3]; prints the top kernels.
+PROFILE = """
+import importlib.util, json, os, sys
+from pathlib import Path
+import torch
+from torch.profiler import ProfilerActivity, profile
+spec = importlib.util.spec_from_file_location("train_profiled", sys.argv[1])
+train = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = train
+spec.loader.exec_module(train)
+settings = train.read_settings(dict(os.environ))
+trainer, _ = train.build_trainer(settings)
+train.warm_up(trainer, steps=train.warmup_steps(settings.device))
+cuda = settings.device.type == "cuda"
+activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+with profile(activities=activities) as prof:
+    for _ in range(int(sys.argv[2])):
+        trainer.step(progress=0.5)
+key = "self_device_time_total" if cuda else "self_cpu_time_total"
+averages = prof.key_averages()
+Path(sys.argv[3]).write_text(averages.table(sort_by=key, row_limit=25))
+total = sum(getattr(e, key) for e in averages) or 1.0
+top = sorted(averages, key=lambda e: getattr(e, key), reverse=True)[:10]
+print(json.dumps([
+    {"name": e.key[:120], "self_ms": round(getattr(e, key) / 1e3, 3),
+     "share": round(getattr(e, key) / total, 4), "calls": e.count}
+    for e in top
+]))
 """
 
 # ----------------------------------------------------------------------------- plumbing
@@ -323,9 +356,11 @@ def step_install(check: Check) -> dict[str, Any]:
     capture([base, "-m", "venv", "--clear", "--without-pip", str(venv)], check.limit(120))
     python = str(venv / "bin" / "python")
     site = Path(capture_json([python, "-c", PROBE], 60)["site"][0])
-    linked = [str(ROOT), *(found["site"] if usable else [])]
-    # A .pth line puts a folder on sys.path: the repository itself, and the base site.
-    (site / "autoresearchd_gpu_check.pth").write_text("\n".join(linked) + "\n")
+    # A .pth line puts a folder on sys.path (the repository), or runs an import line: the
+    # base's site folders are added as site dirs, so their own .pth files count too.
+    bases = found["site"] if usable else []
+    lines = [str(ROOT), *(f"import site; site.addsitedir({d!r})" for d in bases)]
+    (site / "autoresearchd_gpu_check.pth").write_text("\n".join(lines) + "\n")
     wanted = {dist_name(r): r for r in project_requirements()}
     missing = capture_json([python, "-c", PROBE, *wanted], 60)["missing"]
     specs = [wanted[name] for name in missing] + ([] if usable else [TORCH_PIN])
@@ -482,6 +517,22 @@ def step_train(check: Check, name: str, changes: dict[str, int | float], budget_
     if not math.isfinite(metrics.get("val_bpb", math.nan)):
         raise StepFailed(f"train.py reported val_bpb {metrics.get('val_bpb')}")
     return train_record(metrics, done.seconds, changes, check.dry)
+
+
+def step_profile(check: Check) -> dict[str, Any]:
+    """The default shape's top kernels (device time on CUDA, CPU time on a dry run)."""
+    home = check.work / "profile"
+    home.mkdir(parents=True, exist_ok=True)
+    env = check.train_env(1.0, home / "unused.json")
+    table = check.out / "profile.txt"
+    steps = str(check.args.profile_steps)
+    cmd = [check.python, "-c", PROFILE, str(check.args.train_py), steps, str(table)]
+    text = capture(cmd, check.limit(240), env=env)
+    try:
+        top = json.loads(text.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise StepFailed(f"the profile printed no table: {text[-300:]!r}") from None
+    return {"steps": check.args.profile_steps, "top": top, "table": table.name}
 
 
 def train_record(metrics: dict, wall_s: float, changes: dict, dry: bool) -> dict[str, Any]:
@@ -783,6 +834,7 @@ def steps(args: argparse.Namespace) -> list[Step]:
         Step("install", step_install, 600.0),
         Step("gpus", step_gpus, 60.0),
         Step("train", lambda c: step_train(c, "train", {}, default), default + 240.0),
+        Step("profile", step_profile, 240.0),
         Step("train_large", lambda c: step_train(c, "train_large", changes, large), large + 240),
         Step("etiquette", step_etiquette, 150.0, needs_gpu=True),
         Step("daemon", step_daemon, args.daemon_seconds + 120.0),
@@ -844,6 +896,8 @@ def describe(name: str, r: dict[str, Any]) -> str:
             f" val_bpb {r['val_bpb']:.4f}, training {100 * r['training_share']:.1f}% of"
             f" {r['wall_seconds']:.1f} s"
         )
+    if name == "profile":
+        return ": " + ", ".join(f"{e['name'][:40]} {100 * e['share']:.0f}%" for e in r["top"][:5])
     if name == "daemon":
         return (
             f": {r['runs_started']} runs {r['outcomes']}, {r['keeps']} keeps, busy"
@@ -870,6 +924,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--cpu-large", default="CPU_DEPTH=3", help="the larger shape, dry run")
     add("--daemon-seconds", type=float, help="how long the daemon runs (180; 15 dry)")
     add("--daemon-budget", type=float, help="the daemon's time budget per run (30; 1 dry)")
+    add("--profile-steps", type=int, help="optimizer steps profiled (10; 3 dry)")
     add("--only", help=f"comma-separated steps to run, install always ({', '.join(STEP_NAMES)})")
     args = parser.parse_args(argv)
     only = [name.strip() for name in (args.only or "").split(",") if name.strip()]
@@ -877,9 +932,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"--only: unknown steps {unknown} (known: {', '.join(STEP_NAMES)})")
     args.only = {"install", *only} if only else None
-    gpu_defaults = (480.0, 60.0, 30.0, 180.0, 30.0)
-    dry_defaults = (240.0, 2.0, 2.0, 15.0, 1.0)
-    names = ("max_seconds", "train_seconds", "large_seconds", "daemon_seconds", "daemon_budget")
+    gpu_defaults = (480.0, 60.0, 30.0, 180.0, 30.0, 10)
+    dry_defaults = (240.0, 2.0, 2.0, 15.0, 1.0, 3)
+    names = (
+        "max_seconds",
+        "train_seconds",
+        "large_seconds",
+        "daemon_seconds",
+        "daemon_budget",
+        "profile_steps",
+    )
     for key, default in zip(names, dry_defaults if args.dry_run else gpu_defaults, strict=True):
         if getattr(args, key) is None:
             setattr(args, key, default)

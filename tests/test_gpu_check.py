@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
-STEPS = ["install", "gpus", "train", "train_large", "etiquette", "daemon"]
+STEPS = ["install", "gpus", "train", "profile", "train_large", "etiquette", "daemon"]
 
 
 def gpu_check(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -61,7 +61,7 @@ def test_dry_run_reports_every_step_and_skips_only_what_needs_a_gpu(
     summary = (out / "summary.txt").read_text(encoding="utf-8").splitlines()
     assert "dry run" in summary[0] and len(summary) == 1 + len(STEPS)
     assert summary[1 + STEPS.index("etiquette")] == "etiquette: skipped_no_gpu"
-    assert {"report.json", "summary.txt", "train.log", "daemon.log"} <= {
+    assert {"report.json", "summary.txt", "train.log", "daemon.log", "profile.txt"} <= {
         p.name for p in out.iterdir()
     }
 
@@ -102,6 +102,18 @@ def test_dry_run_trains_both_shapes_and_reports_their_figures(
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+def test_dry_run_profiles_the_default_shape(dry_run: tuple[int, dict[str, Any], Path]) -> None:
+    profile = dry_run[1]["steps"]["profile"]
+    assert profile["steps"] == 3 and 1 <= len(profile["top"]) <= 10
+    shares = [entry["share"] for entry in profile["top"]]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0001
+    assert all(entry["calls"] >= 1 and entry["name"] for entry in profile["top"])
+    table = (dry_run[2] / "profile.txt").read_text(encoding="utf-8")
+    assert "Self CPU" in table and profile["top"][0]["name"][:20] in table
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_dry_run_daemon_ran_kept_busy_and_left_nothing(
     dry_run: tuple[int, dict[str, Any], Path],
 ) -> None:
@@ -123,7 +135,7 @@ def test_out_of_time_steps_are_reported_not_run(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     statuses = [step["status"] for step in report["steps"].values()]
-    assert statuses == ["skipped_out_of_time"] + ["skipped_install_failed"] * 5
+    assert statuses == ["skipped_out_of_time"] + ["skipped_install_failed"] * 6
 
 
 def test_a_bad_shape_is_a_one_line_error(tmp_path: Path) -> None:
