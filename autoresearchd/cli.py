@@ -38,7 +38,7 @@ from autoresearchd.errors import (
     DaemonNotRunning,
     MutationError,
 )
-from autoresearchd.gpus import Gpus, plan_devices, select_gpus
+from autoresearchd.gpus import Discovery, Gpus, device_records, plan_devices, select_gpus
 from autoresearchd.harness import DEFAULT_DATA_DIR, prepare_track
 from autoresearchd.logs import configure_logging
 from autoresearchd.memory import BestChange, memory_exists, open_memory
@@ -237,9 +237,9 @@ def _read_script(path: Path) -> str:
 
 def cmd_gpus(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    devices = anyio.run(_discover_devices, config)
+    devices, found = anyio.run(_discover_devices, config)
     if args.json:
-        print(json.dumps([device.to_json() for device in devices], indent=2))
+        print(json.dumps(device_records(devices, found), indent=2))
     else:
         print(_device_table(devices))
     return EXIT_OK
@@ -254,10 +254,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _discover_devices(config: Config) -> list[Device]:
+async def _discover_devices(config: Config) -> tuple[list[Device], Discovery]:
     async with Gpus() as gpus:
         found = await gpus.discover()
-    return plan_devices(select_gpus(found.gpus, config.devices), config.devices)
+    return plan_devices(select_gpus(found.gpus, config.devices), config.devices), found
 
 
 def _device_table(devices: list[Device]) -> str:

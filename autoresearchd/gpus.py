@@ -40,13 +40,22 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _cuda_version(encoded: int) -> str:
+    """NVML encodes CUDA 12.4 as 12040."""
+    return f"{encoded // 1000}.{encoded % 1000 // 10}"
+
+
 @dataclass(frozen=True, slots=True)
 class Discovery:
-    """What NVML showed: the GPUs, the driver version, and why it failed if it did."""
+    """What NVML showed: the GPUs, the driver and CUDA versions, and why it failed if it did.
+
+    ``cuda`` is the newest CUDA version the driver supports (``"12.4"``), not a toolkit's.
+    """
 
     gpus: tuple[Device, ...]
     driver: str = ""
     error: str = ""
+    cuda: str = ""
 
 
 class Gpus:
@@ -110,6 +119,7 @@ class Gpus:
         try:
             count = nvml.nvmlDeviceGetCount()
             driver = _text(nvml.nvmlSystemGetDriverVersion())
+            cuda = _cuda_version(nvml.nvmlSystemGetCudaDriverVersion())
         except nvml.NVMLError as exc:
             log.warning("nvml_query_failed", reason=str(exc))
             return Discovery(gpus=(), error=f"NVML query failed: {exc}")
@@ -119,7 +129,7 @@ class Gpus:
                 devices.append(self._read(nvml.nvmlDeviceGetHandleByIndex(index), index))
             except nvml.NVMLError as exc:
                 log.warning("gpu_unreadable", index=index, reason=str(exc))
-        return Discovery(gpus=tuple(devices), driver=driver)
+        return Discovery(gpus=tuple(devices), driver=driver, cuda=cuda)
 
     async def refresh(self, device: Device) -> Device:
         """Re-read one GPU's temperature, memory and processes; GpuError if it is gone."""
@@ -201,6 +211,12 @@ def plan_devices(gpus: list[Device], config: DevicesConfig) -> list[Device]:
     else:
         cpus = config.cpu_workers
     return [*gpus, *(Device.cpu(i) for i in range(cpus))]
+
+
+def device_records(devices: Iterable[Device], discovery: Discovery) -> list[dict[str, Any]]:
+    """What ``autoresearchd gpus --json`` prints: each device, a GPU with its driver's versions."""
+    versions = {"driver_version": discovery.driver, "cuda_version": discovery.cuda}
+    return [{**d.to_json(), **(versions if d.is_gpu else {})} for d in devices]
 
 
 def foreign_processes(device: Device, own_pids: Iterable[int] = ()) -> list[GpuProcess]:

@@ -317,13 +317,19 @@ class FakeNvml:
     NVML_TEMPERATURE_GPU = 0
 
     def __init__(
-        self, gpus: list[FakeGpu] | None = None, *, init_error: str = "", driver: str = "550.54"
+        self,
+        gpus: list[FakeGpu] | None = None,
+        *,
+        init_error: str = "",
+        driver: str = "550.54",
+        cuda: int = 12040,
     ) -> None:
         self.gpus = list(gpus or [])
         for index, gpu in enumerate(self.gpus):
             gpu.uuid = gpu.uuid or f"GPU-{index:08d}-fake-0000-0000-{index:012d}"
         self.init_error = init_error
         self.driver = driver
+        self.cuda = cuda  # NVML's encoding: 12040 is CUDA 12.4
         self.initialised = False
 
     @classmethod
@@ -340,6 +346,9 @@ class FakeNvml:
 
     def nvmlSystemGetDriverVersion(self) -> str:
         return self.driver
+
+    def nvmlSystemGetCudaDriverVersion(self) -> int:
+        return self.cuda
 
     def nvmlDeviceGetCount(self) -> int:
         return len(self.gpus)

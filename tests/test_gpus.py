@@ -5,7 +5,13 @@ from structlog.testing import capture_logs
 
 from autoresearchd.config import parse_config
 from autoresearchd.errors import GpuError
-from autoresearchd.gpus import Gpus, foreign_processes, plan_devices, select_gpus
+from autoresearchd.gpus import (
+    Gpus,
+    device_records,
+    foreign_processes,
+    plan_devices,
+    select_gpus,
+)
 from autoresearchd.models import vram_tier
 from autoresearchd.testing import FakeGpu, FakeNvml
 
@@ -39,6 +45,19 @@ async def test_discovers_every_field() -> None:
     assert gpu.memory_total_mb == 24 * 1024 and gpu.memory_free_mb == 20 * 1024
     assert [p.pid for p in gpu.processes] == [4242]
     assert found.driver == "550.54" and not nvml.initialised  # session closed on exit
+    assert found.cuda == "12.4"
+
+
+async def test_records_carry_driver_and_cuda_versions_on_gpus_only() -> None:
+    """``gpus --json``: a GPU's record names its driver and CUDA versions; a CPU slot's doesn't."""
+    async with Gpus(FakeNvml([FakeGpu(name="NVIDIA H200")], driver="580.159.03", cuda=13000)) as g:
+        found = await g.discover()
+    devices = plan_devices(list(found.gpus), parse_config({"devices": {"cpu_workers": 1}}).devices)
+    gpu, cpu = device_records(devices, found)
+    assert (gpu["name"], gpu["tier"], gpu["memory_gb"]) == ("NVIDIA H200", "xl", 80.0)
+    assert (gpu["driver_version"], gpu["cuda_version"]) == ("580.159.03", "13.0")
+    assert gpu["uuid"].startswith("GPU-")
+    assert cpu["kind"] == "cpu" and "driver_version" not in cpu
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -41,7 +43,14 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run_train(script: Path, data_dir: Path, out: Path, budget: float, **extra: str) -> Run:
+def run_train(
+    script: Path,
+    data_dir: Path,
+    out: Path,
+    budget: float,
+    command: tuple[str, ...] | None = None,
+    **extra: str,
+) -> Run:
     result_file = out / f"result-{budget}.json"
     env = {
         **os.environ,
@@ -55,7 +64,7 @@ def run_train(script: Path, data_dir: Path, out: Path, budget: float, **extra: s
         **extra,
     }
     proc = subprocess.run(
-        [sys.executable, script.name],
+        command or [sys.executable, script.name],
         cwd=script.parent,
         env=env,
         capture_output=True,
@@ -103,6 +112,115 @@ def test_training_time_is_the_budget_and_warmup_is_apart(longer_run: Run) -> Non
     assert LONGER_S <= metrics["training_seconds"] < 1.5 * LONGER_S
     assert "warmup_seconds" in metrics
     assert metrics["total_seconds"] >= metrics["training_seconds"] + metrics["warmup_seconds"]
+
+
+@pytest.mark.slow
+def test_summary_gives_throughput_and_compile_time(longer_run: Run) -> None:
+    # The result file holds full precision; the printed block rounds to 0.0 M tokens on CPU.
+    metrics = json.loads(longer_run.result_file.read_text(encoding="utf-8"))
+    tokens_per_s = metrics["total_tokens_M"] * 1e6 / metrics["training_seconds"]
+    assert metrics["tokens_per_s"] == pytest.approx(tokens_per_s)
+    assert 0 < metrics["compile_seconds"] <= metrics["warmup_seconds"]
+    assert metrics["peak_tflops"] == 0.0 and metrics["mfu_percent"] == 0.0  # no peak on CPU
+
+
+#: Runs train.py as __main__, with an exit hook that shows whether the interpreter tore down.
+TEARDOWN_PROBE = (
+    "import atexit, runpy, sys; "
+    "atexit.register(lambda: print('interpreter teardown ran', flush=True)); "
+    "sys.argv = ['train.py']; runpy.run_path('train.py', run_name='__main__')"
+)
+
+
+@pytest.mark.slow
+def test_eager_run_never_imports_dynamo_and_exits_without_teardown(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """torch.optim imports torch._dynamo (about a second) and teardown costs more: the CPU
+    path does neither, and its summary and result file are complete all the same."""
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN_PY.read_text(encoding="utf-8"), encoding="utf-8")
+    probe = (sys.executable, "-X", "importtime", "-c", TEARDOWN_PROBE)
+    run = run_train(script, data_dir, tmp_path, budget=1.0, command=probe)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "import time:" in run.stderr and " torch.nn" in run.stderr  # the probe works
+    assert "torch._dynamo" not in run.stderr
+    assert "interpreter teardown ran" not in run.stdout
+    assert run.summary is not None and run.summary.val_bpb is not None
+    from_json = parse_result_json(run.result_file.read_text(encoding="utf-8"))
+    assert from_json is not None and from_json.val_bpb == pytest.approx(run.summary.val_bpb)
+
+
+@pytest.fixture(scope="module")
+def train_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("reference_train", TRAIN_PY)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_eager_adamw_matches_torch_adamw(train_module: ModuleType) -> None:
+    import torch
+
+    shape = train_module.choose_shape(torch.device("cpu"), 16)
+    ours, theirs = train_module.GPT(shape), train_module.GPT(shape)
+    theirs.load_state_dict(ours.state_dict())
+    mine = train_module.make_optimizer(ours, compiled=False)
+    assert type(mine).__name__ == "ForeachAdamW"
+    groups = [
+        {"params": list(group["params"]), "lr": group["lr"], "weight_decay": group["weight_decay"]}
+        for group in train_module.make_optimizer(theirs, compiled=False).param_groups
+    ]
+    reference = torch.optim.AdamW(groups, betas=mine.betas, eps=mine.eps, foreach=True)
+    batch = torch.randint(0, 256, (4, 17), generator=torch.Generator().manual_seed(3))
+    for _ in range(5):
+        for model, optimizer in ((ours, mine), (theirs, reference)):
+            logits = model(batch[:, :-1])
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, 256), batch[:, 1:].reshape(-1)
+            )
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    for name, value in ours.state_dict().items():
+        torch.testing.assert_close(value, theirs.state_dict()[name], rtol=1e-5, atol=1e-7)
+    moved = ours.blocks[0].attn.proj.weight  # starts at zero, so any step shows
+    assert moved.abs().max() > 0
+
+
+def test_flops_per_token_is_6n_plus_attention(train_module: ModuleType) -> None:
+    """karpathy/autoresearch's estimate: 6 per non-embedding weight, 12·depth·width·seq_len."""
+    import torch
+
+    model = train_module.GPT(train_module.choose_shape(torch.device("cpu"), 64))
+    width, depth, ratio = model.head.in_features, len(model.blocks), train_module.MLP_RATIO
+    weights = depth * (4 * width**2 + 2 * ratio * width**2) + 256 * width  # blocks + head
+    assert model.flops_per_token() == 6 * weights + 12 * depth * width * 64
+
+
+@pytest.mark.parametrize(
+    ("name", "tflops"),
+    [
+        ("NVIDIA H100 80GB HBM3", 989.4),
+        ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA H100 NVL", 835.0),
+        ("NVIDIA H200", 989.4),
+        ("NVIDIA H200 NVL", 835.0),
+        ("NVIDIA GH200 480GB", 989.4),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("NVIDIA L40S", 362.05),
+        ("NVIDIA L4", 121.0),
+        ("NVIDIA GeForce RTX 3090 Ti", 80.0),
+    ],
+)
+def test_peak_flops_by_device_name(train_module: ModuleType, name: str, tflops: float) -> None:
+    assert train_module.peak_flops_for(name) == pytest.approx(tflops * 1e12)
+
+
+def test_unknown_device_has_no_peak(train_module: ModuleType) -> None:
+    assert train_module.peak_flops_for("Some Future Accelerator") is None
 
 
 @pytest.mark.slow
