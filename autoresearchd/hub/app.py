@@ -311,7 +311,9 @@ def build_app(
         Route("/auth/whoami", hub.whoami, methods=["GET"]),
         Route("/healthz", hub.health, methods=["GET"]),
     ]
-    return Starlette(routes=routes)
+    from autoresearchd.dashboard.mount import hub_routes  # jinja2 only where it is served
+
+    return Starlette(routes=[*routes, *hub_routes(store, config)])
 
 
 def mailer_for(config: Config) -> Mailer | None:

@@ -131,8 +131,18 @@ def index_result(agent: Agent, key_name: str, text: str | None) -> tuple[ResultR
         status=str(record.get("status", "")),
         provisional=record.get("provisional") is True,
         val_bpb=finite(record.get("val_bpb")),
+        tier=_text(record.get("vram_tier")),
+        proposer=_text(record.get("proposer")),
+        description=_text(record.get("description")),
+        duration_s=max(0.0, finite(record.get("duration_s")) or 0.0),
+        parent_sha256=_text(record.get("parent_sha256")),
     )
     return row, ""
+
+
+def _text(value: Any) -> str:
+    """A record's text field, or "" when it is missing or not text."""
+    return value if isinstance(value, str) else ""
 
 
 # --- write policies --------------------------------------------------------------------

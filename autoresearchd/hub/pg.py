@@ -30,6 +30,8 @@ from psycopg_pool import AsyncConnectionPool
 from autoresearchd.errors import HubError
 from autoresearchd.hub.store import (
     COLUMNS,
+    DASHBOARD_INDEXES,
+    DETAIL_COLUMNS,
     MAX_CONFIRMATIONS,
     REASON_EXISTS,
     REASON_NOT_FOUND,
@@ -124,9 +126,18 @@ CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
     FOR EACH STATEMENT EXECUTE FUNCTION audit_is_append_only();
 """
 
+SCHEMA_2 = """
+ALTER TABLE results ADD COLUMN tier TEXT NOT NULL DEFAULT '',
+    ADD COLUMN proposer TEXT NOT NULL DEFAULT '',
+    ADD COLUMN description TEXT NOT NULL DEFAULT '',
+    ADD COLUMN duration_s DOUBLE PRECISION NOT NULL DEFAULT 0,
+    ADD COLUMN parent_sha256 TEXT NOT NULL DEFAULT '';
+""" + DASHBOARD_INDEXES.replace(" IF NOT EXISTS", "")
+
 #: ``(version, what it does, SQL)``, applied in order, each once, in one transaction.
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (1, "orgs, agents, memories, results and the append-only audit log", SCHEMA_1),
+    (2, "the dashboard's result columns and indexes", SCHEMA_2),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -377,6 +388,11 @@ class PostgresStore:
             AuditEntry(float(a), str(g), str(c), str(k), v, str(d)) for a, g, c, k, v, d in rows
         ]
 
+    async def select(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        # One statement sees one snapshot. The queries carry no literal ``%`` or ``?``:
+        # every pattern travels as a parameter, so the placeholders translate one for one.
+        return await self._all(sql.replace("?", "%s"), params)
+
 
 # --- statements: each runs inside the caller's transaction -------------------------------
 
@@ -471,8 +487,8 @@ async def _create(conn: Conn, write: Write) -> WriteOutcome:
 
 async def _index_result(conn: Conn, row: ResultRow, now: float) -> None:
     await conn.execute(
-        f"INSERT INTO results ({RESULT_COLUMNS}, created_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        f"INSERT INTO results ({RESULT_COLUMNS}, created_at, {DETAIL_COLUMNS})"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             row.key_name,
             row.org,
@@ -486,6 +502,7 @@ async def _index_result(conn: Conn, row: ResultRow, now: float) -> None:
             row.provisional,
             row.val_bpb,
             now,
+            *row.details(),
         ),
     )
 

@@ -31,7 +31,7 @@ import anyio.to_thread
 
 from autoresearchd.errors import HubError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 30.0
 
 SCHEMA = """
@@ -91,12 +91,30 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END
 """
 
-#: Columns schema 2 added to tables schema 1 created: (table, column, declaration).
+#: Columns later schemas added to tables schema 1 created: (table, column, declaration).
+#: Schema 3 copies into ``results`` what the dashboard lists and filters on.
 MIGRATIONS = (
     ("agents", "email", "TEXT NOT NULL DEFAULT ''"),
     ("agents", "verified_at", "REAL"),
     ("memories", "verified", "INTEGER NOT NULL DEFAULT 0"),
+    ("results", "tier", "TEXT NOT NULL DEFAULT ''"),
+    ("results", "proposer", "TEXT NOT NULL DEFAULT ''"),
+    ("results", "description", "TEXT NOT NULL DEFAULT ''"),
+    ("results", "duration_s", "REAL NOT NULL DEFAULT 0"),
+    ("results", "parent_sha256", "TEXT NOT NULL DEFAULT ''"),
 )
+#: The dashboard's indexes (schema 3): every page it serves reads one of them, newest first.
+DASHBOARD_INDEXES = """
+CREATE INDEX IF NOT EXISTS results_by_time ON results (org, created_at, key_name);
+CREATE INDEX IF NOT EXISTS results_by_agent ON results (org, agent, created_at, key_name);
+CREATE INDEX IF NOT EXISTS results_by_status ON results (org, status, created_at, key_name);
+CREATE INDEX IF NOT EXISTS results_by_tier ON results (org, tier, created_at, key_name);
+CREATE INDEX IF NOT EXISTS results_by_proposer ON results (org, proposer, created_at, key_name);
+CREATE INDEX IF NOT EXISTS results_by_track ON results (org, track, tier, created_at, key_name);
+CREATE INDEX IF NOT EXISTS results_by_id ON results (org, result_id)
+"""
+#: How much of a description the ``results`` index keeps; the record keeps all of it.
+INDEXED_DESCRIPTION_CHARS = 300
 #: The most rows one replication query returns; a source run more often is an outlier.
 MAX_CONFIRMATIONS = 1000
 #: The URL schemes that select :class:`~autoresearchd.hub.pg.PostgresStore`.
@@ -167,6 +185,17 @@ class ResultRow:
     status: str
     provisional: bool
     val_bpb: float | None
+    #: Copied for the dashboard's lists and filters only; no write policy reads them.
+    tier: str = ""
+    proposer: str = ""
+    description: str = ""
+    duration_s: float = 0.0
+    parent_sha256: str = ""
+
+    def details(self) -> tuple[str, str, str, float, str]:
+        """The values of :data:`DETAIL_COLUMNS`, in order."""
+        description = self.description[:INDEXED_DESCRIPTION_CHARS]
+        return (self.tier, self.proposer, description, self.duration_s, self.parent_sha256)
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +320,10 @@ class HubStore(Protocol):
 
     async def history(self, key_name: str, limit: int) -> list[AuditEntry]:
         """The audited creates and updates of one key, newest first."""
+        ...
+
+    async def select(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """The rows of one read-only query (``?`` placeholders), in one snapshot."""
         ...
 
     async def close(self) -> None: ...
@@ -434,6 +467,9 @@ class SqliteStore:
     async def history(self, key_name: str, limit: int) -> list[AuditEntry]:
         return await self._run(lambda c: _history(c, key_name, limit))
 
+    async def select(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return await self._run(lambda c: _select(c, sql, params))
+
 
 # --- statements: each runs in a worker thread on that thread's connection -------------
 
@@ -444,6 +480,8 @@ RESULT_COLUMNS = (
     "key_name, org, agent, verified, result_id, track, train_py_sha256, seed, status,"
     " provisional, val_bpb"
 )
+#: The columns of ``results`` only the dashboard reads (:meth:`ResultRow.details`).
+DETAIL_COLUMNS = "tier, proposer, description, duration_s, parent_sha256"
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,6 +504,8 @@ def _prepare(conn: sqlite3.Connection) -> None:
         known = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         if column not in known:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    for statement in filter(str.strip, DASHBOARD_INDEXES.split(";\n")):
+        conn.execute(statement)
     row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
     if row[0] is None:
         conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
@@ -656,8 +696,8 @@ def _create(conn: sqlite3.Connection, write: Write) -> WriteOutcome:
 
 def _index_result(conn: sqlite3.Connection, row: ResultRow, now: float) -> None:
     conn.execute(
-        f"INSERT INTO results ({RESULT_COLUMNS}, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO results ({RESULT_COLUMNS}, created_at, {DETAIL_COLUMNS})"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             row.key_name,
             row.org,
@@ -671,6 +711,7 @@ def _index_result(conn: sqlite3.Connection, row: ResultRow, now: float) -> None:
             int(row.provisional),
             row.val_bpb,
             now,
+            *row.details(),
         ),
     )
 
@@ -744,6 +785,14 @@ def _history(conn: sqlite3.Connection, key_name: str, limit: int) -> list[AuditE
         (key_name, limit),
     ).fetchall()
     return [AuditEntry(float(a), str(g), str(c), str(k), v, str(d)) for a, g, c, k, v, d in rows]
+
+
+def _select(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    conn.execute("BEGIN")  # one snapshot, so a page and its counts agree
+    try:
+        return [tuple(row) for row in conn.execute(sql, tuple(params)).fetchall()]
+    finally:
+        conn.execute("COMMIT")
 
 
 def like_prefix(prefix: str) -> str:
