@@ -152,7 +152,9 @@ async def test_a_result_page_shows_metrics_device_seed_lineage_and_diff(board: B
     assert '<span class="add">+LR = 0.07</span>' in html
     assert "NVIDIA Test 16GB" in html and "mfu_percent" in html and "41.5" in html
     assert f"<td>{improved.seed}</td>" in html
-    assert html.count("LR 0.05 → 0.06") >= 1 and "LR 0.04 → 0.05" in html  # ancestors
+    lineage = html.split("<h2>Lineage</h2>")[1].split("<h2>")[0]
+    assert lineage.count("<td>bob</td>") == 2 and lineage.count("status keep") == 2
+    assert lineage.index("LR 0.05 → 0.06") < lineage.index("LR 0.04 → 0.05")  # nearest first
 
 
 async def test_a_hostile_description_is_rendered_as_text(board: Board) -> None:

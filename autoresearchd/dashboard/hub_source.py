@@ -188,9 +188,11 @@ class HubSource:
         return record if isinstance(record, dict) else {}
 
     async def _by_sha(self, sha: str) -> ResultRow | None:
+        """The kept result of a source if there is one, else its first."""
         rows = await self.store.select(
             f"SELECT {ROW_COLUMNS} FROM results WHERE org = ? AND train_py_sha256 = ?"
-            " ORDER BY created_at, key_name LIMIT 1",
+            " ORDER BY CASE WHEN status = 'keep' THEN 0 ELSE 1 END, created_at, key_name"
+            " LIMIT 1",
             (self.org, sha),
         )
         return self._row(rows[0]) if rows else None

@@ -149,6 +149,8 @@
     ctx.save();
     ctx.font = Math.round(11 * devicePixelRatio) + "px sans-serif";
     ctx.fillStyle = "#14632c";
+    ctx.textAlign = "left";
+    ctx.textBaseline = "bottom";
     series.points.forEach(function (p) {
       if (p.mark !== "keep") { return; }
       var x = u.valToPos(p.t, "x", true), y = u.valToPos(p.v, "y", true);
@@ -177,7 +179,7 @@
       height: 380,
       scales: { x: { time: true } },
       axes: [{}, { label: "val_bpb (lower is better)", size: 70 }],
-      legend: { show: true },
+      legend: { show: true, live: false },
       series: [{ label: "completed" }].concat(pointSeries, [
         { label: "best so far (kept)", stroke: "#2a9d4b", width: 2, paths: uPlot.paths.stepped({ align: 1 }), points: { show: false } },
         { label: "floor", stroke: "#b03030", width: 1, dash: [6, 4], points: { show: false } }
