@@ -183,9 +183,11 @@ async def test_the_chart_series_has_one_point_per_scored_result(board: Board) ->
     client, swarm = board
     data = (await client.get("/dashboard/api/points?track=synthetic")).json()
     scored = [r for r in swarm.results if r.val_bpb is not None]
-    assert len(data["points"]) == len(scored)
-    marks = [p["mark"] for p in data["points"]]
-    assert marks.count("keep") == 3 and marks.count("replicate") == 3
+    assert data["count"] == len(data["t"]) == len(data["v"]) == len(scored)
+    assert data["v"] == [r.val_bpb for r in scored]
+    assert data["mark"].count("keep") == 3 and data["mark"].count("replicate") == 3
+    kept = [r.description for r in scored if r.status == "keep"]
+    assert [label for _, label, _ in data["keeps"]] == kept
     assert [v for _, v in data["best"]] == pytest.approx([1.49, 1.44, 1.39])
 
 

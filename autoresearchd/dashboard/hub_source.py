@@ -37,8 +37,9 @@ ROW_COLUMNS = (
     "key_name, result_id, agent, track, tier, status, provisional, val_bpb, description,"
     " proposer, created_at, duration_s, seed, train_py_sha256, parent_sha256"
 )
-#: Claims are looked for among this many of the newest writes.
-CLAIM_WINDOW = 20_000
+#: Claims are looked for among this many of the newest writes (a run writes about four
+#: keys, so this covers the last ~1,250 runs: far more than one claim's TTL sees).
+CLAIM_WINDOW = 5_000
 #: Ancestors a result's page lists.
 MAX_LINEAGE = 20
 FILTER_COLUMNS = ("agent", "status", "tier", "proposer", "track")
@@ -62,10 +63,11 @@ class HubSource:
     async def standings(self, limit: int) -> list[Standing]:
         counts = await self.store.select(
             "SELECT agent, count(*), sum(CASE WHEN status = 'keep' THEN 1 ELSE 0 END),"
-            " sum(duration_s) FROM results WHERE org = ? GROUP BY agent",
+            " sum(duration_s), sum(CASE WHEN val_bpb IS NOT NULL AND first_agent <> ''"
+            " AND first_agent <> agent THEN 1 ELSE 0 END) FROM results WHERE org = ?"
+            " GROUP BY agent",
             (self.org,),
         )
-        confirmations = dict(await self._confirmations())
         improvements = await self._improvements()
         table = [
             Standing(
@@ -74,22 +76,12 @@ class HubSource:
                 keeps=int(keeps or 0),
                 runs=int(runs),
                 gpu_hours=float(seconds or 0.0) / 3600.0,
-                confirmations=int(confirmations.get(agent, 0)),
+                confirmations=int(confirmations or 0),
             )
-            for agent, runs, keeps, seconds in counts
+            for agent, runs, keeps, seconds, confirmations in counts
         ]
         table.sort(key=lambda s: (-s.improvements, -s.keeps, -s.runs, s.agent))
         return table[: bounded(limit)]
-
-    async def _confirmations(self) -> list[tuple[Any, ...]]:
-        """Per agent: scored runs of a source another agent published first."""
-        return await self.store.select(
-            "SELECT r.agent, count(*) FROM results r WHERE r.org = ? AND r.val_bpb IS NOT NULL"
-            " AND EXISTS (SELECT 1 FROM results o WHERE o.org = r.org"
-            " AND o.train_py_sha256 = r.train_py_sha256 AND o.agent <> r.agent"
-            " AND o.created_at < r.created_at) GROUP BY r.agent",
-            (self.org,),
-        )
 
     async def _improvements(self) -> dict[str, int]:
         """Per agent: moves of a track's best (not a tier's); the seeded baseline is none."""

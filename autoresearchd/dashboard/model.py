@@ -16,7 +16,7 @@ from typing import Any, Protocol
 #: The most rows any list returns at once.
 MAX_PAGE = 200
 #: The most chart points one series returns (the newest); the chart draws each of them.
-MAX_POINTS = 5000
+MAX_POINTS = 3000
 NOTE_KINDS = ("hypotheses", "insights")
 
 

@@ -64,28 +64,29 @@ def mark_of(row: ResultRow, kept_shas: set[str]) -> str:
 
 
 def chart_series(rows: Sequence[ResultRow], floor: float | None) -> dict[str, Any]:
-    """What the progress chart draws for ``rows`` (oldest first)."""
+    """What the progress chart draws for ``rows`` (oldest first), as columns.
+
+    ``t``, ``v``, ``mark`` and ``agent`` hold one entry per scored result (columns keep a
+    few thousand points small on the wire); ``keeps`` labels the kept ones by index;
+    ``best`` is the running best as ``[t, v]`` steps.
+    """
     kept = {row.sha256 for row in rows if row.status == "keep"}
-    points, best, low = [], [], math.inf
+    out: dict[str, Any] = {"t": [], "v": [], "mark": [], "agent": [], "keeps": [], "best": []}
+    low = math.inf
     for row in rows:
         if row.val_bpb is None:
             continue
         mark = mark_of(row, kept)
-        if mark == "keep" and row.val_bpb < low:
-            low = row.val_bpb
-            best.append([row.at, row.val_bpb])
-        points.append(
-            {
-                "t": row.at,
-                "v": row.val_bpb,
-                "mark": mark,
-                "agent": row.agent,
-                "description": row.description,
-                "key": row.key,
-            }
-        )
-    keeps = sum(1 for p in points if p["mark"] == "keep")
-    return {"points": points, "best": best, "floor": floor, "kept": keeps}
+        if mark == "keep":
+            out["keeps"].append([len(out["t"]), row.description, row.key])
+            if row.val_bpb < low:
+                low = row.val_bpb
+                out["best"].append([row.at, row.val_bpb])
+        out["t"].append(row.at)
+        out["v"].append(row.val_bpb)
+        out["mark"].append(mark)
+        out["agent"].append(row.agent)
+    return {**out, "floor": floor, "count": len(out["t"]), "kept": len(out["keeps"])}
 
 
 def when(timestamp: float | None) -> str:

@@ -117,7 +117,8 @@ def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=True,  # stranger-written text (descriptions, names, sources) stays text
-        undefined=jinja2.StrictUndefined,
+        # A record may lack any field (community clients write fewer): missing is empty.
+        undefined=jinja2.Undefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )

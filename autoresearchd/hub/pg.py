@@ -32,6 +32,7 @@ from autoresearchd.hub.store import (
     COLUMNS,
     DASHBOARD_INDEXES,
     DETAIL_COLUMNS,
+    FIRST_AGENT,
     MAX_CONFIRMATIONS,
     REASON_EXISTS,
     REASON_NOT_FOUND,
@@ -131,7 +132,8 @@ ALTER TABLE results ADD COLUMN tier TEXT NOT NULL DEFAULT '',
     ADD COLUMN proposer TEXT NOT NULL DEFAULT '',
     ADD COLUMN description TEXT NOT NULL DEFAULT '',
     ADD COLUMN duration_s DOUBLE PRECISION NOT NULL DEFAULT 0,
-    ADD COLUMN parent_sha256 TEXT NOT NULL DEFAULT '';
+    ADD COLUMN parent_sha256 TEXT NOT NULL DEFAULT '',
+    ADD COLUMN first_agent TEXT NOT NULL DEFAULT '';
 """ + DASHBOARD_INDEXES.replace(" IF NOT EXISTS", "")
 
 #: ``(version, what it does, SQL)``, applied in order, each once, in one transaction.
@@ -487,8 +489,9 @@ async def _create(conn: Conn, write: Write) -> WriteOutcome:
 
 async def _index_result(conn: Conn, row: ResultRow, now: float) -> None:
     await conn.execute(
-        f"INSERT INTO results ({RESULT_COLUMNS}, created_at, {DETAIL_COLUMNS})"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        f"INSERT INTO results ({RESULT_COLUMNS}, created_at, {DETAIL_COLUMNS}, first_agent)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+        f" {FIRST_AGENT.replace('?', '%s')})",
         (
             row.key_name,
             row.org,
@@ -503,6 +506,9 @@ async def _index_result(conn: Conn, row: ResultRow, now: float) -> None:
             row.val_bpb,
             now,
             *row.details(),
+            row.org,
+            row.train_py_sha256,
+            row.agent,
         ),
     )
 

@@ -102,6 +102,7 @@ MIGRATIONS = (
     ("results", "description", "TEXT NOT NULL DEFAULT ''"),
     ("results", "duration_s", "REAL NOT NULL DEFAULT 0"),
     ("results", "parent_sha256", "TEXT NOT NULL DEFAULT ''"),
+    ("results", "first_agent", "TEXT NOT NULL DEFAULT ''"),
 )
 #: The dashboard's indexes (schema 3): every page it serves reads one of them, newest first.
 DASHBOARD_INDEXES = """
@@ -110,7 +111,11 @@ CREATE INDEX IF NOT EXISTS results_by_agent ON results (org, agent, created_at, 
 CREATE INDEX IF NOT EXISTS results_by_status ON results (org, status, created_at, key_name);
 CREATE INDEX IF NOT EXISTS results_by_tier ON results (org, tier, created_at, key_name);
 CREATE INDEX IF NOT EXISTS results_by_proposer ON results (org, proposer, created_at, key_name);
-CREATE INDEX IF NOT EXISTS results_by_track ON results (org, track, tier, created_at, key_name);
+CREATE INDEX IF NOT EXISTS results_by_track ON results (org, track, created_at, key_name);
+CREATE INDEX IF NOT EXISTS results_by_track_tier ON results
+    (org, track, tier, created_at, key_name);
+CREATE INDEX IF NOT EXISTS results_by_standing ON results
+    (org, agent, status, first_agent, duration_s, val_bpb);
 CREATE INDEX IF NOT EXISTS results_by_id ON results (org, result_id)
 """
 #: How much of a description the ``results`` index keeps; the record keeps all of it.
@@ -482,6 +487,12 @@ RESULT_COLUMNS = (
 )
 #: The columns of ``results`` only the dashboard reads (:meth:`ResultRow.details`).
 DETAIL_COLUMNS = "tier, proposer, description, duration_s, parent_sha256"
+#: The agent who first published a result's source (credit goes to them), found as the
+#: row is inserted; parameters: org, train_py_sha256, and the writer (when it is first).
+FIRST_AGENT = (
+    "coalesce((SELECT f.agent FROM results f WHERE f.org = ? AND f.train_py_sha256 = ?"
+    " ORDER BY f.created_at, f.key_name LIMIT 1), ?)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -696,8 +707,8 @@ def _create(conn: sqlite3.Connection, write: Write) -> WriteOutcome:
 
 def _index_result(conn: sqlite3.Connection, row: ResultRow, now: float) -> None:
     conn.execute(
-        f"INSERT INTO results ({RESULT_COLUMNS}, created_at, {DETAIL_COLUMNS})"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO results ({RESULT_COLUMNS}, created_at, {DETAIL_COLUMNS}, first_agent)"
+        f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {FIRST_AGENT})",
         (
             row.key_name,
             row.org,
@@ -712,6 +723,9 @@ def _index_result(conn: sqlite3.Connection, row: ResultRow, now: float) -> None:
             row.val_bpb,
             now,
             *row.details(),
+            row.org,
+            row.train_py_sha256,
+            row.agent,
         ),
     )
 

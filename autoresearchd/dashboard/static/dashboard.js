@@ -128,19 +128,18 @@
   /* --- the progress chart ------------------------------------------------------------ */
 
   function columns(series) {
-    var points = series.points;
-    var xs = points.map(function (p) { return p.t; });
+    var xs = series.t;
     var data = [xs];
     ORDER.forEach(function (mark) {
-      data.push(points.map(function (p) { return p.mark === mark ? p.v : null; }));
+      data.push(xs.map(function (_, k) { return series.mark[k] === mark ? series.v[k] : null; }));
     });
     var best = [], i = 0, low = null;
-    points.forEach(function (p) {
-      while (i < series.best.length && series.best[i][0] <= p.t) { low = series.best[i][1]; i++; }
+    xs.forEach(function (t) {
+      while (i < series.best.length && series.best[i][0] <= t) { low = series.best[i][1]; i++; }
       best.push(low);
     });
     data.push(best);
-    data.push(points.map(function () { return series.floor; }));
+    data.push(xs.map(function () { return series.floor; }));
     return data;
   }
 
@@ -151,11 +150,11 @@
     ctx.fillStyle = "#14632c";
     ctx.textAlign = "left";
     ctx.textBaseline = "bottom";
-    series.points.forEach(function (p) {
-      if (p.mark !== "keep") { return; }
-      var x = u.valToPos(p.t, "x", true), y = u.valToPos(p.v, "y", true);
+    series.keeps.forEach(function (keep) {
+      var k = keep[0], description = keep[1];
+      var x = u.valToPos(series.t[k], "x", true), y = u.valToPos(series.v[k], "y", true);
       if (x < u.bbox.left || x > u.bbox.left + u.bbox.width) { return; }
-      var text = p.description.length > 48 ? p.description.slice(0, 47) + "…" : p.description;
+      var text = description.length > 48 ? description.slice(0, 47) + "…" : description;
       ctx.save();
       ctx.translate(x + 6 * devicePixelRatio, y - 6 * devicePixelRatio);
       ctx.rotate(-Math.PI / 7);
@@ -191,7 +190,7 @@
   function caption(series) {
     var el = document.getElementById("chart-caption");
     if (!el) { return; }
-    var n = series.points.length;
+    var n = series.count;
     var text = n + " experiments, " + series.kept + " kept";
     if (series.floor !== null) { text += "; the track's floor is " + bpb(series.floor); }
     el.textContent = text;
@@ -212,7 +211,7 @@
         } else {
           holder.plot.setData(data);
         }
-        el.dataset.marks = String(series.points.length);
+        el.dataset.marks = String(series.count);
         el.dataset.kept = String(series.kept);
         caption(series);
       });
