@@ -404,6 +404,13 @@ def use_colour() -> bool:
     return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from autoresearchd.dashboard.solo import serve  # jinja2 and uvicorn: the hub extra
+
+    anyio.run(serve, load_config(args.config), args.host, args.port)
+    return EXIT_OK
+
+
 def _add_control_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = commands.add_parser("status", help="show the running daemon's devices and runs")
     _config_option(status)
@@ -424,6 +431,11 @@ def _add_control_commands(commands: argparse._SubParsersAction[argparse.Argument
     progress.add_argument("--out", type=Path, default=Path("progress.png"), metavar="PNG")
     progress.add_argument("--track", metavar="T", help="the track (default: the configured one)")
     progress.set_defaults(handler=cmd_progress)
+    dashboard = commands.add_parser("dashboard", help="serve this machine's web dashboard")
+    _config_option(dashboard)
+    dashboard.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
+    dashboard.add_argument("--port", type=int, default=8766, help="port (default: 8766)")
+    dashboard.set_defaults(handler=cmd_dashboard)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

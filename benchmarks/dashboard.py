@@ -33,7 +33,13 @@ import httpx
 
 from autoresearchd.config import HubConfig
 from autoresearchd.hub.app import build_app
-from autoresearchd.hub.store import DETAIL_COLUMNS, RESULT_COLUMNS, HubStore, open_store
+from autoresearchd.hub.store import (
+    DASHBOARD_BACKFILL,
+    DETAIL_COLUMNS,
+    RESULT_COLUMNS,
+    HubStore,
+    open_store,
+)
 from autoresearchd.models import sha256_text
 
 ORG = "bench"
@@ -145,6 +151,8 @@ def fill_sqlite(path: Path, data: tuple[list[tuple[Any, ...]], ...]) -> None:
     conn.execute("BEGIN")
     for sql, batch in zip((MEMORY_SQL, RESULT_SQL, AUDIT_SQL), data, strict=True):
         conn.executemany(sql, batch)
+    for statement in filter(str.strip, DASHBOARD_BACKFILL.split(";\n")):
+        conn.execute(statement)  # the standings, as the hub keeps them while it indexes
     conn.execute("COMMIT")
     conn.execute("ANALYZE")
     conn.close()
@@ -154,7 +162,7 @@ def fill_postgres(url: str, data: tuple[list[tuple[Any, ...]], ...]) -> None:
     import psycopg
 
     with psycopg.connect(url) as conn, conn.cursor() as cur:
-        memories = [(*row, "") for row in data[0]]
+        memories = [(*row[:4], True, row[5], *row[6:8], True, "") for row in data[0]]
         cur.executemany(
             MEMORY_SQL.replace(", verified)", ", verified, document)")
             .replace("?, ?)", "?, ?, to_tsvector('simple', ?))")
@@ -164,6 +172,7 @@ def fill_postgres(url: str, data: tuple[list[tuple[Any, ...]], ...]) -> None:
         results = [(*r[:3], True, *r[4:9], bool(r[9]), *r[10:]) for r in data[1]]
         cur.executemany(RESULT_SQL.replace("?", "%s"), results)
         cur.executemany(AUDIT_SQL.replace("?", "%s"), data[2])
+        cur.execute(DASHBOARD_BACKFILL)
         cur.execute("ANALYZE")
 
 

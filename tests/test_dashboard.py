@@ -233,3 +233,29 @@ def test_the_vendored_chart_library_matches_its_recorded_hashes() -> None:
     for name, digest in VENDORED.items():
         assert hashlib.sha256((HERE / "static" / name).read_bytes()).hexdigest() == digest
         assert digest in (HERE / "static" / "VENDORED.md").read_text()
+
+
+async def test_a_schema_2_sqlite_hub_gets_its_standings_when_it_is_opened(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "hub.sqlite"
+    client, _ = await served(path, PUBLIC)
+    async with client:
+        before = (await client.get("/dashboard/api/leaderboard")).json()
+    conn = sqlite3.connect(path, isolation_level=None)  # as schema 2 left it: none of these
+    conn.execute("UPDATE results SET first_agent = ''")
+    conn.execute("DELETE FROM standings")
+    conn.execute("UPDATE schema_version SET version = 2")
+    conn.close()
+    client, _ = await served_again(path)
+    async with client:
+        assert (await client.get("/dashboard/api/leaderboard")).json() == before
+        assert before["standings"][0]["confirmations"] == 3
+
+
+async def served_again(path: Path) -> tuple[httpx.AsyncClient, None]:
+    from autoresearchd.hub.app import build_app
+    from autoresearchd.hub.store import open_store
+
+    app = build_app(await open_store(path), PUBLIC)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=URL), None

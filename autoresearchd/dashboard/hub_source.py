@@ -62,10 +62,7 @@ class HubSource:
 
     async def standings(self, limit: int) -> list[Standing]:
         counts = await self.store.select(
-            "SELECT agent, count(*), sum(CASE WHEN status = 'keep' THEN 1 ELSE 0 END),"
-            " sum(duration_s), sum(CASE WHEN val_bpb IS NOT NULL AND first_agent <> ''"
-            " AND first_agent <> agent THEN 1 ELSE 0 END) FROM results WHERE org = ?"
-            " GROUP BY agent",
+            "SELECT agent, runs, keeps, seconds, confirmations FROM standings WHERE org = ?",
             (self.org,),
         )
         improvements = await self._improvements()

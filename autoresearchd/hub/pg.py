@@ -30,6 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 from autoresearchd.errors import HubError
 from autoresearchd.hub.store import (
     COLUMNS,
+    DASHBOARD_BACKFILL,
     DASHBOARD_INDEXES,
     DETAIL_COLUMNS,
     FIRST_AGENT,
@@ -39,6 +40,7 @@ from autoresearchd.hub.store import (
     REASON_REFUSED,
     REASON_VERSION,
     RESULT_COLUMNS,
+    STANDING_UPSERT,
     Agent,
     AuditEntry,
     Evidence,
@@ -127,14 +129,19 @@ CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
     FOR EACH STATEMENT EXECUTE FUNCTION audit_is_append_only();
 """
 
-SCHEMA_2 = """
+SCHEMA_2 = (
+    """
 ALTER TABLE results ADD COLUMN tier TEXT NOT NULL DEFAULT '',
     ADD COLUMN proposer TEXT NOT NULL DEFAULT '',
     ADD COLUMN description TEXT NOT NULL DEFAULT '',
     ADD COLUMN duration_s DOUBLE PRECISION NOT NULL DEFAULT 0,
     ADD COLUMN parent_sha256 TEXT NOT NULL DEFAULT '',
     ADD COLUMN first_agent TEXT NOT NULL DEFAULT '';
-""" + DASHBOARD_INDEXES.replace(" IF NOT EXISTS", "")
+"""
+    + DASHBOARD_INDEXES.replace(" IF NOT EXISTS", "")
+    + ";\n"
+    + DASHBOARD_BACKFILL
+)
 
 #: ``(version, what it does, SQL)``, applied in order, each once, in one transaction.
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
@@ -511,6 +518,7 @@ async def _index_result(conn: Conn, row: ResultRow, now: float) -> None:
             row.agent,
         ),
     )
+    await conn.execute(STANDING_UPSERT.replace("?", "%s"), (row.key_name,))
 
 
 async def _update(conn: Conn, write: Write, if_match: int | None) -> WriteOutcome:

@@ -114,10 +114,39 @@ CREATE INDEX IF NOT EXISTS results_by_proposer ON results (org, proposer, create
 CREATE INDEX IF NOT EXISTS results_by_track ON results (org, track, created_at, key_name);
 CREATE INDEX IF NOT EXISTS results_by_track_tier ON results
     (org, track, tier, created_at, key_name);
-CREATE INDEX IF NOT EXISTS results_by_standing ON results
-    (org, agent, status, first_agent, duration_s, val_bpb);
+CREATE TABLE IF NOT EXISTS standings (
+    org TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    runs BIGINT NOT NULL,
+    keeps BIGINT NOT NULL,
+    seconds DOUBLE PRECISION NOT NULL,
+    confirmations BIGINT NOT NULL,
+    PRIMARY KEY (org, agent)
+);
 CREATE INDEX IF NOT EXISTS results_by_id ON results (org, result_id)
 """
+#: Schema 3 fills what older rows lack: who first published each source, and the
+#: standings (the tier and the other copied fields of older rows stay empty).
+DASHBOARD_BACKFILL = """
+UPDATE results SET first_agent = (SELECT f.agent FROM results f WHERE f.org = results.org
+    AND f.train_py_sha256 = results.train_py_sha256 ORDER BY f.created_at, f.key_name LIMIT 1)
+    WHERE first_agent = '';
+INSERT INTO standings (org, agent, runs, keeps, seconds, confirmations)
+    SELECT org, agent, count(*), sum(CASE WHEN status = 'keep' THEN 1 ELSE 0 END),
+    sum(duration_s), sum(CASE WHEN val_bpb IS NOT NULL AND first_agent <> agent THEN 1 ELSE 0
+    END) FROM results WHERE true GROUP BY org, agent
+"""
+#: Each indexed result adds itself to its agent's standing, in the same transaction, so the
+#: leaderboard reads one row per agent however many results there are.
+STANDING_UPSERT = (
+    "INSERT INTO standings (org, agent, runs, keeps, seconds, confirmations)"
+    " SELECT org, agent, 1, CASE WHEN status = 'keep' THEN 1 ELSE 0 END, duration_s,"
+    " CASE WHEN val_bpb IS NOT NULL AND first_agent <> agent THEN 1 ELSE 0 END"
+    " FROM results WHERE key_name = ?"
+    " ON CONFLICT (org, agent) DO UPDATE SET runs = standings.runs + 1,"
+    " keeps = standings.keeps + excluded.keeps, seconds = standings.seconds + excluded.seconds,"
+    " confirmations = standings.confirmations + excluded.confirmations"
+)
 #: How much of a description the ``results`` index keeps; the record keeps all of it.
 INDEXED_DESCRIPTION_CHARS = 300
 #: The most rows one replication query returns; a source run more often is an outlier.
@@ -518,6 +547,9 @@ def _prepare(conn: sqlite3.Connection) -> None:
     for statement in filter(str.strip, DASHBOARD_INDEXES.split(";\n")):
         conn.execute(statement)
     row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    if row[0] is not None and row[0] < 3:
+        for statement in filter(str.strip, DASHBOARD_BACKFILL.split(";\n")):
+            conn.execute(statement)
     if row[0] is None:
         conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
     elif row[0] < SCHEMA_VERSION:
@@ -728,6 +760,7 @@ def _index_result(conn: sqlite3.Connection, row: ResultRow, now: float) -> None:
             row.agent,
         ),
     )
+    conn.execute(STANDING_UPSERT, (row.key_name,))
 
 
 def _get(conn: sqlite3.Connection, key_names: Sequence[str]) -> list[Memory | None]:
