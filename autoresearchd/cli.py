@@ -458,7 +458,7 @@ def cmd_control(args: argparse.Namespace) -> int:
 
 
 def cmd_progress(args: argparse.Namespace) -> int:
-    from autoresearchd.plot import plot_progress  # matplotlib is an optional extra
+    from autoresearchd.plot import plot_progress, prepared_floor  # matplotlib: an extra
 
     config = load_config(args.config)
     track = args.track or config.experiment.track
@@ -466,6 +466,7 @@ def cmd_progress(args: argparse.Namespace) -> int:
     if not results:
         print(f"autoresearchd: no results yet for track {track}", file=sys.stderr)
         return EXIT_REFUSED
-    drawn = plot_progress(results, args.out, title=f"autoresearchd progress: {track}")
+    floor = prepared_floor(config.experiment.data_dir, track)
+    drawn = plot_progress(results, args.out, title=f"autoresearchd: {track}", floor=floor)
     print(f"{args.out}: {drawn} runs, {len(results) - drawn} without val_bpb")
     return EXIT_OK

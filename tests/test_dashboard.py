@@ -223,6 +223,21 @@ async def test_a_private_dashboard_refuses_an_open_key_file(tmp_path: Path) -> N
         await in_process_hub(tmp_path / "hub.sqlite", config)
 
 
+async def test_the_dashboard_is_rate_limited_per_client_ip(tmp_path: Path) -> None:
+    client, _ = await served(tmp_path / "hub.sqlite", PUBLIC)
+    await client.aclose()
+    limited = replace(PUBLIC, rate_limit_ip_per_s=0.001, rate_limit_ip_burst=2)
+    client, _ = await served_again(tmp_path / "hub.sqlite", limited)
+    async with client:
+        assert [(await client.get("/dashboard/api/ping")).status_code for _ in range(2)] == [
+            200,
+            200,
+        ]
+        refused = await client.get("/dashboard/leaderboard")
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
+        assert refused.headers["x-content-type-options"] == "nosniff"
+
+
 async def test_an_off_dashboard_is_not_served(tmp_path: Path) -> None:
     client, _ = await served(tmp_path / "hub.sqlite", replace(PUBLIC, dashboard="off"))
     async with client:
@@ -247,15 +262,16 @@ async def test_a_schema_2_sqlite_hub_gets_its_standings_when_it_is_opened(tmp_pa
     conn.execute("DELETE FROM standings")
     conn.execute("UPDATE schema_version SET version = 2")
     conn.close()
-    client, _ = await served_again(path)
+    client, _ = await served_again(path, PUBLIC)
     async with client:
         assert (await client.get("/dashboard/api/leaderboard")).json() == before
         assert before["standings"][0]["confirmations"] == 3
 
 
-async def served_again(path: Path) -> tuple[httpx.AsyncClient, None]:
+async def served_again(path: Path, config: HubConfig) -> tuple[httpx.AsyncClient, None]:
+    """A second hub app over an existing database."""
     from autoresearchd.hub.app import build_app
     from autoresearchd.hub.store import open_store
 
-    app = build_app(await open_store(path), PUBLIC)
+    app = build_app(await open_store(path), config)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=URL), None

@@ -9,7 +9,7 @@ deep in the history costs what the first one does. Nothing here does I/O.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -246,7 +246,3 @@ async def walk_lineage(
         seen.add(sha)
         sha = parent.parent_sha256
     return chain
-
-
-def distinct(values: Sequence[str]) -> list[str]:
-    return sorted({value for value in values if value})

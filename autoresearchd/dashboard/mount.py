@@ -3,6 +3,7 @@
 :func:`hub_routes` gives what ``hub.dashboard`` asks for: nothing (``off``), the pages
 for anyone (``public``), or the pages behind HTTP Basic whose password is the key in
 ``hub.dashboard_key_file`` (``private``; the file must be mode 0600, like every secret).
+Its requests are limited per client IP as the hub's own are (``hub.rate_limit_ip_*``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from autoresearchd.config import UNSET_PATH, HubConfig
 from autoresearchd.dashboard.hub_source import HubSource
 from autoresearchd.dashboard.web import Settings, dashboard_routes
 from autoresearchd.errors import ConfigError
+from autoresearchd.hub.auth import RateLimiter
 from autoresearchd.hub.store import HubStore
 
 KEY_FILE = "hub.dashboard_key_file"
@@ -29,6 +31,7 @@ def hub_routes(store: HubStore, config: HubConfig) -> list[BaseRoute]:
         title=f"@{config.org} · autoresearchd" if config.org else "autoresearchd hub",
         read_key=key,
         floors=dict(config.dashboard_floors),
+        limit=RateLimiter(config.rate_limit_ip_per_s, config.rate_limit_ip_burst).retry_after,
     )
     return list(dashboard_routes(HubSource(store, config.org), settings))
 

@@ -17,6 +17,7 @@ from autoresearchd.dashboard.memory_source import MemorySource, control_devices
 from autoresearchd.dashboard.web import Settings, dashboard_routes
 from autoresearchd.errors import ConfigError
 from autoresearchd.memory.sqlite import SqliteMemory
+from autoresearchd.plot import prepared_floor
 
 log = structlog.get_logger(__name__)
 
@@ -31,7 +32,9 @@ def solo_app(config: Config, memory: SqliteMemory) -> Starlette:
         baseline=_baseline(config),
         devices=control_devices(socket_path(config.daemon.state_dir)),
     )
-    settings = Settings(title="autoresearchd · this machine")
+    floor = prepared_floor(config.experiment.data_dir, config.experiment.track)
+    floors = {config.experiment.track: floor} if floor is not None else {}
+    settings = Settings(title="autoresearchd · this machine", floors=floors)
     return Starlette(routes=dashboard_routes(source, settings))
 
 

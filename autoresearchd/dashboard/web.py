@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -68,14 +69,20 @@ class Settings:
     floors: Mapping[str, float] = field(default_factory=dict)
     poll_ms: int = DEFAULT_POLL_MS
     clock: Callable[[], float] = time.time
+    #: Seconds a client IP must wait before its next request (0: now); None: no limit.
+    limit: Callable[[str], float] | None = None
 
 
 class Guard:
-    """ASGI middleware: the security headers on every reply, the read key when one is set."""
+    """ASGI middleware: the security headers on every reply, the read key when one is set,
+    and a per-IP rate limit (``limit`` gives the seconds a client must wait, 0 when none)."""
 
-    def __init__(self, app: ASGIApp, read_key: str | None) -> None:
+    def __init__(
+        self, app: ASGIApp, read_key: str | None, limit: Callable[[str], float] | None = None
+    ) -> None:
         self.app = app
         self.read_key = read_key
+        self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,6 +96,13 @@ class Guard:
                 message = {**message, "headers": headers}
             await send(message)
 
+        client = scope.get("client") or ("unknown", 0)
+        wait = self.limit(str(client[0])) if self.limit is not None else 0.0
+        if wait > 0:
+            seconds = str(math.ceil(wait))
+            refusal = Response("Too many requests.\n", 429, {"retry-after": seconds})
+            await refusal(scope, receive, send_with_headers)
+            return
         if self.read_key is not None and not self._allowed(scope):
             refusal = Response(
                 "This dashboard needs its read key.\n",
@@ -305,7 +319,7 @@ def dashboard_app(source: DashboardSource, settings: Settings) -> ASGIApp:
         Route("/api/ping", board.trivial, methods=["GET"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    return Guard(Starlette(routes=routes), settings.read_key)
+    return Guard(Starlette(routes=routes), settings.read_key, settings.limit)
 
 
 def dashboard_routes(source: DashboardSource, settings: Settings) -> list[Route | Mount]:

@@ -835,6 +835,8 @@ def _history(conn: sqlite3.Connection, key_name: str, limit: int) -> list[AuditE
 
 
 def _select(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    if not sql.lstrip().upper().startswith("SELECT"):
+        raise HubError("select runs SELECT statements only")
     conn.execute("BEGIN")  # one snapshot, so a page and its counts agree
     try:
         return [tuple(row) for row in conn.execute(sql, tuple(params)).fetchall()]

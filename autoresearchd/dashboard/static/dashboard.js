@@ -68,7 +68,7 @@
     var tr = document.createElement("tr");
     cell(tr, when(row.at), "when");
     cell(tr, row.agent);
-    status(cell(tr, ""), row);
+    status(cell(tr, "", "st"), row);
     cell(tr, bpb(row.val_bpb), "num");
     cell(tr, row.tier);
     cell(tr, row.proposer);
