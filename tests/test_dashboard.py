@@ -191,6 +191,17 @@ async def test_the_chart_series_has_one_point_per_scored_result(board: Board) ->
     assert [v for _, v in data["best"]] == pytest.approx([1.49, 1.44, 1.39])
 
 
+async def test_a_known_floor_travels_with_the_chart_and_the_page(tmp_path: Path) -> None:
+    floored = replace(PUBLIC, dashboard_floors={"synthetic": 1.25})
+    client, _ = await served(tmp_path / "hub.sqlite", floored)
+    async with client:
+        data = (await client.get("/dashboard/api/points?track=synthetic")).json()
+        assert data["floor"] == 1.25
+        assert 'data-floor="1.25"' in (await client.get("/dashboard/")).text
+        other = (await client.get("/dashboard/api/points?track=shakespeare")).json()
+        assert other["floor"] is None and other["count"] == 0
+
+
 async def test_there_are_no_write_routes(board: Board) -> None:
     client, _ = board
     for path in ("/dashboard/", "/dashboard/api/results", "/dashboard/api/summary"):

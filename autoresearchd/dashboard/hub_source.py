@@ -55,8 +55,14 @@ class HubSource:
         self._ranges = isinstance(store, SqliteStore)
 
     async def tracks(self) -> list[str]:
+        # A loose index scan: one index probe per track, not one row per result (PostgreSQL
+        # reads every row for a DISTINCT).
         rows = await self.store.select(
-            "SELECT DISTINCT track FROM results WHERE org = ? ORDER BY track", (self.org,)
+            "WITH RECURSIVE t (track) AS (SELECT min(track) FROM results WHERE org = ?"
+            " UNION ALL SELECT (SELECT min(r.track) FROM results r WHERE r.org = ?"
+            " AND r.track > t.track) FROM t WHERE t.track IS NOT NULL)"
+            " SELECT track FROM t WHERE track IS NOT NULL",
+            (self.org, self.org),
         )
         return [str(row[0]) for row in rows if row[0]]
 
@@ -270,8 +276,8 @@ def _step(at: float, detail: str) -> Step:
 
 def _note(kind: str, owner: str, text: str | None, at: float) -> NoteRow:
     record = _json(text)
-    value = record.get("value") if isinstance(record.get("value"), dict) else record
-    assert isinstance(value, dict)
+    inner = record.get("value")  # our client wraps the note: {key, agent_id, value, ...}
+    value: dict[str, Any] = inner if isinstance(inner, dict) else record
     body = value.get("hypothesis") or value.get("insight") or ""
     return NoteRow(
         kind=kind,

@@ -400,7 +400,7 @@ class PostgresStore:
     async def select(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         # One statement sees one snapshot. The queries carry no literal ``%`` or ``?``:
         # every pattern travels as a parameter, so the placeholders translate one for one.
-        if not sql.lstrip().upper().startswith("SELECT"):
+        if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
             raise HubError("select runs SELECT statements only")
         return await self._all(sql.replace("?", "%s"), params)
 

@@ -835,7 +835,7 @@ def _history(conn: sqlite3.Connection, key_name: str, limit: int) -> list[AuditE
 
 
 def _select(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-    if not sql.lstrip().upper().startswith("SELECT"):
+    if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
         raise HubError("select runs SELECT statements only")
     conn.execute("BEGIN")  # one snapshot, so a page and its counts agree
     try:
