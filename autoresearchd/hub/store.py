@@ -10,9 +10,10 @@ the :class:`Evidence` the write policy asked for (:class:`Needs`) and ran the po
 them; every write appends to the ``audit`` table (which triggers keep append-only) in the
 same transaction. A ``results/`` record is indexed in the ``results`` table in the
 transaction that creates it (results are write-once), so a policy can count replicates
-with one indexed ``SELECT``. Verification is one ``UPDATE ... WHERE`` on the agent's
-code hash. :class:`SqliteStore` gives each worker thread its own connection in WAL mode
-and runs every call in a thread, off the event loop.
+with one indexed ``SELECT``; the same transaction adds the result to its agent's row in
+``standings``, which the dashboard's leaderboard reads. Verification is one
+``UPDATE ... WHERE`` on the agent's code hash. :class:`SqliteStore` gives each worker
+thread its own connection in WAL mode and runs every call in a thread, off the event loop.
 """
 
 from __future__ import annotations
