@@ -97,8 +97,12 @@ def wait_for(check: Callable[[], Any], what: str) -> Any:
 
 
 def column(browser: webdriver.Chrome, table: str, index: int) -> list[str]:
-    rows = browser.find_elements(By.CSS_SELECTOR, f"#{table} tr")
-    return [row.find_elements(By.TAG_NAME, "td")[index].text for row in rows]
+    """The text of one column, read in one script: the page may replace its rows any time."""
+    script = (
+        "return Array.from(document.querySelectorAll('#' + arguments[0] + ' tr'),"
+        " tr => tr.cells[arguments[1]] ? tr.cells[arguments[1]].innerText : '')"
+    )
+    return list(browser.execute_script(script, table, index))
 
 
 def severe_logs(browser: webdriver.Chrome) -> list[str]:
