@@ -492,6 +492,13 @@ def use_colour() -> bool:
     return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from autoresearchd.dashboard.solo import serve  # jinja2 and uvicorn: the hub extra
+
+    anyio.run(serve, load_config(args.config), args.host, args.port)
+    return EXIT_OK
+
+
 def _add_control_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = commands.add_parser("status", help="show the running daemon's devices and runs")
     _config_option(status, required=False)
@@ -512,6 +519,11 @@ def _add_control_commands(commands: argparse._SubParsersAction[argparse.Argument
     progress.add_argument("--out", type=Path, default=Path("progress.png"), metavar="PNG")
     progress.add_argument("--track", metavar="T", help="the track (default: the configured one)")
     progress.set_defaults(handler=cmd_progress)
+    dashboard = commands.add_parser("dashboard", help="serve this machine's web dashboard")
+    _config_option(dashboard)
+    dashboard.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
+    dashboard.add_argument("--port", type=int, default=8766, help="port (default: 8766)")
+    dashboard.set_defaults(handler=cmd_dashboard)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -534,7 +546,7 @@ def cmd_control(args: argparse.Namespace) -> int:
 
 
 def cmd_progress(args: argparse.Namespace) -> int:
-    from autoresearchd.plot import plot_progress  # matplotlib is an optional extra
+    from autoresearchd.plot import plot_progress, prepared_floor  # matplotlib: an extra
 
     config = _query_config(args.config)
     track = args.track or config.experiment.track
@@ -542,6 +554,7 @@ def cmd_progress(args: argparse.Namespace) -> int:
     if not results:
         print(f"autoresearchd: no results yet for track {track}", file=sys.stderr)
         return EXIT_REFUSED
-    drawn = plot_progress(results, args.out, title=f"autoresearchd progress: {track}")
+    floor = prepared_floor(config.experiment.data_dir, track)
+    drawn = plot_progress(results, args.out, title=f"autoresearchd: {track}", floor=floor)
     print(f"{args.out}: {drawn} runs, {len(results) - drawn} without val_bpb")
     return EXIT_OK

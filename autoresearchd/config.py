@@ -166,6 +166,12 @@ class HubConfig:
     smtp_user: str = ""
     smtp_password_file: Path = field(default=UNSET_PATH, metadata=PATH)
     smtp_from: str = ""
+    # The read-only web dashboard: "off", "public", or "private" (HTTP Basic with the key
+    # in dashboard_key_file as the password).
+    dashboard: Literal["off", "public", "private"] = "off"
+    dashboard_key_file: Path = field(default=UNSET_PATH, metadata=PATH)
+    # Known floors of val_bpb per track, drawn on the dashboard's progress chart.
+    dashboard_floors: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,13 @@
 """Draw the swarm's progress: every result's val_bpb over time, keeps marked, best as a step line.
 
-The picture follows karpathy/autoresearch's ``progress.png``: one dot per run that
-reported a val_bpb (crashes have none), kept results drawn large, and the running best
-(the lowest kept val_bpb so far) as a step line. Several agents get one colour each.
-matplotlib is an optional extra (``pip install 'autoresearchd[plot]'``), imported only
-when a plot is drawn and always with the file-only Agg backend.
+The picture follows karpathy/autoresearch's ``progress.png``, as the dashboard's chart
+does: one dot per run that reported a val_bpb (crashes have none), kept results drawn
+large and labelled with their descriptions, provisional runs (awaiting replication) as
+hollow diamonds, the running best (the lowest kept val_bpb so far) as a step line, the
+track's floor as a dashed line where it is known, and a title with the counts ("83
+experiments, 15 kept"). Several agents get one colour each. matplotlib is an optional
+extra (``pip install 'autoresearchd[plot]'``), imported only when a plot is drawn and
+always with the file-only Agg backend.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ MISSING_MATPLOTLIB = (
 )
 DISCARD_GREY = "#b0b0b0"
 BEST_COLOUR = "#2a9d4b"
+PROVISIONAL_COLOUR = "#c77800"
+FLOOR_COLOUR = "#b03030"
+#: Characters of a keep's description its label shows.
+LABEL_CHARS = 48
 FIGURE_SIZE = (12.0, 6.0)
 DPI = 120
 
@@ -44,25 +51,57 @@ def plotted(results: Sequence[Result]) -> list[Result]:
     return [r for r in results if r.val_bpb is not None and math.isfinite(r.val_bpb)]
 
 
-def plot_progress(results: Sequence[Result], out: Path, *, title: str) -> int:
+def plot_progress(
+    results: Sequence[Result], out: Path, *, title: str, floor: float | None = None
+) -> int:
     """Write the progress picture of ``results`` to ``out``; returns how many dots it drew."""
     plt = _pyplot()
-    points = plotted(results)
-    fig, ax = plt.subplots(figsize=FIGURE_SIZE, dpi=DPI)
+    fig = draw_progress(results, title=title, floor=floor)
     try:
-        _draw_results(ax, points)
-        _draw_best(ax, results, points)
-        ax.set_title(title)
-        ax.set_xlabel("completed at")
-        ax.set_ylabel("val_bpb (lower is better)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(loc="upper right", fontsize="small")
-        fig.autofmt_xdate()
-        fig.tight_layout()
         fig.savefig(out)
     finally:
         plt.close(fig)
-    return len(points)
+    return len(plotted(results))
+
+
+def counts_title(title: str, results: Sequence[Result]) -> str:
+    """``title`` with the counts: "<title>: 83 experiments, 15 kept"."""
+    kept = sum(1 for r in results if r.status is Status.KEEP)
+    return f"{title}: {len(results)} experiments, {kept} kept"
+
+
+def draw_progress(results: Sequence[Result], *, title: str, floor: float | None = None) -> Any:
+    """The progress picture of ``results`` as a matplotlib Figure (the caller closes it)."""
+    plt = _pyplot()
+    points = plotted(results)
+    fig, ax = plt.subplots(figsize=FIGURE_SIZE, dpi=DPI)
+    _draw_results(ax, points)
+    _draw_provisional(ax, points)
+    _draw_best(ax, results, points)
+    _label_keeps(ax, points)
+    if floor is not None and math.isfinite(floor):
+        ax.axhline(floor, color=FLOOR_COLOUR, linestyle="--", linewidth=1, label="floor")
+    ax.set_title(counts_title(title, results))
+    ax.set_xlabel("completed at")
+    ax.set_ylabel("val_bpb (lower is better)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right", fontsize="small")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
+
+
+def prepared_floor(data_dir: Path, track: str) -> float | None:
+    """The floor of val_bpb the prepared data of ``track`` recorded, if it knows one."""
+    from autoresearchd.errors import DataError
+    from autoresearchd.harness.prepare import load_prepared
+    from autoresearchd.harness.tracks import get_track
+
+    try:
+        prepared = load_prepared(data_dir / get_track(track).dirname)
+    except DataError:
+        return None
+    return prepared.entropy_floor_bpb if prepared is not None else None
 
 
 def _pyplot() -> Any:
@@ -102,6 +141,41 @@ def _draw_results(ax: Any, points: Sequence[Result]) -> None:
             linewidths=0.8,
             zorder=3,
             label=f"{agent} kept" if several else "kept",
+        )
+
+
+def _draw_provisional(ax: Any, points: Sequence[Result]) -> None:
+    """Runs that beat the best and await replication: hollow diamonds over their dots."""
+    waiting = [r for r in points if r.provisional and r.status is not Status.KEEP]
+    if waiting:
+        ax.scatter(
+            [_when(r) for r in waiting],
+            [r.val_bpb for r in waiting],
+            s=60,
+            marker="D",
+            facecolors="none",
+            edgecolors=PROVISIONAL_COLOUR,
+            linewidths=1.2,
+            zorder=4,
+            label="provisional",
+        )
+
+
+def _label_keeps(ax: Any, points: Sequence[Result]) -> None:
+    for result in points:
+        if result.status is not Status.KEEP or not result.description:
+            continue
+        text = result.description
+        if len(text) > LABEL_CHARS:
+            text = text[: LABEL_CHARS - 1] + "…"
+        ax.annotate(
+            text,
+            (_when(result), result.val_bpb),
+            xytext=(6, 6),
+            textcoords="offset points",
+            rotation=25,
+            fontsize="x-small",
+            color=BEST_COLOUR,
         )
 
 

@@ -5,7 +5,8 @@
 "email"}``, which stores an unverified agent and emails it a verification link;
 ``GET /auth/verify?agent=&code=`` (the link; ``/auth/claim`` too) and ``POST
 /auth/verify`` ``{"name", "code"}``, which verify it; ``GET /auth/whoami`` (with a key)
-and ``GET /healthz``. With ``hub.require_email = false`` an email is optional and a
+and ``GET /healthz``; with ``hub.dashboard`` on, the read-only pages under ``/dashboard``
+(:mod:`autoresearchd.dashboard`). With ``hub.require_email = false`` an email is optional and a
 registration without one gets the link and code in its reply, as before email
 verification existed. Every JSON-RPC call needs ``Authorization: Bearer <key>``; bodies
 over ``max_body_bytes`` are refused before they are parsed. Requests are rate limited per
@@ -333,7 +334,9 @@ def build_app(
         Route("/auth/whoami", hub.whoami, methods=["GET"]),
         Route("/healthz", hub.health, methods=["GET"]),
     ]
-    return Starlette(routes=routes)
+    from autoresearchd.dashboard.mount import hub_routes  # jinja2 only where it is served
+
+    return Starlette(routes=[*routes, *hub_routes(store, config)])
 
 
 def mailer_for(config: Config) -> Mailer | None:

@@ -189,6 +189,11 @@ def index_result(agent: Agent, key_name: str, text: str | None) -> tuple[ResultR
         status=status,
         provisional=record.get("provisional") is True,
         val_bpb=val_bpb,
+        tier=_text(record.get("vram_tier")),
+        proposer=_text(record.get("proposer")),
+        description=_text(record.get("description")),
+        duration_s=max(0.0, finite(record.get("duration_s")) or 0.0),
+        parent_sha256=_text(record.get("parent_sha256")),
     )
     return row, ""
 
@@ -214,6 +219,11 @@ def _number(value: Any) -> float | None:
         return float(value)
     except OverflowError:  # an int too large for a float is past every bound
         return math.inf
+
+
+def _text(value: Any) -> str:
+    """A record's text field, or "" when it is missing or not text."""
+    return value if isinstance(value, str) else ""
 
 
 # --- write policies --------------------------------------------------------------------

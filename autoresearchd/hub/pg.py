@@ -30,6 +30,10 @@ from psycopg_pool import AsyncConnectionPool
 from autoresearchd.errors import HubError
 from autoresearchd.hub.store import (
     COLUMNS,
+    DASHBOARD_BACKFILL,
+    DASHBOARD_INDEXES,
+    DETAIL_COLUMNS,
+    FIRST_AGENT,
     MAX_CONFIRMATIONS,
     MAX_QUERY_WORDS,
     REASON_EXISTS,
@@ -37,6 +41,7 @@ from autoresearchd.hub.store import (
     REASON_REFUSED,
     REASON_VERSION,
     RESULT_COLUMNS,
+    STANDING_UPSERT,
     Agent,
     AuditEntry,
     Evidence,
@@ -124,9 +129,24 @@ CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
     FOR EACH STATEMENT EXECUTE FUNCTION audit_is_append_only();
 """
 
+SCHEMA_2 = (
+    """
+ALTER TABLE results ADD COLUMN tier TEXT NOT NULL DEFAULT '',
+    ADD COLUMN proposer TEXT NOT NULL DEFAULT '',
+    ADD COLUMN description TEXT NOT NULL DEFAULT '',
+    ADD COLUMN duration_s DOUBLE PRECISION NOT NULL DEFAULT 0,
+    ADD COLUMN parent_sha256 TEXT NOT NULL DEFAULT '',
+    ADD COLUMN first_agent TEXT NOT NULL DEFAULT '';
+"""
+    + DASHBOARD_INDEXES.replace(" IF NOT EXISTS", "")
+    + ";\n"
+    + DASHBOARD_BACKFILL
+)
+
 #: ``(version, what it does, SQL)``, applied in order, each once, in one transaction.
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (1, "orgs, agents, memories, results and the append-only audit log", SCHEMA_1),
+    (2, "the dashboard's result columns and indexes", SCHEMA_2),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -379,6 +399,13 @@ class PostgresStore:
             AuditEntry(float(a), str(g), str(c), str(k), v, str(d)) for a, g, c, k, v, d in rows
         ]
 
+    async def select(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        # One statement sees one snapshot. The queries carry no literal ``%`` or ``?``:
+        # every pattern travels as a parameter, so the placeholders translate one for one.
+        if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+            raise HubError("select runs SELECT statements only")
+        return await self._all(sql.replace("?", "%s"), params)
+
 
 # --- statements: each runs inside the caller's transaction -------------------------------
 
@@ -473,8 +500,9 @@ async def _create(conn: Conn, write: Write) -> WriteOutcome:
 
 async def _index_result(conn: Conn, row: ResultRow, now: float) -> None:
     await conn.execute(
-        f"INSERT INTO results ({RESULT_COLUMNS}, created_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        f"INSERT INTO results ({RESULT_COLUMNS}, created_at, {DETAIL_COLUMNS}, first_agent)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+        f" {FIRST_AGENT.replace('?', '%s')})",
         (
             row.key_name,
             row.org,
@@ -488,8 +516,13 @@ async def _index_result(conn: Conn, row: ResultRow, now: float) -> None:
             row.provisional,
             row.val_bpb,
             now,
+            *row.details(),
+            row.org,
+            row.train_py_sha256,
+            row.agent,
         ),
     )
+    await conn.execute(STANDING_UPSERT.replace("?", "%s"), (row.key_name,))
 
 
 async def _update(conn: Conn, write: Write, if_match: int | None) -> WriteOutcome:

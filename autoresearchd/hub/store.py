@@ -10,11 +10,13 @@ the :class:`Evidence` the write policy asked for (:class:`Needs`) and ran the po
 them; every write appends to the ``audit`` table (which triggers keep append-only) in the
 same transaction. A ``results/`` record is indexed in the ``results`` table in the
 transaction that creates it (results are write-once), so a policy can count replicates
-with one indexed ``SELECT``. Verification is one ``UPDATE ... WHERE`` on the agent's
-code hash. :class:`SqliteStore` gives each worker thread its own connection in WAL mode
-and runs every call in a thread, off the event loop. A value a database cannot hold (an
-integer past 64 bits, text that is not Unicode, NUL in PostgreSQL text) fails the write
-with a 400 :class:`HubError` from :func:`unstorable`: the request's fault, not an outage.
+with one indexed ``SELECT``; the same transaction adds the result to its agent's row in
+``standings``, which the dashboard's leaderboard reads. Verification is one
+``UPDATE ... WHERE`` on the agent's code hash. :class:`SqliteStore` gives each worker
+thread its own connection in WAL mode and runs every call in a thread, off the event loop.
+A value a database cannot hold (an integer past 64 bits, text that is not Unicode, NUL in
+PostgreSQL text) fails the write with a 400 :class:`HubError` from :func:`unstorable`: the
+request's fault, not an outage.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import anyio.to_thread
 
 from autoresearchd.errors import HubError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 30.0
 
 SCHEMA = """
@@ -92,12 +94,64 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END
 """
 
-#: Columns schema 2 added to tables schema 1 created: (table, column, declaration).
+#: Columns later schemas added to tables schema 1 created: (table, column, declaration).
+#: Schema 3 copies into ``results`` what the dashboard lists and filters on.
 MIGRATIONS = (
     ("agents", "email", "TEXT NOT NULL DEFAULT ''"),
     ("agents", "verified_at", "REAL"),
     ("memories", "verified", "INTEGER NOT NULL DEFAULT 0"),
+    ("results", "tier", "TEXT NOT NULL DEFAULT ''"),
+    ("results", "proposer", "TEXT NOT NULL DEFAULT ''"),
+    ("results", "description", "TEXT NOT NULL DEFAULT ''"),
+    ("results", "duration_s", "REAL NOT NULL DEFAULT 0"),
+    ("results", "parent_sha256", "TEXT NOT NULL DEFAULT ''"),
+    ("results", "first_agent", "TEXT NOT NULL DEFAULT ''"),
 )
+#: The dashboard's indexes (schema 3): every page it serves reads one of them, newest first.
+DASHBOARD_INDEXES = """
+CREATE INDEX IF NOT EXISTS results_by_time ON results (org, created_at, key_name);
+CREATE INDEX IF NOT EXISTS results_by_agent ON results (org, agent, created_at, key_name);
+CREATE INDEX IF NOT EXISTS results_by_status ON results (org, status, created_at, key_name);
+CREATE INDEX IF NOT EXISTS results_by_tier ON results (org, tier, created_at, key_name);
+CREATE INDEX IF NOT EXISTS results_by_proposer ON results (org, proposer, created_at, key_name);
+CREATE INDEX IF NOT EXISTS results_by_track ON results (org, track, created_at, key_name);
+CREATE INDEX IF NOT EXISTS results_by_track_tier ON results
+    (org, track, tier, created_at, key_name);
+CREATE TABLE IF NOT EXISTS standings (
+    org TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    runs BIGINT NOT NULL,
+    keeps BIGINT NOT NULL,
+    seconds DOUBLE PRECISION NOT NULL,
+    confirmations BIGINT NOT NULL,
+    PRIMARY KEY (org, agent)
+);
+CREATE INDEX IF NOT EXISTS results_by_id ON results (org, result_id)
+"""
+#: Schema 3 fills what older rows lack: who first published each source, and the
+#: standings (the tier and the other copied fields of older rows stay empty).
+DASHBOARD_BACKFILL = """
+UPDATE results SET first_agent = (SELECT f.agent FROM results f WHERE f.org = results.org
+    AND f.train_py_sha256 = results.train_py_sha256 ORDER BY f.created_at, f.key_name LIMIT 1)
+    WHERE first_agent = '';
+INSERT INTO standings (org, agent, runs, keeps, seconds, confirmations)
+    SELECT org, agent, count(*), sum(CASE WHEN status = 'keep' THEN 1 ELSE 0 END),
+    sum(duration_s), sum(CASE WHEN val_bpb IS NOT NULL AND first_agent <> agent THEN 1 ELSE 0
+    END) FROM results WHERE true GROUP BY org, agent
+"""
+#: Each indexed result adds itself to its agent's standing, in the same transaction, so the
+#: leaderboard reads one row per agent however many results there are.
+STANDING_UPSERT = (
+    "INSERT INTO standings (org, agent, runs, keeps, seconds, confirmations)"
+    " SELECT org, agent, 1, CASE WHEN status = 'keep' THEN 1 ELSE 0 END, duration_s,"
+    " CASE WHEN val_bpb IS NOT NULL AND first_agent <> agent THEN 1 ELSE 0 END"
+    " FROM results WHERE key_name = ?"
+    " ON CONFLICT (org, agent) DO UPDATE SET runs = standings.runs + 1,"
+    " keeps = standings.keeps + excluded.keeps, seconds = standings.seconds + excluded.seconds,"
+    " confirmations = standings.confirmations + excluded.confirmations"
+)
+#: How much of a description the ``results`` index keeps; the record keeps all of it.
+INDEXED_DESCRIPTION_CHARS = 300
 #: The most rows one replication query returns; a source run more often is an outlier.
 MAX_CONFIRMATIONS = 1000
 #: Words of a search query beyond this many are ignored (by both stores).
@@ -170,6 +224,17 @@ class ResultRow:
     status: str
     provisional: bool
     val_bpb: float | None
+    #: Copied for the dashboard's lists and filters only; no write policy reads them.
+    tier: str = ""
+    proposer: str = ""
+    description: str = ""
+    duration_s: float = 0.0
+    parent_sha256: str = ""
+
+    def details(self) -> tuple[str, str, str, float, str]:
+        """The values of :data:`DETAIL_COLUMNS`, in order."""
+        description = self.description[:INDEXED_DESCRIPTION_CHARS]
+        return (self.tier, self.proposer, description, self.duration_s, self.parent_sha256)
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +359,10 @@ class HubStore(Protocol):
 
     async def history(self, key_name: str, limit: int) -> list[AuditEntry]:
         """The audited creates and updates of one key, newest first."""
+        ...
+
+    async def select(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """The rows of one read-only query (``?`` placeholders), in one snapshot."""
         ...
 
     async def close(self) -> None: ...
@@ -456,6 +525,9 @@ class SqliteStore:
     async def history(self, key_name: str, limit: int) -> list[AuditEntry]:
         return await self._run(lambda c: _history(c, key_name, limit))
 
+    async def select(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return await self._run(lambda c: _select(c, sql, params))
+
 
 # --- statements: each runs in a worker thread on that thread's connection -------------
 
@@ -465,6 +537,14 @@ COLUMNS = (
 RESULT_COLUMNS = (
     "key_name, org, agent, verified, result_id, track, train_py_sha256, seed, status,"
     " provisional, val_bpb"
+)
+#: The columns of ``results`` only the dashboard reads (:meth:`ResultRow.details`).
+DETAIL_COLUMNS = "tier, proposer, description, duration_s, parent_sha256"
+#: The agent who first published a result's source (credit goes to them), found as the
+#: row is inserted; parameters: org, train_py_sha256, and the writer (when it is first).
+FIRST_AGENT = (
+    "coalesce((SELECT f.agent FROM results f WHERE f.org = ? AND f.train_py_sha256 = ?"
+    " ORDER BY f.created_at, f.key_name LIMIT 1), ?)"
 )
 
 
@@ -488,7 +568,12 @@ def _prepare(conn: sqlite3.Connection) -> None:
         known = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         if column not in known:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    for statement in filter(str.strip, DASHBOARD_INDEXES.split(";\n")):
+        conn.execute(statement)
     row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    if row[0] is not None and row[0] < 3:
+        for statement in filter(str.strip, DASHBOARD_BACKFILL.split(";\n")):
+            conn.execute(statement)
     if row[0] is None:
         conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
     elif row[0] < SCHEMA_VERSION:
@@ -678,8 +763,8 @@ def _create(conn: sqlite3.Connection, write: Write) -> WriteOutcome:
 
 def _index_result(conn: sqlite3.Connection, row: ResultRow, now: float) -> None:
     conn.execute(
-        f"INSERT INTO results ({RESULT_COLUMNS}, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO results ({RESULT_COLUMNS}, created_at, {DETAIL_COLUMNS}, first_agent)"
+        f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {FIRST_AGENT})",
         (
             row.key_name,
             row.org,
@@ -693,8 +778,13 @@ def _index_result(conn: sqlite3.Connection, row: ResultRow, now: float) -> None:
             int(row.provisional),
             row.val_bpb,
             now,
+            *row.details(),
+            row.org,
+            row.train_py_sha256,
+            row.agent,
         ),
     )
+    conn.execute(STANDING_UPSERT, (row.key_name,))
 
 
 def _get(conn: sqlite3.Connection, key_names: Sequence[str]) -> list[Memory | None]:
@@ -766,6 +856,16 @@ def _history(conn: sqlite3.Connection, key_name: str, limit: int) -> list[AuditE
         (key_name, limit),
     ).fetchall()
     return [AuditEntry(float(a), str(g), str(c), str(k), v, str(d)) for a, g, c, k, v, d in rows]
+
+
+def _select(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+        raise HubError("select runs SELECT statements only")
+    conn.execute("BEGIN")  # one snapshot, so a page and its counts agree
+    try:
+        return [tuple(row) for row in conn.execute(sql, tuple(params)).fetchall()]
+    finally:
+        conn.execute("COMMIT")
 
 
 def like_prefix(prefix: str) -> str:

@@ -204,6 +204,10 @@ class SqliteMemory:
         _check_kind(kind)
         return await self._call(lambda conn: _notes(conn, kind, limit))
 
+    async def select(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
+        """The rows of one read-only query, for the dashboard (not part of the Protocol)."""
+        return await self._call(lambda conn: _select(conn, sql, params))
+
 
 # --- connection and errors -------------------------------------------------------------
 
@@ -449,3 +453,11 @@ def _notes(conn: sqlite3.Connection, kind: str, limit: int) -> list[Note]:
         (kind, limit),
     ).fetchall()
     return [Note(key=k, agent_id=a, value=json.loads(v), created_at=c) for k, a, v, c in rows]
+
+
+def _select(
+    conn: sqlite3.Connection, sql: str, params: tuple[object, ...]
+) -> list[tuple[object, ...]]:
+    if not sql.lstrip().upper().startswith("SELECT"):
+        raise MemoryBackendError("select runs SELECT statements only", backend=BACKEND)
+    return [tuple(row) for row in conn.execute(sql, params).fetchall()]
