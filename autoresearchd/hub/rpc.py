@@ -376,4 +376,4 @@ def _value_of(memory: Memory) -> dict[str, Any]:
 def _found(name: str, memory: Memory | None) -> dict[str, Any]:
     if memory is None:
         return {"key_name": name, "status": "not_found"}
-    return {**_summary(memory), **_value_of(memory), "status": "ok"}
+    return {**_summary(memory), **_value_of(memory), "status": "success"}

@@ -120,7 +120,7 @@ async def test_create_get_and_create_again(http: httpx.AsyncClient) -> None:
     got = await call(http, key, "get_memory", {"key_names": [item["key_name"], f"@{ORG}/missing"]})
     found, missing = got["results"]
     assert (found["status"], found["value"], found["base64"], found["version"]) == (
-        "ok",
+        "success",
         item["value"],
         True,
         1,
