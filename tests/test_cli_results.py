@@ -8,6 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from autoresearchd.config import load_config
 from autoresearchd.memory import SqliteMemory
 from autoresearchd.models import Result, Status
 from tests.memory.conformance import make_result
@@ -185,6 +186,13 @@ def test_results_mark_provisional_runs_and_replicates(config: Path) -> None:
     done = cli("results", "--config", str(config))
     assert done.returncode == 0, done.stderr
     statuses = [line.split("  ")[2].strip() for line in done.stdout.splitlines()[1:]]
-    assert statuses == ["discard", "rejected, replicate 2/2", "replicate 1/2", "provisional"]
+    most = load_config(config).experiment.replicates  # the /N is the configured maximum
+    assert statuses == [
+        "discard",
+        f"rejected, replicate 2/{most}",
+        f"replicate 1/{most}",
+        "provisional",
+    ]
     shown = cli("results", "--config", str(config), "--limit", "2")
-    assert "rejected, replicate 2/2" in shown.stdout and "provisional" not in shown.stdout
+    assert f"rejected, replicate 2/{most}" in shown.stdout
+    assert "provisional" not in shown.stdout
