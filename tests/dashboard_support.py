@@ -30,7 +30,7 @@ def new_result(
     parent: str | None,
     *,
     status: Status = Status.DISCARD,
-    val_bpb: float | None = 1.5,
+    val_bpb: float | None = 2.5,
     description: str = "LR 0.04 → 0.05",
     at: float = 1_700_000_000.0,
     provisional: bool = False,
@@ -86,32 +86,32 @@ async def fill(memories: dict[str, EnsueMemory]) -> Swarm:
         at += 600
         swarm.results.append(
             await _publish(
-                alice,
-                new_result(
-                    "alice",
-                    child,
-                    parent,
-                    status=Status.DISCARD,
-                    val_bpb=1.50 - 0.05 * i,
-                    description=f"LR {lr - 0.01:.2f} → {lr:.2f}",
-                    at=at,
-                    provisional=True,
-                ),
-            )
-        )
-        at += 600
-        swarm.results.append(
-            await _publish(
                 bob,
                 new_result(
                     "bob",
                     child,
                     parent,
                     status=Status.KEEP,
-                    val_bpb=1.49 - 0.05 * i,
-                    confirmed_bpb=1.495 - 0.05 * i,
+                    val_bpb=2.49 - 0.05 * i,
+                    confirmed_bpb=2.495 - 0.05 * i,
                     description=f"LR {lr - 0.01:.2f} → {lr:.2f}",
                     at=at,
+                ),
+            )
+        )
+        at += 600
+        swarm.results.append(
+            await _publish(
+                alice,
+                new_result(
+                    "alice",
+                    child,
+                    parent,
+                    status=Status.DISCARD,
+                    val_bpb=2.50 - 0.05 * i,
+                    description=f"LR {lr - 0.01:.2f} → {lr:.2f}",
+                    at=at,
+                    provisional=True,
                 ),
             )
         )
@@ -126,7 +126,7 @@ async def fill(memories: dict[str, EnsueMemory]) -> Swarm:
                     "carol",
                     source(0.07, 9 + j),
                     parent,
-                    val_bpb=1.6 + 0.01 * j,
+                    val_bpb=2.6 + 0.01 * j,
                     description=f"DEPTH 8 → {9 + j}",
                     at=at,
                     tier="medium",
@@ -151,7 +151,7 @@ async def fill(memories: dict[str, EnsueMemory]) -> Swarm:
     )
     at += 300
     swarm.hostile = await _publish(
-        bob, new_result("bob", source(0.08), parent, val_bpb=1.55, description=HOSTILE, at=at)
+        bob, new_result("bob", source(0.08), parent, val_bpb=2.55, description=HOSTILE, at=at)
     )
     swarm.results.append(swarm.hostile)
     await alice.put_note(

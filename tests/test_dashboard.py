@@ -113,10 +113,10 @@ async def test_leaderboard_ranks_agents_by_confirmed_improvements(board: Board) 
         "keeps": 3,
         "runs": 4,
         "gpu_hours": round(4 * 300 / 3600, 3),
-        "confirmations": 3,
+        "confirmations": 0,
     }
     assert by_agent["carol"]["runs"] == 7 and by_agent["carol"]["keeps"] == 0
-    assert by_agent["alice"]["confirmations"] == 0
+    assert by_agent["alice"]["confirmations"] == 3  # her runs replicate bob's sources
     html = (await client.get("/dashboard/leaderboard")).text
     assert "<td>carol</td>" in html
 
@@ -170,7 +170,7 @@ async def test_lineage_notes_and_claims_show_what_was_published(board: Board) ->
     client, _ = board
     steps = (await client.get("/dashboard/api/lineage?track=synthetic")).json()["steps"]
     assert [s["agent"] for s in steps[:3]] == ["bob", "bob", "bob"]
-    assert steps[0]["val_bpb"] == pytest.approx(1.395)
+    assert steps[0]["val_bpb"] == pytest.approx(2.395)
     hypotheses = (await client.get("/dashboard/notes?kind=hypotheses")).text
     assert "LR 0.07 improved; try 0.09" in hypotheses and "<td>alice</td>" in hypotheses
     insights = (await client.get("/dashboard/notes?kind=insights")).text
@@ -188,7 +188,7 @@ async def test_the_chart_series_has_one_point_per_scored_result(board: Board) ->
     assert data["mark"].count("keep") == 3 and data["mark"].count("replicate") == 3
     kept = [r.description for r in scored if r.status == "keep"]
     assert [label for _, label, _ in data["keeps"]] == kept
-    assert [v for _, v in data["best"]] == pytest.approx([1.49, 1.44, 1.39])
+    assert [v for _, v in data["best"]] == pytest.approx([2.49, 2.44, 2.39])
 
 
 async def test_a_known_floor_travels_with_the_chart_and_the_page(tmp_path: Path) -> None:
@@ -276,7 +276,8 @@ async def test_a_schema_2_sqlite_hub_gets_its_standings_when_it_is_opened(tmp_pa
     client, _ = await served_again(path, PUBLIC)
     async with client:
         assert (await client.get("/dashboard/api/leaderboard")).json() == before
-        assert before["standings"][0]["confirmations"] == 3
+        by_agent = {s["agent"]: s for s in before["standings"]}
+        assert by_agent["alice"]["confirmations"] == 3
 
 
 async def served_again(path: Path, config: HubConfig) -> tuple[httpx.AsyncClient, None]:

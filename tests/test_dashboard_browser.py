@@ -169,7 +169,7 @@ def test_a_new_result_appears_without_a_reload(
     browser.execute_script("window.loadedOnce = 'yes'")
     # Enough new results to push the oldest off the bounded list of recent ones.
     news = [f"LR 0.07 → 0.11, try {n}" for n in range(8)]
-    served.publish("alice", news, status=Status.DISCARD, val_bpb=1.42)
+    served.publish("alice", news, status=Status.DISCARD, val_bpb=2.42)
     wait_for(lambda: column(browser, "recent", 6)[0] == news[-1], "the new rows to appear")
     wait_for(lambda: chart() == str(before + len(news)), "the chart to draw the new results")
     assert column(browser, "recent", 6)[: len(news)] == news[::-1]
