@@ -68,7 +68,8 @@ def write_config(tmp_path: Path, data_dir: Path, questions: Path) -> Path:
         f'[daemon]\nagent = "solo"\nstate_dir = "{tmp_path / "state"}"\nhealth_interval_s = 0.5\n'
         '[devices]\ngpus = "none"\ncpu_workers = 1\n'
         f'[experiment]\nworkspace = "{workspace}"\ndata_dir = "{data_dir}"\n'
-        'time_budget_s = 5.0\ngrace_s = 1.0\nreplicates = 1\nsandbox = "off"\n'
+        # The simple mean rule: this test is about what runs and what is asked, not promotion.
+        'time_budget_s = 5.0\ngrace_s = 1.0\nreplicates = 1\npromotion = "mean"\nsandbox = "off"\n'
         f'[proposer]\nstrategy = "command"\ncommand = {command}\ncommand_timeout_s = 30.0\n'
     )
     return config
