@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from autoresearchd.sandbox_layout import unreachable_tops
+
 from .daemon_process import ROOT, cli
 
 NOBODY = 65534
@@ -106,9 +108,10 @@ def shared_dir() -> Iterator[Path]:
 
 def as_unprivileged(*args: str | Path) -> subprocess.CompletedProcess[str]:
     """``autoresearchd ARGS`` as a user without root's licence to write anywhere."""
-    prefix = []
+    prefix: list[str] = []
     if os.geteuid() == 0:
-        prefix = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        prefix = [*_reachable_code(), "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}"]
+        prefix.append("--clear-groups")
     return subprocess.run(
         [*prefix, sys.executable, "-m", "autoresearchd", *map(str, args)],
         capture_output=True,
@@ -118,6 +121,28 @@ def as_unprivileged(*args: str | Path) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+def _reachable_code() -> list[str]:
+    """A bwrap prefix that lets the unprivileged user reach this checkout and its interpreter.
+
+    A clone under a 0700 home (``/root``) is out of that user's reach, and these tests are about
+    the paths in the config, not the code's own. Each unreachable top gets an empty traversable
+    tmpfs with only the code bound back; the rest of the filesystem is the host's.
+    """
+    needed = [ROOT, Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve()]
+    tops = unreachable_tops(needed, NOBODY)
+    if not tops:
+        return []
+    assert shutil.which("bwrap"), "bwrap is needed to run these checks from a private home"
+    prefix = ["bwrap", "--dev-bind", "/", "/"]
+    for top in tops:
+        prefix += ["--tmpfs", str(top)]
+        for path in needed:
+            if path.is_relative_to(top) and path != top:
+                kept = path if path.is_dir() else path.parent
+                prefix += ["--ro-bind", str(kept), str(kept)]
+    return prefix
 
 
 #: A program any user may run: these checks are about other paths, and this user may not
