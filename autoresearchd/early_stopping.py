@@ -56,14 +56,21 @@ MAX_LINE = 4096
 #: Losses beyond this are no training loss anyone reports; such lines are ignored.
 MAX_LOSS = 1e6
 #: Finished curves, and distinct sources among them, a track needs before any stop.
-MIN_CURVES = 12
-MIN_SOURCES = 4
-#: Pairs where one run ended better, per bin, below which a bin says nothing.
-MIN_PAIRS = 20
+MIN_CURVES = 30
+MIN_SOURCES = 10
+#: Runs among the best that a bin's limit must rest on: a new improvement is further behind
+#: than all of ``n`` stored ones with a chance of about 1 / (n + 1).
+MIN_TOP = 20
 #: The share of stored losing pairs a bin's limit must stop for the bin to be used.
 MIN_POWER = 0.1
 #: Newest finished curves a calibration rests on (it compares every pair of them).
 MAX_CURVES = 200
+#: The share of stored runs, best first, whose pairs calibrate the limits.
+TOP_SHARE = 0.4
+#: The largest gap seen is a sample's maximum: the limit leaves this much room beyond it.
+SAFETY = 1.2
+#: The first bin judged: the first twentieth (warm-up, compilation) says least of the end.
+FIRST_BIN = 1
 #: How many standard deviations of one bin's seed noise a stop needs at the least.
 NOISE_Z = 3.0
 #: The share of would-be stops that run on, so stored curves include what the rule stops.
@@ -94,6 +101,8 @@ class Progress:
     loss: float
     fraction: float | None = None
     step: int | None = None
+    #: From the JSON channel: once a script uses it, its text lines are not read.
+    json: bool = False
 
 
 def parse_progress(line: str) -> Progress | None:
@@ -136,7 +145,8 @@ def _parse_json(text: str) -> Progress | None:
     if value is None or (fraction is not None and not 0 <= fraction < math.inf):
         return None
     whole = step if isinstance(step, int) and not isinstance(step, bool) else None
-    return Progress(value, _clamp(None if fraction is None else float(fraction)), whole)
+    fraction = None if fraction is None else float(fraction)
+    return Progress(value, _clamp(fraction), whole, json=True)
 
 
 def _is_number(value: Any) -> TypeGuard[float]:
@@ -176,6 +186,7 @@ class LearningCurve:
         self._fractions = [0.0] * BINS
         self._counts = [0] * BINS
         self._judged = -1
+        self._json = False
         self._stop: anyio.Event | None = None
         self.fraction = 0.0
         self.loss: float | None = None
@@ -196,6 +207,9 @@ class LearningCurve:
                     self.add(progress)
 
     def add(self, progress: Progress) -> None:
+        self._json = self._json or progress.json
+        if self._json and not progress.json:
+            return
         fraction = progress.fraction
         if fraction is None:
             fraction = min(1.0, (self._clock() - self._started) / self.budget_s)
@@ -341,7 +355,7 @@ def calibrate(samples: Sequence[Sample], *, min_improvement: float) -> Calibrati
     noise = tuple(_bin_noise(newest, k) for k in range(BINS))
     # The last bin ends the run: stopping there saves nothing.
     limits = tuple(
-        _bin_limit(newest, k, noise[k], min_improvement) if k < BINS - 1 else None
+        _bin_limit(newest, k, noise[k], min_improvement) if FIRST_BIN <= k < BINS - 1 else None
         for k in range(BINS)
     )
     calibration = Calibration(limits, noise, len(newest))
@@ -368,35 +382,46 @@ def _bin_noise(samples: Sequence[Sample], k: int) -> float:
 
 
 def _bin_limit(samples: Sequence[Sample], k: int, noise: float, delta: float) -> float | None:
-    """Bin ``k``'s limit, or None when too few pairs inform it or it would stop too few."""
+    """Bin ``k``'s limit, or None when too few pairs inform it or it would stop too few.
+
+    Only pairs whose better run is among the best :data:`TOP_SHARE` of the stored finals
+    count: a run that beats the incumbent is such a run, and the dynamics of two poor runs
+    (an unstable one, say) say nothing about it.
+    """
     points = sorted((s.final, loss) for s in samples if (loss := s.bins[k]) is not None)
     finals = [final for final, _ in points]
+    top = max(1, math.ceil(TOP_SHARE * len(points)))
     # suffix_min[i]: the lowest bin loss among runs from i on, in order of final val_bpb.
     suffix_min = [math.inf] * (len(points) + 1)
     for i in range(len(points) - 1, -1, -1):
         suffix_min[i] = min(points[i][1], suffix_min[i + 1])
-    worst_gap, improving = -math.inf, 0
-    for final, loss in points:
-        worse = bisect.bisect_right(finals, final + delta)  # first run it beat by delta
+    worst_gap, pairs = -math.inf, 0
+    for final, loss in points[:top]:
+        worse = bisect.bisect_right(finals, final + delta)  # the first run it beat by delta
         if worse < len(points):
-            improving += len(points) - worse
+            pairs += len(points) - worse
             worst_gap = max(worst_gap, loss - suffix_min[worse])
-    if improving < MIN_PAIRS:
+    if top < MIN_TOP or pairs < MIN_TOP:
         return None
-    limit = max(worst_gap, NOISE_Z * noise * math.sqrt(2), 0.0)
-    return limit if _power(points, finals, limit, delta) >= MIN_POWER else None
+    limit = max(SAFETY * worst_gap, NOISE_Z * noise * math.sqrt(2), 0.0)
+    return limit if _power(points, finals, top, limit, delta) >= MIN_POWER else None
 
 
 def _power(
-    points: Sequence[tuple[float, float]], finals: Sequence[float], limit: float, delta: float
+    points: Sequence[tuple[float, float]],
+    finals: Sequence[float],
+    top: int,
+    limit: float,
+    delta: float,
 ) -> float:
-    """The share of pairs (loser, winner by ``delta``) where the loser is behind by > limit."""
-    losing = stopped = 0
-    for final, loss in points:
-        better = bisect.bisect_left(finals, final - delta)  # runs that beat this one
-        losing += better
-        stopped += sum(1 for _, other in points[:better] if loss - other > limit)
-    return stopped / losing if losing else 0.0
+    """The share of pairs (a top run, one it beat by ``delta``) where the worse one is
+    behind by more than ``limit``: how much the bin would stop."""
+    pairs = stopped = 0
+    for final, loss in points[:top]:
+        worse = points[bisect.bisect_right(finals, final + delta) :]
+        pairs += len(worse)
+        stopped += sum(1 for _, other in worse if other - loss > limit)
+    return stopped / pairs if pairs else 0.0
 
 
 @dataclass(frozen=True, slots=True)
