@@ -138,19 +138,26 @@ def _parse_json(text: str) -> Progress | None:
         return None
     if not isinstance(data, dict):
         return None
-    loss, fraction, step = data.get("loss"), data.get("fraction"), data.get("step")
-    if not _is_number(loss) or (fraction is not None and not _is_number(fraction)):
+    loss, fraction, step = _as_float(data.get("loss")), data.get("fraction"), data.get("step")
+    if loss is None or _finite(loss) is None:
         return None
-    value = _finite(float(loss))
-    if value is None or (fraction is not None and not 0 <= fraction < math.inf):
-        return None
+    if fraction is not None:
+        fraction = _as_float(fraction)
+        if fraction is None or fraction < 0:
+            return None
     whole = step if isinstance(step, int) and not isinstance(step, bool) else None
-    fraction = None if fraction is None else float(fraction)
-    return Progress(value, _clamp(fraction), whole, json=True)
+    return Progress(loss, _clamp(fraction), whole, json=True)
 
 
-def _is_number(value: Any) -> TypeGuard[float]:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def _as_float(value: Any) -> float | None:
+    """A JSON number as a finite float; None for anything else (a bool, a string, 1e999)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _finite(value: float) -> float | None:
@@ -569,8 +576,3 @@ class EarlyStopping:
 
     def describe(self, track: str, tier: str) -> dict[str, Any]:
         return self._track(track, tier).calibration.describe()
-
-
-def stopped_label(fraction: float) -> str:
-    """How a stopped run's status reads in tables: ``stopped_early 35%``."""
-    return f"stopped_early {fraction:.0%}"

@@ -214,7 +214,9 @@ def clean_curve(value: Any) -> tuple[tuple[float, float], ...]:
     for point in value[:MAX_CURVE_POINTS]:
         if isinstance(point, list | tuple) and len(point) == 2 and _is_fraction(point[0]):
             loss = point[1]
-            if isinstance(loss, int | float) and not isinstance(loss, bool) and math.isfinite(loss):
+            if isinstance(loss, float) and math.isfinite(loss):
+                points.append((float(point[0]), loss))
+            elif isinstance(loss, int) and not isinstance(loss, bool) and abs(loss) < 2**53:
                 points.append((float(point[0]), float(loss)))
     return tuple(points)
 

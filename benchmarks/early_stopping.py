@@ -97,8 +97,8 @@ class Landscape:
 
     @property
     def critical_lr(self) -> float:
-        width, batch = 2 ** self.theta["width"], 2 ** self.theta["batch"]
-        return 0.02 * (256 / width) ** 0.5 * (batch / 2**17) ** 0.25
+        width, batch = 2.0 ** self.theta["width"], 2.0 ** self.theta["batch"]
+        return float(0.02 * (256 / width) ** 0.5 * (batch / 2**17) ** 0.25)
 
     @property
     def diverges(self) -> bool:
@@ -190,7 +190,8 @@ class Arm:
 
 def search(arm: Arm, seed: int, candidates: int) -> None:
     rng = random.Random(seed)
-    best_theta, best_runs = dict(BASELINE), []
+    best_theta = dict(BASELINE)
+    best_runs: list[tuple[tuple[float, float], ...]] = []
     best_true = Landscape(best_theta).final()
     clock = 0
 
