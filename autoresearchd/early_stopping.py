@@ -35,7 +35,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from typing import Any
 
 import anyio
 import structlog
@@ -56,7 +56,7 @@ MAX_LINE = 4096
 #: Losses beyond this are no training loss anyone reports; such lines are ignored.
 MAX_LOSS = 1e6
 #: Finished curves, and distinct sources among them, a track needs before any stop.
-MIN_CURVES = 30
+MIN_CURVES = 50
 MIN_SOURCES = 10
 #: Runs among the best that a bin's limit must rest on: a new improvement is further behind
 #: than all of ``n`` stored ones with a chance of about 1 / (n + 1).
@@ -547,8 +547,9 @@ class EarlyStopping:
             sample = sample_of(result) if result.vram_tier == tier else None
             if sample is not None:
                 state.samples[result.id] = sample
-        newest = sorted(state.samples.values(), key=lambda s: s.completed_at)[-MAX_CURVES:]
-        state.samples = {k: v for k, v in state.samples.items() if v in newest}
+        kept = sorted(state.samples.items(), key=lambda item: item[1].completed_at)[-MAX_CURVES:]
+        state.samples = dict(kept)
+        newest = list(state.samples.values())
         calibration = await anyio.to_thread.run_sync(
             lambda: calibrate(newest, min_improvement=min_improvement)
         )
