@@ -9,15 +9,17 @@ result stores, so any daemon can judge against it.
 
 The rule (:class:`Judge`): when a run completes a bin, its loss there is compared with the
 mean loss of the incumbent best's runs in the same bin; the run stops when it is behind by
-more than that bin's limit. Limits are calibrated per track and tier on stored curves
-(:func:`calibrate`): over every pair of finished runs where one ended better than the other by
-``min_improvement``, the largest gap by which the better one was behind in that bin, and never
-less than ``NOISE_Z`` times the seed noise of the bin: no stored improvement would have been
-stopped there. A bin whose limit would stop too few of the stored losers is not used, so a
-track with too few curves, or one whose curves do not predict the end (a warm-down tied to
-the budget makes a high-LR run look worse mid-run and better at the end), is left alone. A
-share of would-be stops (:data:`AUDIT_SHARE`) runs on to the end, so the curves the rule
-learns from keep including the runs it would stop.
+more than that bin's limit. Limits are calibrated per track and tier on the newest stored
+curves (:func:`calibrate`): over every pair of finished runs where one, among the best
+:data:`TOP_SHARE` of them, ended better than the other by ``min_improvement``, the largest gap
+by which the better one was behind in that bin, times :data:`SAFETY`, and never less than
+:data:`NOISE_Z` times the bin's seed noise: no stored improvement would have been stopped
+there. A bin resting on fewer than :data:`MIN_TOP` such runs, or whose limit would stop too few
+of the stored losers (:data:`MIN_POWER`), is not used; so a track with too few curves, or one
+whose curves do not predict the end (a warm-down tied to the budget makes a high-LR run look
+worse mid-run and better at the end), is left alone. A share of runs (:data:`AUDIT_SHARE`)
+runs on whatever the verdict, so the curves the rule learns from keep including the runs it
+would stop.
 
 Only the worker's first run of a new candidate gets a judge: baselines, replicates,
 re-measures and confirmation runs always run to the end.
