@@ -67,6 +67,8 @@ MIN_TOP = 20
 MIN_POWER = 0.1
 #: Newest finished curves a calibration rests on (it compares every pair of them).
 MAX_CURVES = 200
+#: Finished curves kept per track and tier, to find the incumbent's runs among.
+MAX_KEPT = 2000
 #: The share of stored runs, best first, whose pairs calibrate the limits.
 TOP_SHARE = 0.4
 #: The largest gap seen is a sample's maximum: the limit leaves this much room beyond it.
@@ -549,9 +551,10 @@ class EarlyStopping:
             sample = sample_of(result) if result.vram_tier == tier else None
             if sample is not None:
                 state.samples[result.id] = sample
-        kept = sorted(state.samples.items(), key=lambda item: item[1].completed_at)[-MAX_CURVES:]
-        state.samples = dict(kept)
-        newest = list(state.samples.values())
+        # The incumbent's runs may be older than the curves calibrated on: keep more.
+        kept = sorted(state.samples.items(), key=lambda item: item[1].completed_at)
+        state.samples = dict(kept[-MAX_KEPT:])
+        newest = [sample for _, sample in kept[-MAX_CURVES:]]
         calibration = await anyio.to_thread.run_sync(
             lambda: calibrate(newest, min_improvement=min_improvement)
         )

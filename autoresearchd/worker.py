@@ -615,9 +615,13 @@ class Worker:
     async def _refresh_stopping(self) -> None:
         """Recalibrate early stopping on the swarm's stored curves, beside the run."""
         limit = self.config.proposer.max_history
-        await self.ctx.stopping.refresh(
-            self.ctx.memory, self.config.experiment, self.device.tier, limit=limit
-        )
+        try:
+            await self.ctx.stopping.refresh(
+                self.ctx.memory, self.config.experiment, self.device.tier, limit=limit
+            )
+        except Exception:
+            # A bug here must cost early stopping only, never the run beside it.
+            log.exception("early_stopping_refresh_crashed")
 
     def spec(self, run_id: str, candidate: Candidate, seed: int) -> RunSpec:
         spec = RunSpec.from_config(
