@@ -422,8 +422,10 @@ def warm_up(trainer: Trainer, steps: int) -> tuple[float, float]:
 
 
 def train(trainer: Trainer, budget_s: float) -> Progress:
-    """Step until ``budget_s`` seconds of training have passed; print progress with ``\\r``."""
-    progress = Progress()
+    """Step until ``budget_s`` seconds of training have passed; print progress with ``\\r``,
+    and each hundredth of the budget a JSON progress line for the daemon's early stopping."""
+    progress, reported = Progress(), 0
+    losses: list[float] = []
     while progress.seconds < budget_s:
         start = time.perf_counter()
         try:
@@ -436,8 +438,20 @@ def train(trainer: Trainer, budget_s: float) -> Progress:
         progress.steps += 1
         progress.tokens += trainer.tokens_per_step
         _report(progress, budget_s, trainer.tokens_per_step / elapsed)
+        losses.append(progress.loss)
+        if int(100 * progress.seconds / budget_s) > reported or progress.seconds >= budget_s:
+            reported = int(100 * progress.seconds / budget_s)
+            _report_json(progress, budget_s, sum(losses) / len(losses))
+            losses.clear()
     print(flush=True)
     return progress
+
+
+def _report_json(progress: Progress, budget_s: float, loss: float) -> None:
+    """One line on the documented progress channel: the mean loss since the last one."""
+    fraction = min(1.0, progress.seconds / budget_s)
+    line = json.dumps({"fraction": round(fraction, 4), "loss": loss, "step": progress.steps})
+    print(f"\nAUTORESEARCH_PROGRESS {line}", flush=True)
 
 
 def _report(progress: Progress, budget_s: float, tokens_per_s: float) -> None:

@@ -118,6 +118,8 @@ class ExperimentConfig:
     workspace_ignore: tuple[str, ...] = DEFAULT_WORKSPACE_IGNORE
     trust: Literal["params-only", "sandboxed", "any"] = "params-only"
     sandbox: Literal["auto", "off", "required"] = "auto"
+    # "auto": stop hopeless runs where stored curves are calibrated (early_stopping.py).
+    early_stopping: Literal["auto", "off"] = "auto"
 
 
 @dataclass(frozen=True, slots=True)

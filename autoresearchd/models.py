@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeGuard
 
 #: Upper bounds (GB, inclusive) of the VRAM tiers from DESIGN.md; above the last is "xl".
 TIER_BOUNDS_GB: tuple[tuple[str, float], ...] = (("small", 16), ("medium", 24), ("large", 48))
@@ -140,7 +140,9 @@ class Result:
     ``val_bpb``, ``memory_gb``, ``vram_tier``, ``status``, ``description``, ``train_py``,
     ``completed_at``, ``delta_vs_best``). ``confirmed_bpb`` is set on a ``keep`` result:
     the mean val_bpb over the candidate's replicated runs, which is what the best records.
-    ``provisional`` marks a run that beat the best and awaits replication.
+    ``provisional`` marks a run that beat the best and awaits replication. ``curve`` is the
+    run's learning curve, a bounded list of (fraction of the budget, mean loss) points, and
+    ``stopped_early`` the fraction of the budget a run stopped as hopeless had used.
     """
 
     id: str
@@ -167,6 +169,8 @@ class Result:
     confirmed_bpb: float | None = None
     error: str = ""
     software: Mapping[str, str] = field(default_factory=dict)
+    curve: tuple[tuple[float, float], ...] = ()
+    stopped_early: float | None = None
 
     @property
     def best_bpb(self) -> float | None:
@@ -182,6 +186,7 @@ class Result:
         data["status"] = str(self.status)
         data["metrics"] = dict(self.metrics)
         data["software"] = dict(self.software)
+        data["curve"] = [list(point) for point in self.curve]
         return data
 
     @classmethod
@@ -190,7 +195,34 @@ class Result:
         names = cls.__dataclass_fields__.keys()
         data = {key: value for key, value in record.items() if key in names}
         data["status"] = Status(data["status"])
+        # Curves come from other agents too: keep what is well formed, drop the rest.
+        data["curve"] = clean_curve(data.get("curve"))
+        stopped = data.get("stopped_early")
+        data["stopped_early"] = float(stopped) if _is_fraction(stopped) else None
         return cls(**data)
+
+
+#: The most points a stored learning curve keeps.
+MAX_CURVE_POINTS = 80
+
+
+def clean_curve(value: Any) -> tuple[tuple[float, float], ...]:
+    """The well-formed (fraction, loss) points of a curve read from a record, in order."""
+    if not isinstance(value, list | tuple):
+        return ()
+    points = []
+    for point in value[:MAX_CURVE_POINTS]:
+        if isinstance(point, list | tuple) and len(point) == 2 and _is_fraction(point[0]):
+            loss = point[1]
+            if isinstance(loss, float) and math.isfinite(loss):
+                points.append((float(point[0]), loss))
+            elif isinstance(loss, int) and not isinstance(loss, bool) and abs(loss) < 2**53:
+                points.append((float(point[0]), float(loss)))
+    return tuple(points)
+
+
+def _is_fraction(value: Any) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -298,6 +298,12 @@ def _conforms(value: object, hint: Any) -> bool:
         return isinstance(value, dict) and all(
             _conforms(k, args[0]) and _conforms(v, args[1]) for k, v in value.items()
         )
+    if typing.get_origin(hint) is tuple:  # a JSON array: a learning curve's points
+        if not isinstance(value, list | tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_conforms(item, args[0]) for item in value)
+        return len(value) == len(args) and all(map(_conforms, value, args))
     if hint is Status:
         return value in Status._value2member_map_
     if hint in (int, float) and isinstance(value, bool):

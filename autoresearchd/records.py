@@ -17,7 +17,8 @@ from autoresearchd.models import Candidate, Device, Result, Status
 from autoresearchd.runner import RunReport
 
 #: The status a run's outcome records before judging; any other outcome is a crash.
-OUTCOME_STATUS = {"ok": Status.DISCARD, "timeout": Status.TIMEOUT}
+#: A run stopped early as hopeless is a discard without a val_bpb.
+OUTCOME_STATUS = {"ok": Status.DISCARD, "timeout": Status.TIMEOUT, "stopped_early": Status.DISCARD}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,9 @@ def build_result(origin: Origin, candidate: Candidate, report: RunReport, seed: 
         metrics=dict(summary.metrics) if summary else {},
         error=report.error,
     )
-    return _record(origin, candidate, run)
+    return _record(origin, candidate, run).with_(
+        curve=report.curve, stopped_early=report.stopped_early
+    )
 
 
 def unrun_result(

@@ -76,7 +76,7 @@ def results_table(
         (
             format_time(r.completed_at, tz),
             r.agent_id,
-            labels.get(r.id, str(r.status)),
+            labels.get(r.id, status_label(r)),
             format_bpb(r.val_bpb),
             format_delta(r.delta_vs_best),
             r.description,
@@ -109,6 +109,36 @@ def run_labels(results: Sequence[Result], replicates: int | None = None) -> dict
             counts[sha] = 0
             labels[result.id] = PROVISIONAL
     return labels
+
+
+def status_label(result: Result) -> str:
+    """A result's status; a run stopped as hopeless says how much of its budget it used."""
+    if result.stopped_early is not None:
+        return stopped_early_label(result.stopped_early)
+    return str(result.status)
+
+
+def stopped_early_label(fraction: float) -> str:
+    return f"stopped_early {fraction:.0%}"
+
+
+def early_stopping_text(devices: Sequence[Mapping[str, Any]]) -> str:
+    """Where early stopping stands for the devices' tracks and tiers, each said once."""
+    texts: list[str] = []
+    for device in devices:
+        state = device.get("early_stopping")
+        if not state:
+            continue
+        if state.get("on"):
+            text = (
+                f"early stopping on from {state['from_fraction']:.0%} of the budget "
+                f"({state['curves']} curves)"
+            )
+        else:
+            text = f"early stopping off: {state.get('reason', '')}"
+        if text not in texts:
+            texts.append(text)
+    return " · ".join(texts)
 
 
 def _replicate_label(result: Result, n: int, replicates: int | None) -> str:
@@ -181,6 +211,8 @@ def status_text(
         f"best {format_bpb(best) if best is not None else 'none yet'} · "
         f"{snapshot['outbox_depth']} queued for publishing · {memory_text(snapshot['memory'])}"
     )
+    if stopping := early_stopping_text(snapshot["devices"]):
+        summary += f"\n{stopping}"
     if held := snapshot.get("outbox_held", 0):
         summary += f"\n{held} held in memory: the disk refused them ({snapshot['outbox_error']})"
     rows: list[tuple[str, ...]] = [
@@ -212,8 +244,18 @@ def _device_row(device: Mapping[str, Any]) -> tuple[str, ...]:
         device["state"].replace("_", " "),
         format_seconds(run["elapsed_s"]) if run else MISSING,
         _time_left(run) if run else MISSING,
-        format_bpb(device.get("last_val_bpb")),
+        _last(device),
         run["description"] if run else MISSING,
+    )
+
+
+def _last(device: Mapping[str, Any]) -> str:
+    """The last run's val_bpb, or how early it was stopped when it was."""
+    stopped = device.get("last_stopped_early")
+    return (
+        stopped_early_label(stopped)
+        if stopped is not None
+        else format_bpb(device.get("last_val_bpb"))
     )
 
 

@@ -36,6 +36,7 @@ from autoresearchd.config import (
     DEFAULT_WORKSPACE_IGNORE,
     ExperimentConfig,
 )
+from autoresearchd.early_stopping import LearningCurve
 from autoresearchd.errors import RunError
 from autoresearchd.models import Candidate, Device, Summary
 from autoresearchd.sandbox import scrub_env
@@ -55,8 +56,8 @@ MAX_ERROR_CHARS = 300
 LOG_NAME = "run.log"
 RESULT_NAME = "result.json"
 
-Outcome = Literal["ok", "crash", "timeout", "stopped"]
-_Ending = Literal["exited", "timeout", "stopped"]
+Outcome = Literal["ok", "crash", "timeout", "stopped", "stopped_early"]
+_Ending = Literal["exited", "timeout", "stopped", "stopped_early"]
 #: Turns ``[python, script]`` into the command actually run (a sandbox prefix, for instance).
 Wrap = Callable[[Sequence[str]], list[str]]
 
@@ -82,6 +83,8 @@ class RunSpec:
     max_log_bytes: int = DEFAULT_MAX_LOG_BYTES
     extra_env: Mapping[str, str] = field(default_factory=dict)
     wrap: Wrap | None = None
+    #: Reads the run's progress as it trains, and may stop it early (early_stopping.py).
+    curve: LearningCurve | None = None
 
     @classmethod
     def from_config(
@@ -148,6 +151,8 @@ class RunReport:
     completed_at: float
     duration_s: float
     error: str = ""
+    curve: tuple[tuple[float, float], ...] = ()
+    stopped_early: float | None = None
 
     @property
     def log_path(self) -> Path:
@@ -172,8 +177,9 @@ async def run_experiment(spec: RunSpec, *, stop: anyio.Event | None = None) -> R
     """
     await anyio.to_thread.run_sync(prepare_run_dir, spec)
     sink = _LogSink(spec.log_path, spec.max_log_bytes)
+    curve = spec.curve or LearningCurve(spec.time_budget_s)
     try:
-        finished = await _supervise(spec, sink, stop)
+        finished = await _supervise(spec, sink, stop, curve)
     finally:
         sink.close()
     if sink.error:
@@ -185,6 +191,8 @@ async def run_experiment(spec: RunSpec, *, stop: anyio.Event | None = None) -> R
     tail = sink.tail_text()
     summary = await anyio.to_thread.run_sync(read_summary, spec.result_path, tail)
     outcome, error = _judge(spec, finished, summary, tail)
+    if finished.ending == "stopped_early" and curve.verdict is not None:
+        error = curve.verdict.describe()
     log.info(
         "run_process_exited",
         run_id=spec.run_id,
@@ -203,6 +211,8 @@ async def run_experiment(spec: RunSpec, *, stop: anyio.Event | None = None) -> R
         completed_at=finished.completed_at,
         duration_s=finished.duration_s,
         error=error,
+        curve=curve.points(),
+        stopped_early=round(curve.fraction, 4) if outcome == "stopped_early" else None,
     )
 
 
@@ -264,7 +274,9 @@ def child_env(spec: RunSpec) -> dict[str, str]:
     }
 
 
-async def _supervise(spec: RunSpec, sink: _LogSink, stop: anyio.Event | None) -> _Finished:
+async def _supervise(
+    spec: RunSpec, sink: _LogSink, stop: anyio.Event | None, curve: LearningCurve
+) -> _Finished:
     # Our own pipe rather than asyncio's: asyncio's wait() also waits for its pipes to close,
     # which a grandchild holding stdout would delay until the group is killed.
     read_fd, write_fd = os.pipe()
@@ -278,7 +290,7 @@ async def _supervise(spec: RunSpec, sink: _LogSink, stop: anyio.Event | None) ->
         os.close(write_fd)
     group = _Group(process, spec)
     try:
-        return await _watch(group, read_fd, sink, stop)
+        return await _watch(group, read_fd, sink, stop, curve)
     finally:
         with anyio.CancelScope(shield=True):
             await group.end()
@@ -305,13 +317,13 @@ async def _start(spec: RunSpec, output_fd: int) -> Process:
 
 
 async def _watch(
-    group: _Group, read_fd: int, sink: _LogSink, stop: anyio.Event | None
+    group: _Group, read_fd: int, sink: _LogSink, stop: anyio.Event | None, curve: LearningCurve
 ) -> _Finished:
     started_at, started = time.time(), time.monotonic()
     async with anyio.create_task_group() as tasks:
         drained = anyio.Event()
-        tasks.start_soon(_pump, read_fd, sink, drained)
-        ending = await _wait_end(group.process, stop, group.spec.limit_s)
+        tasks.start_soon(_pump, read_fd, sink, drained, curve)
+        ending = await _wait_end(group.process, stop, group.spec.limit_s, curve)
         completed_at, duration_s = time.time(), time.monotonic() - started
         await group.end()
         with anyio.move_on_after(DRAIN_TIMEOUT_S):
@@ -320,8 +332,11 @@ async def _watch(
     return _Finished(ending, group.process.returncode, started_at, completed_at, duration_s)
 
 
-async def _wait_end(process: Process, stop: anyio.Event | None, limit_s: float) -> _Ending:
-    """Whichever comes first: the process exits, ``stop`` is set, or ``limit_s`` passes."""
+async def _wait_end(
+    process: Process, stop: anyio.Event | None, limit_s: float, curve: LearningCurve
+) -> _Ending:
+    """Whichever comes first: the process exits, ``stop`` is set, the curve's judge stops
+    the run, or ``limit_s`` passes."""
     endings: list[_Ending] = []
 
     async def until(
@@ -336,10 +351,11 @@ async def _wait_end(process: Process, stop: anyio.Event | None, limit_s: float) 
             tasks.start_soon(until, process.wait, "exited", tasks.cancel_scope)
             if stop is not None:
                 tasks.start_soon(until, stop.wait, "stopped", tasks.cancel_scope)
+            tasks.start_soon(until, curve.wait_stopped, "stopped_early", tasks.cancel_scope)
     return endings[0] if endings else "timeout"
 
 
-async def _pump(fd: int, sink: _LogSink, drained: anyio.Event) -> None:
+async def _pump(fd: int, sink: _LogSink, drained: anyio.Event, curve: LearningCurve) -> None:
     """Copy the child's output into ``sink`` until every writer has closed the pipe."""
     while True:
         try:
@@ -351,6 +367,7 @@ async def _pump(fd: int, sink: _LogSink, drained: anyio.Event) -> None:
             drained.set()
             return
         sink.write(chunk)
+        curve.feed(chunk)
         # A flood keeps the pipe readable; yield so other workers' tasks still run.
         await anyio.lowlevel.checkpoint()
 
@@ -485,8 +502,8 @@ def _judge(
 ) -> tuple[Outcome, str]:
     if finished.ending == "timeout":
         return "timeout", f"exceeded budget {spec.time_budget_s:g}s + grace {spec.grace_s:g}s"
-    if finished.ending == "stopped":
-        return "stopped", "stopped before finishing"
+    if finished.ending in ("stopped", "stopped_early"):
+        return finished.ending, "stopped before finishing"
     if finished.returncode != 0:
         return "crash", _exit_error(finished.returncode, tail)
     if summary is None:

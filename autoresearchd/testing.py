@@ -102,6 +102,16 @@ def main():
     print_summary(val_bpb, time.time() - start, steps)
 """)
 
+_CURVE = Template(r"""
+def main():
+    steps = $steps
+    for step in range(1, steps + 1):
+        time.sleep($sleep_s / steps)
+        line = json.dumps({"fraction": step / steps, "loss": $loss + 1 / step, "step": step})
+        print(f"AUTORESEARCH_PROGRESS {line}", flush=True)
+    print_summary(stand_in_val_bpb(LR, WIDTH, BATCH_SIZE, seed(), 0.0), $sleep_s, steps)
+""")
+
 _CRASH = """
 def main():
     print("step 1/5 loss 3.0000")
@@ -214,6 +224,13 @@ def ok_script(
     """Sleeps ``sleep_s``, draws ``\\r`` progress, prints :func:`stand_in_val_bpb` as val_bpb."""
     body = _OK.substitute(sleep_s=repr(float(sleep_s)), noise=repr(float(noise)))
     return _script("ok", body, lr=lr, width=width, batch_pow=batch_pow)
+
+
+def curve_script(loss: float, *, steps: int = 20, sleep_s: float = 0.0) -> str:
+    """Reports ``steps`` JSON progress lines (loss ``loss + 1 / step``), ``sleep_s`` apart in
+    all, then a summary with :func:`stand_in_val_bpb`: a run with a learning curve."""
+    body = _CURVE.substitute(loss=repr(float(loss)), steps=steps, sleep_s=repr(float(sleep_s)))
+    return _script("curve", body)
 
 
 def crash_script() -> str:

@@ -30,6 +30,7 @@ import anyio.abc
 import structlog
 
 from autoresearchd.config import Config
+from autoresearchd.early_stopping import EarlyStopping
 from autoresearchd.errors import AutoresearchdError, MemoryBackendError, ProposalError
 from autoresearchd.gpus import Gpus
 from autoresearchd.health import DeviceHealth, FlapDetector, sleep_unless
@@ -133,6 +134,8 @@ class WorkerContext:
     #: incumbent's runs and the noise count them before the memory has them.
     measured: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     new_seed: Callable[[], int] = field(default=lambda: random.SystemRandom().randrange(2**31))
+    #: Stored learning curves and their calibration: what stops hopeless runs early.
+    stopping: EarlyStopping = field(default_factory=EarlyStopping)
 
 
 class Worker:
@@ -149,6 +152,7 @@ class Worker:
         self.current: Candidate | None = None
         self.run_started_at: float | None = None
         self.last_val_bpb: float | None = None
+        self.last_stopped_early: float | None = None
         self.results_queued = 0
         self._baselines: set[str] = set()
         self._best: Best | None = None
@@ -464,7 +468,7 @@ class Worker:
         Each result is judged against the best as it stands after the run, not as it
         stood when the candidate was proposed: the best may have moved meanwhile.
         """
-        result, best = await self.run_judged(candidate, alongside=True)
+        result, best = await self.run_judged(candidate, alongside=True, stoppable=True)
         if result is None:
             return False
         min_improvement = self.config.experiment.min_improvement
@@ -570,14 +574,15 @@ class Worker:
         return result.val_bpb if result.status is Status.DISCARD else None
 
     async def run_judged(
-        self, candidate: Candidate, *, alongside: bool = False
+        self, candidate: Candidate, *, alongside: bool = False, stoppable: bool = False
     ) -> tuple[Result | None, Best | None]:
-        """Run ``candidate`` (preparing the next one alongside, if asked), then judge it
-        against the best as it stands now, waiting at most ``BEST_READ_TIMEOUT_S``."""
+        """Run ``candidate`` (preparing the next one alongside, if asked, and stopping it
+        early if ``stoppable`` and hopeless), then judge it against the best as it stands
+        now, waiting at most ``BEST_READ_TIMEOUT_S``."""
         if alongside and self._background is not None:
             self._prefetched = anyio.Event()
             self._background.start_soon(self._alongside_run, self._prefetched)
-        result = await self.run(candidate)
+        result = await self.run(candidate, stoppable=stoppable)
         if result is None or result.status is not Status.DISCARD:
             return result, self._best  # no score to judge: queue it at once
         best = self._best
@@ -585,19 +590,38 @@ class Worker:
             best = await self.read_best()
         return result.with_(delta_vs_best=delta_vs_best(result.val_bpb, best)), best
 
-    async def run(self, candidate: Candidate) -> Result | None:
+    async def run(self, candidate: Candidate, *, stoppable: bool = False) -> Result | None:
         run_id = new_run_id(self.config.daemon.agent)
         seed = self.ctx.new_seed()
+        spec = self.spec(run_id, candidate, seed)
+        if stoppable:  # only a candidate's first run: never a replicate or a re-measure
+            best = lowest(self._best, self._own_best)
+            experiment, tier = self.config.experiment, self.device.tier
+            curve = self.ctx.stopping.curve_for(experiment, tier, candidate, best)
+            spec = dataclasses.replace(spec, curve=curve)
+            if curve is not None and self._background is not None:
+                self._background.start_soon(self._refresh_stopping)
         structlog.contextvars.bind_contextvars(run_id=run_id)
         try:
             self.run_started_at, self.run_id = time.time(), run_id
             self._run_clock = time.monotonic()
             async with self._stop_signal() as stop:
-                report = await run_experiment(self.spec(run_id, candidate, seed), stop=stop)
+                report = await run_experiment(spec, stop=stop)
         finally:
             self.run_started_at = self.run_id = None
             structlog.contextvars.unbind_contextvars("run_id")
         return self.record(candidate, report, seed)
+
+    async def _refresh_stopping(self) -> None:
+        """Recalibrate early stopping on the swarm's stored curves, beside the run."""
+        limit = self.config.proposer.max_history
+        try:
+            await self.ctx.stopping.refresh(
+                self.ctx.memory, self.config.experiment, self.device.tier, limit=limit
+            )
+        except Exception:
+            # A bug here must cost early stopping only, never the run beside it.
+            log.exception("early_stopping_refresh_crashed")
 
     def spec(self, run_id: str, candidate: Candidate, seed: int) -> RunSpec:
         spec = RunSpec.from_config(
@@ -625,6 +649,7 @@ class Worker:
             error=report.error or None,
         )
         self._flap_delay = self.flaps.record(report.outcome == "crash", report.duration_s)
+        self.last_stopped_early = report.stopped_early
         if report.outcome == "stopped" or self._halts_on(candidate, report):
             return None
         # A score no honest run can reach (negative, below the track's floor) is invalid.
@@ -657,6 +682,7 @@ class Worker:
             await anyio.to_thread.run_sync(self.ctx.outbox.put, result)
             self.results_queued += 1
             self.ctx.ran.add(result.train_py_sha256)
+        self.ctx.stopping.remember(result)
         if result.status in MEASURED and result.val_bpb is not None:
             # Until the memory has it, only we know this run measured its source.
             runs = self.ctx.measured.setdefault((result.vram_tier, result.train_py_sha256), {})
@@ -777,6 +803,8 @@ class Worker:
             "state": self.state,
             "experiment": self._experiment(now),
             "last_val_bpb": self.last_val_bpb,
+            "last_stopped_early": self.last_stopped_early,
+            "early_stopping": self.ctx.stopping.describe(self.config.experiment.track, d.tier),
             "halted": self.halted or None,
         }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import math
 import os
 import re
 import subprocess
@@ -17,7 +18,9 @@ from types import ModuleType
 
 import pytest
 
+from autoresearchd.early_stopping import LearningCurve
 from autoresearchd.harness import prepare_track
+from autoresearchd.harness.tokenizer import VOCAB_SIZE
 from autoresearchd.models import KNOWN_METRICS, Summary
 from autoresearchd.mutation import parse_params
 from autoresearchd.summary import parse_result_json, parse_summary_text
@@ -229,6 +232,18 @@ def test_result_file_holds_the_printed_summary(longer_run: Run) -> None:
     assert from_json is not None and longer_run.summary is not None
     assert from_json.val_bpb == pytest.approx(longer_run.summary.val_bpb, abs=1e-6)
     assert set(from_json.metrics) == set(longer_run.summary.metrics)
+
+
+@pytest.mark.slow
+def test_progress_lines_make_a_learning_curve(longer_run: Run) -> None:
+    """The JSON progress channel: the daemon's reader gets a curve over the whole budget."""
+    curve = LearningCurve(LONGER_S)
+    curve.feed(longer_run.stdout.encode())
+    points = curve.points()
+    assert "AUTORESEARCH_PROGRESS {" in longer_run.stdout
+    assert curve.fraction == 1.0 and len(points) >= 2
+    assert all(0 < loss < 2 * math.log(VOCAB_SIZE) for _, loss in points)
+    assert [f for f, _ in points] == sorted(f for f, _ in points)
 
 
 @pytest.mark.slow
