@@ -59,8 +59,8 @@ from autoresearchd.ensue.envelope import Reply
 from autoresearchd.ensue.envelope import parse_message as parse_reply
 from autoresearchd.ensue.envelope import read_reply as _payload
 from autoresearchd.ensue.errors import CONFLICT, FORBIDDEN, NO_SUCH_TOOL
+from autoresearchd.ensue.keys import full_name, slug
 from autoresearchd.ensue.keys import short_hash as _short_hash
-from autoresearchd.ensue.keys import slug
 from autoresearchd.ensue.values import decode as _decode
 from autoresearchd.ensue.values import encode as _encode
 from autoresearchd.errors import ConfigError, MemoryBackendError, TransientMemoryError
@@ -365,8 +365,14 @@ class EnsueMemory:
         self._check_open()
         item = {"key_name": key, "description": description, "value": _encode(text)}
         reply = await self._rpc.call(
-            "create_memory", {"items": [{**item, "base64": True}]}, key=key, tolerate=(CONFLICT,)
+            "create_memory",
+            {"items": [{**item, "base64": True}]},
+            key=key,
+            tolerate=(CONFLICT, FORBIDDEN),
         )
+        if reply.error_code == FORBIDDEN:  # a create every item of which was refused
+            log.info("write_refused", backend=BACKEND, key=key, reason=reply.error_message)
+            return Write.REFUSED
         if reply.error_code is not None:
             return Write.LOST
         results = reply.payload.get("results")
@@ -442,7 +448,8 @@ class EnsueMemory:
         )
         keys = reply.payload.get("keys", reply.payload.get("results", []))
         names = [k.get("key_name") if isinstance(k, dict) else k for k in keys or []]
-        return [name for name in names if isinstance(name, str)]
+        # Servers name listed keys relative to the org: read them back by full name.
+        return [full_name(self.org, name) for name in names if isinstance(name, str)]
 
     async def _read_all(self, prefix: str) -> list[Stored]:
         keys = await self._list(prefix)
