@@ -1,14 +1,18 @@
 """The hub's HTTP side: a Starlette app with the JSON-RPC endpoint and the ``/auth`` routes.
 
 :func:`build_app` wires a :class:`~autoresearchd.hub.store.HubStore` into routes:
-``POST /`` (and ``/mcp``) for JSON-RPC; ``POST /auth/agent-register`` ``{"name",
-"email"}``, which stores an unverified agent and emails it a verification link;
+``POST /`` (and ``/mcp``) for JSON-RPC, which also answers the MCP handshake without a
+key (``initialize``, ``ping``, ``tools/list``: :mod:`~autoresearchd.hub.mcp`; any
+notification gets 202); ``POST /auth/agent-register`` ``{"name", "email"}``, which
+stores an unverified agent and emails it a verification link (with
+``hub.name_only_registration``, a name alone registers an agent only an invite verifies);
 ``GET /auth/verify?agent=&code=`` (the link; ``/auth/claim`` too) and ``POST
 /auth/verify`` ``{"name", "code"}``, which verify it; ``GET /auth/whoami`` (with a key)
 and ``GET /healthz``; with ``hub.dashboard`` on, the read-only pages under ``/dashboard``
 (:mod:`autoresearchd.dashboard`). With ``hub.require_email = false`` an email is optional and a
 registration without one gets the link and code in its reply, as before email
-verification existed. Every JSON-RPC call needs ``Authorization: Bearer <key>``; bodies
+verification existed. Every JSON-RPC tool call needs ``Authorization: Bearer <key>``,
+except reads of what an org made public; a key that is sent is checked first; bodies
 over ``max_body_bytes`` are refused before they are parsed. Requests are rate limited per
 client IP (the ``/auth`` routes more tightly) and per key; a limited request gets 429 with
 ``Retry-After``. The limits live in each hub process, so they apply per replica. Errors
@@ -26,7 +30,6 @@ never dropped).
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import signal
@@ -45,8 +48,16 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from autoresearchd.config import SQLITE_URL, Config, HubConfig
+from autoresearchd.ensue import envelope, values
+from autoresearchd.ensue.errors import (
+    INVALID_PARAMS,
+    RATE_LIMITED,
+    TOO_LARGE,
+    UNAUTHORISED,
+    UNAVAILABLE,
+)
 from autoresearchd.errors import ConfigError, HubError
-from autoresearchd.hub import strictjson
+from autoresearchd.hub import mcp, strictjson
 from autoresearchd.hub.auth import (
     RateLimiter,
     Rules,
@@ -58,17 +69,15 @@ from autoresearchd.hub.auth import (
 )
 from autoresearchd.hub.mail import Mailer, SmtpMailer, verification_message
 from autoresearchd.hub.rpc import (
-    INVALID_PARAMS,
-    RATE_LIMITED,
-    TOO_LARGE,
-    UNAUTHORISED,
-    UNAVAILABLE,
+    Message,
     RpcFault,
     Tools,
     error_reply,
-    parse_request,
+    parse_message,
     request_id_of,
     result_reply,
+    tool_call,
+    tool_error_reply,
 )
 from autoresearchd.hub.store import (
     SCHEMA_VERSION,
@@ -117,7 +126,13 @@ class Hub:
         self.clock = clock
         self.mailer = mailer
         rules = Rules(config.replicates, config.replication, config.track)
-        self.tools = Tools(store, max_value_bytes=config.max_value_bytes, clock=clock, rules=rules)
+        self.tools = Tools(
+            store,
+            max_value_bytes=config.max_value_bytes,
+            clock=clock,
+            rules=rules,
+            default_org=config.org,
+        )
         self.limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
         self.ip_limiter = RateLimiter(config.rate_limit_ip_per_s, config.rate_limit_ip_burst)
         self.auth_limiter = RateLimiter(config.auth_rate_limit_per_s, config.auth_rate_limit_burst)
@@ -145,17 +160,35 @@ class Hub:
             return _reply(error_reply(request_id_of(body), unavailable), 503)
 
     async def _rpc(self, request: Request, body: bytes) -> Response:
-        agent, key_hash = await self._authenticate(request)
-        wait = self.limiter.retry_after(key_hash)
+        # A key that is sent is checked first: a bad key is 401 whatever the body says.
+        agent, bucket = await self._authenticate(request, optional=True)
+        message = parse_message(body)
+        if message.notification:
+            return Response(status_code=202)  # notifications/initialized, and any other
+        if message.method in mcp.OPEN_METHODS:
+            return _reply(envelope.result_reply(message.request_id, _open_method(message)))
+        call = tool_call(message)
+        wait = self.limiter.retry_after(bucket)
         if wait > 0:
             raise RpcFault(RATE_LIMITED, "rate limited", {"retry_after": math.ceil(wait)})
-        call = parse_request(body)
-        payload = await self.tools.call(agent, call)
+        try:
+            payload = await self.tools.call(agent, call)
+        except RpcFault as fault:
+            if not fault.is_tool_error:
+                raise
+            return _reply(tool_error_reply(call.request_id, fault))
         return _reply(result_reply(call.request_id, payload))
 
-    async def _authenticate(self, request: Request) -> tuple[Agent, str]:
+    async def _authenticate(
+        self, request: Request, *, optional: bool = False
+    ) -> tuple[Agent | None, str]:
+        """The agent a request's key belongs to and its rate-limit bucket; with
+        ``optional``, a request without a key is anonymous (None), limited per IP."""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
+        if not header and optional:
+            ip = request.client.host if request.client else "unknown"
+            return None, f"ip:{ip}"
         if scheme.lower() != "bearer" or not token.strip():
             raise RpcFault(UNAUTHORISED, "missing Authorization: Bearer <key>")
         key_hash = hash_key(token.strip())
@@ -188,8 +221,28 @@ class Hub:
         if email is not None and not is_email(email):
             return _error(400, "expected a valid email address, without control characters")
         if email is None and self.config.require_email:
+            if self.config.name_only_registration:
+                return await self._register_name_only(str(name))
             return _error(400, 'this hub needs an "email" to send a verification link to')
         return await self._register(request, str(name), str(email or ""))
+
+    async def _register_name_only(self, name: str) -> Response:
+        """An agent with a name alone, on a hub that verifies by email: it starts
+        unverified, with no link to open, and is verified by claiming an invite."""
+        api_key, now = new_api_key(), self.clock()
+        # A code no one knows: the link route can never verify this agent.
+        unknown_code = hash_key(new_verification_code())
+        if not await self.store.register(Agent(name), hash_key(api_key), unknown_code, now):
+            return _error(409, f"the name {name} is taken")
+        log.info("agent_registered", agent=name, email=False, name_only=True)
+        return JSONResponse(
+            {
+                "api_key": api_key,
+                "agent": name,
+                "verified": False,
+                "message": "registered unverified; claim an invite (claim_invite) to be verified",
+            }
+        )
 
     async def _register(self, request: Request, name: str, email: str) -> Response:
         api_key, code = new_api_key(), new_verification_code()
@@ -256,6 +309,7 @@ class Hub:
             agent, key_hash = await self._authenticate(request)
         except RpcFault as fault:
             return _error(401, str(fault))
+        assert agent is not None  # a key is required here
         wait = self.limiter.retry_after(key_hash)
         if wait > 0:
             return _too_many(math.ceil(wait))
@@ -265,6 +319,15 @@ class Hub:
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
+
+
+def _open_method(message: Message) -> dict[str, Any]:
+    """The result of a method that needs no key: the MCP handshake and the tool list."""
+    if message.method == "initialize":
+        return mcp.initialize(message.params)
+    if message.method == "tools/list":
+        return mcp.tools_list()
+    return {}  # ping
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:
@@ -460,7 +523,7 @@ async def _seed_best(store: HubStore, org: str, source: str, now: float) -> None
         "updated_at": now,
     }
     for rest, text in (("best/metadata", json.dumps(metadata)), ("best/train_py", source)):
-        value = base64.b64encode(text.encode("utf-8")).decode("ascii")
+        value = values.encode(text)
         await store.create(
             Agent(ADMIN, is_admin=True, verified=True),
             NewMemory(f"@{org}/{rest}", value, True, rest),

@@ -34,10 +34,7 @@ whole namespace, which suits swarms of up to some thousands of records.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
-import hashlib
 import itertools
 import json
 import math
@@ -58,6 +55,14 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from autoresearchd.backoff import jittered_wait
+from autoresearchd.ensue.envelope import Reply
+from autoresearchd.ensue.envelope import parse_message as parse_reply
+from autoresearchd.ensue.envelope import read_reply as _payload
+from autoresearchd.ensue.errors import CONFLICT, FORBIDDEN, NO_SUCH_TOOL
+from autoresearchd.ensue.keys import full_name, slug
+from autoresearchd.ensue.keys import short_hash as _short_hash
+from autoresearchd.ensue.values import decode as _decode
+from autoresearchd.ensue.values import encode as _encode
 from autoresearchd.errors import ConfigError, MemoryBackendError, TransientMemoryError
 from autoresearchd.memory.protocol import BestChange, Note, PublishOutcome
 from autoresearchd.models import Best, Result, Status, sha256_text
@@ -70,11 +75,6 @@ DEFAULT_ATTEMPTS = 3
 DEFAULT_MIN_BACKOFF_S = 0.2
 DEFAULT_MAX_BACKOFF_S = 2.0
 NOTE_KINDS = ("hypotheses", "insights")
-#: JSON-RPC error codes our hub uses (see ``autoresearchd.hub.rpc``).
-CONFLICT = -32009
-FORBIDDEN = -32003
-#: What a server without our ``best_history`` tool answers (unknown tool or method).
-NO_SUCH_TOOL = (-32601, -32602)
 GET_BATCH = 100
 LIST_LIMIT = 10_000
 HISTORY_LIMIT = 1000
@@ -86,49 +86,6 @@ TORN_READS = 4
 
 
 # --- the wire ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A tool's answer: ``payload`` on success, else the JSON-RPC error code and data."""
-
-    payload: dict[str, Any]
-    error_code: int | None = None
-    error_message: str = ""
-
-
-def parse_reply(text: str) -> dict[str, Any]:
-    """The JSON-RPC message in ``text``, with or without an SSE ``data:`` prefix."""
-    data = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
-    for candidate in [*reversed(data), text] if data else [text]:
-        try:
-            message = json.loads(candidate)
-        except ValueError:
-            continue
-        if isinstance(message, dict):
-            return message
-    raise ValueError("no JSON-RPC object in the reply")
-
-
-def _payload(message: Mapping[str, Any]) -> Reply:
-    error = message.get("error")
-    if isinstance(error, dict):
-        code = error.get("code")
-        return Reply({}, code if isinstance(code, int) else 0, str(error.get("message", "")))
-    result = message.get("result")
-    if not isinstance(result, dict):
-        raise ValueError("the reply has neither result nor error")
-    content = result.get("content")
-    text = content[0].get("text") if isinstance(content, list) and content else None
-    if not isinstance(text, str):
-        raise ValueError("the reply has no result.content[0].text")
-    if result.get("isError"):
-        return Reply({}, 0, text)
-    try:
-        payload = json.loads(text)
-    except ValueError:
-        payload = {"text": text}
-    return Reply(payload if isinstance(payload, dict) else {"value": payload})
 
 
 def _retry_hint(state: RetryCallState) -> float | None:
@@ -267,31 +224,6 @@ class EnsueRpc:
 
 
 # --- key layout and records ----------------------------------------------------------------
-
-
-def slug(text: str, max_len: int = 48) -> str:
-    """A readable key segment: lowercase letters, digits and single dashes."""
-    cleaned = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return cleaned[:max_len].strip("-") or "x"
-
-
-def _short_hash(text: str, n: int) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
-
-
-def _encode(text: str) -> str:
-    return base64.b64encode(text.encode("utf-8")).decode("ascii")
-
-
-def _decode(value: Any, is_base64: Any) -> str | None:
-    if not isinstance(value, str):
-        return None if value is None else json.dumps(value)
-    if not is_base64:
-        return value
-    try:
-        return base64.b64decode(value, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
 
 
 def _json(text: str | None) -> dict[str, Any]:
@@ -433,8 +365,14 @@ class EnsueMemory:
         self._check_open()
         item = {"key_name": key, "description": description, "value": _encode(text)}
         reply = await self._rpc.call(
-            "create_memory", {"items": [{**item, "base64": True}]}, key=key, tolerate=(CONFLICT,)
+            "create_memory",
+            {"items": [{**item, "base64": True}]},
+            key=key,
+            tolerate=(CONFLICT, FORBIDDEN),
         )
+        if reply.error_code == FORBIDDEN:  # a create every item of which was refused
+            log.info("write_refused", backend=BACKEND, key=key, reason=reply.error_message)
+            return Write.REFUSED
         if reply.error_code is not None:
             return Write.LOST
         results = reply.payload.get("results")
@@ -510,7 +448,8 @@ class EnsueMemory:
         )
         keys = reply.payload.get("keys", reply.payload.get("results", []))
         names = [k.get("key_name") if isinstance(k, dict) else k for k in keys or []]
-        return [name for name in names if isinstance(name, str)]
+        # Servers name listed keys relative to the org: read them back by full name.
+        return [full_name(self.org, name) for name in names if isinstance(name, str)]
 
     async def _read_all(self, prefix: str) -> list[Stored]:
         keys = await self._list(prefix)
