@@ -14,8 +14,8 @@ import pytest
 from autoresearchd.config import HubConfig
 from autoresearchd.dashboard import VENDORED
 from autoresearchd.dashboard.web import CSP, HERE
+from autoresearchd.ensue.keys import slug
 from autoresearchd.errors import ConfigError
-from autoresearchd.memory.ensue import slug
 from autoresearchd.models import Result
 from tests.dashboard_support import HOSTILE, Swarm, fill
 from tests.hub import conftest as hub_fixtures

@@ -29,8 +29,8 @@ from autoresearchd.dashboard.model import (
     bounded,
     walk_lineage,
 )
+from autoresearchd.ensue.keys import slug
 from autoresearchd.hub.store import HubStore, SqliteStore, decode_text
-from autoresearchd.memory.ensue import slug
 from autoresearchd.models import sha256_text
 
 ROW_COLUMNS = (

@@ -26,7 +26,6 @@ never dropped).
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import signal
@@ -45,6 +44,14 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from autoresearchd.config import SQLITE_URL, Config, HubConfig
+from autoresearchd.ensue import values
+from autoresearchd.ensue.errors import (
+    INVALID_PARAMS,
+    RATE_LIMITED,
+    TOO_LARGE,
+    UNAUTHORISED,
+    UNAVAILABLE,
+)
 from autoresearchd.errors import ConfigError, HubError
 from autoresearchd.hub import strictjson
 from autoresearchd.hub.auth import (
@@ -58,11 +65,6 @@ from autoresearchd.hub.auth import (
 )
 from autoresearchd.hub.mail import Mailer, SmtpMailer, verification_message
 from autoresearchd.hub.rpc import (
-    INVALID_PARAMS,
-    RATE_LIMITED,
-    TOO_LARGE,
-    UNAUTHORISED,
-    UNAVAILABLE,
     RpcFault,
     Tools,
     error_reply,
@@ -460,7 +462,7 @@ async def _seed_best(store: HubStore, org: str, source: str, now: float) -> None
         "updated_at": now,
     }
     for rest, text in (("best/metadata", json.dumps(metadata)), ("best/train_py", source)):
-        value = base64.b64encode(text.encode("utf-8")).decode("ascii")
+        value = values.encode(text)
         await store.create(
             Agent(ADMIN, is_admin=True, verified=True),
             NewMemory(f"@{org}/{rest}", value, True, rest),

@@ -57,25 +57,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from autoresearchd.ensue.keys import PERSONAL, SHARED_BEST, slug, split_key
 from autoresearchd.hub import strictjson
 from autoresearchd.hub.store import Agent, Evidence, Memory, Needs, ResultRow, WritePolicy
 from autoresearchd.hub.strictjson import JsonRefused
 from autoresearchd.judging import implausible
-from autoresearchd.memory.ensue import slug
 from autoresearchd.models import sha256_text
 
 KEY_PREFIX = "ard_"
-#: ``best/`` keys every verified agent may move (not ``best/agent/<name>``, which is personal).
-#: (``\Z``, not ``$``: ``$`` also matches before a trailing newline.)
-SHARED_BEST = re.compile(
-    r"^(tracks/[^/]+/)?best/(metadata|train_py|tier/[^/]+/(metadata|train_py))\Z"
-)
 CLAIM = re.compile(r"^claims/")
 RESULT = re.compile(r"^results/")
-#: Keys created only in the writer's own namespace: the kind, then what follows it.
-PERSONAL = re.compile(
-    r"^(?P<kind>results|claims|hypotheses|insights|(?:tracks/[^/]+/)?best/agent)/(?P<tail>.*)$"
-)
 #: Matched whole (``fullmatch``): ``$`` would let ``"admin\n"`` pass as a name.
 AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 EMAIL = re.compile(r"[^@\s<>\"',;]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,63}")
@@ -110,14 +101,6 @@ def hash_key(api_key: str) -> str:
 
 def new_verification_code() -> str:
     return secrets.token_urlsafe(16)
-
-
-def split_key(key_name: str) -> tuple[str, str] | None:
-    """``@org/rest`` into ``(org, rest)``; None when the key has no org prefix."""
-    if not key_name.startswith("@") or "/" not in key_name:
-        return None
-    org, rest = key_name[1:].split("/", 1)
-    return (org, rest) if org and rest else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,22 +14,31 @@ version), -32013 too large, -32029 rate limited, -32050 storage unavailable.
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from autoresearchd.ensue import envelope, values
+from autoresearchd.ensue.errors import (
+    CONFLICT,
+    FORBIDDEN,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    NOT_FOUND,
+    PARSE_ERROR,
+    TOO_LARGE,
+)
+from autoresearchd.ensue.keys import SHARED_BEST, split_key
 from autoresearchd.errors import HubError
 from autoresearchd.hub import strictjson
 from autoresearchd.hub.auth import (
     RESULT,
-    SHARED_BEST,
     Rules,
     create_policy,
     index_result,
-    split_key,
     write_policy,
 )
 from autoresearchd.hub.store import (
@@ -45,18 +54,6 @@ from autoresearchd.hub.store import (
     decode_text,
 )
 from autoresearchd.hub.strictjson import JsonRefused
-
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-UNAUTHORISED = -32001
-FORBIDDEN = -32003
-NOT_FOUND = -32004
-CONFLICT = -32009
-TOO_LARGE = -32013
-RATE_LIMITED = -32029
-UNAVAILABLE = -32050
 
 MAX_ITEMS = 100
 MAX_KEYS = 1000
@@ -76,19 +73,11 @@ class RpcFault(HubError):
 
 
 def error_reply(request_id: Any, fault: RpcFault) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": fault.rpc_code, "message": str(fault)}
-    if fault.data:
-        error["data"] = fault.data
-    return {"jsonrpc": "2.0", "id": request_id, "error": error}
+    return envelope.error_reply(request_id, fault.rpc_code, str(fault), fault.data)
 
 
 def result_reply(request_id: Any, payload: Mapping[str, Any]) -> dict[str, Any]:
-    text = json.dumps(payload, allow_nan=False)
-    return {
-        "jsonrpc": "2.0",
-        "id": request_id,
-        "result": {"content": [{"type": "text", "text": text}]},
-    }
+    return envelope.result_reply(request_id, envelope.tool_result(payload))
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,12 +207,9 @@ class Tools:
     def _value(self, args: Mapping[str, Any]) -> tuple[str, bool]:
         value = _arg(args, "value", str)
         is_base64 = _arg(args, "base64", bool, False)
-        size = len(value.encode("utf-8"))
-        if is_base64:
-            try:
-                size = len(base64.b64decode(value, validate=True))
-            except ValueError:  # binascii.Error, or a non-ASCII character
-                raise _invalid("value is not valid base64") from None
+        size = values.size_of(value, bool(is_base64))
+        if size is None:
+            raise _invalid("value is not valid base64")
         if size > self.max_value_bytes:
             raise RpcFault(TOO_LARGE, f"value of {size} bytes exceeds {self.max_value_bytes}")
         return value, bool(is_base64)

@@ -21,7 +21,6 @@ request's fault, not an outage.
 
 from __future__ import annotations
 
-import base64
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +31,7 @@ from typing import Any, Protocol, TypeVar
 
 import anyio.to_thread
 
+from autoresearchd.ensue import values
 from autoresearchd.errors import HubError
 
 SCHEMA_VERSION = 3
@@ -369,12 +369,8 @@ class HubStore(Protocol):
 
 
 def decode_text(value: str, is_base64: bool) -> str | None:
-    if not is_base64:
-        return value
-    try:
-        return base64.b64decode(value, validate=True).decode("utf-8")
-    except ValueError:  # binascii.Error, a non-ASCII character, or not UTF-8
-        return None
+    """A stored value's text; None when it is binary."""
+    return values.decode(value, is_base64)
 
 
 def search_text(item: NewMemory) -> str:

@@ -34,10 +34,7 @@ whole namespace, which suits swarms of up to some thousands of records.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
-import hashlib
 import itertools
 import json
 import math
@@ -58,7 +55,15 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from autoresearchd.backoff import jittered_wait
-from autoresearchd.ensue import records
+from autoresearchd.ensue import keys, records
+from autoresearchd.ensue.envelope import Reply
+from autoresearchd.ensue.envelope import parse_message as parse_reply
+from autoresearchd.ensue.envelope import read_reply as _payload
+from autoresearchd.ensue.errors import CONFLICT, FORBIDDEN, NO_SUCH_TOOL
+from autoresearchd.ensue.keys import short_hash as _short_hash
+from autoresearchd.ensue.keys import slug
+from autoresearchd.ensue.values import decode as _decode
+from autoresearchd.ensue.values import encode as _encode
 from autoresearchd.errors import ConfigError, MemoryBackendError, TransientMemoryError
 from autoresearchd.memory.protocol import BestChange, Note, PublishOutcome
 from autoresearchd.models import Best, Result, Status
@@ -71,12 +76,6 @@ DEFAULT_ATTEMPTS = 3
 DEFAULT_MIN_BACKOFF_S = 0.2
 DEFAULT_MAX_BACKOFF_S = 2.0
 NOTE_KINDS = ("hypotheses", "insights")
-#: JSON-RPC error codes our hub uses (see ``autoresearchd.hub.rpc``).
-CONFLICT = -32009
-FORBIDDEN = -32003
-NOT_FOUND = -32004
-#: What a server without our ``best_history`` tool answers (unknown tool or method).
-NO_SUCH_TOOL = (-32601, -32602)
 GET_BATCH = 100
 LIST_LIMIT = 10_000
 HISTORY_LIMIT = 1000
@@ -89,64 +88,6 @@ TORN_READS = 4
 
 
 # --- the wire ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A tool's answer: ``payload`` on success, else the JSON-RPC error code and data."""
-
-    payload: dict[str, Any]
-    error_code: int | None = None
-    error_message: str = ""
-
-
-def parse_reply(text: str) -> dict[str, Any]:
-    """The JSON-RPC message in ``text``, with or without an SSE ``data:`` prefix."""
-    data = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
-    for candidate in [*reversed(data), text] if data else [text]:
-        try:
-            message = json.loads(candidate)
-        except ValueError:
-            continue
-        if isinstance(message, dict):
-            return message
-    raise ValueError("no JSON-RPC object in the reply")
-
-
-def _payload(message: Mapping[str, Any]) -> Reply:
-    error = message.get("error")
-    if isinstance(error, dict):
-        code = error.get("code")
-        return Reply({}, code if isinstance(code, int) else 0, str(error.get("message", "")))
-    result = message.get("result")
-    if not isinstance(result, dict):
-        raise ValueError("the reply has neither result nor error")
-    content = result.get("content")
-    text = content[0].get("text") if isinstance(content, list) and content else None
-    if not isinstance(text, str):
-        raise ValueError("the reply has no result.content[0].text")
-    try:
-        payload = json.loads(text)
-    except ValueError:
-        payload = {"text": text}
-    if result.get("isError"):
-        code = payload.get("code") if isinstance(payload, dict) else None
-        if not isinstance(code, int) or isinstance(code, bool):
-            code = _text_code(text)
-        return Reply({}, code, text)
-    return Reply(payload if isinstance(payload, dict) else {"value": payload})
-
-
-def _text_code(text: str) -> int:
-    """The code a plain-text tool error stands for (servers that send no code)."""
-    lowered = text.lower()
-    if "not found" in lowered or "does not exist" in lowered:
-        return NOT_FOUND
-    if "exist" in lowered:
-        return CONFLICT
-    if any(word in lowered for word in ("refused", "forbidden", "not allowed", "denied")):
-        return FORBIDDEN
-    return 0
 
 
 def _retry_hint(state: RetryCallState) -> float | None:
@@ -287,31 +228,6 @@ class EnsueRpc:
 # --- key layout and records ----------------------------------------------------------------
 
 
-def slug(text: str, max_len: int = 48) -> str:
-    """A readable key segment: lowercase letters, digits and single dashes."""
-    cleaned = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return cleaned[:max_len].strip("-") or "x"
-
-
-def _short_hash(text: str, n: int) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
-
-
-def _encode(text: str) -> str:
-    return base64.b64encode(text.encode("utf-8")).decode("ascii")
-
-
-def _decode(value: Any, is_base64: Any) -> str | None:
-    if not isinstance(value, str):
-        return None if value is None else json.dumps(value)
-    if not is_base64:
-        return value
-    try:
-        return base64.b64decode(value, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-
-
 def _json(text: str | None) -> dict[str, Any]:
     try:
         record = json.loads(text) if text is not None else None
@@ -419,8 +335,7 @@ class EnsueMemory:
     # --- keys ------------------------------------------------------------------------------
 
     def _best_base(self, track: str, tier: str | None) -> str:
-        base = self.root if track == self.primary_track else f"{self.root}tracks/{slug(track)}/"
-        return f"{base}best/" if tier is None else f"{base}best/tier/{slug(tier)}/"
+        return self.root + keys.best_base(track, self.primary_track, tier)
 
     def _claim_key(self, track: str, sha256: str) -> str:
         return f"{self.root}claims/{slug(track)}--{slug(sha256, 64)[:12]}"
@@ -494,22 +409,22 @@ class EnsueMemory:
 
     def _full(self, name: str) -> str:
         """A key name from a reply as a full name: community servers answer org-relative."""
-        return name if name.startswith("@") else self.root + name
+        return keys.full_name(self.org, name)
 
     def _tail(self, key: str, prefix: str) -> str:
         """What follows ``prefix`` (a full-name folder) in ``key``."""
         return key[len(prefix) :] if key.startswith(prefix) else key
 
-    async def _get(self, keys: Sequence[str]) -> list[Stored | None]:
-        """The keys, read in one call per batch, in the order asked."""
+    async def _get(self, names: Sequence[str]) -> list[Stored | None]:
+        """The keys ``names``, read in one call per batch, in the order asked."""
         self._check_open()
         found: dict[str, Stored] = {}
-        for start in range(0, len(keys), GET_BATCH):
-            batch = list(keys[start : start + GET_BATCH])
+        for start in range(0, len(names), GET_BATCH):
+            batch = list(names[start : start + GET_BATCH])
             reply = await self._rpc.call("get_memory", {"key_names": batch}, key=batch[0])
             for stored in _stored_entries(reply.payload).values():
                 found[self._full(stored.key)] = stored
-        return [found.get(key) for key in keys]
+        return [found.get(key) for key in names]
 
     async def _update(
         self, key: str, text: str, version: int | None, *, lost: tuple[int, ...] = (CONFLICT,)
@@ -559,13 +474,13 @@ class EnsueMemory:
         reply = await self._rpc.call(
             "list_keys", {"prefix": prefix, "limit": LIST_LIMIT}, key=prefix
         )
-        keys = reply.payload.get("keys", reply.payload.get("results", []))
-        names = [k.get("key_name") if isinstance(k, dict) else k for k in keys or []]
+        listed = reply.payload.get("keys", reply.payload.get("results", []))
+        names = [k.get("key_name") if isinstance(k, dict) else k for k in listed or []]
         return [self._full(name) for name in names if isinstance(name, str)]
 
     async def _read_all(self, prefix: str) -> list[Stored]:
-        keys = await self._list(prefix)
-        stored = await self._get(keys)
+        names = await self._list(prefix)
+        stored = await self._get(names)
         return [
             Stored(self._full(s.key), s.text, s.version, order)
             for order, s in enumerate(stored)
@@ -744,7 +659,9 @@ class EnsueMemory:
             best = _BestMove(result, result_key, tier, bpb)
             if await self._move_best(base + "metadata", base + "train_py", best):
                 moved.append(label)
-        agent_key = f"{self._best_base(result.track, None)}agent/{slug(result.agent_id)}"
+        agent_key = self.root + keys.agent_best(
+            slug(result.agent_id), result.track, self.primary_track
+        )
         await self._move_best(agent_key, None, _BestMove(result, result_key, None, bpb))
         return tuple(moved)
 
@@ -769,10 +686,10 @@ class EnsueMemory:
 
         A best whose track is not confirmed to be ours is never moved.
         """
-        keys = [meta_key] if train_key is None else [meta_key, train_key]
+        wanted = [meta_key] if train_key is None else [meta_key, train_key]
         result = best.result
         for _ in range(CAS_ATTEMPTS):
-            meta, *train = await self._get(keys)
+            meta, *train = await self._get(wanted)
             current = _json(meta.text) if meta else {}
             if not self._track_confirmed(meta_key, current, result.track):
                 return False
