@@ -7,23 +7,34 @@ backoff (``min·2^n`` capped, times U(0.5, 1), at least ``Retry-After``) and the
 :class:`TransientMemoryError`, so the publisher's outbox does the long-term retrying.
 Everything else becomes :class:`MemoryBackendError` naming the tool and key.
 
-:class:`EnsueMemory` maps the ``CollectiveMemory`` Protocol onto the community key
-layout under ``@<org>/``:
+The key layout is :mod:`autoresearchd.ensue.keys`'s and every record is written and
+read by :mod:`autoresearchd.ensue.records`, so community clients (autoresearch-at-home)
+read what we write and we read theirs. :class:`EnsueMemory` maps the
+``CollectiveMemory`` Protocol onto it under ``@<org>/``:
 
-- ``results/<agent>--<slug>--<id6>``: the result record (``Result.to_record``, which
-  carries ``track``); ``id6`` hashes the result id, so a replay hits the same key.
-- ``claims/<track>--<sha12>``: ``{agent_id, track, sha256, claimed_at, expires_at,
-  released}``, created atomically; a released or expired claim is taken over by
-  ``update_memory`` with ``if_match``.
+- ``results/<agent>--<slug>--<id6>``: our result with every community field; ``id6``
+  hashes the result id, so a replay hits the same key. A community result (no ``id``,
+  ``track``, ``train_py_sha256`` or ``seed``) reads with its key as id and the org's track.
+- ``claims/<track>--<sha12>``: created atomically, with the community's claim fields
+  beside ours; a released or expired claim is taken over by ``update_memory`` with
+  ``if_match``. Before claiming, a described candidate is checked against the
+  community's claims and results, by key and by ``search_memories`` similarity.
 - ``runs/<track>--<sha256>``: a marker written with each result, so ``was_run`` is one read;
   ``published/<id>--<id6>`` maps a result id to its key, so a replay is found by id.
 - ``best/metadata`` + ``best/train_py``, ``best/tier/<tier>/…``: the best of the
-  *primary track* (the configured ``experiment.track``), so community clients see it
-  where they expect it; the bests of any other track live under ``tracks/<track>/best/…``.
-  The metadata carries ``train_py_sha256`` and ``result_key``: a torn pair is re-read and,
-  if it stays torn, the source comes from the result record. ``best/agent/<agent>`` holds
-  each agent's own best (metadata only).
-- ``hypotheses/<key>`` and ``insights/<key>``: ``{key, agent_id, created_at, value}``.
+  *primary track* (``memory.org_track``, else ``experiment.track``); any other track's
+  live under ``tracks/<track>/best/…``, so no track overwrites another's. A best whose
+  metadata is not confirmed to be of the asked track (it names another, or it is the
+  community's and the org's track was not configured) is neither read nor moved. Our
+  metadata carries ``train_py_sha256`` and ``result_key``: a torn pair is re-read and, if it
+  stays torn, the source comes from the result record; a community one is checked against
+  the source it carries and hashed. ``best/agent/<agent>`` holds each agent's own best.
+- ``hypotheses/<key>`` and ``insights/<key>``: community fields at the top level, ours
+  (``key``, ``value``) beside them.
+
+Records, claims and notes are created with ``embed: true`` and a description in the
+community's words, so their agents find ours by search. A server may report a key that
+exists per item or as a tool error (``isError``); both read as "exists".
 
 A best moves by compare-and-set: read the pair in one call, compare, write the metadata
 with ``if_match``, then the source with ``if_match`` for as long as the metadata still
@@ -423,7 +434,8 @@ class EnsueMemory:
             batch = list(names[start : start + GET_BATCH])
             reply = await self._rpc.call("get_memory", {"key_names": batch}, key=batch[0])
             for stored in _stored_entries(reply.payload).values():
-                found[self._full(stored.key)] = stored
+                name = self._full(stored.key)
+                found[name] = Stored(name, stored.text, stored.version)
         return [found.get(key) for key in names]
 
     async def _update(
@@ -482,7 +494,7 @@ class EnsueMemory:
         names = await self._list(prefix)
         stored = await self._get(names)
         return [
-            Stored(self._full(s.key), s.text, s.version, order)
+            Stored(s.key, s.text, s.version, order)
             for order, s in enumerate(stored)
             if s is not None
         ]
