@@ -981,6 +981,24 @@ async def whoami(
     )
 
 
+async def claim_invite(
+    url: str,
+    api_key: str,
+    token: str,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> dict[str, Any]:
+    """Join the org whose invite ``token`` is (the ``claim_invite`` tool); its answer."""
+    rpc = EnsueRpc(url, api_key, transport=transport, timeout_s=timeout_s)
+    await rpc.open()
+    try:
+        reply = await rpc.call("claim_invite", {"token": token}, key="claim_invite")
+    finally:
+        await rpc.close()
+    return reply.payload
+
+
 async def _auth_call(
     method: str,
     url: str,
