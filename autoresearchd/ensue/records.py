@@ -213,11 +213,9 @@ def _delta(bpb: float | None, reference: float | None) -> float | None:
 
 
 def description_result(result: Result) -> str:
-    bpb = "none" if result.val_bpb is None else f"{result.val_bpb:.6f}"
-    head = f"[{result.agent_id} {str(result.status).upper()}] val_bpb={bpb}"
-    if result.delta_vs_best is not None:
-        head += f" (delta={result.delta_vs_best:+.4f})"
-    return f"{TAG} Result: {head} | {result.description}"
+    """The experiment's own words: a client that searches results for the description it
+    is about to claim (the community's dedup) finds this one as the same experiment."""
+    return f"{TAG} Result: {result.description}"
 
 
 def read_result(record: Mapping[str, Any], *, key: str, track: str) -> Result | None:
