@@ -111,6 +111,21 @@ def experiment_tail(description: str) -> str:
     return f"{_slugify(description, 40)}--{digest}"
 
 
+def experiment_tails(description: str) -> set[str]:
+    """Every ``<slug>--<hash6>`` a community client may have keyed ``description`` by.
+
+    Their client hashes the lowercased, stripped description and cuts the slug at 40
+    characters; the key layout as documented hashes the description as it is, and other
+    versions cut the slug at 48.
+    """
+    digests = {
+        hashlib.sha256(text.encode("utf-8")).hexdigest()[:6]
+        for text in (description, description.lower().strip())
+    }
+    slugs = {_slugify(description, n) for n in (40, 48)}
+    return {f"{slug}--{digest}" for slug in slugs for digest in digests}
+
+
 def experiment_key(agent_id: str, description: str) -> str:
     """The community's key for ``agent_id`` running ``description``: ``<agent>--<slug>--<h6>``."""
     return f"{_slugify(agent_id, 20) or 'unknown'}--{experiment_tail(description)}"

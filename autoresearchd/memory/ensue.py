@@ -549,12 +549,12 @@ class EnsueMemory:
         checks, or whose description is the same. Claims of our own clients are left to
         the content-addressed claim, so replicates by other agents still run.
         """
-        tail = "--" + records.experiment_tail(description)
+        tails = records.experiment_tails(description)
         exact = [
             key
             for prefix in ("claims/", "results/")
             for key in await self._list(self.root + prefix)
-            if key.endswith(tail) and self._tail(key, self.root + prefix).count("--") == 2
+            if self._tail(key, self.root + prefix).partition("--")[2] in tails
         ]
         for stored in await self._get(exact) if exact else []:
             if stored is None:

@@ -38,7 +38,9 @@ def session_now() -> float:
 
 
 @dataclass
-class _Key:
+class Key:
+    """A stored key: its text (values are kept decoded) and its description."""
+
     text: str
     description: str
 
@@ -49,7 +51,7 @@ class PublicNetwork:
 
     org: str
     exists_as: Literal["tool", "item"] = "tool"
-    keys: dict[str, _Key] = field(default_factory=dict)
+    keys: dict[str, Key] = field(default_factory=dict)
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     def transport(self) -> httpx.MockTransport:
@@ -80,7 +82,7 @@ class PublicNetwork:
                     return {"error": f"key '{name}' already exists"}, True
                 results.append({"key_name": name, "status": "error", "error": "already exists"})
                 continue
-            self.keys[name] = _Key(_text(item), str(item.get("description", "")))
+            self.keys[name] = Key(_text(item), str(item.get("description", "")))
             results.append({"key_name": name, "status": "success"})
         return {"results": results}, False
 

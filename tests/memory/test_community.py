@@ -21,6 +21,7 @@ from autoresearchd.memory import EnsueMemory, Note
 from autoresearchd.models import Status, sha256_text
 from tests.memory.community import (
     CommunityReader,
+    Key,
     PublicNetwork,
     load_session,
     replay,
@@ -178,6 +179,19 @@ async def test_an_experiment_they_hold_or_ran_is_not_claimed(
     (held,) = [e for e in logs if e["event"] == "claim_held_by_community"]
     assert held["match"].startswith(match)
     assert not any(name.startswith("claims/") and "ours" in name for name in network.keys)
+
+
+async def test_a_claim_keyed_by_the_raw_description_hash_blocks_too(
+    network: PublicNetwork,
+) -> None:
+    """The documented layout hashes the description as it is, with a longer slug."""
+    description = "WINDOW_PATTERN SSSL → SSLL, WARMUP_RATIO 0.0 → 0.05, DEPTH 8 → 9"
+    digest = sha256_text(description)[:6]
+    slug = "window-pattern-sssl-ssll-warmup-ratio-0-0-0-05-d"  # 48 characters
+    record = {**CLAIM1, "description": description, "agent_id": "gpu2"}
+    network.keys[f"claims/gpu2--{slug}--{digest}"] = Key(json.dumps(record), "")
+    async with ours(network) as memory:
+        assert not await memory.claim(THEIRS, "sha-y", "ours", 600.0, description)
 
 
 async def test_a_stale_community_claim_no_longer_blocks(network: PublicNetwork) -> None:
