@@ -160,6 +160,10 @@ class HubConfig:
     auth_rate_limit_per_s: float = DEFAULT_HUB_AUTH_RATE_PER_S  # per IP, on /auth routes
     auth_rate_limit_burst: int = DEFAULT_HUB_AUTH_RATE_BURST
     require_email: bool = True
+    # A registration with a name alone, where email is required: off by default, so a hub
+    # that verifies by email keeps doing so; on, such agents start unverified and become
+    # verified only by claiming an invite (the community's way to join an org).
+    name_only_registration: bool = False
     replicates: int = DEFAULT_HUB_REPLICATES
     replication: Literal["any", "other-agent"] = "any"
     track: str = "synthetic"  # the org's primary track: the one its bare best/ keys hold

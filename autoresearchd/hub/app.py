@@ -44,7 +44,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from autoresearchd.config import SQLITE_URL, Config, HubConfig
-from autoresearchd.ensue import values
+from autoresearchd.ensue import envelope, values
 from autoresearchd.ensue.errors import (
     INVALID_PARAMS,
     RATE_LIMITED,
@@ -53,7 +53,7 @@ from autoresearchd.ensue.errors import (
     UNAVAILABLE,
 )
 from autoresearchd.errors import ConfigError, HubError
-from autoresearchd.hub import strictjson
+from autoresearchd.hub import mcp, strictjson
 from autoresearchd.hub.auth import (
     RateLimiter,
     Rules,
@@ -65,12 +65,15 @@ from autoresearchd.hub.auth import (
 )
 from autoresearchd.hub.mail import Mailer, SmtpMailer, verification_message
 from autoresearchd.hub.rpc import (
+    Message,
     RpcFault,
     Tools,
     error_reply,
-    parse_request,
+    parse_message,
     request_id_of,
     result_reply,
+    tool_call,
+    tool_error_reply,
 )
 from autoresearchd.hub.store import (
     SCHEMA_VERSION,
@@ -119,7 +122,13 @@ class Hub:
         self.clock = clock
         self.mailer = mailer
         rules = Rules(config.replicates, config.replication, config.track)
-        self.tools = Tools(store, max_value_bytes=config.max_value_bytes, clock=clock, rules=rules)
+        self.tools = Tools(
+            store,
+            max_value_bytes=config.max_value_bytes,
+            clock=clock,
+            rules=rules,
+            default_org=config.org,
+        )
         self.limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
         self.ip_limiter = RateLimiter(config.rate_limit_ip_per_s, config.rate_limit_ip_burst)
         self.auth_limiter = RateLimiter(config.auth_rate_limit_per_s, config.auth_rate_limit_burst)
@@ -147,17 +156,35 @@ class Hub:
             return _reply(error_reply(request_id_of(body), unavailable), 503)
 
     async def _rpc(self, request: Request, body: bytes) -> Response:
-        agent, key_hash = await self._authenticate(request)
-        wait = self.limiter.retry_after(key_hash)
+        # A key that is sent is checked first: a bad key is 401 whatever the body says.
+        agent, bucket = await self._authenticate(request, optional=True)
+        message = parse_message(body)
+        if message.notification:
+            return Response(status_code=202)  # notifications/initialized, and any other
+        if message.method in mcp.OPEN_METHODS:
+            return _reply(envelope.result_reply(message.request_id, _open_method(message)))
+        call = tool_call(message)
+        wait = self.limiter.retry_after(bucket)
         if wait > 0:
             raise RpcFault(RATE_LIMITED, "rate limited", {"retry_after": math.ceil(wait)})
-        call = parse_request(body)
-        payload = await self.tools.call(agent, call)
+        try:
+            payload = await self.tools.call(agent, call)
+        except RpcFault as fault:
+            if not fault.is_tool_error:
+                raise
+            return _reply(tool_error_reply(call.request_id, fault))
         return _reply(result_reply(call.request_id, payload))
 
-    async def _authenticate(self, request: Request) -> tuple[Agent, str]:
+    async def _authenticate(
+        self, request: Request, *, optional: bool = False
+    ) -> tuple[Agent | None, str]:
+        """The agent a request's key belongs to and its rate-limit bucket; with
+        ``optional``, a request without a key is anonymous (None), limited per IP."""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
+        if not header and optional:
+            ip = request.client.host if request.client else "unknown"
+            return None, f"ip:{ip}"
         if scheme.lower() != "bearer" or not token.strip():
             raise RpcFault(UNAUTHORISED, "missing Authorization: Bearer <key>")
         key_hash = hash_key(token.strip())
@@ -190,8 +217,28 @@ class Hub:
         if email is not None and not is_email(email):
             return _error(400, "expected a valid email address, without control characters")
         if email is None and self.config.require_email:
+            if self.config.name_only_registration:
+                return await self._register_name_only(str(name))
             return _error(400, 'this hub needs an "email" to send a verification link to')
         return await self._register(request, str(name), str(email or ""))
+
+    async def _register_name_only(self, name: str) -> Response:
+        """An agent with a name alone, on a hub that verifies by email: it starts
+        unverified, with no link to open, and is verified by claiming an invite."""
+        api_key, now = new_api_key(), self.clock()
+        # A code no one knows: the link route can never verify this agent.
+        unknown_code = hash_key(new_verification_code())
+        if not await self.store.register(Agent(name), hash_key(api_key), unknown_code, now):
+            return _error(409, f"the name {name} is taken")
+        log.info("agent_registered", agent=name, email=False, name_only=True)
+        return JSONResponse(
+            {
+                "api_key": api_key,
+                "agent": name,
+                "verified": False,
+                "message": "registered unverified; claim an invite (claim_invite) to be verified",
+            }
+        )
 
     async def _register(self, request: Request, name: str, email: str) -> Response:
         api_key, code = new_api_key(), new_verification_code()
@@ -258,6 +305,7 @@ class Hub:
             agent, key_hash = await self._authenticate(request)
         except RpcFault as fault:
             return _error(401, str(fault))
+        assert agent is not None  # a key is required here
         wait = self.limiter.retry_after(key_hash)
         if wait > 0:
             return _too_many(math.ceil(wait))
@@ -267,6 +315,15 @@ class Hub:
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
+
+
+def _open_method(message: Message) -> dict[str, Any]:
+    """The result of a method that needs no key: the MCP handshake and the tool list."""
+    if message.method == "initialize":
+        return mcp.initialize(message.params)
+    if message.method == "tools/list":
+        return mcp.tools_list()
+    return {}  # ping
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:

@@ -399,6 +399,26 @@ class PostgresStore:
             AuditEntry(float(a), str(g), str(c), str(k), v, str(d)) for a, g, c, k, v, d in rows
         ]
 
+    async def delete(self, agent: Agent, key_name: str, now: float) -> bool:
+        async with self._transaction() as conn:
+            cur = await conn.execute(
+                "DELETE FROM memories WHERE key_name = %s AND owner = %s", (key_name, agent.name)
+            )
+            if cur.rowcount:
+                await _audit(conn, now, agent.name, "delete", key_name, None)
+            return bool(cur.rowcount)
+
+    async def mark_verified(self, name: str, now: float) -> bool:
+        async with self._transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE agents SET verified = true, verified_at = %s"
+                " WHERE name = %s AND NOT verified",
+                (now, name),
+            )
+            if cur.rowcount:
+                await _audit(conn, now, name, "verify", "", None)
+            return bool(cur.rowcount)
+
     async def select(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         # One statement sees one snapshot. The queries carry no literal ``%`` or ``?``:
         # every pattern travels as a parameter, so the placeholders translate one for one.

@@ -30,10 +30,19 @@ from autoresearchd.ensue.errors import (
     NOT_FOUND,
     PARSE_ERROR,
     TOO_LARGE,
+    TOOL_ERRORS,
+    UNAUTHORISED,
 )
-from autoresearchd.ensue.keys import SHARED_BEST, split_key
+from autoresearchd.ensue.keys import (
+    SHAREABLE,
+    SHARED_BEST,
+    full_name,
+    is_public,
+    relative,
+    split_key,
+)
 from autoresearchd.errors import HubError
-from autoresearchd.hub import strictjson
+from autoresearchd.hub import invites, search, strictjson
 from autoresearchd.hub.auth import (
     RESULT,
     Rules,
@@ -47,6 +56,7 @@ from autoresearchd.hub.store import (
     REASON_VERSION,
     Agent,
     AuditEntry,
+    Hit,
     HubStore,
     Memory,
     NewMemory,
@@ -64,12 +74,27 @@ MAX_HISTORY = 1000
 
 
 class RpcFault(HubError):
-    """A JSON-RPC error reply: ``code`` is the JSON-RPC error code, ``data`` its details."""
+    """A JSON-RPC error reply: ``code`` is the JSON-RPC error code, ``data`` its details.
 
-    def __init__(self, rpc_code: int, message: str, data: Mapping[str, Any] | None = None) -> None:
+    A fault whose code is a tool error (:data:`~autoresearchd.ensue.errors.TOOL_ERRORS`)
+    travels as an MCP ``isError`` result instead, with ``extra`` beside the message.
+    """
+
+    def __init__(
+        self,
+        rpc_code: int,
+        message: str,
+        data: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(message, code=str(rpc_code))
         self.rpc_code = rpc_code
         self.data = dict(data or {})
+        self.extra = dict(extra or {})
+
+    @property
+    def is_tool_error(self) -> bool:
+        return self.rpc_code in TOOL_ERRORS
 
 
 def error_reply(request_id: Any, fault: RpcFault) -> dict[str, Any]:
@@ -78,6 +103,22 @@ def error_reply(request_id: Any, fault: RpcFault) -> dict[str, Any]:
 
 def result_reply(request_id: Any, payload: Mapping[str, Any]) -> dict[str, Any]:
     return envelope.result_reply(request_id, envelope.tool_result(payload))
+
+
+def tool_error_reply(request_id: Any, fault: RpcFault) -> dict[str, Any]:
+    """A tool's failure as an MCP ``isError`` result: visible to every MCP client."""
+    result = envelope.tool_error(fault.rpc_code, str(fault), fault.data, **fault.extra)
+    return envelope.result_reply(request_id, result)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A validated JSON-RPC request or notification (a notification has no ``id``)."""
+
+    request_id: Any
+    method: str
+    params: dict[str, Any]
+    notification: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +130,7 @@ class Call:
     arguments: dict[str, Any]
 
 
-def parse_request(body: bytes) -> Call:
+def parse_message(body: bytes) -> Message:
     """Validate the JSON-RPC envelope; raise :class:`RpcFault` with the standard codes."""
     try:
         message = strictjson.loads(body)
@@ -102,15 +143,28 @@ def parse_request(body: bytes) -> Call:
         raise RpcFault(INVALID_REQUEST, "invalid request: id must be a string, number or null")
     if message.get("jsonrpc") != "2.0" or not isinstance(message.get("method"), str):
         raise RpcFault(INVALID_REQUEST, 'invalid request: needs "jsonrpc": "2.0" and a method')
-    if message["method"] != "tools/call":
-        raise RpcFault(METHOD_NOT_FOUND, f"method not found: {message['method']}")
-    params = message.get("params")
-    if not isinstance(params, dict) or not isinstance(params.get("name"), str):
+    params = message.get("params", {})
+    if not isinstance(params, dict):
+        raise RpcFault(INVALID_PARAMS, "invalid params: params must be an object")
+    return Message(request_id, message["method"], params, "id" not in message)
+
+
+def tool_call(message: Message) -> Call:
+    """The ``tools/call`` a message asks for; METHOD_NOT_FOUND for any other method."""
+    if message.method != "tools/call":
+        raise RpcFault(METHOD_NOT_FOUND, f"method not found: {message.method}")
+    params = message.params
+    if not isinstance(params.get("name"), str):
         raise RpcFault(INVALID_PARAMS, "invalid params: expected {name, arguments}")
     arguments = params.get("arguments", {})
     if not isinstance(arguments, dict):
         raise RpcFault(INVALID_PARAMS, "invalid params: arguments must be an object")
-    return Call(request_id, params["name"], arguments)
+    return Call(message.request_id, params["name"], arguments)
+
+
+def parse_request(body: bytes) -> Call:
+    """A ``tools/call`` request, validated (see :func:`parse_message`)."""
+    return tool_call(parse_message(body))
 
 
 def request_id_of(body: bytes) -> Any:
@@ -163,9 +217,18 @@ def _key(value: Any) -> str:
 
 # --- the tools ---------------------------------------------------------------------------
 
+Tool = Callable[[Agent | None, dict[str, Any]], Awaitable[dict[str, Any]]]
+#: The tools a request without a key may call: reads, filtered to public namespaces.
+PUBLIC_TOOLS = frozenset({"get_memory", "list_keys", "search_memories", "discover_memories"})
+
 
 class Tools:
-    """The Ensue tools over a :class:`HubStore`, for one authenticated agent at a time."""
+    """The Ensue tools over a :class:`HubStore`, for one authenticated agent at a time.
+
+    ``default_org`` is the org an org-relative key name (``results/x``) belongs to; with
+    none, key names must be full (``@org/results/x``). The agent is None for a request
+    without a key, which may read only what orgs made public.
+    """
 
     def __init__(
         self,
@@ -174,35 +237,109 @@ class Tools:
         max_value_bytes: int,
         clock: Callable[[], float],
         rules: Rules | None = None,
+        default_org: str = "",
     ) -> None:
         self.store = store
         self.max_value_bytes = max_value_bytes
         self.clock = clock
         self.rules = rules or Rules()
+        self.default_org = default_org
         self._orgs: set[str] = set()  # a cache of orgs seen to exist; orgs are never dropped
-        self._tools: dict[str, Callable[[Agent, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
-            "create_memory": self.create_memory,
+        self._tools: dict[str, Tool] = {
+            "create_memory": self._agent(self.create_memory),
             "get_memory": self.get_memory,
-            "update_memory": self.update_memory,
+            "update_memory": self._agent(self.update_memory),
+            "delete_memory": self._agent(self.delete_memory),
             "list_keys": self.list_keys,
             "search_memories": self.search_memories,
-            "best_history": self.best_history,
+            "discover_memories": self.discover_memories,
+            "best_history": self._agent(self.best_history),
+            "share": self._agent(self.share),
+            "create_invite": self._agent(self.create_invite),
+            "claim_invite": self._agent(self.claim_invite),
         }
 
-    async def call(self, agent: Agent, call: Call) -> dict[str, Any]:
+    async def call(self, agent: Agent | None, call: Call) -> dict[str, Any]:
         tool = self._tools.get(call.tool)
         if tool is None:
             raise _invalid(f"unknown tool {call.tool!r}")
+        if agent is None and call.tool != "discover_memories":
+            await self._check_public(call)
         return await tool(agent, call.arguments)
 
+    async def _check_public(self, call: Call) -> None:
+        """A request without a key reads an org that made something public; else it is
+        unauthorised, so a client that forgot its key on a private hub is told so."""
+        args = call.arguments
+        if call.tool == "get_memory":
+            names = args.get("key_names")
+            first = names[0] if isinstance(names, list) and names else None
+            org = (split_key(self._full(first)) or ("", ""))[0] if first else ""
+        else:
+            org = self._prefix(args)[1]
+        if call.tool not in PUBLIC_TOOLS or not org:
+            raise RpcFault(UNAUTHORISED, "missing Authorization: Bearer <key>")
+        if not await invites.public_prefixes(self.store, org):
+            raise RpcFault(UNAUTHORISED, f"@{org} shares nothing: send Authorization: Bearer <key>")
+
+    @staticmethod
+    def _agent(
+        tool: Callable[[Agent, dict[str, Any]], Awaitable[dict[str, Any]]],
+    ) -> Tool:
+        """``tool``, refused to a request without a key."""
+
+        async def authenticated(agent: Agent | None, args: dict[str, Any]) -> dict[str, Any]:
+            if agent is None:
+                raise RpcFault(UNAUTHORISED, "missing Authorization: Bearer <key>")
+            return await tool(agent, args)
+
+        return authenticated
+
+    # --- names ---------------------------------------------------------------------------
+
+    def _full(self, value: Any) -> str:
+        """A key name as given (full or org-relative), as a validated full name."""
+        if isinstance(value, str) and not value.startswith("@") and self.default_org:
+            value = full_name(self.default_org, value)
+        return _key(value)
+
+    def _prefix(self, args: Mapping[str, Any]) -> tuple[str, str]:
+        """A listing's full prefix and the org its names are relative to."""
+        prefix = _arg(args, "prefix", str, "")
+        if not prefix.startswith("@"):
+            prefix = full_name(self.default_org, prefix) if self.default_org else prefix
+        org = prefix[1:].split("/", 1)[0] if prefix.startswith("@") else ""
+        return prefix, org
+
     async def _org_key(self, value: Any) -> str:
-        key = _key(value)
-        org = (split_key(key) or ("", ""))[0]
+        key = self._full(value)
+        org, rest = split_key(key) or ("", "")
+        if invites.is_reserved(rest):
+            raise RpcFault(FORBIDDEN, f"{rest.split('/')[0]}/ is reserved for the hub")
+        await self._check_org(org)
+        return key
+
+    async def _check_org(self, org: str) -> None:
         if org not in self._orgs:
             if not await self.store.org_exists(org):
                 raise RpcFault(NOT_FOUND, f"no organisation @{org} on this hub")
             self._orgs.add(org)
-        return key
+
+    async def _readable(self, agent: Agent | None, memories: list[Memory]) -> list[Memory]:
+        """What ``agent`` may see of ``memories``: never ``.hub/``; without a key, only the
+        namespaces their orgs made public."""
+        shown = [m for m in memories if not invites.is_reserved(_rest(m.key_name))]
+        if agent is not None:
+            return shown
+        public: dict[str, tuple[str, ...]] = {}
+        readable = []
+        for memory in shown:
+            org, rest = split_key(memory.key_name) or ("", "")
+            if org not in public:
+                public[org] = await invites.public_prefixes(self.store, org)
+            if is_public(rest, public[org]):
+                readable.append(memory)
+        return readable
 
     def _value(self, args: Mapping[str, Any]) -> tuple[str, bool]:
         value = _arg(args, "value", str)
@@ -214,6 +351,8 @@ class Tools:
             raise RpcFault(TOO_LARGE, f"value of {size} bytes exceeds {self.max_value_bytes}")
         return value, bool(is_base64)
 
+    # --- writes --------------------------------------------------------------------------
+
     async def create_memory(self, agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
         items = _arg(args, "items", list)
         if not 0 < len(items) <= MAX_ITEMS:
@@ -223,10 +362,14 @@ class Tools:
             if not isinstance(item, dict):
                 raise _invalid("each item must be an object")
             results.append(await self._create_one(agent, item))
+        failed = [r for r in results if r["status"] == "error"]
+        if failed and len(failed) == len(results):
+            raise _create_failed(results)
         return {"results": results}
 
     async def _create_one(self, agent: Agent, item: dict[str, Any]) -> dict[str, Any]:
-        key = await self._org_key(item.get("key_name"))
+        given = item.get("key_name")
+        key = await self._org_key(given)
         value, is_base64 = self._value(item)
         description = _arg(item, "description", str, "")
         new = NewMemory(key, value, is_base64, description)
@@ -235,7 +378,7 @@ class Tools:
         if RESULT.match(_rest(key)):
             result, refusal = index_result(agent, key, text)
             if result is None:
-                return _create_error(key, "refused", f"refused: {refusal}")
+                return _create_error(given, "refused", f"refused: {refusal}")
         outcome = await self.store.create(
             agent,
             new,
@@ -245,23 +388,14 @@ class Tools:
             detail=_audit_detail(key, text),
         )
         if outcome.version is not None:
-            return {"key_name": key, "status": "created", "version": outcome.version}
+            return {"key_name": given, "status": "created", "version": outcome.version}
         if outcome.reason == REASON_EXISTS:
-            return _create_error(key, "exists", "key exists")
-        return _create_error(key, "refused", f"refused: {outcome.detail}")
-
-    async def get_memory(self, agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
-        keys = _arg(args, "key_names", list)
-        if not 0 < len(keys) <= MAX_KEYS:
-            raise _invalid(f"key_names must hold 1 to {MAX_KEYS} entries")
-        names = [_key(key) for key in keys]
-        found = await self.store.get(names)
-        return {
-            "results": [_found(name, memory) for name, memory in zip(names, found, strict=True)]
-        }
+            return _create_error(given, "exists", "key exists")
+        return _create_error(given, "refused", f"refused: {outcome.detail}")
 
     async def update_memory(self, agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
-        key = await self._org_key(args.get("key_name"))
+        given = args.get("key_name")
+        key = await self._org_key(given)
         value, is_base64 = self._value(args)
         if_match = _arg(args, "if_match", int, None)
         new = NewMemory(key, value, is_base64)
@@ -271,37 +405,151 @@ class Tools:
             agent, new, if_match, policy, now, detail=_audit_detail(key, text)
         )
         if outcome.version is not None:
-            return {"key_name": key, "status": "updated", "version": outcome.version}
+            return {"key_name": given, "status": "updated", "version": outcome.version}
         if outcome.reason == REASON_NOT_FOUND:
-            raise RpcFault(NOT_FOUND, f"{key} does not exist")
+            raise RpcFault(NOT_FOUND, f"{given} does not exist", {"reason": REASON_NOT_FOUND})
         if outcome.reason == REASON_VERSION:
             data = {"reason": REASON_VERSION, "version": outcome.current_version}
-            raise RpcFault(CONFLICT, f"{key} is at version {outcome.current_version}", data)
+            raise RpcFault(CONFLICT, f"{given} is at version {outcome.current_version}", data)
         raise RpcFault(FORBIDDEN, f"refused: {outcome.detail}", {"reason": "refused"})
 
-    async def list_keys(self, agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
-        prefix = _arg(args, "prefix", str, "")
-        found = await self.store.list_keys(prefix, _limit(args, MAX_LIST))
-        keys = [_summary(memory) for memory in found]
-        return {"keys": keys, "count": len(keys)}
+    async def delete_memory(self, agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
+        given = args.get("key_name")
+        key = await self._org_key(given)
+        rest = _rest(key)
+        if RESULT.match(rest) or SHARED_BEST.match(rest):
+            raise RpcFault(FORBIDDEN, f"{given} is kept: results and shared bests are evidence")
+        (current,) = await self.store.get([key])
+        if current is None:
+            raise RpcFault(NOT_FOUND, f"{given} does not exist", {"reason": REASON_NOT_FOUND})
+        if current.owner != agent.name or not await self.store.delete(agent, key, self.clock()):
+            raise RpcFault(FORBIDDEN, f"{given} belongs to {current.owner}", {"reason": "owner"})
+        return {"key_name": given, "status": "deleted"}
 
-    async def search_memories(self, agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
-        query = _arg(args, "query", str)
-        prefix = _arg(args, "prefix", str, "")
-        hits = await self.store.search(query, prefix, _limit(args, MAX_KEYS))
+    # --- reads ---------------------------------------------------------------------------
+
+    async def get_memory(self, agent: Agent | None, args: dict[str, Any]) -> dict[str, Any]:
+        keys = _arg(args, "key_names", list)
+        if not 0 < len(keys) <= MAX_KEYS:
+            raise _invalid(f"key_names must hold 1 to {MAX_KEYS} entries")
+        names = [self._full(key) for key in keys]
+        found = await self.store.get(names)
+        shown = await self._readable(agent, [m for m in found if m is not None])
+        visible = {memory.key_name for memory in shown}
         return {
             "results": [
-                {**_summary(hit.memory), **_value_of(hit.memory), "score": round(hit.score, 6)}
-                for hit in hits
+                _found(given, memory if memory and memory.key_name in visible else None)
+                for given, memory in zip(keys, found, strict=True)
             ]
         }
 
+    async def list_keys(self, agent: Agent | None, args: dict[str, Any]) -> dict[str, Any]:
+        prefix, org = self._prefix(args)
+        found = await self._readable(
+            agent, await self.store.list_keys(prefix, _limit(args, MAX_LIST))
+        )
+        keys = [_summary(memory, org) for memory in found]
+        return {"keys": keys, "count": len(keys)}
+
+    async def search_memories(self, agent: Agent | None, args: dict[str, Any]) -> dict[str, Any]:
+        query = _arg(args, "query", str)
+        prefix, org = self._prefix(args)
+        return {"results": await self._search(agent, query, prefix, org, _limit(args, MAX_KEYS))}
+
+    async def discover_memories(self, agent: Agent | None, args: dict[str, Any]) -> dict[str, Any]:
+        """Search what orgs made public, across the hub (or one ``org``); full names."""
+        query = _arg(args, "query", str, "")
+        org = _arg(args, "org", str, "")
+        prefix = f"@{org}/" if org else "@"
+        hits = await self._search(None, query, prefix, "", _limit(args, MAX_KEYS))
+        return {"results": hits}
+
+    async def _search(
+        self, agent: Agent | None, query: str, prefix: str, org: str, limit: int
+    ) -> list[dict[str, Any]]:
+        many = search.candidates(limit, MAX_KEYS)
+        if query.strip():
+            found = await self.store.search(query, prefix, many)
+        else:
+            found = [Hit(m, 0.0) for m in await self.store.list_keys(prefix, many)]
+        shown = await self._readable(agent, [hit.memory for hit in found])
+        visible = {memory.key_name for memory in shown}
+        hits = search.rank(query, [hit for hit in found if hit.memory.key_name in visible], limit)
+        return [
+            {**_summary(hit.memory, org), **_value_of(hit.memory), "score": hit.score}
+            for hit in hits
+        ]
+
     async def best_history(self, agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
-        key = _key(args.get("key_name"))
+        key = self._full(args.get("key_name"))
         if not SHARED_BEST.match(_rest(key)):
             raise _invalid("best_history reads a best/ key only")
         entries = await self.store.history(key, _limit(args, MAX_HISTORY))
         return {"changes": [_change(entry) for entry in entries]}
+
+    # --- orgs: sharing and invites -------------------------------------------------------
+
+    def _admin_org(self, agent: Agent, args: Mapping[str, Any], tool: str) -> str:
+        if not agent.is_admin:
+            raise RpcFault(FORBIDDEN, f"only the hub's admin may {tool}", {"reason": "admin"})
+        org = _arg(args, "org", str, "") or self.default_org
+        if not org:
+            raise _invalid("org is required: this hub has no default org")
+        return str(org)
+
+    async def share(self, agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
+        action = args.get("action", args.get("command"))
+        prefix = args.get("prefix", args.get("namespace"))
+        if action not in ("make_public", "make_private"):
+            raise _invalid('action must be "make_public" or "make_private"')
+        if prefix not in SHAREABLE:
+            raise _invalid(f"prefix must be one of {', '.join(SHAREABLE)}")
+        org = self._admin_org(agent, args, "share")
+        await self._check_org(org)
+        public = await invites.set_public(
+            self.store, org, str(prefix), action == "make_public", self.clock()
+        )
+        return {"org": org, "public": public}
+
+    async def create_invite(self, agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
+        org = self._admin_org(agent, args, "create invites")
+        await self._check_org(org)
+        uses = _arg(args, "uses", int, 1)
+        ttl_s = args.get("ttl_s", invites.DEFAULT_INVITE_TTL_S)
+        positive = isinstance(ttl_s, int | float) and not isinstance(ttl_s, bool) and ttl_s > 0
+        if not 1 <= uses <= invites.MAX_INVITE_USES or not positive or not math.isfinite(ttl_s):
+            raise _invalid(f"uses must be 1 to {invites.MAX_INVITE_USES} and ttl_s positive")
+        invite = await invites.create_invite(
+            self.store, org, agent.name, uses, float(ttl_s), self.clock()
+        )
+        return {
+            "token": invite.token,
+            "org": invite.org,
+            "uses": invite.uses,
+            "expires_at": invite.expires_at,
+        }
+
+    async def claim_invite(self, agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
+        token = _arg(args, "token", str)
+        org = invites.org_of(token)
+        if org is None or not await self.store.org_exists(org):
+            raise RpcFault(NOT_FOUND, "unknown invite token", {"reason": REASON_NOT_FOUND})
+        refusal = await invites.claim_invite(self.store, org, token, agent.name, self.clock())
+        if refusal:
+            raise RpcFault(FORBIDDEN, refusal, {"reason": "invite"})
+        return {"agent": agent.name, "org": org, "verified": True, "status": "success"}
+
+
+def _create_failed(results: list[dict[str, Any]]) -> RpcFault:
+    """Every item failed: a tool error, so a client that reads no per-item status sees it."""
+    codes = {r.get("code") for r in results}
+    code = CONFLICT if codes == {"exists"} else FORBIDDEN
+    first = results[0]
+    message = f"{first.get('key_name')}: {first.get('error')}"
+    if len(results) > 1:
+        message += f" (and {len(results) - 1} more items failed)"
+    reason = "exists" if code == CONFLICT else "refused"
+    return RpcFault(code, message, {"reason": reason}, {"results": results})
 
 
 def _rest(key: str) -> str:
@@ -309,7 +557,7 @@ def _rest(key: str) -> str:
     return (split_key(key) or ("", ""))[1]
 
 
-def _create_error(key: str, code: str, message: str) -> dict[str, Any]:
+def _create_error(key: Any, code: str, message: str) -> dict[str, Any]:
     return {"key_name": key, "status": "error", "code": code, "error": message}
 
 
@@ -343,9 +591,10 @@ def _finite_or_none(literal: str) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _summary(memory: Memory) -> dict[str, Any]:
+def _summary(memory: Memory, org: str = "") -> dict[str, Any]:
+    """A key's listing entry; its name relative to ``org`` when it lies in it."""
     return {
-        "key_name": memory.key_name,
+        "key_name": relative(memory.key_name, org) if org else memory.key_name,
         "description": memory.description,
         "version": memory.version,
         "owner": memory.owner,
@@ -356,10 +605,15 @@ def _summary(memory: Memory) -> dict[str, Any]:
 
 
 def _value_of(memory: Memory) -> dict[str, Any]:
-    return {"value": memory.value, "base64": memory.is_base64}
+    """A value as clients read it: decoded text, or base64 for a value that is not text."""
+    text = memory.text
+    if text is None:
+        return {"value": memory.value, "base64": True}
+    return {"value": text, "base64": False}
 
 
-def _found(name: str, memory: Memory | None) -> dict[str, Any]:
+def _found(name: Any, memory: Memory | None) -> dict[str, Any]:
+    """One ``get_memory`` entry, named as the caller named the key."""
     if memory is None:
         return {"key_name": name, "status": "not_found"}
-    return {**_summary(memory), **_value_of(memory), "status": "success"}
+    return {**_summary(memory), **_value_of(memory), "key_name": name, "status": "success"}

@@ -361,6 +361,14 @@ class HubStore(Protocol):
         """The audited creates and updates of one key, newest first."""
         ...
 
+    async def delete(self, agent: Agent, key_name: str, now: float) -> bool:
+        """Delete ``key_name`` if ``agent`` owns it (audited); False when it does not."""
+        ...
+
+    async def mark_verified(self, name: str, now: float) -> bool:
+        """Verify agent ``name`` without its code (an invite vouches for it)."""
+        ...
+
     async def select(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """The rows of one read-only query (``?`` placeholders), in one snapshot."""
         ...
@@ -520,6 +528,12 @@ class SqliteStore:
 
     async def history(self, key_name: str, limit: int) -> list[AuditEntry]:
         return await self._run(lambda c: _history(c, key_name, limit))
+
+    async def delete(self, agent: Agent, key_name: str, now: float) -> bool:
+        return await self._run(lambda c: _delete(c, agent.name, key_name, now))
+
+    async def mark_verified(self, name: str, now: float) -> bool:
+        return await self._run(lambda c: _mark_verified(c, name, now))
 
     async def select(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         return await self._run(lambda c: _select(c, sql, params))
@@ -686,6 +700,30 @@ def _forget(conn: sqlite3.Connection, name: str, key_hash: str, now: float) -> b
         )
         if cur.rowcount:
             _audit(conn, now, name, "forget", "", None)
+        return bool(cur.rowcount)
+
+
+def _delete(conn: sqlite3.Connection, agent: str, key_name: str, now: float) -> bool:
+    with _transaction(conn):
+        row = conn.execute(
+            "SELECT seq FROM memories WHERE key_name = ? AND owner = ?", (key_name, agent)
+        ).fetchone()
+        if row is None:
+            return False
+        conn.execute("DELETE FROM memories_fts WHERE rowid = ?", (row[0],))
+        conn.execute("DELETE FROM memories WHERE seq = ?", (row[0],))
+        _audit(conn, now, agent, "delete", key_name, None)
+        return True
+
+
+def _mark_verified(conn: sqlite3.Connection, name: str, now: float) -> bool:
+    with _transaction(conn):
+        cur = conn.execute(
+            "UPDATE agents SET verified = 1, verified_at = ? WHERE name = ? AND verified = 0",
+            (now, name),
+        )
+        if cur.rowcount:
+            _audit(conn, now, name, "verify", "", None)
         return bool(cur.rowcount)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import socket
 import subprocess
@@ -42,6 +43,24 @@ UNLIMITED: dict[str, Any] = {
 TEST_HUB = HubConfig(**UNLIMITED, require_email=False, replicates=0)
 
 _orgs = itertools.count()
+
+
+def tool_payload(message: dict[str, Any]) -> Any:
+    """A tools/call reply as tests read it: the tool's payload, or the error object.
+
+    A tool error (an MCP ``isError`` result) reads like a JSON-RPC error, ``{code,
+    message, data}``, with whatever else the tool reported beside them.
+    """
+    if "error" in message:
+        return message["error"]
+    result = message["result"]
+    payload = json.loads(result["content"][0]["text"])
+    if result.get("isError") is not True:
+        return payload
+    extra = {k: v for k, v in payload.items() if k not in ("code", "error", "data")}
+    return {"code": payload["code"], "message": payload["error"], **extra} | (
+        {"data": payload["data"]} if "data" in payload else {}
+    )
 
 
 @dataclass

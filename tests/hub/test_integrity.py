@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from autoresearchd.models import Result, Status, sha256_text
-from tests.hub.support import ORG, TEST_HUB, TRACK, InProcessHub, in_process_hub
+from tests.hub.support import ORG, TEST_HUB, TRACK, InProcessHub, in_process_hub, tool_payload
 from tests.memory.conformance import FakeClock, make_result
 
 pytestmark = pytest.mark.anyio
@@ -42,9 +42,7 @@ class Swarm:
         }
         headers = {"Authorization": f"Bearer {self.keys[agent]}"}
         message = (await self.http.post("/", json=body, headers=headers)).json()
-        if "error" in message:
-            return message["error"]
-        return json.loads(message["result"]["content"][0]["text"])
+        return tool_payload(message)
 
     async def publish(self, agent: str, result: Result) -> str:
         """Store ``result`` under ``agent``'s key; its key name (asserting it was created)."""
