@@ -214,9 +214,7 @@ def result_record(
         completed_at=iso(result.completed_at),
         completed_ts=result.completed_at,
         global_best_at_publish=global_best,
-        delta_vs_best=result.delta_vs_best
-        if result.delta_vs_best is not None
-        else _delta(bpb, global_best),
+        delta_vs_best=result.delta_vs_best,  # ours: what the worker judged against
         agent_best_at_publish=agent_best,
         delta_vs_own_best=_delta(bpb, agent_best),
     )
