@@ -559,10 +559,11 @@ class EnsueMemory:
         for stored in await self._get(exact) if exact else []:
             if stored is None:
                 continue
+            done = stored.key.startswith(f"{self.root}results/")
             record = _json(stored.text)
-            if "/results/" in stored.key or not records.is_ours(record):
-                if "/results/" in stored.key or records.claim_is_live(record, now):
-                    return self._blocked(stored.key, description, "exact")
+            held = not records.is_ours(record) and records.claim_is_live(record, now)
+            if done or held:
+                return self._blocked(stored.key, description, "exact")
         for key, score, record in await self._search(description, self.root + "claims/"):
             if records.is_ours(record) or not records.claim_is_live(record, now):
                 continue
