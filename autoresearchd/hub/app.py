@@ -1,14 +1,18 @@
 """The hub's HTTP side: a Starlette app with the JSON-RPC endpoint and the ``/auth`` routes.
 
 :func:`build_app` wires a :class:`~autoresearchd.hub.store.HubStore` into routes:
-``POST /`` (and ``/mcp``) for JSON-RPC; ``POST /auth/agent-register`` ``{"name",
-"email"}``, which stores an unverified agent and emails it a verification link;
+``POST /`` (and ``/mcp``) for JSON-RPC, which also answers the MCP handshake without a
+key (``initialize``, ``ping``, ``tools/list``: :mod:`~autoresearchd.hub.mcp`; any
+notification gets 202); ``POST /auth/agent-register`` ``{"name", "email"}``, which
+stores an unverified agent and emails it a verification link (with
+``hub.name_only_registration``, a name alone registers an agent only an invite verifies);
 ``GET /auth/verify?agent=&code=`` (the link; ``/auth/claim`` too) and ``POST
 /auth/verify`` ``{"name", "code"}``, which verify it; ``GET /auth/whoami`` (with a key)
 and ``GET /healthz``; with ``hub.dashboard`` on, the read-only pages under ``/dashboard``
 (:mod:`autoresearchd.dashboard`). With ``hub.require_email = false`` an email is optional and a
 registration without one gets the link and code in its reply, as before email
-verification existed. Every JSON-RPC call needs ``Authorization: Bearer <key>``; bodies
+verification existed. Every JSON-RPC tool call needs ``Authorization: Bearer <key>``,
+except reads of what an org made public; a key that is sent is checked first; bodies
 over ``max_body_bytes`` are refused before they are parsed. Requests are rate limited per
 client IP (the ``/auth`` routes more tightly) and per key; a limited request gets 429 with
 ``Retry-After``. The limits live in each hub process, so they apply per replica. Errors

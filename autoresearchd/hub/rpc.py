@@ -1,15 +1,35 @@
 """The hub's JSON-RPC layer: validate a request, run one Ensue tool, shape the reply.
 
-This speaks the Ensue wire protocol (DESIGN.md, contract 4): ``tools/call`` with
-``create_memory``, ``get_memory``, ``update_memory``, ``list_keys`` and
-``search_memories``, plus our ``best_history`` (the audited changes of one best metadata
-key, newest first); a tool's answer travels as JSON text in ``result.content[0].text``.
+This speaks the Ensue wire protocol as the community's clients do
+(:mod:`autoresearchd.ensue` owns its envelope, codes and key layout): ``tools/call``
+with ``create_memory``, ``get_memory``, ``update_memory``, ``delete_memory``,
+``list_keys``, ``search_memories`` and ``discover_memories``, the org tools ``share``,
+``create_invite`` and ``claim_invite``, plus our ``best_history`` (the audited changes of
+one best metadata key, newest first); a tool's answer travels as JSON text in
+``result.content[0].text``. What the community's clients rely on:
+
+- ``get_memory`` entries say ``"status": "success"`` (or ``not_found``) and carry values
+  decoded: a value written as base64 comes back as its text (``base64: false``), unless
+  it is binary.
+- Key names may be org-relative (``results/x``, in the hub's ``hub.org``) or full
+  (``@org/results/x``); ``get_memory`` answers each key as it was asked for, listings and
+  search name keys relative to the org listed. ``.hub/`` is the hub's own, never listed.
+- A tool that fails answers an MCP ``isError`` result whose JSON text carries the
+  ``code``, ``error`` and ``data`` (a ``create_memory`` whose every item failed too, with
+  the per-item ``results``), so a client that reads no per-item status still sees it.
+- ``search_memories`` scores in [0, 1] by :mod:`autoresearchd.hub.search`, the same on
+  every store.
+- Without a key, the reads (``get_memory``, ``list_keys``, ``search_memories``,
+  ``discover_memories``) see what orgs made public (:mod:`autoresearchd.hub.invites`).
+
 Keys come back with ``verified``: whether their writer was a verified agent then.
 Requests that are not JSON-RPC get the standard codes (-32700 parse error, -32600 invalid
-request, -32601 method not found, -32602 invalid params). Tool refusals use the
-server range: -32001 unauthorised, -32003 forbidden, -32004 not found, -32009 conflict
-(the key exists, or ``if_match`` did not match; ``data.version`` carries the current
-version), -32013 too large, -32029 rate limited, -32050 storage unavailable.
+request, -32601 method not found, -32602 invalid params, also for an unknown tool). Tool
+refusals use the server range: -32001 unauthorised, -32003 forbidden, -32004 not found,
+-32009 conflict (the key exists, or ``if_match`` did not match; ``data.version`` carries
+the current version), -32013 too large, -32029 rate limited, -32050 storage unavailable;
+forbidden, not found, conflict and too large are tool errors (``isError``), the others
+JSON-RPC errors.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ def test_hub_example_documents_the_defaults() -> None:
         ("replicates", -1, ">= 0"),
         ("replication", "others", "other-agent"),
         ("require_email", "yes", "true or false"),
+        ("name_only_registration", 1, "true or false"),
         ("smtp_security", "ssl", "starttls"),
         ("smtp_port", 0, "port from 1 to 65535"),
         ("smtp_port", 70000, "port from 1 to 65535, got 70000"),
