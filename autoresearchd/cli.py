@@ -44,6 +44,7 @@ from autoresearchd.logs import configure_logging
 from autoresearchd.memory import BestChange, memory_exists, open_memory
 from autoresearchd.memory.ensue import (
     check_key_file,
+    claim_invite,
     read_api_key,
     register_agent,
     whoami,
@@ -393,6 +394,10 @@ def _add_identity_commands(commands: argparse._SubParsersAction[argparse.Argumen
     who = commands.add_parser("whoami", help="show this agent's name and verification state")
     _config_option(who, required=False)
     who.set_defaults(handler=cmd_whoami)
+    join = commands.add_parser("join", help="join the org of an invite (memory.url's network)")
+    _config_option(join)
+    join.add_argument("--invite", required=True, help="the invite token the org gave out")
+    join.set_defaults(handler=cmd_join)
 
 
 def _hub_settings(config: Config) -> tuple[str, Path]:
@@ -432,6 +437,15 @@ def cmd_whoami(args: argparse.Namespace) -> int:
     identity = anyio.run(whoami, url, read_api_key(key_file))
     state = "verified" if identity.verified else "not verified (check your inbox)"
     print(f"{identity.agent}: {state}{' (admin)' if identity.admin else ''}")
+    return EXIT_OK
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    url, key_file = _hub_settings(config)
+    reply = anyio.run(claim_invite, url, read_api_key(key_file), args.invite)
+    org = reply.get("org") or config.memory.org
+    print(f"{config.daemon.agent} joined @{org}")
     return EXIT_OK
 
 

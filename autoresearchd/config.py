@@ -141,6 +141,9 @@ class MemoryConfig:
     org: str = ""
     api_key_file: Path = field(default=UNSET_PATH, metadata=PATH)
     claim_ttl_s: float = 0.0  # 0: twice the run's budget plus grace
+    # The org's own track, which its bare best/ keys hold; empty: experiment.track, and
+    # records that name no track (the community's) are of the track named after the org.
+    org_track: str = ""
 
 
 @dataclass(frozen=True, slots=True)

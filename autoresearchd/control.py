@@ -283,8 +283,12 @@ class TrackedMemory:
     async def get_best(self, track: str, tier: str | None = None) -> Best | None:
         return await self._track(lambda: self.inner.get_best(track, tier))
 
-    async def claim(self, track: str, sha256: str, agent_id: str, ttl_s: float) -> bool:
-        return await self._track(lambda: self.inner.claim(track, sha256, agent_id, ttl_s))
+    async def claim(
+        self, track: str, sha256: str, agent_id: str, ttl_s: float, description: str = ""
+    ) -> bool:
+        return await self._track(
+            lambda: self.inner.claim(track, sha256, agent_id, ttl_s, description)
+        )
 
     async def release(self, track: str, sha256: str, agent_id: str) -> None:
         await self._track(lambda: self.inner.release(track, sha256, agent_id))

@@ -283,7 +283,11 @@ class Worker:
         track, agent = self.config.experiment.track, self.config.daemon.agent
         try:
             won = await self.ctx.memory.claim(
-                track, ready.candidate.sha256, agent, self.config.claim_ttl_s
+                track,
+                ready.candidate.sha256,
+                agent,
+                self.config.claim_ttl_s,
+                ready.candidate.description,
             )
         except MemoryBackendError:
             won = True  # out of reach: run it, as an unclaimed run would
@@ -352,7 +356,7 @@ class Worker:
         self.ctx.in_flight[candidate.sha256] = candidate.source
         try:
             won = await self.ctx.memory.claim(
-                track, candidate.sha256, agent, self.config.claim_ttl_s
+                track, candidate.sha256, agent, self.config.claim_ttl_s, candidate.description
             )
         except MemoryBackendError as exc:
             # The network is additive, never blocking: run unclaimed rather than idle.

@@ -30,6 +30,7 @@ from autoresearchd.dashboard.model import (
     walk_lineage,
 )
 from autoresearchd.ensue.keys import slug
+from autoresearchd.ensue.records import claim_times
 from autoresearchd.hub.store import HubStore, SqliteStore, decode_text
 from autoresearchd.models import sha256_text
 
@@ -298,6 +299,6 @@ def _claim(text: str | None, now: float) -> ClaimRow | None:
         agent=_text(record.get("agent_id")),
         track=_text(record.get("track")),
         sha256=_text(record.get("sha256")),
-        claimed_at=_number(record.get("claimed_at")) or 0.0,
+        claimed_at=(claim_times(record) or (0.0, 0.0))[0],
         expires_at=expires,
     )

@@ -42,7 +42,13 @@ def open_memory(config: Config) -> CollectiveMemory:
                 key=f"memory.{key}",
             )
     api_key = read_api_key(memory.api_key_file)
-    return EnsueMemory(memory.url, memory.org, api_key, primary_track=config.experiment.track)
+    return EnsueMemory(
+        memory.url,
+        memory.org,
+        api_key,
+        primary_track=memory.org_track or config.experiment.track,
+        org_track_declared=bool(memory.org_track),
+    )
 
 
 def memory_exists(config: Config) -> bool:

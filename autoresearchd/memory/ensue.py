@@ -7,23 +7,34 @@ backoff (``min·2^n`` capped, times U(0.5, 1), at least ``Retry-After``) and the
 :class:`TransientMemoryError`, so the publisher's outbox does the long-term retrying.
 Everything else becomes :class:`MemoryBackendError` naming the tool and key.
 
-:class:`EnsueMemory` maps the ``CollectiveMemory`` Protocol onto the community key
-layout under ``@<org>/``:
+The key layout is :mod:`autoresearchd.ensue.keys`'s and every record is written and
+read by :mod:`autoresearchd.ensue.records`, so community clients (autoresearch-at-home)
+read what we write and we read theirs. :class:`EnsueMemory` maps the
+``CollectiveMemory`` Protocol onto it under ``@<org>/``:
 
-- ``results/<agent>--<slug>--<id6>``: the result record (``Result.to_record``, which
-  carries ``track``); ``id6`` hashes the result id, so a replay hits the same key.
-- ``claims/<track>--<sha12>``: ``{agent_id, track, sha256, claimed_at, expires_at,
-  released}``, created atomically; a released or expired claim is taken over by
-  ``update_memory`` with ``if_match``.
+- ``results/<agent>--<slug>--<id6>``: our result with every community field; ``id6``
+  hashes the result id, so a replay hits the same key. A community result (no ``id``,
+  ``track``, ``train_py_sha256`` or ``seed``) reads with its key as id and the org's track.
+- ``claims/<track>--<sha12>``: created atomically, with the community's claim fields
+  beside ours; a released or expired claim is taken over by ``update_memory`` with
+  ``if_match``. Before claiming, a described candidate is checked against the
+  community's claims and results, by key and by ``search_memories`` similarity.
 - ``runs/<track>--<sha256>``: a marker written with each result, so ``was_run`` is one read;
   ``published/<id>--<id6>`` maps a result id to its key, so a replay is found by id.
 - ``best/metadata`` + ``best/train_py``, ``best/tier/<tier>/…``: the best of the
-  *primary track* (the configured ``experiment.track``), so community clients see it
-  where they expect it; the bests of any other track live under ``tracks/<track>/best/…``.
-  The metadata carries ``train_py_sha256`` and ``result_key``: a torn pair is re-read and,
-  if it stays torn, the source comes from the result record. ``best/agent/<agent>`` holds
-  each agent's own best (metadata only).
-- ``hypotheses/<key>`` and ``insights/<key>``: ``{key, agent_id, created_at, value}``.
+  *primary track* (``memory.org_track``, else ``experiment.track``); any other track's
+  live under ``tracks/<track>/best/…``, so no track overwrites another's. A best whose
+  metadata is not confirmed to be of the asked track (it names another, or it is the
+  community's and the org's track was not configured) is neither read nor moved. Our
+  metadata carries ``train_py_sha256`` and ``result_key``: a torn pair is re-read and, if it
+  stays torn, the source comes from the result record; a community one is checked against
+  the source it carries and hashed. ``best/agent/<agent>`` holds each agent's own best.
+- ``hypotheses/<key>`` and ``insights/<key>``: community fields at the top level, ours
+  (``key``, ``value``) beside them.
+
+Records, claims and notes are created with ``embed: true`` and a description in the
+community's words, so their agents find ours by search. A server may report a key that
+exists per item or as a tool error (``isError``); both read as "exists".
 
 A best moves by compare-and-set: read the pair in one call, compare, write the metadata
 with ``if_match``, then the source with ``if_match`` for as long as the metadata still
@@ -55,17 +66,18 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from autoresearchd.backoff import jittered_wait
+from autoresearchd.ensue import keys, records
 from autoresearchd.ensue.envelope import Reply
 from autoresearchd.ensue.envelope import parse_message as parse_reply
 from autoresearchd.ensue.envelope import read_reply as _payload
 from autoresearchd.ensue.errors import CONFLICT, FORBIDDEN, NO_SUCH_TOOL
-from autoresearchd.ensue.keys import full_name, slug
 from autoresearchd.ensue.keys import short_hash as _short_hash
+from autoresearchd.ensue.keys import slug
 from autoresearchd.ensue.values import decode as _decode
 from autoresearchd.ensue.values import encode as _encode
 from autoresearchd.errors import ConfigError, MemoryBackendError, TransientMemoryError
 from autoresearchd.memory.protocol import BestChange, Note, PublishOutcome
-from autoresearchd.models import Best, Result, Status, sha256_text
+from autoresearchd.models import Best, Result, Status
 
 log = structlog.get_logger(__name__)
 
@@ -80,6 +92,7 @@ LIST_LIMIT = 10_000
 HISTORY_LIMIT = 1000
 #: How often a compare-and-set loop may lose before the call gives up (each loss means
 #: someone else made progress, so this bounds only pathological contention).
+SEARCH_LIMIT = 5
 CAS_ATTEMPTS = 100
 CLAIM_ATTEMPTS = 5
 TORN_READS = 4
@@ -271,7 +284,9 @@ class EnsueMemory:
     """The collective memory over the Ensue protocol (see the module docstring).
 
     ``primary_track`` is the track whose bests use the community's bare ``best/`` keys;
-    ``clock`` gives the time for claim expiry and best timestamps.
+    ``org_track_declared`` says the operator named it as the org's own track, so the
+    community's records (which name no track) are of it; otherwise they are of the track
+    named after the org. ``clock`` gives the time for claim expiry and best timestamps.
     """
 
     def __init__(
@@ -281,6 +296,7 @@ class EnsueMemory:
         api_key: str,
         *,
         primary_track: str,
+        org_track_declared: bool = False,
         clock: Callable[[], float] = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -292,7 +308,10 @@ class EnsueMemory:
         self.org = org
         self.root = f"@{org}/"
         self.primary_track = primary_track
+        #: The track of records that name none: the community's, the org's own.
+        self.org_track = primary_track if org_track_declared else org
         self._clock = clock
+        self._foreign_bests: set[str] = set()  # best keys already logged as not ours
         self._rpc = EnsueRpc(
             url,
             api_key,
@@ -327,8 +346,7 @@ class EnsueMemory:
     # --- keys ------------------------------------------------------------------------------
 
     def _best_base(self, track: str, tier: str | None) -> str:
-        base = self.root if track == self.primary_track else f"{self.root}tracks/{slug(track)}/"
-        return f"{base}best/" if tier is None else f"{base}best/tier/{slug(tier)}/"
+        return self.root + keys.best_base(track, self.primary_track, tier)
 
     def _claim_key(self, track: str, sha256: str) -> str:
         return f"{self.root}claims/{slug(track)}--{slug(sha256, 64)[:12]}"
@@ -353,24 +371,36 @@ class EnsueMemory:
                 backend=BACKEND,
             )
 
-    async def _create(self, key: str, text: str, description: str = "") -> bool:
-        """Create-if-absent; False when the key exists."""
-        outcome = await self._create_outcome(key, text, description)
+    async def _create(
+        self, key: str, text: str, description: str = "", *, embed: bool = False
+    ) -> bool:
+        """Create-if-absent; False when the key exists.
+
+        ``embed`` asks the server to index ``description`` for search, as community
+        clients do with theirs, so their agents find the record.
+        """
+        outcome = await self._create_outcome(key, text, description, embed=embed)
         if outcome is Write.REFUSED:
             raise MemoryBackendError("the hub refused to create the key", backend=BACKEND, key=key)
         return outcome is Write.WON
 
-    async def _create_outcome(self, key: str, text: str, description: str = "") -> Write:
-        """Create-if-absent: WON, LOST (the key exists) or REFUSED (by the hub's rules)."""
+    async def _create_outcome(
+        self, key: str, text: str, description: str = "", *, embed: bool = False
+    ) -> Write:
+        """Create-if-absent: WON, LOST (the key exists) or REFUSED (by the hub's rules).
+
+        A server may report an existing key per item or as a tool error (``isError``);
+        both read as LOST.
+        """
         self._check_open()
-        item = {"key_name": key, "description": description, "value": _encode(text)}
+        item: dict[str, Any] = {"key_name": key, "description": description}
+        item |= {"value": _encode(text), "base64": True}
+        if embed:
+            item |= {"embed": True, "embed_source": "description"}
         reply = await self._rpc.call(
-            "create_memory",
-            {"items": [{**item, "base64": True}]},
-            key=key,
-            tolerate=(CONFLICT, FORBIDDEN),
+            "create_memory", {"items": [item]}, key=key, tolerate=(CONFLICT, FORBIDDEN)
         )
-        if reply.error_code == FORBIDDEN:  # a create every item of which was refused
+        if reply.error_code == FORBIDDEN:
             log.info("write_refused", backend=BACKEND, key=key, reason=reply.error_message)
             return Write.REFUSED
         if reply.error_code is not None:
@@ -388,15 +418,25 @@ class EnsueMemory:
             return Write.LOST
         raise MemoryBackendError(f"create_memory failed: {detail}", backend=BACKEND, key=key)
 
-    async def _get(self, keys: Sequence[str]) -> list[Stored | None]:
-        """The keys, read in one call per batch, in the order asked."""
+    def _full(self, name: str) -> str:
+        """A key name from a reply as a full name: community servers answer org-relative."""
+        return keys.full_name(self.org, name)
+
+    def _tail(self, key: str, prefix: str) -> str:
+        """What follows ``prefix`` (a full-name folder) in ``key``."""
+        return key[len(prefix) :] if key.startswith(prefix) else key
+
+    async def _get(self, names: Sequence[str]) -> list[Stored | None]:
+        """The keys ``names``, read in one call per batch, in the order asked."""
         self._check_open()
         found: dict[str, Stored] = {}
-        for start in range(0, len(keys), GET_BATCH):
-            batch = list(keys[start : start + GET_BATCH])
+        for start in range(0, len(names), GET_BATCH):
+            batch = list(names[start : start + GET_BATCH])
             reply = await self._rpc.call("get_memory", {"key_names": batch}, key=batch[0])
-            found.update(_stored_entries(reply.payload))
-        return [found.get(key) for key in keys]
+            for stored in _stored_entries(reply.payload).values():
+                name = self._full(stored.key)
+                found[name] = Stored(name, stored.text, stored.version)
+        return [found.get(key) for key in names]
 
     async def _update(
         self, key: str, text: str, version: int | None, *, lost: tuple[int, ...] = (CONFLICT,)
@@ -446,14 +486,13 @@ class EnsueMemory:
         reply = await self._rpc.call(
             "list_keys", {"prefix": prefix, "limit": LIST_LIMIT}, key=prefix
         )
-        keys = reply.payload.get("keys", reply.payload.get("results", []))
-        names = [k.get("key_name") if isinstance(k, dict) else k for k in keys or []]
-        # Servers name listed keys relative to the org: read them back by full name.
-        return [full_name(self.org, name) for name in names if isinstance(name, str)]
+        listed = reply.payload.get("keys", reply.payload.get("results", []))
+        names = [k.get("key_name") if isinstance(k, dict) else k for k in listed or []]
+        return [self._full(name) for name in names if isinstance(name, str)]
 
     async def _read_all(self, prefix: str) -> list[Stored]:
-        keys = await self._list(prefix)
-        stored = await self._get(keys)
+        names = await self._list(prefix)
+        stored = await self._get(names)
         return [
             Stored(s.key, s.text, s.version, order)
             for order, s in enumerate(stored)
@@ -462,19 +501,25 @@ class EnsueMemory:
 
     # --- claims ----------------------------------------------------------------------------
 
-    async def claim(self, track: str, sha256: str, agent_id: str, ttl_s: float) -> bool:
+    async def claim(
+        self, track: str, sha256: str, agent_id: str, ttl_s: float, description: str = ""
+    ) -> bool:
+        """Claim (track, sha256); with a ``description``, only if no community client holds
+        or has run that experiment (see :meth:`community_holds`)."""
         key, now = self._claim_key(track, sha256), self._clock()
-        record = {
-            "agent_id": agent_id,
-            "track": track,
-            "sha256": sha256,
-            "claimed_at": now,
-            "expires_at": now + ttl_s,
-            "released": False,
-        }
-        text = json.dumps(record)
+        if description and await self.community_holds(description, now):
+            return False
+        record = records.claim_record(
+            agent_id=agent_id,
+            track=track,
+            sha256=sha256,
+            description=description or f"{track} {sha256[:12]}",
+            now=now,
+            ttl_s=ttl_s,
+        )
+        text, about = json.dumps(record), records.description_claim(record["description"])
         for _ in range(CLAIM_ATTEMPTS):
-            if await self._create(key, text, f"claim {track} {sha256[:12]}"):
+            if await self._create(key, text, about, embed=True):
                 return True
             (stored,) = await self._get([key])
             if stored is None:
@@ -492,8 +537,63 @@ class EnsueMemory:
         holder = _json(stored.text) if stored else {}
         if stored is None or not _holds(holder, track, sha256, agent_id, now):
             return
-        released = {**holder, "released": True, "expires_at": now}
+        released = records.released_claim(holder, now)
         await self._write_verified(key, json.dumps(released), stored.version)
+
+    async def community_holds(self, description: str, now: float) -> str | None:
+        """The key of a community claim or result of the experiment ``description``, if any.
+
+        Exact: a claim or result whose key ends in the community's ``<slug>--<hash6>`` of
+        ``description`` (their keys differ by agent only). Similar: an active claim that
+        ``search_memories`` scores at least 0.92 against ``description``, as their client
+        checks, or whose description is the same. Claims of our own clients are left to
+        the content-addressed claim, so replicates by other agents still run.
+        """
+        tails = records.experiment_tails(description)
+        exact = [
+            key
+            for prefix in ("claims/", "results/")
+            for key in await self._list(self.root + prefix)
+            if self._tail(key, self.root + prefix).partition("--")[2] in tails
+        ]
+        for stored in await self._get(exact) if exact else []:
+            if stored is None:
+                continue
+            done = stored.key.startswith(f"{self.root}results/")
+            record = _json(stored.text)
+            held = not records.is_ours(record) and records.claim_is_live(record, now)
+            if done or held:
+                return self._blocked(stored.key, description, "exact")
+        for key, score, record in await self._search(description, self.root + "claims/"):
+            if records.is_ours(record) or not records.claim_is_live(record, now):
+                continue
+            same = records.same_experiment(str(record.get("description", "")), description)
+            if same or score >= records.SIMILAR:
+                return self._blocked(key, description, f"similar {score:.3f}")
+        return None
+
+    def _blocked(self, key: str, description: str, how: str) -> str:
+        log.info("claim_held_by_community", key=key, description=description, match=how)
+        return key
+
+    async def _search(self, query: str, prefix: str) -> list[tuple[str, float, dict[str, Any]]]:
+        """``search_memories`` hits as (key, score, record); none from a server without it."""
+        self._check_open()
+        reply = await self._rpc.call(
+            "search_memories",
+            {"query": query, "prefix": prefix, "limit": SEARCH_LIMIT},
+            key=prefix,
+            tolerate=NO_SUCH_TOOL,
+        )
+        hits = reply.payload.get("results")
+        found = []
+        for hit in hits if isinstance(hits, list) else []:
+            if not isinstance(hit, dict) or not isinstance(hit.get("key_name"), str):
+                continue
+            score = _finite(hit.get("score")) or 0.0
+            text = _decode(hit.get("value"), hit.get("base64"))
+            found.append((self._full(hit["key_name"]), score, _json(text)))
+        return found
 
     async def was_run(self, track: str, sha256: str) -> bool:
         runs, claim = await self._get(
@@ -539,12 +639,17 @@ class EnsueMemory:
 
     async def _result_at(self, key: str) -> Result | None:
         (stored,) = await self._get([key])
-        return _result_from(stored.text if stored else None)
+        return self._result_from(stored) if stored else None
+
+    def _result_from(self, stored: Stored) -> Result | None:
+        tail = self._tail(stored.key, f"{self.root}results/")
+        return records.read_result(_json(stored.text), key=tail, track=self.org_track)
 
     async def _create_result(self, result: Result) -> tuple[bool, Result, str]:
-        text = json.dumps(result.to_record())
+        text = json.dumps(records.result_record(result, global_best=_best_then(result)))
+        about = records.description_result(result)
         for key in self._result_keys(result):
-            if await self._create(key, text, result.description):
+            if await self._create(key, text, about, embed=True):
                 return True, result, key
             prior = await self._result_at(key)
             if prior is not None and prior.id == result.id:
@@ -564,51 +669,54 @@ class EnsueMemory:
         ]
         for tier, label in scopes:
             base = self._best_base(result.track, tier)
-            record = self._best_record(result, result_key, tier, bpb)
-            if await self._move_best(base + "metadata", base + "train_py", record, result):
+            best = _BestMove(result, result_key, tier, bpb)
+            if await self._move_best(base + "metadata", base + "train_py", best):
                 moved.append(label)
-        agent_key = f"{self._best_base(result.track, None)}agent/{slug(result.agent_id)}"
-        await self._move_best(
-            agent_key, None, self._best_record(result, result_key, None, bpb), result
+        agent_key = self.root + keys.agent_best(
+            slug(result.agent_id), result.track, self.primary_track
         )
+        await self._move_best(agent_key, None, _BestMove(result, result_key, None, bpb))
         return tuple(moved)
 
-    def _best_record(
-        self, result: Result, result_key: str, tier: str | None, bpb: float
-    ) -> dict[str, Any]:
-        return {
-            "track": result.track,
-            "tier": tier,
-            "val_bpb": bpb,
-            "train_py_sha256": result.train_py_sha256,
-            "result_id": result.id,
-            "result_key": result_key,
-            "agent_id": result.agent_id,
-            "description": result.description,
-            "memory_gb": result.memory_gb,
-            "vram_tier": result.vram_tier,
-            "updated_at": self._clock(),
-        }
+    def _track_confirmed(self, key: str, current: Mapping[str, Any], track: str) -> bool:
+        """Whether the best at ``key`` is of ``track``; logs once per key when it is not."""
+        declared = self.org_track if self.org_track == self.primary_track else None
+        if records.best_track_confirmed(current, track, declared):
+            return True
+        if key not in self._foreign_bests:
+            self._foreign_bests.add(key)
+            log.warning(
+                "best_not_ours",
+                key=key,
+                track=track,
+                found=current.get("track") or "none named",
+                hint="set memory.org_track to the org's own track",
+            )
+        return False
 
-    async def _move_best(
-        self, meta_key: str, train_key: str | None, record: dict[str, Any], result: Result
-    ) -> bool:
-        """Compare-and-set the best metadata, then its source; True if we moved it."""
-        keys = [meta_key] if train_key is None else [meta_key, train_key]
+    async def _move_best(self, meta_key: str, train_key: str | None, best: _BestMove) -> bool:
+        """Compare-and-set the best metadata, then its source; True if we moved it.
+
+        A best whose track is not confirmed to be ours is never moved.
+        """
+        wanted = [meta_key] if train_key is None else [meta_key, train_key]
+        result = best.result
         for _ in range(CAS_ATTEMPTS):
-            meta, *train = await self._get(keys)
+            meta, *train = await self._get(wanted)
             current = _json(meta.text) if meta else {}
-            old = _finite(current.get("val_bpb"))
-            if current.get("result_id") == result.id or (
-                old is not None and not record["val_bpb"] < old
-            ):
+            if not self._track_confirmed(meta_key, current, result.track):
                 return False
-            full = {
-                **record,
-                "previous_best_val_bpb": current.get("val_bpb"),
-                "previous_best_by": current.get("agent_id"),
-                "previous_best_description": current.get("description"),
-            }
+            old = _finite(current.get("val_bpb"))
+            if current.get("result_id") == result.id or (old is not None and not best.bpb < old):
+                return False
+            full = records.best_record(
+                result,
+                result_key=best.result_key,
+                tier=best.tier,
+                bpb=best.bpb,
+                now=self._clock(),
+                previous=current,
+            )
             outcome = await self._best_write(meta_key, json.dumps(full), meta)
             if outcome is Write.REFUSED:
                 return False  # the hub's rules: unverified, not replicated yet, ...
@@ -642,9 +750,12 @@ class EnsueMemory:
             if meta is None:
                 return None
             record = _json(meta.text)
+            if not self._track_confirmed(meta_key, record, track):
+                return None
             if train is not None and train.text is not None:
-                if sha256_text(train.text) == record.get("train_py_sha256"):
-                    return _best(track, tier, record, train.text)
+                best = records.read_best(record, train.text, track, tier)
+                if best is not None:
+                    return best
             log.debug("best_torn", backend=BACKEND, key=meta_key, attempt=attempt)
             await anyio.sleep(0.02 * 2**attempt)
         return await self._best_from_result(track, tier, record, meta_key)
@@ -652,13 +763,20 @@ class EnsueMemory:
     async def _best_from_result(
         self, track: str, tier: str | None, record: dict[str, Any], meta_key: str
     ) -> Best:
-        """A torn pair that stays torn: take the source from the result the metadata names."""
+        """A torn pair that stays torn: take the source from the metadata (a community
+        record may carry it) or from the result the metadata names."""
+        inline = record.get("train_py")
+        if isinstance(inline, str) and inline:
+            best = records.read_best(record, inline, track, tier)
+            if best is not None:
+                return best
         result_key = record.get("result_key")
         if isinstance(result_key, str) and result_key:
-            (stored,) = await self._get([result_key])
-            result = _result_from(stored.text if stored else None)
+            result = await self._result_at(self._full(result_key))
             if result is not None and result.train_py_sha256 == record.get("train_py_sha256"):
-                return _best(track, tier, record, result.train_py)
+                best = records.read_best(record, result.train_py, track, tier)
+                if best is not None:
+                    return best
         raise TransientMemoryError(
             "best/metadata and best/train_py disagree", backend=BACKEND, key=meta_key
         )
@@ -682,7 +800,7 @@ class EnsueMemory:
     async def results(self, track: str | None = None, limit: int | None = 100) -> list[Result]:
         found = []
         for stored in await self._read_all(f"{self.root}results/"):
-            result = _result_from(stored.text)
+            result = self._result_from(stored)
             if result is not None and (track is None or result.track == track):
                 found.append((result.completed_at, stored.order, result))
         found.sort(key=lambda item: (item[0], item[1]), reverse=True)
@@ -692,20 +810,21 @@ class EnsueMemory:
 
     async def put_note(self, kind: str, note: Note) -> bool:
         _check_kind(kind)
-        record = {
-            "key": note.key,
-            "agent_id": note.agent_id,
-            "created_at": note.created_at,
-            "value": note.value,
-        }
-        return await self._create(self._note_key(kind, note.key), json.dumps(record))
+        record = records.note_record(
+            kind, records.NoteFields(note.key, note.agent_id, note.value, note.created_at)
+        )
+        text, about = json.dumps(record), records.description_note(kind, record)
+        return await self._create(self._note_key(kind, note.key), text, about, embed=True)
 
     async def notes(self, kind: str, limit: int = 100) -> list[Note]:
         _check_kind(kind)
         found = []
-        for stored in await self._read_all(f"{self.root}{kind}/"):
-            note = _note_from(_json(stored.text))
-            if note is not None:
+        folder = f"{self.root}{kind}/"
+        for stored in await self._read_all(folder):
+            tail = self._tail(stored.key, folder)
+            fields = records.read_note(_json(stored.text), key=tail, track=self.org_track)
+            if fields is not None:
+                note = Note(*fields)
                 found.append((note.created_at, stored.order, note))
         found.sort(key=lambda item: (item[0], item[1]), reverse=True)
         return [note for _, _, note in found[:limit]]
@@ -753,14 +872,6 @@ def _holds(holder: Mapping[str, Any], track: str, sha: str, agent: str, now: flo
     )
 
 
-def _result_from(text: str | None) -> Result | None:
-    record = _json(text)
-    try:
-        return Result.from_record(record) if record else None
-    except (TypeError, ValueError, KeyError):
-        return None  # a record from another client that lacks our fields
-
-
 def _change_from(entry: Any) -> BestChange | None:
     """One ``best_history`` entry; None for one without a finite val_bpb (a seeded baseline)."""
     meta = entry.get("metadata") if isinstance(entry, dict) else None
@@ -777,25 +888,21 @@ def _change_from(entry: Any) -> BestChange | None:
     )
 
 
-def _note_from(record: Mapping[str, Any]) -> Note | None:
-    value, created = record.get("value"), _finite(record.get("created_at"))
-    if not isinstance(value, dict) or created is None or not isinstance(record.get("key"), str):
+@dataclass(frozen=True, slots=True)
+class _BestMove:
+    """A best to set from ``result``: its scope (``tier``, None for the track) and score."""
+
+    result: Result
+    result_key: str
+    tier: str | None
+    bpb: float
+
+
+def _best_then(result: Result) -> float | None:
+    """The best the worker compared ``result`` with, from its ``delta_vs_best``."""
+    if result.val_bpb is None or result.delta_vs_best is None:
         return None
-    return Note(record["key"], str(record.get("agent_id", "")), value, created)
-
-
-def _best(track: str, tier: str | None, record: Mapping[str, Any], source: str) -> Best:
-    bpb = _finite(record.get("val_bpb"))
-    return Best(
-        track=track,
-        tier=tier,
-        val_bpb=math.inf if bpb is None else bpb,  # a seeded baseline has no score yet
-        train_py=source,
-        train_py_sha256=sha256_text(source),
-        result_id=str(record.get("result_id") or ""),
-        agent_id=str(record.get("agent_id") or ""),
-        updated_at=_finite(record.get("updated_at")) or 0.0,
-    )
+    return result.val_bpb - result.delta_vs_best
 
 
 def _check_kind(kind: str) -> None:
@@ -873,6 +980,24 @@ async def whoami(
         verified=reply.get("verified") is True,
         admin=reply.get("admin") is True,
     )
+
+
+async def claim_invite(
+    url: str,
+    api_key: str,
+    token: str,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> dict[str, Any]:
+    """Join the org whose invite ``token`` is (the ``claim_invite`` tool); its answer."""
+    rpc = EnsueRpc(url, api_key, transport=transport, timeout_s=timeout_s)
+    await rpc.open()
+    try:
+        reply = await rpc.call("claim_invite", {"token": token}, key="claim_invite")
+    finally:
+        await rpc.close()
+    return reply.payload
 
 
 async def _auth_call(

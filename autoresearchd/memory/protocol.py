@@ -64,10 +64,14 @@ class CollectiveMemory(Protocol):
         """The best of ``track``; of one VRAM tier when ``tier`` is given."""
         ...
 
-    async def claim(self, track: str, sha256: str, agent_id: str, ttl_s: float) -> bool:
+    async def claim(
+        self, track: str, sha256: str, agent_id: str, ttl_s: float, description: str = ""
+    ) -> bool:
         """Atomically claim a candidate. True if we now hold it (or already did).
 
         A claim by another agent blocks until it expires after ``ttl_s`` seconds.
+        ``description`` (the candidate's) lets a network memory tell other kinds of client
+        what is claimed, and check their claims of the same experiment.
         """
         ...
 

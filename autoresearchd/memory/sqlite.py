@@ -164,7 +164,9 @@ class SqliteMemory:
         scope = TRACK_SCOPE if tier is None else tier
         return await self._call(lambda conn: _get_best(conn, track, scope))
 
-    async def claim(self, track: str, sha256: str, agent_id: str, ttl_s: float) -> bool:
+    async def claim(
+        self, track: str, sha256: str, agent_id: str, ttl_s: float, description: str = ""
+    ) -> bool:
         now = self._clock()
         return await self._call(lambda conn: _claim(conn, track, sha256, agent_id, now, ttl_s))
 
