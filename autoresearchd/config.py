@@ -30,12 +30,13 @@ DEFAULT_TIME_BUDGET_S = 300.0
 DEFAULT_GRACE_S = 60.0
 DEFAULT_KILL_GRACE_S = 10.0
 DEFAULT_MIN_IMPROVEMENT = 0.001
-#: The most fresh replicates a provisional candidate gets (autoresearchd/promotion.py).
-DEFAULT_REPLICATES = 6
+#: The most fresh replicates a provisional candidate gets (autoresearchd/promotion.py): a
+#: futility bound stops likely losers long before, so the cap is spent on close calls.
+DEFAULT_REPLICATES = 16
 #: The fewest fresh replicates a keep rests on.
 DEFAULT_MIN_REPLICATES = 2
 #: Runs of its own the incumbent is compared by; re-measured up to this.
-DEFAULT_INCUMBENT_RUNS = 6
+DEFAULT_INCUMBENT_RUNS = 16
 #: The chance that a candidate no better than the incumbent is kept: well below the
 #: 1 in 10,000 candidates a swarm can afford, so thousands of candidates promote no noise.
 DEFAULT_SIGNIFICANCE = 1e-5
@@ -110,7 +111,7 @@ class ExperimentConfig:
     kill_grace_s: float = DEFAULT_KILL_GRACE_S
     min_improvement: float = DEFAULT_MIN_IMPROVEMENT
     replicates: int = DEFAULT_REPLICATES
-    promotion: Literal["sequential", "mean"] = "sequential"
+    promotion: Literal["sequential", "bonferroni", "mean"] = "sequential"
     min_replicates: int = DEFAULT_MIN_REPLICATES
     incumbent_runs: int = DEFAULT_INCUMBENT_RUNS
     significance: float = DEFAULT_SIGNIFICANCE

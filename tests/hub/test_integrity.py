@@ -493,3 +493,19 @@ async def test_the_selecting_run_never_counts_toward_the_hubs_mean(swarm: Swarm)
     key = await swarm.replicated("alice", (1.80, 1.92, 1.92), lucky)
     reply = await swarm.write_best("alice", metadata(key, lucky, 1.88), if_match=1)
     assert refused(reply, "the replicates' mean 1.92 does not beat the best 1.91"), reply
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+async def test_a_non_finite_result_is_indexed_invalid_and_refused_as_a_best(
+    swarm: Swarm, value: float
+) -> None:
+    """A result claiming NaN or inf is stored (the evidence of what was claimed), indexed
+    ``invalid`` rather than kept as a score, and a best naming it is refused."""
+    source = "LR = 0.05\n"
+    key = await swarm.replicated("alice", (value, value, value), source)
+    rows = await swarm.hub.store.select(
+        "SELECT status, val_bpb FROM results WHERE train_py_sha256 = ?", (sha256_text(source),)
+    )
+    assert sorted(rows) == [("invalid", None)] * 3
+    reply = await swarm.write_best("alice", metadata(key, source, 1.9))
+    assert refused(reply, "needs 3 verified results with distinct seeds of this source, has 0")
