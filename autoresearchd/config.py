@@ -57,6 +57,10 @@ DEFAULT_HUB_IP_RATE_BURST = 400
 DEFAULT_HUB_AUTH_RATE_PER_S = 0.2
 DEFAULT_HUB_AUTH_RATE_BURST = 10
 DEFAULT_HUB_REPLICATES = 2
+#: The most confirmations by other agents a claim is looked at with (autoresearchd/confirming.py).
+DEFAULT_HUB_MAX_CONFIRMATIONS = 6
+#: The chance that other agents' confirmations of a claim no better than the best move it.
+DEFAULT_HUB_SIGNIFICANCE = 1e-3
 DEFAULT_SMTP_PORT = 587
 DEFAULT_WORKSPACE_IGNORE = (".git", ".venv", "__pycache__", "*.pyc", ".mypy_cache", "state")
 
@@ -159,7 +163,9 @@ class HubConfig:
     auth_rate_limit_burst: int = DEFAULT_HUB_AUTH_RATE_BURST
     require_email: bool = True
     replicates: int = DEFAULT_HUB_REPLICATES
-    replication: Literal["any", "other-agent"] = "any"
+    replication: Literal["any", "other-agent"] = "other-agent"
+    max_confirmations: int = DEFAULT_HUB_MAX_CONFIRMATIONS
+    significance: float = DEFAULT_HUB_SIGNIFICANCE
     track: str = "synthetic"  # the org's primary track: the one its bare best/ keys hold
     smtp_host: str = ""  # empty: the hub sends no email
     smtp_port: int = DEFAULT_SMTP_PORT
@@ -297,6 +303,8 @@ CHECKS: dict[str, Check] = {
     "hub.auth_rate_limit_per_s": _positive,
     "hub.auth_rate_limit_burst": _positive,
     "hub.replicates": _non_negative,
+    "hub.max_confirmations": _positive,
+    "hub.significance": _probability,
     "hub.smtp_port": _port,
 }
 

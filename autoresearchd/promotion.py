@@ -41,7 +41,7 @@ from __future__ import annotations
 import functools
 import math
 import statistics
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Protocol
@@ -385,6 +385,41 @@ def new_trial(
         incumbent=incumbent,
         remeasurable=best is not None and remeasurable,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Whether confirmations beat an incumbent: the statistic and the boundary it met."""
+
+    better: bool
+    z: float
+    bound: float
+    mean: float
+
+
+def confirms(
+    runs: Sequence[float],
+    incumbent: float,
+    incumbent_runs: int,
+    noise: Noise,
+    *,
+    looks: range,
+    significance: float,
+) -> Verdict:
+    """Whether ``runs`` (fresh confirmations of one source) beat an incumbent measured
+    ``incumbent_runs`` times with mean ``incumbent``, on the same group-sequential
+    boundary the daemon's rule uses: its looks at ``looks`` confirmations (one look per
+    count, so a claim judged again as confirmations arrive spends no extra error)."""
+    n = len(runs)
+    mean = statistics.fmean(runs) if runs else math.inf
+    if n == 0 or not looks or n < looks.start:
+        return Verdict(False, 0.0, math.inf, mean)
+    m = max(1, incumbent_runs)
+    info = tuple(information(k, m) for k in looks)
+    bounds = [student(z, noise.dof) for z in spending_bounds(info, significance)]
+    bound = bounds[min(n, looks[-1]) - looks.start]
+    z = (incumbent - mean) / (noise.sd * math.sqrt(1 / n + 1 / m))
+    return Verdict(z > bound, z, bound, mean)
 
 
 def accepts(step: Step | None, value: float, best: Best | None) -> bool:

@@ -116,7 +116,13 @@ class Hub:
         self.config = config
         self.clock = clock
         self.mailer = mailer
-        rules = Rules(config.replicates, config.replication, config.track)
+        rules = Rules(
+            config.replicates,
+            config.replication,
+            config.track,
+            max_confirmations=config.max_confirmations,
+            significance=config.significance,
+        )
         self.tools = Tools(store, max_value_bytes=config.max_value_bytes, clock=clock, rules=rules)
         self.limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
         self.ip_limiter = RateLimiter(config.rate_limit_ip_per_s, config.rate_limit_ip_burst)
