@@ -41,6 +41,10 @@ DEFAULT_INCUMBENT_RUNS = 16
 #: 1 in 10,000 candidates a swarm can afford, so thousands of candidates promote no noise.
 DEFAULT_SIGNIFICANCE = 1e-5
 DEFAULT_KEEP_RUNS = 50
+#: Shares of a worker's runs spent rerunning other agents' claims: while some wait, and
+#: at most, while many still lack their confirmations.
+DEFAULT_CONFIRM_SHARE = 0.1
+DEFAULT_CONFIRM_SHARE_MAX = 0.5
 DEFAULT_MAX_TEMPERATURE_C = 85
 DEFAULT_HEALTH_INTERVAL_S = 10.0
 DEFAULT_MAX_CHANGES = 3
@@ -119,6 +123,13 @@ class ExperimentConfig:
     min_replicates: int = DEFAULT_MIN_REPLICATES
     incumbent_runs: int = DEFAULT_INCUMBENT_RUNS
     significance: float = DEFAULT_SIGNIFICANCE
+    # Rerunning other agents' claims (autoresearchd/confirming.py): the share of runs spent
+    # so while claims wait, raised toward confirm_share_max by those still short of
+    # `confirmations` confirmations; none is confirmed more than max_confirmations times.
+    confirm_share: float = DEFAULT_CONFIRM_SHARE
+    confirm_share_max: float = DEFAULT_CONFIRM_SHARE_MAX
+    confirmations: int = DEFAULT_HUB_REPLICATES
+    max_confirmations: int = DEFAULT_HUB_MAX_CONFIRMATIONS
     keep_runs: int = DEFAULT_KEEP_RUNS
     workspace_ignore: tuple[str, ...] = DEFAULT_WORKSPACE_IGNORE
     trust: Literal["params-only", "sandboxed", "any"] = "params-only"
@@ -286,6 +297,10 @@ CHECKS: dict[str, Check] = {
     "experiment.min_replicates": _positive,
     "experiment.incumbent_runs": _positive,
     "experiment.significance": _probability,
+    "experiment.confirm_share": _probability,
+    "experiment.confirm_share_max": _probability,
+    "experiment.confirmations": _positive,
+    "experiment.max_confirmations": _positive,
     "experiment.keep_runs": _positive,
     "proposer.max_changes": _positive,
     "proposer.weights": _weights,

@@ -167,6 +167,9 @@ class Result:
     confirmed_bpb: float | None = None
     error: str = ""
     software: Mapping[str, str] = field(default_factory=dict)
+    #: The id of the claim (another agent's keep) this run re-ran as a confirmation, or
+    #: of the keep a restatement re-states; "" for any other run.
+    confirms: str = ""
 
     @property
     def best_bpb(self) -> float | None:

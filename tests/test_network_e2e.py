@@ -120,13 +120,13 @@ class Hub:
 
 
 @contextmanager
-def running_hub(folder: Path, baseline: Path, **hub: Any) -> Iterator[Hub]:
+def running_hub(folder: Path, baseline: Path, **rules: Any) -> Iterator[Hub]:
     folder.mkdir()
     port = free_port()
     # The hub asks for as many confirming runs as the daemons make, and (unless a test
     # says otherwise) lets a daemon's own replicates supply them, as a one-person hub does.
     settings: dict[str, Any] = {"org": ORG, "replicates": REPLICATES, "replication": "any"}
-    config = write_hub_config(folder, port, **(settings | hub))
+    config = write_hub_config(folder, port, **(settings | rules))
     init = cli("hub", "init", "--config", str(config), "--baseline", str(baseline))
     assert init.returncode == 0, init.stderr
     hub = Hub(folder, port, admin_key=init.stdout.strip())
