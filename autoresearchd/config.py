@@ -242,6 +242,10 @@ def _probability(value: Any) -> str | None:
     return None if 0 < value < 1 else f"expected a number between 0 and 1, got {value!r}"
 
 
+def _share(value: Any) -> str | None:
+    return None if 0 <= value <= 1 else f"expected a share from 0 to 1, got {value!r}"
+
+
 def _weights(value: Any) -> str | None:
     known = ("perturb", "tpe", "hypotheses", "command")
     for name, weight in value.items():
@@ -297,8 +301,8 @@ CHECKS: dict[str, Check] = {
     "experiment.min_replicates": _positive,
     "experiment.incumbent_runs": _positive,
     "experiment.significance": _probability,
-    "experiment.confirm_share": _probability,
-    "experiment.confirm_share_max": _probability,
+    "experiment.confirm_share": _share,
+    "experiment.confirm_share_max": _share,
     "experiment.confirmations": _positive,
     "experiment.max_confirmations": _positive,
     "experiment.keep_runs": _positive,

@@ -65,8 +65,9 @@ log = structlog.get_logger(__name__)
 #: The proposer of a confirmation run, and of a claim restated with its confirmations.
 CONFIRM = "confirm"
 RESTATED = "restated"
-#: How often a worker reads the history for claims (a hub's whole results list).
-CHECK_INTERVAL_S = 30.0
+#: How often at most a worker reads the history for claims (a hub's whole results list):
+#: a run is minutes long, so this only spares a memory an idle worker's reads.
+CHECK_INTERVAL_S = 5.0
 #: Fresh runs of one source by two agents agree within this many standard errors.
 AGREEMENT = 4.0
 #: Agreements an agent needs, with no disagreement, to be trusted.
