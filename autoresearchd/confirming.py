@@ -11,8 +11,8 @@ their runs making them:
   (``1 - 2**-k`` of the way there): unconfirmed claims are worked off quickly.
 - **Choice.** The claim with the fewest confirmations by others; a claim by an agent that
   lost its standing (below) first, one by a trusted agent last. A claim is confirmed at most
-  ``max_confirmations`` times, and never once other agents' runs show it does not beat the
-  best (their mean is no better).
+  ``max_confirmations`` times, and no more once ``confirmations`` of them or more show it
+  does not beat the best (their mean is no better).
 - **A confirmation** is the claim's own source, if this daemon's trust policy accepts it,
   run with a fresh seed and published as a provisional ``discard`` whose ``confirms`` names
   the claim. A daemon never confirms its own agent's claims.
@@ -128,10 +128,17 @@ def others_runs(history: Iterable[Result], keep: Result) -> tuple[float, ...]:
 
 
 def claims(
-    history: Sequence[Result], agent: str, track: str, tier: str, best: Best | None, limit: int
+    history: Sequence[Result],
+    agent: str,
+    track: str,
+    tier: str,
+    best: Best | None,
+    limit: int,
+    refute_after: int = 1,
 ) -> list[Claim]:
     """Other agents' keeps on ``track`` and ``tier`` that would move ``best`` and may use
-    another confirmation (fewer than ``limit``, and not refuted by the runs so far)."""
+    another confirmation: fewer than ``limit`` so far, and not refuted (``refute_after``
+    confirmations or more whose mean is no better than the best)."""
     found: dict[str, Claim] = {}
     for keep in history:
         value = keep.best_bpb
@@ -154,7 +161,7 @@ def claims(
         runs = others_runs(history, keep)
         if len(runs) >= limit:
             continue
-        if runs and best is not None and math.isfinite(best.val_bpb):
+        if len(runs) >= refute_after and best is not None and math.isfinite(best.val_bpb):
             if not statistics.fmean(runs) < best.val_bpb:
                 continue  # refuted: other agents' runs show no gain over the best
         found[keep.train_py_sha256] = Claim(keep, runs)
@@ -290,7 +297,15 @@ class Confirming:
         best = w.known_best
         await self.follow_up(history, best)
         experiment = w.config.experiment
-        waiting = claims(history, agent, track, tier, best, experiment.max_confirmations)
+        waiting = claims(
+            history,
+            agent,
+            track,
+            tier,
+            best,
+            experiment.max_confirmations,
+            refute_after=experiment.confirmations,
+        )
         waiting = [c for c in waiting if c.sha256 not in w.ctx.in_flight]
         standings = standing(history)
         chance = share(waiting, experiment, standings)
@@ -318,10 +333,13 @@ class Confirming:
             agent=keep.agent_id,
             sha=keep.train_py_sha256[:12],
         )
+        # Shown as the worker's experiment, and finished (not stopped) by ``finish``.
         w.ctx.in_flight[candidate.sha256] = candidate.source
+        w.current = candidate
         try:
             result = await w.run(candidate)
         finally:
+            w.current = None
             w.ctx.in_flight.pop(candidate.sha256, None)
         if result is None:
             return True

@@ -61,6 +61,8 @@ def test_a_claim_stops_drawing_confirmations_at_the_limit_or_once_refuted() -> N
     assert claims(confirmed, "bob", TRACK, "xl", BEST, limit=2) == []
     refuted = [claim, run("carol", source, 3.02, seed=3)]
     assert claims(refuted, "bob", TRACK, "xl", BEST, limit=6) == []
+    # One unlucky confirmation refutes nothing while two are wanted.
+    assert len(claims(refuted, "bob", TRACK, "xl", BEST, limit=6, refute_after=2)) == 1
 
 
 def test_confirmations_count_one_per_seed_and_never_the_claimants_own() -> None:
