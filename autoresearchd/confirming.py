@@ -29,9 +29,9 @@ their runs making them:
   a source) from most of the others, the agent disagrees on that source, else it agrees.
   One liar among several agents so costs the honest nothing; between two, a dispute costs
   both. An agent with :data:`TRUSTED_AFTER` agreements and no disagreement is trusted: its
-  claims count as confirmed one confirmation early here, so they draw a smaller share. Any
-  disagreement loses standing: its claims are confirmed first, and ``best --history``
-  flags them.
+  claims need one confirmation fewer (here, and on a hub: :mod:`autoresearchd.hub.standing`),
+  so they draw a smaller share. Any disagreement loses standing: its claims are confirmed
+  first, and ``best --history`` flags them.
 
 Solo mode (the embedded memory) holds one agent's results only, so nothing here runs there.
 """
@@ -45,7 +45,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import structlog
@@ -200,9 +200,47 @@ def choose(waiting: Sequence[Claim], standings: dict[str, Standing]) -> Claim:
     return min(waiting, key=order)
 
 
-def standing(history: Sequence[Result]) -> dict[str, Standing]:
+class Measured(Protocol):
+    """What standing reads of a run: a :class:`Result`, or a hub's index row as a :class:`Run`."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def agent_id(self) -> str: ...
+    @property
+    def track(self) -> str: ...
+    @property
+    def vram_tier(self) -> str: ...
+    @property
+    def train_py_sha256(self) -> str: ...
+    @property
+    def val_bpb(self) -> float | None: ...
+    @property
+    def status(self) -> Status: ...
+    @property
+    def proposer(self) -> str: ...
+    @property
+    def started_at(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """A run as standing reads it, for callers that hold no full :class:`Result`."""
+
+    id: str
+    agent_id: str
+    track: str
+    vram_tier: str
+    train_py_sha256: str
+    val_bpb: float | None
+    status: Status
+    proposer: str
+    started_at: float
+
+
+def standing(history: Sequence[Measured]) -> dict[str, Standing]:
     """Each agent's standing from the history (see the module docstring)."""
-    runs: dict[tuple[str, str, str], dict[str, list[Result]]] = defaultdict(
+    runs: dict[tuple[str, str, str], dict[str, list[Measured]]] = defaultdict(
         lambda: defaultdict(list)
     )
     for r in history:
@@ -353,6 +391,7 @@ class Confirming:
         """Restate this agent's claims that other agents' confirmations now carry."""
         w = self.worker
         agent, experiment = w.config.daemon.agent, w.config.experiment
+        standings = standing(history)  # a trusted agent's claims need one confirmation fewer
         for keep in history:
             if keep.agent_id != agent or keep.status is not Status.KEEP or not counts(keep):
                 continue
@@ -367,7 +406,7 @@ class Confirming:
                     if r.proposer == RESTATED and r.confirms == keep.id
                 ]
             )
-            if len(runs) < experiment.confirmations or len(runs) <= done:
+            if len(runs) < needed(Claim(keep, runs), experiment, standings) or len(runs) <= done:
                 continue
             mean = statistics.fmean(runs)
             if best is not None and math.isfinite(best.val_bpb) and not mean < best.val_bpb:

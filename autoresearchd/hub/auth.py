@@ -39,7 +39,9 @@ read in the write's own transaction, they say why a write is refused. The rules:
   group-sequential test (``autoresearchd.promotion.confirms``: looks at ``replicates`` to
   ``max_confirmations`` confirmations, error ``significance``, the best counted as
   ``replicates`` runs, the noise pooled over this source's runs). A hub run by one person
-  may opt into ``replication = "any"``, where the writer's own confirmations count.
+  may opt into ``replication = "any"``, where the writer's own confirmations count. A
+  writer whose runs agree with other agents' needs one confirmation fewer
+  (:mod:`autoresearchd.hub.standing` lowers ``replicates`` in the rules it is judged by).
   Otherwise a daemon whose ``experiment.min_replicates`` is at least the hub's
   ``replicates`` satisfies this: it publishes the first run and every confirmation but
   the last as provisional discards, then the last as a ``keep`` whose ``confirmed_bpb``

@@ -575,3 +575,26 @@ async def test_other_agents_confirmations_must_beat_the_best_significantly(
     await confirm(swarm, "bob", third, (1.80, 1.801))
     reply = await swarm.write_best("alice", metadata(far, third, 1.8005), if_match=1)
     assert reply["version"] == 2, reply
+
+
+async def test_an_agent_whose_runs_agree_with_others_needs_one_confirmation_fewer(
+    default_swarm: Swarm,
+) -> None:
+    """carol has no standing: one confirmation by bob is not enough for her claim. alice's
+    runs of three sources agree with bob's: she is trusted, and one confirmation is."""
+    swarm = default_swarm
+    swarm.keys["carol"] = await swarm.hub.agent("carol")
+    cold = "LR = 0.09\n"
+    key = await swarm.replicated("carol", (1.80, 1.80, 1.80), cold)
+    await confirm(swarm, "bob", cold, (1.80,))
+    reply = await swarm.write_best("carol", metadata(key, cold, 1.80, agent="carol"))
+    assert refused(reply, "needs 2 confirming results by other agents, has 1"), reply
+    for index in range(3):
+        source = f"WIDTH = {index}\n"
+        await swarm.replicated("alice", (1.90, 1.91, 1.912), source)
+        await confirm(swarm, "bob", source, (1.911, 1.909))
+    claim = "LR = 0.08\n"
+    key = await swarm.replicated("alice", (1.80, 1.80, 1.80), claim)
+    await confirm(swarm, "bob", claim, (1.801,))
+    reply = await swarm.write_best("alice", metadata(key, claim, 1.801))
+    assert reply["status"] == "created", reply
