@@ -31,6 +31,7 @@ from autoresearchd.config import (
     load_config,
     parse_config,
 )
+from autoresearchd.confirming import flags
 from autoresearchd.control import request, socket_path
 from autoresearchd.errors import (
     AutoresearchdError,
@@ -355,29 +356,36 @@ async def _read_bests(config: Config, track: str) -> tuple[Best | None, dict[str
 
 
 def _best_history(config: Config, track: str, *, as_json: bool) -> int:
-    changes = anyio.run(_read_best_history, config, track)
+    changes, flagged = anyio.run(_read_best_history, config, track)
     if as_json:
-        print(json.dumps([dataclasses.asdict(c) for c in changes], indent=2, allow_nan=False))
+        listed = [dataclasses.asdict(c) | {"flag": flagged.get(c.agent_id, "")} for c in changes]
+        print(json.dumps(listed, indent=2, allow_nan=False))
         return EXIT_OK
     if not changes:
         print(f"{track}: the best has not moved yet")
         return EXIT_OK
-    rows = [("TIME", "AGENT", "VAL_BPB", "SHA", "DESCRIPTION")]
+    # Claims by an agent whose runs disagree with other agents' are flagged (confirming.py).
+    flag = any(c.agent_id in flagged for c in changes)
+    rows: list[tuple[str, ...]] = [
+        ("TIME", "AGENT", "VAL_BPB", "SHA", "DESCRIPTION", *(("FLAG",) * flag))
+    ]
     for change in changes:
         when = datetime.fromtimestamp(change.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
         sha = change.train_py_sha256[:12]
-        rows.append((when, change.agent_id, format_best(change.val_bpb), sha, change.description))
+        cells = (when, change.agent_id, format_best(change.val_bpb), sha, change.description)
+        rows.append((*cells, *((flagged.get(change.agent_id, ""),) * flag)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    for line in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
     return EXIT_OK
 
 
-async def _read_best_history(config: Config, track: str) -> list[BestChange]:
+async def _read_best_history(config: Config, track: str) -> tuple[list[BestChange], dict[str, str]]:
     if not memory_exists(config):
-        return []
+        return [], {}
     async with open_memory(config) as memory:
-        return await memory.best_history(track, limit=None)
+        changes = await memory.best_history(track, limit=None)
+        return changes, flags(await memory.results(track, limit=None))
 
 
 def _add_identity_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

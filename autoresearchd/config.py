@@ -30,16 +30,21 @@ DEFAULT_TIME_BUDGET_S = 300.0
 DEFAULT_GRACE_S = 60.0
 DEFAULT_KILL_GRACE_S = 10.0
 DEFAULT_MIN_IMPROVEMENT = 0.001
-#: The most fresh replicates a provisional candidate gets (autoresearchd/promotion.py).
-DEFAULT_REPLICATES = 6
+#: The most fresh replicates a provisional candidate gets (autoresearchd/promotion.py): a
+#: futility bound stops likely losers long before, so the cap is spent on close calls.
+DEFAULT_REPLICATES = 16
 #: The fewest fresh replicates a keep rests on.
 DEFAULT_MIN_REPLICATES = 2
 #: Runs of its own the incumbent is compared by; re-measured up to this.
-DEFAULT_INCUMBENT_RUNS = 6
+DEFAULT_INCUMBENT_RUNS = 16
 #: The chance that a candidate no better than the incumbent is kept: well below the
 #: 1 in 10,000 candidates a swarm can afford, so thousands of candidates promote no noise.
 DEFAULT_SIGNIFICANCE = 1e-5
 DEFAULT_KEEP_RUNS = 50
+#: Shares of a worker's runs spent rerunning other agents' claims: while some wait, and
+#: at most, while many still lack their confirmations.
+DEFAULT_CONFIRM_SHARE = 0.1
+DEFAULT_CONFIRM_SHARE_MAX = 0.5
 DEFAULT_MAX_TEMPERATURE_C = 85
 DEFAULT_HEALTH_INTERVAL_S = 10.0
 DEFAULT_MAX_CHANGES = 3
@@ -56,6 +61,10 @@ DEFAULT_HUB_IP_RATE_BURST = 400
 DEFAULT_HUB_AUTH_RATE_PER_S = 0.2
 DEFAULT_HUB_AUTH_RATE_BURST = 10
 DEFAULT_HUB_REPLICATES = 2
+#: The most confirmations by other agents a claim is looked at with (autoresearchd/confirming.py).
+DEFAULT_HUB_MAX_CONFIRMATIONS = 6
+#: The chance that other agents' confirmations of a claim no better than the best move it.
+DEFAULT_HUB_SIGNIFICANCE = 1e-3
 DEFAULT_SMTP_PORT = 587
 DEFAULT_WORKSPACE_IGNORE = (".git", ".venv", "__pycache__", "*.pyc", ".mypy_cache", "state")
 
@@ -110,10 +119,17 @@ class ExperimentConfig:
     kill_grace_s: float = DEFAULT_KILL_GRACE_S
     min_improvement: float = DEFAULT_MIN_IMPROVEMENT
     replicates: int = DEFAULT_REPLICATES
-    promotion: Literal["sequential", "mean"] = "sequential"
+    promotion: Literal["sequential", "bonferroni", "mean"] = "sequential"
     min_replicates: int = DEFAULT_MIN_REPLICATES
     incumbent_runs: int = DEFAULT_INCUMBENT_RUNS
     significance: float = DEFAULT_SIGNIFICANCE
+    # Rerunning other agents' claims (autoresearchd/confirming.py): the share of runs spent
+    # so while claims wait, raised toward confirm_share_max by those still short of
+    # `confirmations` confirmations; none is confirmed more than max_confirmations times.
+    confirm_share: float = DEFAULT_CONFIRM_SHARE
+    confirm_share_max: float = DEFAULT_CONFIRM_SHARE_MAX
+    confirmations: int = DEFAULT_HUB_REPLICATES
+    max_confirmations: int = DEFAULT_HUB_MAX_CONFIRMATIONS
     keep_runs: int = DEFAULT_KEEP_RUNS
     workspace_ignore: tuple[str, ...] = DEFAULT_WORKSPACE_IGNORE
     trust: Literal["params-only", "sandboxed", "any"] = "params-only"
@@ -167,7 +183,9 @@ class HubConfig:
     # verified only by claiming an invite (the community's way to join an org).
     name_only_registration: bool = False
     replicates: int = DEFAULT_HUB_REPLICATES
-    replication: Literal["any", "other-agent"] = "any"
+    replication: Literal["any", "other-agent"] = "other-agent"
+    max_confirmations: int = DEFAULT_HUB_MAX_CONFIRMATIONS
+    significance: float = DEFAULT_HUB_SIGNIFICANCE
     track: str = "synthetic"  # the org's primary track: the one its bare best/ keys hold
     smtp_host: str = ""  # empty: the hub sends no email
     smtp_port: int = DEFAULT_SMTP_PORT
@@ -233,6 +251,10 @@ def _probability(value: Any) -> str | None:
     return None if 0 < value < 1 else f"expected a number between 0 and 1, got {value!r}"
 
 
+def _share(value: Any) -> str | None:
+    return None if 0 <= value <= 1 else f"expected a share from 0 to 1, got {value!r}"
+
+
 def _weights(value: Any) -> str | None:
     known = ("perturb", "tpe", "hypotheses", "command")
     for name, weight in value.items():
@@ -288,6 +310,10 @@ CHECKS: dict[str, Check] = {
     "experiment.min_replicates": _positive,
     "experiment.incumbent_runs": _positive,
     "experiment.significance": _probability,
+    "experiment.confirm_share": _share,
+    "experiment.confirm_share_max": _share,
+    "experiment.confirmations": _positive,
+    "experiment.max_confirmations": _positive,
     "experiment.keep_runs": _positive,
     "proposer.max_changes": _positive,
     "proposer.weights": _weights,
@@ -305,6 +331,8 @@ CHECKS: dict[str, Check] = {
     "hub.auth_rate_limit_per_s": _positive,
     "hub.auth_rate_limit_burst": _positive,
     "hub.replicates": _non_negative,
+    "hub.max_confirmations": _positive,
+    "hub.significance": _probability,
     "hub.smtp_port": _port,
 }
 

@@ -171,6 +171,9 @@ class Result:
     software: Mapping[str, str] = field(default_factory=dict)
     curve: tuple[tuple[float, float], ...] = ()
     stopped_early: float | None = None
+    #: The id of the claim (another agent's keep) this run re-ran as a confirmation, or
+    #: of the keep a restatement re-states; "" for any other run.
+    confirms: str = ""
 
     @property
     def best_bpb(self) -> float | None:

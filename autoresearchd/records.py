@@ -7,6 +7,7 @@ builds one per record from its current config and device, and tests build them d
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Mapping
@@ -39,20 +40,41 @@ def new_run_id(agent: str) -> str:
 def build_result(origin: Origin, candidate: Candidate, report: RunReport, seed: int) -> Result:
     """A finished run as a result: scored ``discard`` if it ran ok, else timeout or crash."""
     summary = report.summary
+    status, error = OUTCOME_STATUS.get(report.outcome, Status.CRASH), report.error
+    reason = non_finite(report)
+    if reason:
+        # A script that ran to a clean exit and reported NaN or inf claimed a score no
+        # honest run has: refused, like any implausible score, rather than a crash of its own.
+        status, error = Status.INVALID, f"implausible: {reason}"
     run = _Run(
         id=report.run_id,
-        status=OUTCOME_STATUS.get(report.outcome, Status.CRASH),
+        status=status,
         val_bpb=summary.val_bpb if summary and report.outcome == "ok" else None,
         seed=seed,
         started_at=report.started_at,
         completed_at=report.completed_at,
         duration_s=report.duration_s,
         metrics=dict(summary.metrics) if summary else {},
-        error=report.error,
+        error=error,
     )
     return _record(origin, candidate, run).with_(
         curve=report.curve, stopped_early=report.stopped_early
     )
+
+
+def non_finite(report: RunReport) -> str:
+    """Why a run that exited cleanly reported a NaN or infinite val_bpb, or "".
+
+    The runner calls such a run a crash; its record keeps no val_bpb (JSON has no NaN
+    for the other clients that read it) and says what was claimed.
+    """
+    summary = report.summary
+    if report.outcome != "crash" or report.returncode != 0 or summary is None:
+        return ""
+    value = summary.val_bpb
+    if value is None or math.isfinite(value):
+        return ""
+    return f"val_bpb {value} is not finite"
 
 
 def unrun_result(

@@ -30,6 +30,7 @@ import anyio.abc
 import structlog
 
 from autoresearchd.config import Config
+from autoresearchd.confirming import Confirming
 from autoresearchd.early_stopping import EarlyStopping
 from autoresearchd.errors import AutoresearchdError, MemoryBackendError, ProposalError
 from autoresearchd.gpus import Gpus
@@ -177,6 +178,7 @@ class Worker:
         self._run_stop: anyio.Event | None = None
         #: Why this worker stopped for good: its own baseline failed for this host's reasons.
         self.halted = ""
+        self.confirming = Confirming(self)
 
     @property
     def config(self) -> Config:
@@ -215,7 +217,10 @@ class Worker:
             await sleep_unless(ERROR_PAUSE_S, self.ctx.draining)
 
     async def cycle(self) -> None:
-        """One candidate, from proposal to queued results."""
+        """One candidate, from proposal to queued results (or, at times, a rerun of
+        another agent's claim: :mod:`autoresearchd.confirming`)."""
+        if await self.confirming.turn():
+            return
         if self._prefetched is not None:
             await self._prefetched.wait()  # the next candidate, if one is being prepared
         ready = await self._refresh(self._take_prepared())

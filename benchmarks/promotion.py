@@ -19,15 +19,20 @@ Landscapes:
   nears a floor of 2.0 (mean ``0.01·(parent - 2)``), else a loss |N(0, 0.02)|; noise sd
   0.005. A *real improvement* is one larger than the noise's sd.
 
-Both rules run side by side on the same draws: ``old`` is the former rule (``promotion =
-"mean"`` with its defaults: the mean of the selecting run and 2 replicates against the
-best's value by 0.001) and ``new`` is today's default (the sequential rule). Printed per
+Three rules run side by side on the same landscapes: ``mean`` is the first rule
+(``promotion = "mean"``: the mean of the selecting run and 2 replicates against the best's
+value by 0.001), ``bonf`` the rule it was replaced by (``promotion = "bonferroni"`` with
+the settings it shipped with: 6 replicates at most, 6 incumbent runs, a fixed boundary
+Bonferroni over the looks) and ``new`` today's default (``"sequential"``: alpha-spending
+group-sequential boundaries with a futility stop, 16 replicates at most). Printed per
 landscape and rule: promotions, false promotions (a candidate no better than its
 incumbent), the share of real improvements promoted, the GPU-hours spent confirming
 (replicates and re-measures, beyond each candidate's selecting run), and the final best's
 true value and recorded value (on the null landscape, any gap between them is luck).
-Last: each rule's false promotions over all null candidates (goal for the new one: 0).
-Takes about ten minutes on one core. Usage: ``python benchmarks/promotion.py [--candidates N]``.
+Then the share of real improvements the new rule promotes against ``bonf``'s, with the
+confirmation GPU-hours of each. Last: each rule's false promotions over all null candidates
+(goal for the new one: 0).
+Takes about fifteen minutes on one core. Usage: ``python benchmarks/promotion.py [--candidates N]``.
 """
 
 from __future__ import annotations
@@ -60,7 +65,8 @@ FLOOR = 2.0  # the best any source can do on the effects landscape
 NULL_NOISE = (0.003, 0.005, 0.01)
 EFFECTS_NOISE = 0.005
 RULES: dict[str, dict[str, object]] = {
-    "old": {"promotion": "mean", "replicates": 2, "min_improvement": 0.001},
+    "mean": {"promotion": "mean", "replicates": 2, "min_improvement": 0.001},
+    "bonf": {"promotion": "bonferroni", "replicates": 6, "incumbent_runs": 6},
     "new": {},
 }
 
@@ -215,12 +221,20 @@ async def main(n: int) -> None:
             tally = await landscape("null", null, sd, settings, n, seed=100 + index)
             null_false[rule] += tally.false_promotions
             print(row("null", sd, rule, tally))
+    found: dict[str, Tally] = {}
     for rule, settings in RULES.items():
-        tally = await landscape("effects", effects, EFFECTS_NOISE, settings, n, seed=200)
+        found[rule] = tally = await landscape("effects", effects, EFFECTS_NOISE, settings, n, 200)
         print(row("effects", EFFECTS_NOISE, rule, tally))
+    new, old = found["new"], found["bonf"]
+    share = {rule: t.real_promoted / t.real if t.real else math.nan for rule, t in found.items()}
+    print(
+        f"real improvements promoted, new rule vs bonf: {share['new']:.1%} vs {share['bonf']:.1%}"
+        f" = {share['new'] / share['bonf']:.2f}x, confirmation GPU-hours"
+        f" {new.confirm_runs * RUN_S / 3600:.1f} vs {old.confirm_runs * RUN_S / 3600:.1f}"
+    )
     total = n * len(NULL_NOISE)
-    print(f"false promotions on the null landscape, old rule: {null_false['old']} of {total}")
-    print(f"false promotions on the null landscape, new rule: {null_false['new']} of {total}")
+    counts = ", ".join(f"{rule} {count}" for rule, count in null_false.items())
+    print(f"false promotions on the null landscape of {total} candidates: {counts}")
 
 
 if __name__ == "__main__":

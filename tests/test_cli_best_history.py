@@ -14,6 +14,7 @@ from autoresearchd.memory.ensue import EnsueMemory
 from tests.hub.support import ORG, free_port, hub_process, serve_hub, write_hub_config
 from tests.memory.conformance import make_result
 from tests.test_cli_results import cli, fill
+from tests.test_confirming import history_of_agreement
 
 
 def sqlite_config(tmp_path: Path) -> Path:
@@ -94,3 +95,22 @@ def test_a_hubs_unscored_baseline_reads_unscored(tmp_path: Path) -> None:
         done = cli("best", "--config", str(daemon))
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[1].split()[:3] == ["track", "synthetic", "unscored"]
+
+
+def test_claims_by_an_agent_that_lost_its_standing_are_flagged(tmp_path: Path) -> None:
+    """carol's runs of the sources alice and bob agree on sit far below theirs: her move of
+    the best is flagged, alice's is not."""
+    config = sqlite_config(tmp_path)
+    history = history_of_agreement(liar_gap=0.2)
+    honest = make_result(val_bpb=2.95, agent_id="alice", completed_at=1e9, description="LR up")
+    disputed = make_result(val_bpb=2.5, agent_id="carol", completed_at=2e9, description="LR 9")
+    fill(config, *history, honest, disputed)
+    table = cli("best", "--history", "--config", str(config))
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert header.split() == ["TIME", "AGENT", "VAL_BPB", "SHA", "DESCRIPTION", "FLAG"]
+    reason = "disputed: 4 of its sources disagree with other agents' runs"
+    assert rows[0].split()[2] == "carol" and rows[0].endswith(reason)
+    assert rows[1].split()[2] == "alice" and not rows[1].endswith(reason)
+    listed = json.loads(cli("best", "--history", "--json", "--config", str(config)).stdout)
+    assert [(c["agent_id"], c["flag"]) for c in listed] == [("carol", reason), ("alice", "")]

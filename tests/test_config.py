@@ -35,7 +35,7 @@ def test_example_config_is_valid_and_solo() -> None:
 def test_defaults_fill_every_section() -> None:
     config = parse_config({})
     assert config.experiment.time_budget_s == 300.0
-    assert config.experiment.replicates == 6
+    assert config.experiment.replicates == 16
     assert config.daemon.agent  # derived from the host name
     assert config.experiment.python  # the running interpreter
 

@@ -59,11 +59,12 @@ def test_outcomes_then_clean_shutdown(tmp_path: Path, data_dir: Path) -> None:
     by_action = Counter(step[0]["action"] for step in steps)
     assert len(results) == len(steps), "every run that was started has a result"
     found = statuses(db)
-    assert found["crash"] >= by_action["crash"] + by_action["nan"]
+    assert found["crash"] >= by_action["crash"]
+    assert found["invalid"] == by_action["nan"] == 1
     assert found["timeout"] == by_action["hang"] == 1
     assert found["keep"] + found["discard"] == by_action["ok"]
-    nan_errors = [r["error"] for r in results if r["status"] == "crash" and "nan" in r["error"]]
-    assert nan_errors, "a NaN val_bpb is reported as a crash with its reason"
+    nan_errors = [r["error"] for r in results if r["status"] == "invalid"]
+    assert nan_errors == ["implausible: val_bpb nan is not finite"], "a NaN claims no score"
     assert Outbox(tmp_path / "state" / "outbox").depth() == 0
     spawned = [r[key] for step in steps for r in step for key in ("pid", "grandchild") if key in r]
     # A SIGKILL lands at once, but the exit itself may take a moment.

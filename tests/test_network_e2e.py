@@ -120,11 +120,13 @@ class Hub:
 
 
 @contextmanager
-def running_hub(folder: Path, baseline: Path) -> Iterator[Hub]:
+def running_hub(folder: Path, baseline: Path, **rules: Any) -> Iterator[Hub]:
     folder.mkdir()
     port = free_port()
-    # The hub asks for as many confirming runs as the daemons make.
-    config = write_hub_config(folder, port, org=ORG, replicates=REPLICATES)
+    # The hub asks for as many confirming runs as the daemons make, and (unless a test
+    # says otherwise) lets a daemon's own replicates supply them, as a one-person hub does.
+    settings: dict[str, Any] = {"org": ORG, "replicates": REPLICATES, "replication": "any"}
+    config = write_hub_config(folder, port, **(settings | rules))
     init = cli("hub", "init", "--config", str(config), "--baseline", str(baseline))
     assert init.returncode == 0, init.stderr
     hub = Hub(folder, port, admin_key=init.stdout.strip())
@@ -155,7 +157,13 @@ def write_key(folder: Path, key: str) -> Path:
 
 
 def write_daemon_config(
-    folder: Path, agent: str, hub: Hub, key_file: Path, workspace: Path, data_dir: Path
+    folder: Path,
+    agent: str,
+    hub: Hub,
+    key_file: Path,
+    workspace: Path,
+    data_dir: Path,
+    experiment: dict[str, Any] | None = None,
 ) -> Path:
     lines = [
         "[daemon]",
@@ -184,6 +192,8 @@ def write_daemon_config(
         # Claims taken before an outage outlast it and the publishers' catching up after it.
         "claim_ttl_s = 60.0",
     ]
+    at = lines.index("[memory]")
+    lines[at:at] = [f"{key} = {json.dumps(value)}" for key, value in (experiment or {}).items()]
     path = folder / "config.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -218,7 +228,11 @@ class Agent:
 
 @contextmanager
 def registered_agents(
-    tmp_path: Path, hub: Hub, workspace: Path, data_dir: Path
+    tmp_path: Path,
+    hub: Hub,
+    workspace: Path,
+    data_dir: Path,
+    experiment: dict[str, Any] | None = None,
 ) -> Iterator[list[Agent]]:
     """Both agents registered on the hub and configured; their daemons are started later."""
     agents = []
@@ -226,7 +240,7 @@ def registered_agents(
         folder = tmp_path / name
         folder.mkdir()
         key_file = write_key(folder, hub.register(name))
-        config = write_daemon_config(folder, name, hub, key_file, workspace, data_dir)
+        config = write_daemon_config(folder, name, hub, key_file, workspace, data_dir, experiment)
         plan_dir = folder / "plan"
         write_plan(plan_dir, [])  # every run is "ok"
         agents.append(Agent(name, folder, config, plan_dir))
@@ -412,3 +426,60 @@ def test_daemons_start_while_the_hub_is_down(tmp_path: Path, data_dir: Path) -> 
         )
         stop_all(agents)
         check_hub(agents, hub)
+
+
+def test_the_best_moves_only_on_other_agents_confirmations(tmp_path: Path, data_dir: Path) -> None:
+    """Under the hub's default replication (``other-agent``), each daemon's keeps are
+    claims; the other daemon reruns them with fresh seeds, and the best moves only once a
+    claim is restated with those confirmations, never on one agent's runs alone."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    # The baseline's LR is far from the stand-in's optimum (0.01): raising it is a real gain.
+    script = plan_script(sleep_s=0.3).replace("LR = 0.01  #", "LR = 0.0012  #", 1)
+    (workspace / "train.py").write_text(script)
+    # Every claim waiting gets a confirmation at once, and each daemon keeps a candidate
+    # after two fresh replicates when the best has no score yet.
+    confirming = {"confirm_share": 1.0, "confirm_share_max": 1.0, "confirmations": REPLICATES}
+    with (
+        running_hub(tmp_path / "hub", workspace / "train.py", replication="other-agent") as hub,
+        registered_agents(tmp_path, hub, workspace, data_dir, confirming) as agents,
+    ):
+        for agent in agents:
+            agent.start()
+
+        def moves() -> list[Any]:
+            async def read() -> list[Any]:
+                async with EnsueMemory(hub.url, ORG, hub.admin_key, primary_track=TRACK) as m:
+                    return await m.best_history(TRACK, limit=None)
+
+            return anyio.run(read)
+
+        wait_for(lambda: bool(moves()), timeout=120, what="a confirmed claim to move the best")
+        stop_all(agents)
+        stored, best, _ = hub.read()
+        history = moves()
+    by_id = {r.id: r for r in stored}
+    confirmations = [r for r in stored if r.confirms and r.proposer == "confirm"]
+    assert confirmations, "no daemon reran another agent's claim"
+    for run in confirmations:
+        claim = by_id[run.confirms]
+        assert claim.status is Status.KEEP and claim.agent_id != run.agent_id, "its own claim"
+        assert run.train_py_sha256 == claim.train_py_sha256 and run.seed != claim.seed
+    own_keeps = [r for r in stored if r.status is Status.KEEP and r.proposer != "restated"]
+    assert own_keeps, "no daemon kept a candidate"
+    for change in history:
+        restated = by_id[change.result_id]
+        assert restated.proposer == "restated", "one agent's own runs moved the best"
+        claim = by_id[restated.confirms]
+        others = [
+            r
+            for r in confirmations
+            if r.confirms == claim.id
+            and r.agent_id != claim.agent_id
+            and r.completed_at <= change.at
+        ]
+        assert len(others) >= REPLICATES, "the best moved before other agents confirmed it"
+        # The best records the confirmations' mean, not the claimant's own figure.
+        values = [r.val_bpb or 0.0 for r in others]
+        assert min(values) <= (restated.confirmed_bpb or 0.0) <= max(values)
+    assert best is not None and best.result_id == history[0].result_id

@@ -41,3 +41,17 @@ async def test_a_fabricated_baseline_score_is_invalid_and_sets_no_best(
     async with SqliteMemory(tmp_path / "state" / "memory.sqlite") as memory:
         best = await memory.get_best("synthetic")
     assert best is None or best.val_bpb > 2.0
+
+
+@pytest.mark.parametrize(("printed", "shown"), [("nan", "nan"), ("inf", "inf"), ("-inf", "-inf")])
+async def test_a_non_finite_baseline_score_is_invalid_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_dir: Path, printed: str, shown: str
+) -> None:
+    """A clean exit that reports NaN or inf claims a score: refused with its reason, kept as
+    no val_bpb (JSON has no NaN), and the honest runs after it go on as usual."""
+    monkeypatch.setenv(PLAN_ENV, str(tmp_path / "plan"))
+    results = await run_daemon(tmp_path, data_dir, [f"val={printed}"], 3, nvml=None)
+    baseline = [r for r in results if r.description == "baseline"]
+    assert [(r.status, r.val_bpb) for r in baseline] == [(Status.INVALID, None)]
+    assert baseline[0].error == f"implausible: val_bpb {shown} is not finite"
+    assert any(r.status is not Status.INVALID and r.val_bpb for r in results[1:])

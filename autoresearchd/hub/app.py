@@ -125,7 +125,13 @@ class Hub:
         self.config = config
         self.clock = clock
         self.mailer = mailer
-        rules = Rules(config.replicates, config.replication, config.track)
+        rules = Rules(
+            config.replicates,
+            config.replication,
+            config.track,
+            max_confirmations=config.max_confirmations,
+            significance=config.significance,
+        )
         self.tools = Tools(
             store,
             max_value_bytes=config.max_value_bytes,

@@ -34,7 +34,14 @@ read in the write's own transaction, they say why a write is refused. The rules:
   ``1 + replicates`` of them (the candidate's run and ``replicates`` confirmations), and
   the confirmations' mean (never the first, selecting run: it was picked for being low)
   must beat the current best. With ``replication = "other-agent"`` only confirmations
-  by verified agents other than the writer count: ``replicates`` of them, and their mean.
+  by verified agents other than the writer count (the default): ``replicates`` of them at
+  least, and their mean must beat the best significantly, by the daemon's own
+  group-sequential test (``autoresearchd.promotion.confirms``: looks at ``replicates`` to
+  ``max_confirmations`` confirmations, error ``significance``, the best counted as
+  ``replicates`` runs, the noise pooled over this source's runs). A hub run by one person
+  may opt into ``replication = "any"``, where the writer's own confirmations count. A
+  writer whose runs agree with other agents' needs one confirmation fewer
+  (:mod:`autoresearchd.hub.standing` lowers ``replicates`` in the rules it is judged by).
   Otherwise a daemon whose ``experiment.min_replicates`` is at least the hub's
   ``replicates`` satisfies this: it publishes the first run and every confirmation but
   the last as provisional discards, then the last as a ``keep`` whose ``confirmed_bpb``
@@ -63,6 +70,7 @@ from autoresearchd.hub.store import Agent, Evidence, Memory, Needs, ResultRow, W
 from autoresearchd.hub.strictjson import JsonRefused
 from autoresearchd.judging import implausible
 from autoresearchd.models import sha256_text
+from autoresearchd.promotion import confirms, pooled_noise
 
 KEY_PREFIX = "ard_"
 CLAIM = re.compile(r"^claims/")
@@ -108,9 +116,12 @@ class Rules:
     """The hub-wide settings the write policies read."""
 
     replicates: int = 2
-    replication: Replication = "any"
+    replication: Replication = "other-agent"
     #: The org's primary track: the one its bare ``best/`` keys hold.
     track: str = "synthetic"
+    #: Under ``other-agent``: the last look of the confirmations' test, and its error.
+    max_confirmations: int = 6
+    significance: float = 1e-3
 
 
 def record_of(text: str | None) -> dict[str, Any]:
@@ -401,11 +412,41 @@ class _BestClaim:
                     f" has {len(fresh)}"
                 )
         mean = statistics.fmean(row.val_bpb or 0.0 for row in fresh)
+        if self.rules.replication == "other-agent" and self.rules.replicates > 0:
+            problem = self._check_significant(counted, fresh, old_bpb)
+            if problem:
+                return problem
         if old_bpb is not None and not mean < old_bpb:
             return f"the replicates' mean {mean} does not beat the best {old_bpb}"
         if new_bpb < mean - MEAN_TOLERANCE * max(1.0, abs(mean)):
             return f"val_bpb {new_bpb} is better than the replicates' mean {mean}"
         return None
+
+    def _check_significant(
+        self, counted: list[ResultRow], fresh: list[ResultRow], old_bpb: float | None
+    ) -> str | None:
+        """Other agents' confirmations, pooled, must beat the best beyond noise: the
+        daemon's group-sequential test (:func:`autoresearchd.promotion.confirms`), with
+        looks at ``replicates`` to ``max_confirmations`` confirmations and the best
+        counted as ``replicates`` runs. The noise is pooled over this source's runs."""
+        if old_bpb is None:
+            return None  # nothing scored to beat: a seeded baseline
+        values = [row.val_bpb for row in counted if row.val_bpb is not None]
+        last = max(self.rules.replicates, self.rules.max_confirmations)
+        verdict = confirms(
+            [row.val_bpb for row in fresh if row.val_bpb is not None],
+            old_bpb,
+            self.rules.replicates,
+            pooled_noise([values]),
+            looks=range(self.rules.replicates, last + 1),
+            significance=self.rules.significance,
+        )
+        if verdict.better:
+            return None
+        return (
+            f"other agents' confirmations (mean {verdict.mean:.6g}, {len(fresh)} runs) do not"
+            f" beat the best {old_bpb} significantly: z {verdict.z:.2f} <= {verdict.bound:.2f}"
+        )
 
 
 def _counted(rows: tuple[ResultRow, ...], track: str) -> list[ResultRow]:

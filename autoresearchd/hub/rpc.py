@@ -70,6 +70,7 @@ from autoresearchd.hub.auth import (
     index_result,
     write_policy,
 )
+from autoresearchd.hub.standing import rules_for
 from autoresearchd.hub.store import (
     REASON_EXISTS,
     REASON_NOT_FOUND,
@@ -361,6 +362,14 @@ class Tools:
                 readable.append(memory)
         return readable
 
+    async def _rules_for(self, agent: Agent, key: str) -> Rules:
+        """The rules for ``agent``'s write of ``key``: a trusted agent's best needs one
+        confirmation fewer (:mod:`autoresearchd.hub.standing`)."""
+        org, rest = split_key(key) or ("", key)
+        if agent.is_admin or not SHARED_BEST.match(rest) or not rest.endswith("metadata"):
+            return self.rules
+        return await rules_for(self.store, org, agent.name, self.rules)
+
     def _value(self, args: Mapping[str, Any]) -> tuple[str, bool]:
         value = _arg(args, "value", str)
         is_base64 = _arg(args, "base64", bool, False)
@@ -403,7 +412,7 @@ class Tools:
             agent,
             new,
             self.clock(),
-            policy=create_policy(agent, key, text, self.rules),
+            policy=create_policy(agent, key, text, await self._rules_for(agent, key)),
             result=result,
             detail=_audit_detail(key, text),
         )
@@ -420,7 +429,8 @@ class Tools:
         if_match = _arg(args, "if_match", int, None)
         new = NewMemory(key, value, is_base64)
         now, text = self.clock(), decode_text(value, is_base64)
-        policy = write_policy(agent, key, text, if_match, now, self.rules)
+        rules = await self._rules_for(agent, key)
+        policy = write_policy(agent, key, text, if_match, now, rules)
         outcome = await self.store.update(
             agent, new, if_match, policy, now, detail=_audit_detail(key, text)
         )

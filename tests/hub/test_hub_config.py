@@ -61,14 +61,15 @@ def test_bad_hub_values_name_their_key(key: str, value: object, expected: str) -
 def test_new_hub_keys_have_safe_defaults() -> None:
     """Email is required, two replicates are needed, and the SMTP password is a file."""
     hub = parse_config({}).hub
-    assert (hub.require_email, hub.replicates, hub.replication) == (True, 2, "any")
+    assert (hub.require_email, hub.replicates, hub.replication) == (True, 2, "other-agent")
+    assert (hub.max_confirmations, hub.significance) == (6, 1e-3)
     assert (hub.smtp_host, hub.smtp_security, hub.smtp_port) == ("", "starttls", 587)
     hub_table = {"smtp_host": "mail.example.org", "smtp_password_file": "secret"}
     parsed = parse_config(
-        {"hub": hub_table | {"replication": "other-agent"}}, source=Path("/etc/hub.toml")
+        {"hub": hub_table | {"replication": "any"}}, source=Path("/etc/hub.toml")
     ).hub
     assert parsed.smtp_password_file == Path("/etc/secret")
-    assert parsed.replication == "other-agent"
+    assert parsed.replication == "any"
 
 
 def test_hub_database_is_a_postgresql_url_verbatim_or_a_file_next_to_the_config(

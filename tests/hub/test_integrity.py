@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from autoresearchd.config import HubConfig
 from autoresearchd.models import Result, Status, sha256_text
 from tests.hub.support import ORG, TEST_HUB, TRACK, InProcessHub, in_process_hub, tool_payload
 from tests.memory.conformance import FakeClock, make_result
@@ -21,7 +22,13 @@ pytestmark = pytest.mark.anyio
 
 META = f"@{ORG}/best/metadata"
 SOURCE = f"@{ORG}/best/train_py"
-REPLICATED = dataclasses.replace(TEST_HUB, replicates=2)
+#: Most tests here check the rules a claimant's own replicates meet: a one-person hub's.
+REPLICATED = dataclasses.replace(TEST_HUB, replicates=2, replication="any")
+#: The hub's defaults for replication (other agents' confirmations, judged for significance).
+DEFAULT_RULES = {
+    key: getattr(HubConfig(), key)
+    for key in ("replicates", "replication", "max_confirmations", "significance")
+}
 
 
 @dataclasses.dataclass
@@ -127,6 +134,28 @@ async def swarm(database: Path | str) -> AsyncIterator[Swarm]:
 async def other_agent_swarm(database: Path | str) -> AsyncIterator[Swarm]:
     async for swarm in make_swarm(database, replication="other-agent"):
         yield swarm
+
+
+@pytest.fixture
+async def default_swarm(database: Path | str) -> AsyncIterator[Swarm]:
+    """A swarm under the hub's default replication settings."""
+    async for swarm in make_swarm(database, **DEFAULT_RULES):
+        yield swarm
+
+
+async def confirm(swarm: Swarm, agent: str, source: str, values: tuple[float, ...]) -> None:
+    """``agent`` publishes fresh runs of ``source``, as a confirming daemon does."""
+    for value in values:
+        await swarm.publish(
+            agent,
+            make_result(
+                agent_id=agent,
+                train_py=source,
+                provisional=True,
+                status=Status.DISCARD,
+                val_bpb=value,
+            ),
+        )
 
 
 async def test_a_verified_replicated_result_moves_the_best_and_then_its_source(
@@ -491,3 +520,79 @@ async def test_the_selecting_run_never_counts_toward_the_hubs_mean(swarm: Swarm)
     key = await swarm.replicated("alice", (1.80, 1.92, 1.92), lucky)
     reply = await swarm.write_best("alice", metadata(key, lucky, 1.88), if_match=1)
     assert refused(reply, "the replicates' mean 1.92 does not beat the best 1.91"), reply
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+async def test_a_non_finite_result_is_indexed_invalid_and_refused_as_a_best(
+    swarm: Swarm, value: float
+) -> None:
+    """A result claiming NaN or inf is stored (the evidence of what was claimed), indexed
+    ``invalid`` rather than kept as a score, and a best naming it is refused."""
+    source = "LR = 0.05\n"
+    key = await swarm.replicated("alice", (value, value, value), source)
+    rows = await swarm.hub.store.select(
+        "SELECT status, val_bpb FROM results WHERE train_py_sha256 = ?", (sha256_text(source),)
+    )
+    assert sorted(rows) == [("invalid", None)] * 3
+    reply = await swarm.write_best("alice", metadata(key, source, 1.9))
+    assert refused(reply, "needs 3 verified results with distinct seeds of this source, has 0")
+
+
+async def test_one_agent_alone_cannot_move_the_best_under_the_default_hub_config(
+    default_swarm: Swarm,
+) -> None:
+    """alice's claim rests on her own replicates only: refused however good, through the
+    client too (her daemon's keep is stored and moves nothing)."""
+    swarm, source = default_swarm, "LR = 0.05\n"
+    assert HubConfig().replication == "other-agent"
+    key = await swarm.replicated("alice", (1.80, 1.80, 1.80), source)
+    reply = await swarm.write_best("alice", metadata(key, source, 1.80))
+    assert refused(reply, "needs 2 confirming results by other agents, has 0"), reply
+    own = make_result(train_py="LR = 0.06\n", val_bpb=1.8, confirmed_bpb=1.8)
+    async with swarm.hub.memory(swarm.keys["alice"], clock=FakeClock()) as alice:
+        outcome = await alice.publish(own)
+        assert outcome.created and outcome.best_improved == ()
+        assert await alice.get_best(TRACK) is None
+
+
+async def test_other_agents_confirmations_must_beat_the_best_significantly(
+    default_swarm: Swarm,
+) -> None:
+    """Over a best of 1.91, bob's confirmations at 1.905 (within the noise) are refused;
+    at 1.80 they are far beyond it, and the best moves to their mean."""
+    swarm, first, second = default_swarm, "LR = 0.05\n", "LR = 0.06\n"
+    key = await swarm.replicated("alice", (1.92, 1.91, 1.91), first)
+    await confirm(swarm, "bob", first, (1.91, 1.91))
+    assert (await swarm.write_best("alice", metadata(key, first, 1.91)))["version"] == 1
+    close = await swarm.replicated("alice", (1.90, 1.905, 1.905), second)
+    await confirm(swarm, "bob", second, (1.905, 1.905))
+    reply = await swarm.write_best("alice", metadata(close, second, 1.905), if_match=1)
+    assert refused(reply, "do not beat the best 1.91 significantly"), reply
+    third = "LR = 0.07\n"
+    far = await swarm.replicated("alice", (1.80, 1.80, 1.80), third)
+    await confirm(swarm, "bob", third, (1.80, 1.801))
+    reply = await swarm.write_best("alice", metadata(far, third, 1.8005), if_match=1)
+    assert reply["version"] == 2, reply
+
+
+async def test_an_agent_whose_runs_agree_with_others_needs_one_confirmation_fewer(
+    default_swarm: Swarm,
+) -> None:
+    """carol has no standing: one confirmation by bob is not enough for her claim. alice's
+    runs of three sources agree with bob's: she is trusted, and one confirmation is."""
+    swarm = default_swarm
+    swarm.keys["carol"] = await swarm.hub.agent("carol")
+    cold = "LR = 0.09\n"
+    key = await swarm.replicated("carol", (1.80, 1.80, 1.80), cold)
+    await confirm(swarm, "bob", cold, (1.80,))
+    reply = await swarm.write_best("carol", metadata(key, cold, 1.80, agent="carol"))
+    assert refused(reply, "needs 2 confirming results by other agents, has 1"), reply
+    for index in range(3):
+        source = f"WIDTH = {index}\n"
+        await swarm.replicated("alice", (1.90, 1.91, 1.912), source)
+        await confirm(swarm, "bob", source, (1.911, 1.909))
+    claim = "LR = 0.08\n"
+    key = await swarm.replicated("alice", (1.80, 1.80, 1.80), claim)
+    await confirm(swarm, "bob", claim, (1.801,))
+    reply = await swarm.write_best("alice", metadata(key, claim, 1.801))
+    assert reply["status"] == "created", reply
