@@ -247,10 +247,9 @@ def _our_result(record: Mapping[str, Any]) -> Result | None:
     data = {key: value for key, value in record.items() if key in _RESULT_FIELDS}
     completed = _when(record, "completed_ts", "completed_at")
     try:
-        data["status"] = Status(data["status"])
         data["completed_at"] = completed if completed is not None else 0.0
         data["started_at"] = timestamp(data.get("started_at")) or data["completed_at"]
-        return Result(**data)
+        return Result.from_record(data)  # its checks of curves and fractions from strangers
     except (TypeError, ValueError, KeyError):
         return None
 
