@@ -454,11 +454,11 @@ def _add_hub_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
 
 def cmd_hub_serve(args: argparse.Namespace) -> int:
-    from autoresearchd.hub.app import serve  # needs the hub extra; the daemon does not
+    from autoresearchd.hub.app import fast_loop_options, serve  # the hub extra only
 
     config = load_config(args.config)
     configure_logging(config.daemon.log_format, config.daemon.log_level, sys.stderr)
-    anyio.run(lambda: serve(config, migrate=args.migrate))
+    anyio.run(lambda: serve(config, migrate=args.migrate), backend_options=fast_loop_options())
     return EXIT_OK
 
 

@@ -56,6 +56,7 @@ DEFAULT_HUB_IP_RATE_BURST = 400
 DEFAULT_HUB_AUTH_RATE_PER_S = 0.2
 DEFAULT_HUB_AUTH_RATE_BURST = 10
 DEFAULT_HUB_REPLICATES = 2
+DEFAULT_HUB_POOL_SIZE = 10  # PostgreSQL connections per hub process
 DEFAULT_SMTP_PORT = 587
 DEFAULT_WORKSPACE_IGNORE = (".git", ".venv", "__pycache__", "*.pyc", ".mypy_cache", "state")
 
@@ -158,6 +159,7 @@ class HubConfig:
     auth_rate_limit_burst: int = DEFAULT_HUB_AUTH_RATE_BURST
     require_email: bool = True
     replicates: int = DEFAULT_HUB_REPLICATES
+    pool_size: int = DEFAULT_HUB_POOL_SIZE  # PostgreSQL connections per hub process
     replication: Literal["any", "other-agent"] = "any"
     track: str = "synthetic"  # the org's primary track: the one its bare best/ keys hold
     smtp_host: str = ""  # empty: the hub sends no email
@@ -296,6 +298,7 @@ CHECKS: dict[str, Check] = {
     "hub.auth_rate_limit_per_s": _positive,
     "hub.auth_rate_limit_burst": _positive,
     "hub.replicates": _non_negative,
+    "hub.pool_size": _positive,
     "hub.smtp_port": _port,
 }
 

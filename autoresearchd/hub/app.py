@@ -27,6 +27,7 @@ never dropped).
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import math
 import signal
@@ -35,9 +36,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import anyio
 import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -80,6 +82,9 @@ from autoresearchd.hub.store import (
 )
 from autoresearchd.hub.strictjson import JsonRefused
 from autoresearchd.models import sha256_text
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = structlog.get_logger(__name__)
 
@@ -356,28 +361,38 @@ def mailer_for(config: Config) -> Mailer | None:
 
 async def serve(config: Config, *, migrate: bool = False) -> None:
     """Run the hub under uvicorn until cancelled or signalled; ``migrate`` first if asked."""
-    import uvicorn  # the server is needed only here, not by tests that drive the app
-
     mailer = mailer_for(config)
-    store = await open_store(database_path(config), migrate=migrate)
-    app = build_app(store, config.hub, mailer=mailer)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.hub.listen_host,
-            port=config.hub.listen_port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-        )
+    store = await open_store(
+        database_path(config), migrate=migrate, pool_size=config.hub.pool_size
     )
+    app = build_app(store, config.hub, mailer=mailer)
+    server = uvicorn_server(app, config.hub.listen_host, config.hub.listen_port)
     log.info("hub_serving", host=config.hub.listen_host, port=config.hub.listen_port)
     try:
         with _sigterm_is_a_clean_stop():
-            await server.serve()
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(store.watch)
+                await server.serve()
+                tasks.cancel_scope.cancel()
     finally:
         await store.close()
     log.info("hub_stopped")
+
+
+def uvicorn_server(app: Any, host: str, port: int) -> uvicorn.Server:
+    """uvicorn as the hub runs it, with its C fast paths (httptools, and uvloop where the
+    caller's loop is uvloop) whenever they are installed, and no access log."""
+    import uvicorn  # the server is needed only here, not by tests that drive the app
+
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, access_log=False, lifespan="off"
+    )
+    return uvicorn.Server(config)
+
+
+def fast_loop_options() -> dict[str, Any]:
+    """``anyio.run`` backend options that run the hub on uvloop when it is installed."""
+    return {"use_uvloop": True} if importlib.util.find_spec("uvloop") is not None else {}
 
 
 @contextmanager
