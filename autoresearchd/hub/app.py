@@ -362,9 +362,7 @@ def mailer_for(config: Config) -> Mailer | None:
 async def serve(config: Config, *, migrate: bool = False) -> None:
     """Run the hub under uvicorn until cancelled or signalled; ``migrate`` first if asked."""
     mailer = mailer_for(config)
-    store = await open_store(
-        database_path(config), migrate=migrate, pool_size=config.hub.pool_size
-    )
+    store = await open_store(database_path(config), migrate=migrate, pool_size=config.hub.pool_size)
     app = build_app(store, config.hub, mailer=mailer)
     server = uvicorn_server(app, config.hub.listen_host, config.hub.listen_port)
     log.info("hub_serving", host=config.hub.listen_host, port=config.hub.listen_port)

@@ -3,7 +3,9 @@
 This speaks the Ensue wire protocol (DESIGN.md, contract 4): ``tools/call`` with
 ``create_memory``, ``get_memory``, ``update_memory``, ``list_keys`` and
 ``search_memories``, plus our ``best_history`` (the audited changes of one best metadata
-key, newest first); a tool's answer travels as JSON text in ``result.content[0].text``.
+key, newest first) and ``publish_result`` (a result, its markers and the bests it moves in
+one transaction: :mod:`~autoresearchd.hub.batch`); a tool's answer travels as JSON text in
+``result.content[0].text``.
 Keys come back with ``verified``: whether their writer was a verified agent then.
 Requests that are not JSON-RPC get the standard codes (-32700 parse error, -32600 invalid
 request, -32601 method not found, -32602 invalid params). Tool refusals use the
@@ -199,6 +201,9 @@ class Tools:
             "search_memories": self.search_memories,
             "best_history": self.best_history,
         }
+        from autoresearchd.hub.batch import TOOL, publish_result  # an extension; imports this
+
+        self._tools[TOOL] = lambda agent, args: publish_result(self, agent, args)
 
     async def call(self, agent: Agent, call: Call) -> dict[str, Any]:
         tool = self._tools.get(call.tool)
