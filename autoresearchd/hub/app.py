@@ -18,10 +18,11 @@ a 400) and a value a store cannot hold is invalid params, not an outage to retry
 :func:`serve` runs the app under uvicorn over the store ``hub.database`` names (a SQLite
 file or ``sqlite:///`` URL, or a ``postgresql://`` URL that any number of replicas may
 share) until SIGTERM, which is a clean stop (exit 0); :func:`init_hub`
-creates the org and the admin key and seeds ``best/``; :func:`migrate_hub` applies
-PostgreSQL schema migrations. Nothing a guarantee rests on is kept in process memory:
-only the rate limits (per replica, as above) and a cache of orgs seen to exist (orgs are
-never dropped).
+creates the org and the admin key and seeds ``best/``; :func:`revoke_agent` makes a key
+unusable; :func:`migrate_hub` applies PostgreSQL schema migrations. Nothing a guarantee
+rests on is kept in process memory: only the rate limits (per replica, as above), a cache
+of orgs seen to exist (orgs are never dropped) and the store's cache of keys, which every
+change of an agent empties (:mod:`~autoresearchd.hub.keycache`).
 """
 
 from __future__ import annotations
@@ -421,6 +422,18 @@ async def init_hub(config: Config, baseline: Path | None) -> str:
         return await _init(store, org, baseline, time.time())
     finally:
         await store.close()
+
+
+async def revoke_agent(config: Config, name: str) -> bool:
+    """Revoke ``name``'s API key; every hub process on the database refuses it from now on
+    (PostgreSQL replicas once the notification reaches them). False: no such live key."""
+    store = await open_store(database_path(config))
+    try:
+        revoked = await store.revoke(name, time.time())
+    finally:
+        await store.close()
+    log.info("agent_revoked", agent=name, revoked=revoked)
+    return revoked
 
 
 async def migrate_hub(config: Config) -> str:
