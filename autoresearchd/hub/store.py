@@ -430,6 +430,16 @@ async def open_store(
     return SqliteStore(Path(database))
 
 
+#: How often a serving hub checkpoints the WAL (in a thread), and the pages at which
+#: SQLite does it itself at a commit when no hub serves.
+CHECKPOINT_EVERY_S = 2.0
+AUTOCHECKPOINT_PAGES = 1000
+
+
+class _Busy(Exception):
+    """Another connection holds the database's write lock (SQLITE_BUSY)."""
+
+
 class SqliteStore:
     """The hub's data in one SQLite file (see the module docstring)."""
 
@@ -438,8 +448,10 @@ class SqliteStore:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()  # guards the list of connections, not the data
-        self._writer: sqlite3.Connection | None = None
+        self._writer: sqlite3.Connection | None = None  # never waits for the write lock
+        self._patient: sqlite3.Connection | None = None  # waits for it, in a thread
         self._write_turn: anyio.CapacityLimiter | None = None
+        self._checkpointing = False
         self._keys: KeyCache[Agent] = KeyCache()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -449,12 +461,14 @@ class SqliteStore:
         with self._translate(), _transaction(self._conn()) as conn:
             _prepare(conn)
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, timeout_s: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
         conn = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False
         )
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
+        if self._checkpointing:
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
         with self._all_lock:
             self._all.append(conn)
         return conn
@@ -467,11 +481,17 @@ class SqliteStore:
         return conn
 
     @contextmanager
-    def _translate(self) -> Iterator[None]:
+    def _translate(self, *, busy: bool = False) -> Iterator[None]:
+        """Database errors as HubErrors; with ``busy``, a write lock held elsewhere stays
+        :class:`_Busy`, for the caller to wait for it in a thread."""
         try:
             yield
         except (UnicodeEncodeError, OverflowError) as exc:  # raised binding a parameter
             raise unstorable(exc) from None
+        except _Busy:
+            if busy:
+                raise
+            raise HubError(f"{self.path}: the database stays locked", status=503) from None
         except sqlite3.Error as exc:
             raise HubError(f"{self.path}: database error: {exc}", status=503) from None
 
@@ -491,26 +511,52 @@ class SqliteStore:
             return func(self._conn())
 
     async def _write(self, func: Callable[[sqlite3.Connection], T]) -> T:
-        """A write on the one writer connection, one at a time in a worker thread: writers
-        queue here rather than on SQLite's lock, where each would hold a thread waiting."""
+        """A write on the one writer connection, on the calling thread: with ``synchronous
+        = NORMAL`` a WAL commit does not wait for the disk, so a write takes about as long
+        as the hand-off to a thread would, and writes never queue on each other's locks.
+        When another process holds the write lock, the write waits for it in a thread,
+        one at a time, instead of blocking the event loop."""
+        if self._writer is None:
+            self._writer = self._connect(timeout_s=0.0)
+        try:
+            with self._translate(busy=True):
+                return func(self._writer)
+        except _Busy:
+            pass
         if self._write_turn is None:
             self._write_turn = anyio.CapacityLimiter(1)
 
         def work() -> T:
-            if self._writer is None:
-                self._writer = self._connect()
+            if self._patient is None:
+                self._patient = self._connect()
             with self._translate():
-                return func(self._writer)
+                return func(self._patient)
 
         return await anyio.to_thread.run_sync(work, limiter=self._write_turn)
 
     async def watch(self) -> None:
-        return  # the counter agent_for reads keeps the key cache true
+        """Checkpoint the WAL in a worker thread while the hub serves, so that no commit on
+        the event loop does it (and waits for the disk)."""
+        self._checkpointing = True
+        if self._writer is not None:
+            self._writer.execute("PRAGMA wal_autocheckpoint = 0")
+        try:
+            while True:
+                await anyio.sleep(CHECKPOINT_EVERY_S)
+                await anyio.to_thread.run_sync(self._checkpoint)
+        finally:
+            self._checkpointing = False
+            if self._writer is not None:
+                self._writer.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
+
+    def _checkpoint(self) -> None:
+        with self._translate():
+            self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def close(self) -> None:
         with self._all_lock:
             conns, self._all = self._all, []
-        self._writer = None
+        self._writer = self._patient = None
         for conn in conns:
             conn.close()
 
@@ -674,7 +720,12 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     if nested:
         yield conn
         return
-    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+            raise _Busy from None  # nothing was done: the write may run again elsewhere
+        raise
     try:
         yield conn
     except BaseException:
