@@ -7,8 +7,9 @@ falls back to the plain tools when a hub answers "unknown tool"), does it all in
 
 - ``result``: ``{"key_names": [...], "value", "base64", "description"}``. The record is
   created at the first of ``key_names`` that is free; a key that already holds a record of
-  the same ``id`` is a replay (``created: false``); a key holding another record is
-  skipped.
+  the same ``id`` is a replay (``created: false``), as is one a marker already names; a
+  key holding another record is skipped. A replay whose record differs from the stored
+  one moves no best.
 - ``markers``: ``[{"key_name", "value", "base64"}]``, JSON objects, each created if absent
   with ``result_key`` set to where the result landed.
 - ``bests``: ``[{"metadata_key", "train_py_key"?, "value", "base64", "train_py"?}]``: each
@@ -130,6 +131,17 @@ def _encoded(key: str, text: str, description: str = "") -> NewMemory:
     return NewMemory(key, value, True, description)
 
 
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """Where a result landed: ``key`` ("" when nowhere), whether this call created it, the
+    record a replay found there, and why it was refused ("" unless it was)."""
+
+    key: str = ""
+    created: bool = False
+    replayed: Memory | None = None
+    refusal: str = ""
+
+
 def _publish(
     agent: Agent,
     candidates: list[NewMemory],
@@ -139,45 +151,69 @@ def _publish(
     now: float,
     rules: Rules,
 ) -> Plan[dict[str, Any]]:
-    placed, created = "", False
+    placed = yield from _earlier(markers, result_id)
+    if not placed.key:
+        placed = yield from _place(agent, candidates, result_id, now, rules)
+    if placed.refusal:
+        return {"status": "refused", "error": f"refused: {placed.refusal}"}
+    if not placed.key:
+        return {"status": "error", "error": f"result {result_id} collides with other results"}
+    marked = []
+    for key, marker in markers:
+        text = json.dumps({**marker, "result_key": placed.key})
+        policy = create_policy(agent, key, text, rules)
+        done = yield CreateKey(Write(agent, _encoded(key, text), now, policy, None, ""))
+        status = "created" if done.version is not None else done.reason
+        marked.append({"key_name": key, "status": status})
+    sent = decode_text(candidates[0].value, candidates[0].is_base64)
+    if placed.replayed is not None and placed.replayed.text != sent:
+        bests = []  # a replay that changed the record moves nothing: the stored one stands
+    moved = []
+    for best in bests:
+        status = yield from _move(agent, best, placed.key, now, rules)
+        moved.append({"metadata_key": best.metadata_key, "status": status})
+    return {
+        "status": "ok",
+        "result_key": placed.key,
+        "created": placed.created,
+        "markers": marked,
+        "bests": moved,
+    }
+
+
+def _earlier(markers: list[tuple[str, dict[str, Any]]], result_id: str) -> Plan[Placed]:
+    """The result as an earlier publish placed it, when one of its markers says where."""
+    for key, _ in markers:
+        (marker,) = yield ReadKeys((key,))
+        earlier = record_of(marker.text).get("result_key") if marker is not None else None
+        if isinstance(earlier, str) and earlier:
+            (stored,) = yield ReadKeys((earlier,))
+            if stored is not None and record_of(stored.text).get("id") == result_id:
+                return Placed(earlier, replayed=stored)
+    return Placed()
+
+
+def _place(
+    agent: Agent, candidates: list[NewMemory], result_id: str, now: float, rules: Rules
+) -> Plan[Placed]:
+    """Create the result at the first free candidate key (or find it there already)."""
     for item in candidates:
         text = decode_text(item.value, item.is_base64)
         (current,) = yield ReadKeys((item.key_name,))
         if current is None:
             row, refusal = index_result(agent, item.key_name, text)
             if row is None:
-                return {"status": "refused", "error": f"refused: {refusal}"}
+                return Placed(refusal=refusal)
             policy = create_policy(agent, item.key_name, text, rules)
             outcome: WriteOutcome = yield CreateKey(Write(agent, item, now, policy, row, ""))
             if outcome.version is not None:
-                placed, created = item.key_name, True
-                break
+                return Placed(item.key_name, created=True)
             if outcome.reason == REASON_REFUSED:
-                return {"status": "refused", "error": f"refused: {outcome.detail}"}
+                return Placed(refusal=outcome.detail)
             (current,) = yield ReadKeys((item.key_name,))  # created meanwhile
         if current is not None and record_of(current.text).get("id") == result_id:
-            placed = item.key_name
-            break
-    if not placed:
-        return {"status": "error", "error": f"result {result_id} collides with other results"}
-    marked = []
-    for key, marker in markers:
-        text = json.dumps({**marker, "result_key": placed})
-        policy = create_policy(agent, key, text, rules)
-        done = yield CreateKey(Write(agent, _encoded(key, text), now, policy, None, ""))
-        status = "created" if done.version is not None else done.reason
-        marked.append({"key_name": key, "status": status})
-    moved = []
-    for best in bests:
-        status = yield from _move(agent, best, placed, now, rules)
-        moved.append({"metadata_key": best.metadata_key, "status": status})
-    return {
-        "status": "ok",
-        "result_key": placed,
-        "created": created,
-        "markers": marked,
-        "bests": moved,
-    }
+            return Placed(item.key_name, replayed=current)
+    return Placed()
 
 
 def _move(agent: Agent, best: Best, placed: str, now: float, rules: Rules) -> Plan[str]:
