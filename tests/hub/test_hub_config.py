@@ -33,6 +33,8 @@ def test_hub_example_documents_the_defaults() -> None:
         ("auth_rate_limit_per_s", 0, "> 0"),
         ("auth_rate_limit_burst", -1, "> 0"),
         ("replicates", -1, ">= 0"),
+        ("pool_size", 0, "> 0"),
+        ("pool_size", 2.5, "integer"),
         ("replication", "others", "other-agent"),
         ("require_email", "yes", "true or false"),
         ("smtp_security", "ssl", "starttls"),
