@@ -12,8 +12,13 @@ same transaction. A ``results/`` record is indexed in the ``results`` table in t
 transaction that creates it (results are write-once), so a policy can count replicates
 with one indexed ``SELECT``; the same transaction adds the result to its agent's row in
 ``standings``, which the dashboard's leaderboard reads. Verification is one
-``UPDATE ... WHERE`` on the agent's code hash. :class:`SqliteStore` gives each worker
-thread its own connection in WAL mode and runs every call in a thread, off the event loop.
+``UPDATE ... WHERE`` on the agent's code hash. :class:`SqliteStore` (WAL mode) writes on
+one writer connection on the event loop, since a commit that does not wait for the disk
+costs less than a hand-off to a thread (a write lock held by another process is waited for
+in a thread instead); reads by key run inline too, while scans and searches, whose cost
+grows with the data, run in worker threads with a connection each, and a serving hub
+checkpoints the WAL in a thread. Several writes apply atomically as one :data:`Plan`.
+Each process caches the agent of an API key (:mod:`~autoresearchd.hub.keycache`).
 A value a database cannot hold (an integer past 64 bits, text that is not Unicode, NUL in
 PostgreSQL text) fails the write with a 400 :class:`HubError` from :func:`unstorable`: the
 request's fault, not an outage.
