@@ -443,6 +443,7 @@ def _add_hub_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     serve.add_argument(
         "--migrate", action="store_true", help="apply PostgreSQL schema migrations first"
     )
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(handler=cmd_hub_serve)
     migrate = hub_commands.add_parser("migrate", help="apply the database's schema migrations")
     _config_option(migrate)
@@ -462,7 +463,10 @@ def cmd_hub_serve(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     configure_logging(config.daemon.log_format, config.daemon.log_level, sys.stderr)
-    anyio.run(lambda: serve(config, migrate=args.migrate), backend_options=fast_loop_options())
+    anyio.run(
+        lambda: serve(config, migrate=args.migrate, worker=args.worker),
+        backend_options=fast_loop_options(),
+    )
     return EXIT_OK
 
 

@@ -160,6 +160,7 @@ class HubConfig:
     require_email: bool = True
     replicates: int = DEFAULT_HUB_REPLICATES
     pool_size: int = DEFAULT_HUB_POOL_SIZE  # PostgreSQL connections per hub process
+    workers: int = 1  # hub processes sharing listen_port (more than one: PostgreSQL only)
     replication: Literal["any", "other-agent"] = "any"
     track: str = "synthetic"  # the org's primary track: the one its bare best/ keys hold
     smtp_host: str = ""  # empty: the hub sends no email
@@ -299,6 +300,7 @@ CHECKS: dict[str, Check] = {
     "hub.auth_rate_limit_burst": _positive,
     "hub.replicates": _non_negative,
     "hub.pool_size": _positive,
+    "hub.workers": _positive,
     "hub.smtp_port": _port,
 }
 
@@ -333,7 +335,20 @@ def parse_config(raw: Mapping[str, Any], *, source: Path = Path("<defaults>")) -
 
 
 def _check_hub_mail(config: Config) -> None:
-    """A hub that requires email needs a server to send the verification links through."""
+    """A hub that requires email needs a server to send the verification links through;
+    several worker processes need a database they can share and a port they agree on."""
+    if config.hub.workers > 1 and not config.hub.database.startswith(POSTGRES_URLS):
+        raise ConfigError(
+            "expected a postgresql:// database for hub.workers > 1 (a SQLite hub is one process)",
+            path=str(config.source),
+            key="hub.workers",
+        )
+    if config.hub.workers > 1 and config.hub.listen_port == 0:
+        raise ConfigError(
+            "expected a fixed hub.listen_port for hub.workers > 1, not 0",
+            path=str(config.source),
+            key="hub.workers",
+        )
     if config.hub.require_email and not config.hub.smtp_host:
         raise ConfigError(
             "expected a mail server when hub.require_email = true"

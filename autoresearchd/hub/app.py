@@ -32,6 +32,9 @@ import importlib.util
 import json
 import math
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -92,6 +95,8 @@ log = structlog.get_logger(__name__)
 ADMIN = "admin"
 MAX_AUTH_BYTES = 4096
 MAX_CODE_CHARS = 128
+#: How long a stopping hub waits for each of its other workers to finish its requests.
+WORKER_STOP_S = 10.0
 
 
 def database_path(config: Config) -> str | Path:
@@ -360,20 +365,29 @@ def mailer_for(config: Config) -> Mailer | None:
         raise ConfigError(str(exc), path=str(config.source)) from None
 
 
-async def serve(config: Config, *, migrate: bool = False) -> None:
-    """Run the hub under uvicorn until cancelled or signalled; ``migrate`` first if asked."""
+async def serve(config: Config, *, migrate: bool = False, worker: bool = False) -> None:
+    """Run the hub under uvicorn until cancelled or signalled; ``migrate`` first if asked.
+
+    With ``hub.workers`` above one, this process starts the other workers (each a ``hub
+    serve --worker``) once the database is ready, all of them listening on one port
+    (``SO_REUSEPORT``: the kernel spreads connections), and stops them when it stops.
+    """
     mailer = mailer_for(config)
     store = await open_store(database_path(config), migrate=migrate, pool_size=config.hub.pool_size)
     app = build_app(store, config.hub, mailer=mailer)
     server = uvicorn_server(app, config.hub.listen_host, config.hub.listen_port)
+    shared = config.hub.workers > 1
+    sockets = [_listen(config.hub.listen_host, config.hub.listen_port)] if shared else None
+    others = [] if worker or not shared else _start_workers(config)
     log.info("hub_serving", host=config.hub.listen_host, port=config.hub.listen_port)
     try:
         with _sigterm_is_a_clean_stop():
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(store.watch)
-                await server.serve()
+                await server.serve(sockets=sockets)
                 tasks.cancel_scope.cancel()
     finally:
+        _stop_workers(others)
         await store.close()
     log.info("hub_stopped")
 
@@ -387,6 +401,38 @@ def uvicorn_server(app: Any, host: str, port: int) -> uvicorn.Server:
         app, host=host, port=port, log_config=None, access_log=False, lifespan="off"
     )
     return uvicorn.Server(config)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket that the other workers' sockets may share (``SO_REUSEPORT``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    return sock
+
+
+def _start_workers(config: Config) -> list[subprocess.Popen[bytes]]:
+    command = [sys.executable, "-m", "autoresearchd", "hub", "serve", "--worker"]
+    command += ["--config", str(config.source)]
+    return [subprocess.Popen(command) for _ in range(config.hub.workers - 1)]
+
+
+def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
+    for proc in workers:
+        proc.terminate()
+    for proc in workers:
+        try:
+            proc.wait(timeout=WORKER_STOP_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def fast_loop_options() -> dict[str, Any]:

@@ -35,6 +35,8 @@ def test_hub_example_documents_the_defaults() -> None:
         ("replicates", -1, ">= 0"),
         ("pool_size", 0, "> 0"),
         ("pool_size", 2.5, "integer"),
+        ("workers", 0, "> 0"),
+        ("workers", 2, "postgresql:// database for hub.workers > 1"),
         ("replication", "others", "other-agent"),
         ("require_email", "yes", "true or false"),
         ("smtp_security", "ssl", "starttls"),

@@ -131,3 +131,32 @@ async def test_without_its_listener_a_postgresql_store_caches_no_key(postgres_ur
     finally:
         await serving.close()
         await other.close()
+
+
+def test_workers_share_one_port_and_stop_with_the_first(postgres: Cluster, tmp_path: Path) -> None:
+    """``hub.workers = 2``: two processes answer on one port, revokes reach both, and
+    stopping the hub stops its other worker."""
+    database = postgres.create_schema("hub_workers")
+    port = free_port()
+    config = write_hub_config(tmp_path, port, database=database, workers=2)
+    assert cli("hub", "init", "--config", str(config)).returncode == 0
+    url = f"http://127.0.0.1:{port}/"
+    with serve_hub(config, tmp_path / "hub.log") as proc:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 1
+        worker = Path(f"/proc/{children[0]}/cmdline").read_bytes().split(b"\0")
+        assert b"--worker" in worker
+        reply = httpx.post(f"{url}auth/agent-register", json={"name": "gina"}, timeout=10)
+        key = reply.json()["api_key"]
+        time.sleep(0.5)  # both workers listen for changes of agents
+        # New connections each time, so the kernel spreads them over both workers.
+        assert all(whoami(url, key).status_code == 200 for _ in range(20))
+        assert cli("hub", "revoke", "--config", str(config), "gina").returncode == 0
+        deadline = time.monotonic() + NOTIFIED_WITHIN_S
+        while not all(whoami(url, key).status_code == 401 for _ in range(20)):
+            assert time.monotonic() < deadline, "a worker still takes the revoked key"
+            time.sleep(0.05)
+    assert (
+        not Path(f"/proc/{children[0]}").exists()
+        or b"zombie" in Path(f"/proc/{children[0]}/status").read_bytes().lower()
+    )
