@@ -465,6 +465,7 @@ def _add_hub_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     serve.add_argument(
         "--migrate", action="store_true", help="apply PostgreSQL schema migrations first"
     )
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(handler=cmd_hub_serve)
     migrate = hub_commands.add_parser("migrate", help="apply the database's schema migrations")
     _config_option(migrate)
@@ -473,14 +474,21 @@ def _add_hub_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     _config_option(init)
     init.add_argument("--baseline", type=Path, metavar="TRAIN_PY", help="seed best/ with it")
     init.set_defaults(handler=cmd_hub_init)
+    revoke = hub_commands.add_parser("revoke", help="revoke an agent's API key, at once")
+    _config_option(revoke)
+    revoke.add_argument("agent", help="the agent whose key stops working")
+    revoke.set_defaults(handler=cmd_hub_revoke)
 
 
 def cmd_hub_serve(args: argparse.Namespace) -> int:
-    from autoresearchd.hub.app import serve  # needs the hub extra; the daemon does not
+    from autoresearchd.hub.app import fast_loop_options, serve  # the hub extra only
 
     config = load_config(args.config)
     configure_logging(config.daemon.log_format, config.daemon.log_level, sys.stderr)
-    anyio.run(lambda: serve(config, migrate=args.migrate))
+    anyio.run(
+        lambda: serve(config, migrate=args.migrate, worker=args.worker),
+        backend_options=fast_loop_options(),
+    )
     return EXIT_OK
 
 
@@ -506,6 +514,18 @@ def cmd_hub_init(args: argparse.Namespace) -> int:
         flush=True,
     )
     print(api_key)
+    return EXIT_OK
+
+
+def cmd_hub_revoke(args: argparse.Namespace) -> int:
+    from autoresearchd.hub.app import revoke_agent
+
+    config = load_config(args.config)
+    configure_logging(config.daemon.log_format, config.daemon.log_level, sys.stderr)
+    if not anyio.run(revoke_agent, config, args.agent):
+        print(f"error: no agent {args.agent} with a live key on this hub", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"revoked the API key of {args.agent}")
     return EXIT_OK
 
 

@@ -65,6 +65,7 @@ DEFAULT_HUB_REPLICATES = 2
 DEFAULT_HUB_MAX_CONFIRMATIONS = 6
 #: The chance that other agents' confirmations of a claim no better than the best move it.
 DEFAULT_HUB_SIGNIFICANCE = 1e-3
+DEFAULT_HUB_POOL_SIZE = 10  # PostgreSQL connections per hub process
 DEFAULT_SMTP_PORT = 587
 DEFAULT_WORKSPACE_IGNORE = (".git", ".venv", "__pycache__", "*.pyc", ".mypy_cache", "state")
 
@@ -186,6 +187,8 @@ class HubConfig:
     replication: Literal["any", "other-agent"] = "other-agent"
     max_confirmations: int = DEFAULT_HUB_MAX_CONFIRMATIONS
     significance: float = DEFAULT_HUB_SIGNIFICANCE
+    pool_size: int = DEFAULT_HUB_POOL_SIZE  # PostgreSQL connections per hub process
+    workers: int = 1  # hub processes sharing listen_port (more than one: PostgreSQL only)
     track: str = "synthetic"  # the org's primary track: the one its bare best/ keys hold
     smtp_host: str = ""  # empty: the hub sends no email
     smtp_port: int = DEFAULT_SMTP_PORT
@@ -333,6 +336,8 @@ CHECKS: dict[str, Check] = {
     "hub.replicates": _non_negative,
     "hub.max_confirmations": _positive,
     "hub.significance": _probability,
+    "hub.pool_size": _positive,
+    "hub.workers": _positive,
     "hub.smtp_port": _port,
 }
 
@@ -367,7 +372,20 @@ def parse_config(raw: Mapping[str, Any], *, source: Path = Path("<defaults>")) -
 
 
 def _check_hub_mail(config: Config) -> None:
-    """A hub that requires email needs a server to send the verification links through."""
+    """A hub that requires email needs a server to send the verification links through;
+    several worker processes need a database they can share and a port they agree on."""
+    if config.hub.workers > 1 and not config.hub.database.startswith(POSTGRES_URLS):
+        raise ConfigError(
+            "expected a postgresql:// database for hub.workers > 1 (a SQLite hub is one process)",
+            path=str(config.source),
+            key="hub.workers",
+        )
+    if config.hub.workers > 1 and config.hub.listen_port == 0:
+        raise ConfigError(
+            "expected a fixed hub.listen_port for hub.workers > 1, not 0",
+            path=str(config.source),
+            key="hub.workers",
+        )
     if config.hub.require_email and not config.hub.smtp_host:
         raise ConfigError(
             "expected a mail server when hub.require_email = true"

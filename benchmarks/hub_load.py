@@ -1,65 +1,265 @@
-"""Load the hub on loopback with simulated agents: SQLite, PostgreSQL, and several replicas.
+"""Load the hub at a set arrival rate with ``wrk``; a trivial endpoint is the ceiling.
 
-Runs three configurations in one go, each on a fresh database: SQLite with one hub
-process, PostgreSQL with one, and PostgreSQL with ``--replicas`` hub processes sharing
-the database (agent i talks to replica i mod N, as behind a load balancer). Each
-registers ``--agents`` verified agents that loop for ``--seconds`` over their own
-``EnsueMemory`` client: claim a candidate, publish a keep result (moving the bests by
-compare-and-set when it wins) and read the best. It prints throughput and p50/p99
-latency per operation, then, last, the ratio of PostgreSQL with N replicas to SQLite
-with one. Without ``--database`` it starts a throwaway PostgreSQL cluster of its own
-(``synchronous_commit = off``, like SQLite's WAL with ``synchronous = NORMAL``).
+The client must not eat the cores it measures, so the load comes from ``wrk`` (compiled
+C) replaying recorded JSON-RPC requests, paced open-loop: request ``j`` is due at
+``start + j / rate`` whatever the replies before it did, and its latency counts from
+when it was due, so a hub that falls behind shows it in p99 instead of slowing the load.
 
-    python benchmarks/hub_load.py --agents 20 --seconds 5 --replicas 2
-    python benchmarks/hub_load.py --database postgresql://hub@db.internal/bench
+1. **Record.** ``--agents`` verified agents run ``--ops`` logical operations through our
+   real client (:class:`~autoresearchd.memory.ensue.EnsueMemory`) against an in-process
+   hub on a scratch SQLite file: a mix of claim (20%), publish of a keep result (20%),
+   best read (30%), a list of 50 claims (15%) and a search (15%). Every HTTP request is
+   recorded; requests per logical operation are counted here.
+2. **Ceiling.** A trivial Starlette endpoint (it reads the body and answers a fixed
+   JSON-RPC reply) under the same uvicorn settings as ``hub serve``, loaded closed-loop
+   to find its top rate, then paced at the request rate the hub will be offered, for its
+   CPU per request.
+3. **Hub.** For each setup (SQLite with one process; PostgreSQL with one and with
+   ``--replicas`` processes on one database; each a fresh database in the recording's
+   starting state), ``hub serve`` gets the recording at ``--rate`` operations per second.
+   The hub's CPU time is read from ``/proc`` before and after.
+
+A replay is not a client: the requests of one publish do not wait on each other's
+replies, so a compare-and-set can miss where the recording won (counted as JSON-RPC
+errors and printed, with the recording's own count beside it).
+
+    python benchmarks/hub_load.py --rate 2000 --ops 8000 --replicas 2
+    python benchmarks/hub_load.py --skip-postgres --rate 1000
+
+Last, as ratios: the hub's CPU per operation against the trivial endpoint's per request,
+and each PostgreSQL setup's throughput against SQLite's.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import random
-import statistics
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
-from functools import partial
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import httpx
 import psycopg
 
+from autoresearchd.config import HubConfig
+from autoresearchd.hub.app import build_app
+from autoresearchd.hub.auth import hash_key
 from autoresearchd.hub.pgcluster import start_cluster
+from autoresearchd.hub.store import Agent, open_store
 from autoresearchd.logs import configure_logging
 from autoresearchd.memory.ensue import EnsueMemory
 from autoresearchd.models import Result, Status, sha256_text
 
 ORG = "bench"
 TRACK = "synthetic"
-OPERATIONS = ("claim", "publish", "best")
-Latencies = dict[str, list[float]]
-UNLIMITED = (
-    "rate_limit_per_s = 1e9\nrate_limit_burst = 1000000000\n"
-    "rate_limit_ip_per_s = 1e9\nrate_limit_ip_burst = 1000000000\n"
-    "auth_rate_limit_per_s = 1e9\nauth_rate_limit_burst = 1000000000\n"
-    "require_email = false\nreplicates = 0\n"
-)
+URL = "http://hub.bench/"
+MIX = (("claim", 0.20), ("publish", 0.20), ("best", 0.30), ("list", 0.15), ("search", 0.15))
+UNLIMITED = {
+    "rate_limit_per_s": 1e9,
+    "rate_limit_burst": 10**9,
+    "rate_limit_ip_per_s": 1e9,
+    "rate_limit_ip_burst": 10**9,
+    "auth_rate_limit_per_s": 1e9,
+    "auth_rate_limit_burst": 10**9,
+}
+TICKS = os.sysconf("SC_CLK_TCK")
+WORDS = ("warmup", "cosine", "rope", "muon", "lr", "depth", "window", "norm", "batch", "swiglu")
+
+# The replay: one connection per wrk thread, so a thread's state is its connection's.
+LUA = r"""
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } ard_timespec;
+int clock_gettime(int clk, ard_timespec *tp);
+]]
+local ts = ffi.new("ard_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts)
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
+local rate = tonumber(os.getenv("ARD_RATE"))
+local folder = os.getenv("ARD_REQUESTS")
+local ports = {}
+for p in string.gmatch(os.getenv("ARD_PORTS"), "%d+") do ports[#ports + 1] = p end
+local threads, count, begin = {}, 0, now_ms() + 300
+
+function setup(thread)
+  thread:set("tid", count)
+  thread:set("t0", begin)
+  thread.addr = wrk.lookup("127.0.0.1", ports[(count % #ports) + 1])[1]
+  count = count + 1
+  threads[#threads + 1] = thread
+end
+
+-- Each thread reads only its own requests: {global index, Authorization, body}.
+function init(args)
+  reqs = dofile(folder .. "/req_" .. tid .. ".lua")
+  i, sent, lat, http_err, rpc_err, item_err, last = 1, 1, {}, 0, 0, 0, 0
+  verified = tid ~= 0
+end
+
+local function due(k) return t0 + k * 1000 / rate end
+
+function delay()
+  if i > #reqs then return 1000 end
+  local wait = due(reqs[i][1]) - now_ms()
+  if wait < 0 then return 0 end
+  return math.floor(wait)
+end
+
+function request()
+  local r = reqs[math.min(i, #reqs)]
+  if not verified then  -- wrk builds one request to check the script: not sent
+    verified = true
+    return wrk.format("POST", "/", {["Authorization"] = r[2]}, r[3])
+  end
+  sent = i
+  i = i + 1
+  return wrk.format("POST", "/", {["Authorization"] = r[2],
+    ["Content-Type"] = "application/json"}, r[3])
+end
+
+function response(status, headers, body)
+  local t = now_ms()
+  if sent <= #reqs then
+    lat[#lat + 1] = t - due(reqs[sent][1])
+    last = t
+    if status ~= 200 then http_err = http_err + 1
+    elseif string.find(body, '"error":', 1, true) then rpc_err = rpc_err + 1
+    elseif string.find(body, '\\"status\\": \\"error\\"', 1, true) then
+      item_err = item_err + 1
+    end
+  end
+  if i > #reqs and not finished then  -- tell the runner, which stops wrk when all are done
+    finished = true
+    io.open(folder .. "/done_" .. tid, "w"):close()
+  end
+end
+
+function done(summary, latency, requests)
+  local all, h, r, it, last_t = {}, 0, 0, 0, 0
+  for _, thread in ipairs(threads) do
+    for _, v in ipairs(thread:get("lat")) do all[#all + 1] = v end
+    h = h + thread:get("http_err")
+    r = r + thread:get("rpc_err")
+    it = it + thread:get("item_err")
+    last_t = math.max(last_t, thread:get("last"))
+  end
+  table.sort(all)
+  local function q(p)
+    if #all == 0 then return 0 end
+    return all[math.min(#all, math.floor(#all * p) + 1)]
+  end
+  io.write(string.format("ARD %d %.3f %.3f %.3f %.3f %d %d %d %.3f\n", #all, q(0.5), q(0.99),
+    q(0.999), all[#all] or 0, h, r, it, (last_t - begin) / 1000))
+end
+"""
+
+TRIVIAL_APP = """
+import sys
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+from autoresearchd.hub.app import uvicorn_server
+
+REPLY = b'{"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": "{}"}]}}'
+
+async def endpoint(request):
+    await request.body()
+    return Response(REPLY, media_type="application/json")
+
+async def health(request):
+    return Response(b"ok")
+
+app = Starlette(routes=[Route("/", endpoint, methods=["POST"]),
+                        Route("/healthz", health, methods=["GET"])])
+uvicorn_server(app, "127.0.0.1", int(sys.argv[1])).run()
+"""
+
+
+@dataclass
+class Recording:
+    requests: list[tuple[str, str]]  # (Authorization header, body), in order
+    per_op: dict[str, float]  # requests per logical operation, by kind
+    ops: int
+    rpc_errors: int  # JSON-RPC error replies the recording itself got
+    item_errors: int  # and replies with an item refused or already there
+
+
+@dataclass
+class Load:
+    label: str
+    completed: int
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+    http_errors: int
+    rpc_errors: int
+    item_errors: int
+    seconds: float
+    cpu_s: float
+
+    @property
+    def rate(self) -> float:
+        return self.completed / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self, per_op: float) -> str:
+        ops = self.completed / per_op
+        return (
+            f"{self.label}: {self.completed} requests ({ops:.0f} ops) in {self.seconds:.2f} s ="
+            f" {self.rate:.0f} req/s = {self.rate / per_op:.0f} ops/s; latency from due time"
+            f" p50 {self.p50_ms:.1f} ms, p99 {self.p99_ms:.1f} ms, p99.9 {self.p999_ms:.1f} ms,"
+            f" max {self.max_ms:.1f} ms; errors: http {self.http_errors}, rpc {self.rpc_errors},"
+            f" item {self.item_errors}; CPU {self.cpu_s * 1e6 / max(1, self.completed):.0f}"
+            f" us/request, {self.cpu_s * 1e6 * per_op / max(1, self.completed):.0f} us/op"
+        )
+
+
+# --- recording ---------------------------------------------------------------------------
+
+
+class Recorder(httpx.AsyncBaseTransport):
+    """Passes requests to the in-process hub and keeps each one's header and body."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.requests: list[tuple[str, str]] = []
+        self.errors = 0
+        self.item_errors = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = await request.aread()
+        self.requests.append((request.headers["authorization"], body.decode("utf-8")))
+        response = await self.inner.handle_async_request(request)
+        content = await response.aread()
+        if b'"error":' in content:
+            self.errors += 1
+        elif b'\\"status\\": \\"error\\"' in content:
+            self.item_errors += 1
+        return httpx.Response(response.status_code, headers=response.headers, content=content)
 
 
 def make_result(agent: str, rng: random.Random) -> Result:
     source = f"LR = {rng.random()!r}\n"
     return Result(
-        id=uuid.uuid4().hex,
+        id=uuid.UUID(int=rng.getrandbits(128)).hex,
         agent_id=agent,
         track=TRACK,
         status=Status.KEEP,
-        val_bpb=rng.uniform(0.9, 1.1),
-        description="LR 0.04 → 0.05",
+        val_bpb=rng.uniform(1.8, 2.4),  # above the synthetic track's floor
+        description=f"{rng.choice(WORDS)} {rng.choice(WORDS)} tweak",
         train_py=source,
         train_py_sha256=sha256_text(source),
         parent_sha256=None,
@@ -68,120 +268,210 @@ def make_result(agent: str, rng: random.Random) -> Result:
         device_uuid="GPU-bench",
         memory_gb=80.0,
         vram_tier="xl",
-        started_at=time.time(),
-        completed_at=time.time(),
+        started_at=1.0,
+        completed_at=2.0,
         duration_s=1.0,
     )
 
 
-async def timed(latencies: Latencies, name: str, op: Callable[[], Awaitable[object]]) -> None:
-    started = time.perf_counter()
-    await op()
-    latencies[name].append(time.perf_counter() - started)
+def agent_keys(agents: int) -> list[tuple[str, str]]:
+    return [(f"agent{i}", f"ard_bench-key-{i:05d}") for i in range(agents)]
 
 
-async def hub_agent(url: str, key: str, name: str, deadline: float, latencies: Latencies) -> None:
-    rng = random.Random(name)
-    async with EnsueMemory(url, ORG, key, primary_track=TRACK, timeout_s=60.0) as memory:
-        while time.monotonic() < deadline:
-            result = make_result(name, rng)
-            sha = result.train_py_sha256
-            await timed(latencies, "claim", partial(memory.claim, TRACK, sha, name, 600.0))
-            await timed(latencies, "publish", partial(memory.publish, result))
-            await timed(latencies, "best", partial(memory.get_best, TRACK))
+async def prepare(database: str | Path, agents: int, *, migrate: bool = False) -> None:
+    """The recording's starting state: the org and ``agents`` verified agents."""
+    store = await open_store(database, migrate=migrate)
+    try:
+        await store.create_org(ORG, 0.0)
+        for name, key in agent_keys(agents):
+            await store.register(Agent(name, verified=True), hash_key(key), hash_key("c"), 0.0)
+    finally:
+        await store.close()
 
 
-def report(label: str, latencies: Latencies, seconds: float) -> float:
-    every = sorted(v for values in latencies.values() for v in values)
-    rate = len(every) / seconds
-    print(
-        f"{label}: {len(every)} operations in {seconds:.1f} s = {rate:.1f} ops/s,"
-        f" p99 {_p99(every) * 1000:.1f} ms"
-    )
-    for name in OPERATIONS:
-        values = sorted(latencies[name])
-        if values:
-            p50, p99 = statistics.median(values) * 1000, _p99(values) * 1000
-            print(f"  {name:8s} n={len(values):6d}  p50={p50:7.2f} ms  p99={p99:7.2f} ms")
-    return rate
+async def record(folder: Path, agents: int, ops: int, seed: int) -> Recording:
+    database = folder / "record.sqlite"
+    await prepare(database, agents)
+    store = await open_store(database)
+    recorder = Recorder(httpx.ASGITransport(app=build_app(store, bench_config())))
+    rng = random.Random(seed)
+    counts: Counter[str] = Counter()
+    requests: Counter[str] = Counter()
+    kinds = [kind for kind, _ in MIX]
+    weights = [weight for _, weight in MIX]
+    async with contextlib.AsyncExitStack() as stack:
+        memories = [
+            await stack.enter_async_context(
+                EnsueMemory(URL, ORG, key, primary_track=TRACK, transport=recorder)
+            )
+            for _, key in agent_keys(agents)
+        ]
+        for _ in range(ops):
+            i = rng.randrange(agents)
+            kind = rng.choices(kinds, weights)[0]
+            before = len(recorder.requests)
+            await run_op(kind, memories[i], f"agent{i}", rng)
+            counts[kind] += 1
+            requests[kind] += len(recorder.requests) - before
+    await store.close()
+    per_op = {kind: requests[kind] / counts[kind] for kind in kinds if counts[kind]}
+    per_op["all"] = len(recorder.requests) / ops
+    return Recording(recorder.requests, per_op, ops, recorder.errors, recorder.item_errors)
 
 
-def _p99(values: list[float]) -> float:
-    return values[min(len(values) - 1, int(len(values) * 0.99))] if values else 0.0
+async def run_op(kind: str, memory: EnsueMemory, agent: str, rng: random.Random) -> None:
+    if kind == "claim":
+        await memory.claim(TRACK, f"{rng.getrandbits(256):064x}", agent, 600.0)
+    elif kind == "publish":
+        await memory.publish(make_result(agent, rng))
+    elif kind == "best":
+        await memory.get_best(TRACK)
+    elif kind == "list":
+        # The client's own listings read every key; a bounded page is what a load sees.
+        await memory._rpc.call("list_keys", {"prefix": f"@{ORG}/claims/", "limit": 50})
+    else:
+        query = f"{rng.choice(WORDS)} {rng.choice(WORDS)}"
+        await memory._rpc.call("search_memories", {"query": query, "limit": 10})
 
 
-def write_config(folder: Path, port: int, database: str) -> Path:
+def bench_config(**changes: object) -> HubConfig:
+    return HubConfig(**UNLIMITED, require_email=False, replicates=0, org=ORG, **changes)  # type: ignore[arg-type]
+
+
+# --- servers -----------------------------------------------------------------------------
+
+
+def lua_requests(folder: Path, recording: Recording, threads: int) -> Path:
+    """The recording split for ``threads`` wrk threads: request ``j`` goes to ``j % threads``."""
     folder.mkdir(parents=True, exist_ok=True)
-    config = folder / "hub.toml"
-    config.write_text(
-        f'[daemon]\nstate_dir = "{folder}"\nlog_level = "warning"\n[hub]\nlisten_port = {port}\n'
-        f'org = "{ORG}"\ndatabase = "{database}"\n{UNLIMITED}'
-    )
-    return config
+    outs = [(folder / f"req_{t}.lua").open("w", encoding="utf-8") for t in range(threads)]
+    try:
+        for out in outs:
+            out.write("return {\n")
+        for j, (auth, body) in enumerate(recording.requests):
+            outs[j % threads].write(f"{{{j}, {_lua_string(auth)}, {_lua_string(body)}}},\n")
+        for out in outs:
+            out.write("}\n")
+    finally:
+        for out in outs:
+            out.close()
+    return folder
 
 
-def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(400):
+def _lua_string(text: str) -> str:
+    level = 0
+    while f"]{'=' * level}]" in text:
+        level += 1
+    return f"[{'=' * level}[{text}]{'=' * level}]"
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICKS
+
+
+def wait_healthy(port: int, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(600):
         if proc.poll() is not None:
-            raise SystemExit(f"the hub at {url} exited with {proc.returncode}")
+            raise SystemExit(f"the server on port {port} exited with {proc.returncode}")
         try:
-            if httpx.get(f"{url}healthz", timeout=1).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                 return
         except httpx.TransportError:
             time.sleep(0.05)
-    raise SystemExit(f"the hub at {url} did not start")
+    raise SystemExit(f"the server on port {port} did not start")
 
 
 @contextlib.contextmanager
-def hubs(folder: Path, database: str, replicas: int) -> Iterator[list[str]]:
-    """``replicas`` hub processes on one database (initialised once); their URLs."""
-    cli = [sys.executable, "-m", "autoresearchd", "hub"]
-    configs = [write_config(folder / str(i), _free_port(), database) for i in range(replicas)]
-    subprocess.run([*cli, "init", "--config", str(configs[0])], check=True, capture_output=True)
+def servers(commands: list[list[str]], ports: list[int]) -> Iterator[list[int]]:
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        urls = []
-        for config in configs:
-            procs.append(subprocess.Popen([*cli, "serve", "--config", str(config)]))
-            urls.append(
-                f"http://127.0.0.1:{config.read_text().split('listen_port = ')[1].split()[0]}/"
-            )
-            wait_healthy(urls[-1], procs[-1])
-        yield urls
+        for command, port in zip(commands, ports, strict=True):
+            procs.append(subprocess.Popen(command))
+            wait_healthy(port, procs[-1])
+        yield [proc.pid for proc in procs]
     finally:
         for proc in procs:
             proc.terminate()
+        for proc in procs:
             proc.wait()
 
 
-async def register(urls: list[str], agents: int) -> list[str]:
-    """``agents`` verified agents' keys, agent i registered on replica i mod N."""
-    keys = []
-    async with httpx.AsyncClient(timeout=30) as client:
-        for i in range(agents):
-            reply = await client.post(
-                f"{urls[i % len(urls)]}auth/agent-register", json={"name": f"agent{i}"}
-            )
-            reply.raise_for_status()
-            (await client.get(reply.json()["claim_url"])).raise_for_status()
-            keys.append(reply.json()["api_key"])
-    return keys
+def hub_commands(folder: Path, database: str, replicas: int) -> tuple[list[list[str]], list[int]]:
+    commands, ports = [], []
+    for i in range(replicas):
+        port = free_port()
+        config = folder / f"hub{i}.toml"
+        limits = "".join(f"{name} = {value!r}\n" for name, value in UNLIMITED.items())
+        config.write_text(
+            f'[daemon]\nstate_dir = "{folder}"\nlog_level = "warning"\n[hub]\n'
+            f'listen_port = {port}\norg = "{ORG}"\ndatabase = "{database}"\n{limits}'
+            "require_email = false\nreplicates = 0\n"
+        )
+        commands.append(
+            [sys.executable, "-m", "autoresearchd", "hub", "serve", "--config", str(config)]
+        )
+        ports.append(port)
+    return commands, ports
 
 
-async def load(urls: list[str], agents: int, seconds: float) -> Latencies:
-    keys = await register(urls, agents)
-    latencies: Latencies = defaultdict(list)
-    deadline = time.monotonic() + seconds
-    async with anyio.create_task_group() as tg:
-        for i, key in enumerate(keys):
-            tg.start_soon(hub_agent, urls[i % len(urls)], key, f"agent{i}", deadline, latencies)
-    return latencies
+def wrk(
+    label: str,
+    requests: Path,
+    ports: list[int],
+    pids: list[int],
+    rate: float,
+    connections: int,
+    total: int,
+) -> Load:
+    env = {
+        **os.environ,
+        "ARD_REQUESTS": str(requests),
+        "ARD_RATE": str(rate),
+        "ARD_PORTS": " ".join(map(str, ports)),
+    }
+    script = requests / "replay.lua"
+    script.write_text(LUA)
+    for stale in requests.glob("done_*"):
+        stale.unlink()
+    limit = total / min(rate, 500.0) + 10
+    before = cpu_seconds(pids)
+    command = ["wrk", f"-t{connections}", f"-c{connections}", f"-d{limit:.0f}s"]
+    command += ["--timeout", "30s", "-s", str(script), f"http://127.0.0.1:{ports[0]}/"]
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list(requests.glob("done_*"))) >= connections:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)  # wrk stops its threads and reports
+    out, err = proc.communicate()
+    cpu = cpu_seconds(pids) - before
+    line = next((ln for ln in out.splitlines() if ln.startswith("ARD ")), None)
+    if line is None:
+        raise SystemExit(f"wrk gave no figures: {out[-500:]} {err[-500:]}")
+    n, p50, p99, p999, peak, http, rpc, item, secs = line.split()[1:]
+    return Load(
+        label,
+        int(n),
+        float(p50),
+        float(p99),
+        float(p999),
+        float(peak),
+        int(http),
+        int(rpc),
+        int(item),
+        float(secs),
+        cpu,
+    )
 
 
-def run(label: str, folder: Path, database: str, replicas: int, args: argparse.Namespace) -> float:
-    with hubs(folder, database, replicas) as urls:
-        latencies = anyio.run(load, urls, args.agents, args.seconds)
-    return report(f"{label} ({args.agents} agents over HTTP)", latencies, args.seconds)
+# --- the run -----------------------------------------------------------------------------
 
 
 def fresh_schema(url: str, name: str) -> str:
@@ -191,43 +481,98 @@ def fresh_schema(url: str, name: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{name}"
 
 
-def benchmark(url: str, folder: Path, args: argparse.Namespace) -> None:
-    tag = uuid.uuid4().hex[:8]
-    sqlite = run("SQLite, 1 replica", folder / "sqlite", str(folder / "hub.sqlite"), 1, args)
-    one = run("PostgreSQL, 1 replica", folder / "pg1", fresh_schema(url, f"bench1_{tag}"), 1, args)
-    many = run(
-        f"PostgreSQL, {args.replicas} replicas",
-        folder / "pgn",
-        fresh_schema(url, f"bench{args.replicas}_{tag}"),
-        args.replicas,
-        args,
+def benchmark(folder: Path, args: argparse.Namespace, pg_url: str) -> None:
+    started = time.monotonic()
+    recording = anyio.run(record, folder, args.agents, args.ops, args.seed)
+    print(
+        f"recorded {len(recording.requests)} requests for {recording.ops} operations"
+        f" ({args.agents} agents) in {time.monotonic() - started:.1f} s;"
+        f" errors while recording: rpc {recording.rpc_errors}, item {recording.item_errors}"
     )
-    print(f"PostgreSQL 1 replica / SQLite 1 replica throughput: {one / sqlite:.3f}")
-    print(f"PostgreSQL {args.replicas} replicas / SQLite 1 replica throughput: {many / sqlite:.3f}")
+    per_op = recording.per_op
+    print(
+        "requests per logical operation: "
+        + ", ".join(f"{kind} {value:.2f}" for kind, value in per_op.items())
+    )
+    requests = lua_requests(folder / "requests", recording, args.connections)
+    total = len(recording.requests)
+    request_rate = args.rate * per_op["all"]
+
+    port = free_port()
+    trivial = folder / "trivial.py"
+    trivial.write_text(TRIVIAL_APP)
+    with servers([[sys.executable, str(trivial), str(port)]], [port]) as pids:
+        # Closed loop (everything due at once) finds the ceiling; then the same pace as the hub.
+        ceiling = wrk("trivial, closed loop", requests, [port], pids, 1e9, args.connections, total)
+        paced = wrk("trivial, paced", requests, [port], pids, request_rate, args.connections, total)
+    loads = []
+    setups: list[tuple[str, str, int]] = [("SQLite, 1 process", str(folder / "hub.sqlite"), 1)]
+    if pg_url:
+        tag = uuid.uuid4().hex[:8]
+        setups.append(("PostgreSQL, 1 process", fresh_schema(pg_url, f"b1_{tag}"), 1))
+        setups.append(
+            (
+                f"PostgreSQL, {args.replicas} replicas",
+                fresh_schema(pg_url, f"b{args.replicas}_{tag}"),
+                args.replicas,
+            )
+        )
+    for label, database, replicas in setups:
+        anyio.run(_prepare, database, args.agents)
+        place = folder / f"setup{len(loads)}"
+        place.mkdir(parents=True)
+        commands, ports = hub_commands(place, database, replicas)
+        with servers(commands, ports) as pids:
+            loads.append(wrk(label, requests, ports, pids, request_rate, args.connections, total))
+
+    print(f"offered: {args.rate:.0f} ops/s = {request_rate:.0f} requests/s")
+    print(ceiling.line(1.0) + "  [ceiling]")
+    print(paced.line(1.0))
+    for load in loads:
+        print(load.line(per_op["all"]))
+    trivial_cpu = paced.cpu_s / max(1, paced.completed)
+    for load in loads[1:]:
+        print(f"{load.label} / SQLite throughput: {load.rate / loads[0].rate:.3f}")
+    for load in loads:
+        hub_cpu = load.cpu_s * per_op["all"] / max(1, load.completed)
+        ratio = hub_cpu / trivial_cpu
+        print(f"{load.label}: hub CPU per operation / trivial CPU per request: {ratio:.2f}")
+
+
+async def _prepare(database: str, agents: int) -> None:
+    await prepare(
+        database if database.startswith("postgres") else Path(database), agents, migrate=True
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--agents", type=int, default=20)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rate", type=float, default=2000.0, help="offered operations/s")
+    parser.add_argument("--ops", type=int, default=8000, help="logical operations recorded")
+    parser.add_argument("--agents", type=int, default=200)
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (threads)")
     parser.add_argument("--replicas", type=int, default=2, help="PostgreSQL hub processes")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument(
         "--database", default="", help="a postgresql:// URL (default: a throwaway cluster)"
     )
     args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("this benchmark needs wrk (apt-get install wrk)")
     configure_logging("console", "warning", sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
-        if args.database:
-            benchmark(args.database, Path(tmp), args)
+        if args.skip_postgres or args.database:
+            benchmark(Path(tmp), args, "" if args.skip_postgres else args.database)
             return
         cluster = start_cluster({"synchronous_commit": "off"})
         try:
-            benchmark(cluster.url(), Path(tmp), args)
+            benchmark(Path(tmp), args, cluster.url())
         finally:
             cluster.stop()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as sock:

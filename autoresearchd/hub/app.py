@@ -22,25 +22,31 @@ a 400) and a value a store cannot hold is invalid params, not an outage to retry
 :func:`serve` runs the app under uvicorn over the store ``hub.database`` names (a SQLite
 file or ``sqlite:///`` URL, or a ``postgresql://`` URL that any number of replicas may
 share) until SIGTERM, which is a clean stop (exit 0); :func:`init_hub`
-creates the org and the admin key and seeds ``best/``; :func:`migrate_hub` applies
-PostgreSQL schema migrations. Nothing a guarantee rests on is kept in process memory:
-only the rate limits (per replica, as above) and a cache of orgs seen to exist (orgs are
-never dropped).
+creates the org and the admin key and seeds ``best/``; :func:`revoke_agent` makes a key
+unusable; :func:`migrate_hub` applies PostgreSQL schema migrations. Nothing a guarantee
+rests on is kept in process memory: only the rate limits (per replica, as above), a cache
+of orgs seen to exist (orgs are never dropped) and the store's cache of keys, which every
+change of an agent empties (:mod:`~autoresearchd.hub.keycache`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import anyio
 import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -90,11 +96,16 @@ from autoresearchd.hub.store import (
 from autoresearchd.hub.strictjson import JsonRefused
 from autoresearchd.models import sha256_text
 
+if TYPE_CHECKING:
+    import uvicorn
+
 log = structlog.get_logger(__name__)
 
 ADMIN = "admin"
 MAX_AUTH_BYTES = 4096
 MAX_CODE_CHARS = 128
+#: How long a stopping hub waits for each of its other workers to finish its requests.
+WORKER_STOP_S = 10.0
 
 
 def database_path(config: Config) -> str | Path:
@@ -423,30 +434,79 @@ def mailer_for(config: Config) -> Mailer | None:
         raise ConfigError(str(exc), path=str(config.source)) from None
 
 
-async def serve(config: Config, *, migrate: bool = False) -> None:
-    """Run the hub under uvicorn until cancelled or signalled; ``migrate`` first if asked."""
-    import uvicorn  # the server is needed only here, not by tests that drive the app
+async def serve(config: Config, *, migrate: bool = False, worker: bool = False) -> None:
+    """Run the hub under uvicorn until cancelled or signalled; ``migrate`` first if asked.
 
+    With ``hub.workers`` above one, this process starts the other workers (each a ``hub
+    serve --worker``) once the database is ready, all of them listening on one port
+    (``SO_REUSEPORT``: the kernel spreads connections), and stops them when it stops.
+    """
     mailer = mailer_for(config)
-    store = await open_store(database_path(config), migrate=migrate)
+    store = await open_store(database_path(config), migrate=migrate, pool_size=config.hub.pool_size)
     app = build_app(store, config.hub, mailer=mailer)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.hub.listen_host,
-            port=config.hub.listen_port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-        )
-    )
+    server = uvicorn_server(app, config.hub.listen_host, config.hub.listen_port)
+    shared = config.hub.workers > 1
+    sockets = [_listen(config.hub.listen_host, config.hub.listen_port)] if shared else None
+    others = [] if worker or not shared else _start_workers(config)
     log.info("hub_serving", host=config.hub.listen_host, port=config.hub.listen_port)
     try:
         with _sigterm_is_a_clean_stop():
-            await server.serve()
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(store.watch)
+                await server.serve(sockets=sockets)
+                tasks.cancel_scope.cancel()
     finally:
+        _stop_workers(others)
         await store.close()
     log.info("hub_stopped")
+
+
+def uvicorn_server(app: Any, host: str, port: int) -> uvicorn.Server:
+    """uvicorn as the hub runs it, with its C fast paths (httptools, and uvloop where the
+    caller's loop is uvloop) whenever they are installed, and no access log."""
+    import uvicorn  # the server is needed only here, not by tests that drive the app
+
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, access_log=False, lifespan="off"
+    )
+    return uvicorn.Server(config)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket that the other workers' sockets may share (``SO_REUSEPORT``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    return sock
+
+
+def _start_workers(config: Config) -> list[subprocess.Popen[bytes]]:
+    command = [sys.executable, "-m", "autoresearchd", "hub", "serve", "--worker"]
+    command += ["--config", str(config.source)]
+    return [subprocess.Popen(command) for _ in range(config.hub.workers - 1)]
+
+
+def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
+    for proc in workers:
+        proc.terminate()
+    for proc in workers:
+        try:
+            proc.wait(timeout=WORKER_STOP_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def fast_loop_options() -> dict[str, Any]:
+    """``anyio.run`` backend options that run the hub on uvloop when it is installed."""
+    return {"use_uvloop": True} if importlib.util.find_spec("uvloop") is not None else {}
 
 
 @contextmanager
@@ -477,6 +537,18 @@ async def init_hub(config: Config, baseline: Path | None) -> str:
         return await _init(store, org, baseline, time.time())
     finally:
         await store.close()
+
+
+async def revoke_agent(config: Config, name: str) -> bool:
+    """Revoke ``name``'s API key; every hub process on the database refuses it from now on
+    (PostgreSQL replicas once the notification reaches them). False: no such live key."""
+    store = await open_store(database_path(config))
+    try:
+        revoked = await store.revoke(name, time.time())
+    finally:
+        await store.close()
+    log.info("agent_revoked", agent=name, revoked=revoked)
+    return revoked
 
 
 async def migrate_hub(config: Config) -> str:

@@ -14,20 +14,26 @@ any ``UPDATE``, ``DELETE`` or ``TRUNCATE`` of it. Search ranks a ``tsvector`` of
 description and text with ``ts_rank`` normalised into [0, 1). Schema changes are the
 numbered :data:`MIGRATIONS`, applied under an advisory lock by :func:`migrate_database` (``hub
 migrate``); a store refuses to open a database whose schema is not the current one.
-Nothing is cached in process memory. Each replica keeps a pool of up to
-:data:`POOL_SIZE` connections.
+A read is one autocommit statement (one snapshot, no ``BEGIN``/``COMMIT`` round trips).
+The only thing held in process memory is the agent of each API key seen
+(:mod:`~autoresearchd.hub.keycache`), and only while :meth:`PostgresStore.watch` listens on
+:data:`AGENTS_CHANNEL`, which every change of an agent notifies in its own transaction.
+Each replica keeps a pool of up to ``hub.pool_size`` connections (:data:`POOL_SIZE`).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
+import anyio
 import psycopg
+import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from autoresearchd.errors import HubError
+from autoresearchd.hub.keycache import KeyCache
 from autoresearchd.hub.store import (
     COLUMNS,
     DASHBOARD_BACKFILL,
@@ -44,11 +50,14 @@ from autoresearchd.hub.store import (
     STANDING_UPSERT,
     Agent,
     AuditEntry,
+    CreateKey,
     Evidence,
     Hit,
     Memory,
     Needs,
     NewMemory,
+    Plan,
+    ReadKeys,
     ResultRow,
     Write,
     WriteOutcome,
@@ -57,14 +66,22 @@ from autoresearchd.hub.store import (
     memory_of,
     new_owner,
     result_of,
+    revoked_key_hash,
     search_text,
     unstorable,
 )
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
 POOL_SIZE = 10
 CONNECT_TIMEOUT_S = 30.0
+#: The channel a change of an agent (verified, forgotten, revoked) notifies on commit.
+AGENTS_CHANNEL = "autoresearchd_agents"
+#: How long :meth:`PostgresStore.watch` waits before listening again after losing its link.
+WATCH_RETRY_S = 1.0
 #: The advisory lock :func:`migrate_database` holds, so replicas starting together migrate once.
 MIGRATION_LOCK = 0x6875625F6D6967  # "hub_mig"
 
@@ -204,6 +221,8 @@ class PostgresStore:
     def __init__(self, url: str, pool: AsyncConnectionPool[Conn]) -> None:
         self.url = url
         self._pool = pool
+        # Off until watch() listens: without the notifications an entry could outlive a revoke.
+        self._keys: KeyCache[Agent] = KeyCache(enabled=False)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = False, pool_size: int = POOL_SIZE) -> Self:
@@ -254,15 +273,49 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise _unavailable(exc) from None
 
+    @asynccontextmanager
+    async def _statement(self) -> AsyncIterator[Conn]:
+        """A pooled connection for one autocommit statement: one snapshot, one round trip."""
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except (psycopg.DataError, UnicodeEncodeError) as exc:
+            raise unstorable(exc) from None
+        except psycopg.Error as exc:
+            raise _unavailable(exc) from None
+
     async def _one(self, sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
-        async with self._transaction() as conn:
+        async with self._statement() as conn:
             cur = await conn.execute(sql, params)
             return await cur.fetchone()
 
     async def _all(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        async with self._transaction() as conn:
+        async with self._statement() as conn:
             cur = await conn.execute(sql, params)
             return await cur.fetchall()
+
+    async def watch(self) -> None:
+        """Keep the key cache on while listening for changes of agents; runs until cancelled.
+
+        A lost link turns the cache off (and empties it) until listening again, so a
+        revoke is never missed, only looked up in the database meanwhile.
+        """
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT_S)
+                ) as conn:
+                    await conn.execute(f"LISTEN {AGENTS_CHANNEL}")
+                    self._keys.clear()
+                    self._keys.enabled = True
+                    async for _ in conn.notifies():
+                        self._keys.clear()
+            except psycopg.Error as exc:
+                log.warning("hub_key_cache_off", error=str(exc), retry_s=WATCH_RETRY_S)
+            finally:
+                self._keys.enabled = False
+                self._keys.clear()
+            await anyio.sleep(WATCH_RETRY_S)
 
     async def create_org(self, name: str, now: float) -> bool:
         async with self._transaction() as conn:
@@ -306,6 +359,7 @@ class PostgresStore:
                 (now, name, code_hash),
             )
             if cur.rowcount:
+                await _agents_changed(conn)
                 await _audit(conn, now, name, "verify", "", None)
                 return True
             cur = await conn.execute(
@@ -321,15 +375,39 @@ class PostgresStore:
                 (name, key_hash),
             )
             if cur.rowcount:
+                await _agents_changed(conn)
                 await _audit(conn, now, name, "forget", "", None)
             return bool(cur.rowcount)
 
+    async def revoke(self, name: str, now: float) -> bool:
+        async with self._transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE agents SET key_hash = %s WHERE name = %s"
+                " AND key_hash NOT LIKE 'revoked:%%'",
+                (revoked_key_hash(), name),
+            )
+            if cur.rowcount:
+                await _agents_changed(conn)
+                await _audit(conn, now, name, "revoke", "", None)
+            changed = bool(cur.rowcount)
+        if changed:
+            self._keys.clear()  # this replica at once; the others when notified
+        return changed
+
     async def agent_for(self, key_hash: str) -> Agent | None:
+        hit = self._keys.get(key_hash)
+        if hit is not None:
+            return hit
+        generation = self._keys.generation
         row = await self._one(
             "SELECT name, is_admin, verified, email FROM agents WHERE key_hash = %s",
             (key_hash,),
         )
-        return Agent(str(row[0]), bool(row[1]), bool(row[2]), str(row[3])) if row else None
+        if row is None:
+            return None
+        agent = Agent(str(row[0]), bool(row[1]), bool(row[2]), str(row[3]))
+        self._keys.put(key_hash, agent, generation)
+        return agent
 
     async def create(
         self,
@@ -364,6 +442,22 @@ class PostgresStore:
     ) -> WriteOutcome:
         async with self._transaction() as conn:
             return await _update(conn, Write(agent, item, now, policy, None, detail), if_match)
+
+    async def transact(self, plan: Plan[T]) -> T:
+        async with self._transaction() as conn:
+            answer: Any = None
+            try:
+                while True:
+                    step = plan.send(answer)
+                    if isinstance(step, ReadKeys):
+                        answer = await _read_keys(conn, step)
+                    elif isinstance(step, CreateKey):
+                        answer = await _create(conn, step.write)
+                    else:
+                        answer = await _update(conn, step.write, step.if_match)
+            except StopIteration as done:
+                result: T = done.value
+                return result
 
     async def list_keys(self, prefix: str, limit: int) -> list[Memory]:
         rows = await self._all(
@@ -446,6 +540,20 @@ async def _audit(
         " VALUES (%s, %s, %s, %s, %s, %s)",
         (now, agent, action, key, version, detail),
     )
+
+
+async def _agents_changed(conn: Conn) -> None:
+    """Tell every replica's key cache, on commit, that an agent changed."""
+    await conn.execute(f"NOTIFY {AGENTS_CHANNEL}")
+
+
+async def _read_keys(conn: Conn, step: ReadKeys) -> list[Memory | None]:
+    lock = " ORDER BY key_name FOR UPDATE" if step.lock else ""  # in one order: no deadlock
+    cur = await conn.execute(
+        f"SELECT {COLUMNS} FROM memories WHERE key_name = ANY(%s){lock}", (list(step.key_names),)
+    )
+    found = {memory.key_name: memory for memory in map(memory_of, await cur.fetchall())}
+    return [found.get(key) for key in step.key_names]
 
 
 async def _evidence(conn: Conn, needs: Needs) -> Evidence:

@@ -5,8 +5,9 @@ This speaks the Ensue wire protocol as the community's clients do
 with ``create_memory``, ``get_memory``, ``update_memory``, ``delete_memory``,
 ``list_keys``, ``search_memories`` and ``discover_memories``, the org tools ``share``,
 ``create_invite`` and ``claim_invite``, plus our ``best_history`` (the audited changes of
-one best metadata key, newest first); a tool's answer travels as JSON text in
-``result.content[0].text``. What the community's clients rely on:
+one best metadata key, newest first) and ``publish_result`` (a result, its markers and the
+bests it moves in one transaction: :mod:`~autoresearchd.hub.batch`); a tool's answer
+travels as JSON text in ``result.content[0].text``. What the community's clients rely on:
 
 - ``get_memory`` entries say ``"status": "success"`` (or ``not_found``) and carry values
   decoded: a value written as base64 comes back as its text (``base64: false``), unless
@@ -279,6 +280,9 @@ class Tools:
             "create_invite": self._agent(self.create_invite),
             "claim_invite": self._agent(self.claim_invite),
         }
+        from autoresearchd.hub.batch import TOOL, publish_result  # an extension; imports this
+
+        self._tools[TOOL] = self._agent(lambda agent, args: publish_result(self, agent, args))
 
     async def call(self, agent: Agent | None, call: Call) -> dict[str, Any]:
         tool = self._tools.get(call.tool)

@@ -12,8 +12,13 @@ same transaction. A ``results/`` record is indexed in the ``results`` table in t
 transaction that creates it (results are write-once), so a policy can count replicates
 with one indexed ``SELECT``; the same transaction adds the result to its agent's row in
 ``standings``, which the dashboard's leaderboard reads. Verification is one
-``UPDATE ... WHERE`` on the agent's code hash. :class:`SqliteStore` gives each worker
-thread its own connection in WAL mode and runs every call in a thread, off the event loop.
+``UPDATE ... WHERE`` on the agent's code hash. :class:`SqliteStore` (WAL mode) writes on
+one writer connection on the event loop, since a commit that does not wait for the disk
+costs less than a hand-off to a thread (a write lock held by another process is waited for
+in a thread instead); reads by key run inline too, while scans and searches, whose cost
+grows with the data, run in worker threads with a connection each, and a serving hub
+checkpoints the WAL in a thread. Several writes apply atomically as one :data:`Plan`.
+Each process caches the agent of an API key (:mod:`~autoresearchd.hub.keycache`).
 A value a database cannot hold (an integer past 64 bits, text that is not Unicode, NUL in
 PostgreSQL text) fails the write with a 400 :class:`HubError` from :func:`unstorable`: the
 request's fault, not an outage.
@@ -21,9 +26,10 @@ request's fault, not an outage.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +39,7 @@ import anyio.to_thread
 
 from autoresearchd.ensue import values
 from autoresearchd.errors import HubError
+from autoresearchd.hub.keycache import KeyCache
 
 SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 30.0
@@ -88,6 +95,8 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_by_key ON audit (key_name, seq);
+CREATE TABLE IF NOT EXISTS auth_epoch (n INTEGER NOT NULL);
+INSERT INTO auth_epoch (n) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM auth_epoch);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
@@ -373,6 +382,20 @@ class HubStore(Protocol):
         """The rows of one read-only query (``?`` placeholders), in one snapshot."""
         ...
 
+    async def revoke(self, name: str, now: float) -> bool:
+        """Make ``name``'s API key unusable, for every hub process on this database at
+        once (PostgreSQL replicas: once notified); False when it has no live key."""
+        ...
+
+    async def transact(self, plan: Plan[T]) -> T:
+        """Run ``plan``'s steps in one write transaction and return its result."""
+        ...
+
+    async def watch(self) -> None:
+        """Keep what this store caches true while the hub serves (until cancelled); a
+        store that needs nothing for it returns at once."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -399,7 +422,9 @@ def is_postgres_url(database: str | Path) -> bool:
     return isinstance(database, str) and database.startswith(POSTGRES_SCHEMES)
 
 
-async def open_store(database: str | Path, *, migrate: bool = False) -> HubStore:
+async def open_store(
+    database: str | Path, *, migrate: bool = False, pool_size: int | None = None
+) -> HubStore:
     """The store for ``hub.database``: a ``postgresql://`` URL or a SQLite file.
 
     A SQLite file brings its own schema up to date on open; a PostgreSQL database is
@@ -408,8 +433,20 @@ async def open_store(database: str | Path, *, migrate: bool = False) -> HubStore
     if is_postgres_url(database):
         from autoresearchd.hub.pg import PostgresStore  # psycopg only where it is used
 
-        return await PostgresStore.open(str(database), migrate=migrate)
+        if pool_size is None:
+            return await PostgresStore.open(str(database), migrate=migrate)
+        return await PostgresStore.open(str(database), migrate=migrate, pool_size=pool_size)
     return SqliteStore(Path(database))
+
+
+#: How often a serving hub checkpoints the WAL (in a thread), and the pages at which
+#: SQLite does it itself at a commit when no hub serves.
+CHECKPOINT_EVERY_S = 2.0
+AUTOCHECKPOINT_PAGES = 1000
+
+
+class _Busy(Exception):
+    """Another connection holds the database's write lock (SQLITE_BUSY)."""
 
 
 class SqliteStore:
@@ -420,6 +457,11 @@ class SqliteStore:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()  # guards the list of connections, not the data
+        self._writer: sqlite3.Connection | None = None  # never waits for the write lock
+        self._patient: sqlite3.Connection | None = None  # waits for it, in a thread
+        self._write_turn: anyio.CapacityLimiter | None = None
+        self._checkpointing = False
+        self._keys: KeyCache[Agent] = KeyCache()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -428,67 +470,128 @@ class SqliteStore:
         with self._translate(), _transaction(self._conn()) as conn:
             _prepare(conn)
 
+    def _connect(self, timeout_s: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        if self._checkpointing:
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+        with self._all_lock:
+            self._all.append(conn)
+        return conn
+
     def _conn(self) -> sqlite3.Connection:
+        """This thread's reading connection."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            self._local.conn = conn
-            with self._all_lock:
-                self._all.append(conn)
+            conn = self._local.conn = self._connect()
         return conn
 
     @contextmanager
-    def _translate(self) -> Iterator[None]:
+    def _translate(self, *, busy: bool = False) -> Iterator[None]:
+        """Database errors as HubErrors; with ``busy``, a write lock held elsewhere stays
+        :class:`_Busy`, for the caller to wait for it in a thread."""
         try:
             yield
         except (UnicodeEncodeError, OverflowError) as exc:  # raised binding a parameter
             raise unstorable(exc) from None
+        except _Busy:
+            if busy:
+                raise
+            raise HubError(f"{self.path}: the database stays locked", status=503) from None
         except sqlite3.Error as exc:
             raise HubError(f"{self.path}: database error: {exc}", status=503) from None
 
     async def _run(self, func: Callable[[sqlite3.Connection], T]) -> T:
+        """A read whose cost grows with the data (a scan, a search), in a worker thread."""
+
         def work() -> T:
             with self._translate():
                 return func(self._conn())
 
         return await anyio.to_thread.run_sync(work)
 
+    def _read(self, func: Callable[[sqlite3.Connection], T]) -> T:
+        """A read by primary key, on the calling thread: it takes microseconds, less than
+        the hand-off to a thread would, and a WAL reader never waits for the writer."""
+        with self._translate():
+            return func(self._conn())
+
+    async def _write(self, func: Callable[[sqlite3.Connection], T]) -> T:
+        """A write on the one writer connection, on the calling thread: with ``synchronous
+        = NORMAL`` a WAL commit does not wait for the disk, so a write takes about as long
+        as the hand-off to a thread would, and writes never queue on each other's locks.
+        When another process holds the write lock, the write waits for it in a thread,
+        one at a time, instead of blocking the event loop."""
+        if self._writer is None:
+            self._writer = self._connect(timeout_s=0.0)
+        try:
+            with self._translate(busy=True):
+                return func(self._writer)
+        except _Busy:
+            pass
+        if self._write_turn is None:
+            self._write_turn = anyio.CapacityLimiter(1)
+
+        def work() -> T:
+            if self._patient is None:
+                self._patient = self._connect()
+            with self._translate():
+                return func(self._patient)
+
+        return await anyio.to_thread.run_sync(work, limiter=self._write_turn)
+
+    async def watch(self) -> None:
+        """Checkpoint the WAL in a worker thread while the hub serves, so that no commit on
+        the event loop does it (and waits for the disk)."""
+        self._checkpointing = True
+        if self._writer is not None:
+            self._writer.execute("PRAGMA wal_autocheckpoint = 0")
+        try:
+            while True:
+                await anyio.sleep(CHECKPOINT_EVERY_S)
+                await anyio.to_thread.run_sync(self._checkpoint)
+        finally:
+            self._checkpointing = False
+            if self._writer is not None:
+                self._writer.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
+
+    def _checkpoint(self) -> None:
+        with self._translate():
+            self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     async def close(self) -> None:
         with self._all_lock:
             conns, self._all = self._all, []
+        self._writer = self._patient = None
         for conn in conns:
             conn.close()
 
     async def create_org(self, name: str, now: float) -> bool:
-        return await self._run(lambda c: _insert_org(c, name, now))
+        return await self._write(lambda c: _insert_org(c, name, now))
 
     async def org_exists(self, name: str) -> bool:
-        row = await self._run(
+        row = self._read(
             lambda c: c.execute("SELECT 1 FROM orgs WHERE name = ?", (name,)).fetchone()
         )
         return row is not None
 
     async def register(self, agent: Agent, key_hash: str, code_hash: str, now: float) -> bool:
-        return await self._run(lambda c: _insert_agent(c, agent, key_hash, code_hash, now))
+        return await self._write(lambda c: _insert_agent(c, agent, key_hash, code_hash, now))
 
     async def verify(self, name: str, code_hash: str, now: float) -> bool:
-        return await self._run(lambda c: _verify(c, name, code_hash, now))
+        return await self._write(lambda c: _verify(c, name, code_hash, now))
 
     async def forget(self, name: str, key_hash: str, now: float) -> bool:
-        return await self._run(lambda c: _forget(c, name, key_hash, now))
+        return await self._write(lambda c: _forget(c, name, key_hash, now))
+
+    async def revoke(self, name: str, now: float) -> bool:
+        return await self._write(lambda c: _revoke(c, name, now))
 
     async def agent_for(self, key_hash: str) -> Agent | None:
-        row = await self._run(
-            lambda c: c.execute(
-                "SELECT name, is_admin, verified, email FROM agents WHERE key_hash = ?",
-                (key_hash,),
-            ).fetchone()
-        )
-        return Agent(row[0], bool(row[1]), bool(row[2]), str(row[3])) if row else None
+        return self._read(lambda c: _agent_for(c, key_hash, self._keys))
 
     async def create(
         self,
@@ -500,12 +603,12 @@ class SqliteStore:
         result: ResultRow | None = None,
         detail: str = "",
     ) -> WriteOutcome:
-        return await self._run(
+        return await self._write(
             lambda c: _create(c, Write(agent, item, now, policy, result, detail))
         )
 
     async def get(self, key_names: Sequence[str]) -> list[Memory | None]:
-        return await self._run(lambda c: _get(c, key_names))
+        return self._read(lambda c: _get(c, key_names))
 
     async def update(
         self,
@@ -518,7 +621,10 @@ class SqliteStore:
         detail: str = "",
     ) -> WriteOutcome:
         write = Write(agent, item, now, policy, None, detail)
-        return await self._run(lambda c: _update(c, write, if_match))
+        return await self._write(lambda c: _update(c, write, if_match))
+
+    async def transact(self, plan: Plan[T]) -> T:
+        return await self._write(lambda c: _transact(c, plan))
 
     async def list_keys(self, prefix: str, limit: int) -> list[Memory]:
         return await self._run(lambda c: _list(c, prefix, limit))
@@ -570,6 +676,39 @@ class Write:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class ReadKeys:
+    """A step of a :data:`Plan`: the stored rows of ``key_names`` (None where absent), in
+    order; ``lock`` holds them until the plan's transaction ends (PostgreSQL's ``FOR
+    UPDATE``; in SQLite the plan holds the database's one write lock anyway)."""
+
+    key_names: tuple[str, ...]
+    lock: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CreateKey:
+    """A step of a :data:`Plan`: create-if-absent under ``write.policy``; a WriteOutcome."""
+
+    write: Write
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateKey:
+    """A step of a :data:`Plan`: compare-and-set under ``write.policy``; a WriteOutcome."""
+
+    write: Write
+    if_match: int | None
+
+
+Step = ReadKeys | CreateKey | UpdateKey
+#: Several reads and writes applied in one transaction: a generator that yields each
+#: :data:`Step` and is sent its answer (a list of Memory | None for a read, a WriteOutcome
+#: for a write); what it returns is the plan's result. Plans hold no I/O of their own, so
+#: both stores run the same plan, SQLite on its writer thread and PostgreSQL on the loop.
+Plan = Generator[Step, Any, T]
+
+
 def _prepare(conn: sqlite3.Connection) -> None:
     """Create the schema, or bring a schema 1 database up to date."""
     for statement in filter(str.strip, SCHEMA.split(";\n")):
@@ -592,7 +731,16 @@ def _prepare(conn: sqlite3.Connection) -> None:
 
 @contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    conn.execute("BEGIN IMMEDIATE")
+    nested = conn.in_transaction  # a step of a plan: the plan's transaction holds it
+    if nested:
+        yield conn
+        return
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+            raise _Busy from None  # nothing was done: the write may run again elsewhere
+        raise
     try:
         yield conn
     except BaseException:
@@ -675,6 +823,47 @@ def _insert_agent(
         return bool(cur.rowcount)
 
 
+def _agents_changed(conn: sqlite3.Connection) -> None:
+    """Tell every process's key cache, through the database, that an agent changed."""
+    conn.execute("UPDATE auth_epoch SET n = n + 1")
+
+
+def _agent_for(conn: sqlite3.Connection, key_hash: str, cache: KeyCache[Agent]) -> Agent | None:
+    # The marker first: a change committed between the two reads empties the cache on the
+    # next lookup, so what the second read saw cannot outlive it.
+    row = conn.execute("SELECT n FROM auth_epoch").fetchone()
+    cache.seen(row[0] if row else None)
+    hit = cache.get(key_hash)
+    if hit is not None:
+        return hit
+    generation = cache.generation
+    row = conn.execute(
+        "SELECT name, is_admin, verified, email FROM agents WHERE key_hash = ?", (key_hash,)
+    ).fetchone()
+    if row is None:
+        return None
+    agent = Agent(row[0], bool(row[1]), bool(row[2]), str(row[3]))
+    cache.put(key_hash, agent, generation)
+    return agent
+
+
+def revoked_key_hash() -> str:
+    """What replaces a revoked key's hash: no sha256 hex digest, so no key matches it."""
+    return f"revoked:{secrets.token_hex(16)}"
+
+
+def _revoke(conn: sqlite3.Connection, name: str, now: float) -> bool:
+    with _transaction(conn):
+        cur = conn.execute(
+            "UPDATE agents SET key_hash = ? WHERE name = ? AND key_hash NOT LIKE 'revoked:%'",
+            (revoked_key_hash(), name),
+        )
+        if cur.rowcount:
+            _agents_changed(conn)
+            _audit(conn, now, name, "revoke", "", None)
+        return bool(cur.rowcount)
+
+
 def _verify(conn: sqlite3.Connection, name: str, code_hash: str, now: float) -> bool:
     with _transaction(conn):
         cur = conn.execute(
@@ -683,6 +872,7 @@ def _verify(conn: sqlite3.Connection, name: str, code_hash: str, now: float) -> 
             (now, name, code_hash),
         )
         if cur.rowcount:
+            _agents_changed(conn)
             _audit(conn, now, name, "verify", "", None)
             return True
         row = conn.execute(
@@ -699,6 +889,7 @@ def _forget(conn: sqlite3.Connection, name: str, key_hash: str, now: float) -> b
             (name, key_hash),
         )
         if cur.rowcount:
+            _agents_changed(conn)
             _audit(conn, now, name, "forget", "", None)
         return bool(cur.rowcount)
 
@@ -824,16 +1015,35 @@ def _index_result(conn: sqlite3.Connection, row: ResultRow, now: float) -> None:
 def _get(conn: sqlite3.Connection, key_names: Sequence[str]) -> list[Memory | None]:
     conn.execute("BEGIN")  # one snapshot for every key, so pairs read together agree
     try:
-        found = {}
-        for key in key_names:
-            row = conn.execute(
-                f"SELECT {COLUMNS} FROM memories WHERE key_name = ?", (key,)
-            ).fetchone()
-            if row:
-                found[key] = memory_of(row)
+        return _get_in(conn, key_names)
     finally:
         conn.execute("COMMIT")
+
+
+def _get_in(conn: sqlite3.Connection, key_names: Sequence[str]) -> list[Memory | None]:
+    found = {}
+    for key in key_names:
+        row = conn.execute(f"SELECT {COLUMNS} FROM memories WHERE key_name = ?", (key,)).fetchone()
+        if row:
+            found[key] = memory_of(row)
     return [found.get(key) for key in key_names]
+
+
+def _transact(conn: sqlite3.Connection, plan: Plan[T]) -> T:
+    with _transaction(conn):
+        answer: Any = None
+        try:
+            while True:
+                step = plan.send(answer)
+                if isinstance(step, ReadKeys):
+                    answer = _get_in(conn, step.key_names)
+                elif isinstance(step, CreateKey):
+                    answer = _create(conn, step.write)
+                else:
+                    answer = _update(conn, step.write, step.if_match)
+        except StopIteration as done:
+            result: T = done.value
+            return result
 
 
 def _update(conn: sqlite3.Connection, write: Write, if_match: int | None) -> WriteOutcome:

@@ -322,6 +322,7 @@ class EnsueMemory:
             max_backoff_s=max_backoff_s,
         )
         self._state = MemoryState.UNOPENED
+        self._one_call_publish = True  # until the hub says it has no publish_result
 
     async def __aenter__(self) -> Self:
         if self._state is not MemoryState.UNOPENED:
@@ -607,6 +608,10 @@ class EnsueMemory:
     # --- results and bests -----------------------------------------------------------------
 
     async def publish(self, result: Result) -> PublishOutcome:
+        if self._one_call_publish:
+            outcome = await self._publish_in_one_call(result)
+            if outcome is not None:
+                return outcome
         created, stored, key = await self._store_result(result)
         marker = {"result_key": key, "result_id": stored.id, "agent_id": stored.agent_id}
         await self._create(self._runs_key(stored.track, stored.train_py_sha256), json.dumps(marker))
@@ -619,6 +624,98 @@ class EnsueMemory:
             best_improved=list(moved),
         )
         return PublishOutcome(created=created, best_improved=moved)
+
+    async def _publish_in_one_call(self, result: Result) -> PublishOutcome | None:
+        """Publish with our hub's ``publish_result`` (the result, its markers and the bests
+        in one transaction); None on a hub without it, which then gets the plain tools."""
+        record = json.dumps(records.result_record(result, global_best=_best_then(result)))
+        marker = {"result_id": result.id}
+        bests: list[dict[str, Any]] = []
+        labels: list[str | None] = []
+        bpb = result.best_bpb
+        # The hub fills in result_key and the previous best's fields on the row it replaces.
+        org_track = (self.org_track if self.org_track == self.primary_track else None) == (
+            result.track
+        )
+        if result.status is Status.KEEP and bpb is not None and math.isfinite(bpb):
+            for tier in (None, *([result.vram_tier] if result.vram_tier else [])):
+                base = self._best_base(result.track, tier)
+                best = self._batched_best(result, tier, bpb)
+                bests.append(
+                    {
+                        "metadata_key": base + "metadata",
+                        "value": _encode(json.dumps(best)),
+                        "base64": True,
+                        "train_py_key": base + "train_py",
+                        "train_py": _encode(result.train_py),
+                        "org_track": org_track,
+                    }
+                )
+                labels.append(tier or "track")
+            agent_key = self.root + keys.agent_best(
+                slug(result.agent_id), result.track, self.primary_track
+            )
+            best = self._batched_best(result, None, bpb)
+            bests.append(
+                {
+                    "metadata_key": agent_key,
+                    "value": _encode(json.dumps(best)),
+                    "base64": True,
+                    "org_track": org_track,
+                }
+            )
+            labels.append(None)
+        published = f"{self.root}published/{slug(result.id)}--{_short_hash(result.id, 6)}"
+        runs = self._runs_key(result.track, result.train_py_sha256)
+        arguments = {
+            "result": {
+                "key_names": list(self._result_keys(result)),
+                "value": _encode(record),
+                "base64": True,
+                "description": records.description_result(result),
+            },
+            "markers": [
+                {"key_name": published, "value": _encode(json.dumps(marker)), "base64": True},
+                {
+                    "key_name": runs,
+                    "value": _encode(json.dumps({**marker, "agent_id": result.agent_id})),
+                    "base64": True,
+                },
+            ],
+            "bests": bests,
+        }
+        self._check_open()
+        reply = await self._rpc.call(
+            "publish_result", arguments, key=published, tolerate=NO_SUCH_TOOL
+        )
+        if reply.error_code is not None:
+            self._one_call_publish = False
+            return None
+        payload = reply.payload
+        if payload.get("status") != "ok":
+            raise MemoryBackendError(
+                f"publish_result: {payload.get('error', payload.get('status'))}",
+                backend=BACKEND,
+                key=published,
+            )
+        statuses = [b.get("status") if isinstance(b, dict) else None for b in payload["bests"]]
+        for item, status in zip(bests, statuses, strict=False):
+            if status == "foreign":
+                self._foreign(item["metadata_key"], result.track, "another track (hub)")
+        moved = tuple(
+            label
+            for label, status in zip(labels, statuses, strict=False)
+            if label is not None and status == "moved"
+        )
+        created = payload.get("created") is True
+        log.debug("result_stored", backend=BACKEND, result_id=result.id, created=created)
+        return PublishOutcome(created=created, best_improved=moved)
+
+    def _batched_best(self, result: Result, tier: str | None, bpb: float) -> dict[str, Any]:
+        """A best's metadata for ``publish_result``, as the plain path writes it."""
+        return records.best_record(
+            result, result_key="", tier=tier, bpb=bpb, now=self._clock(), previous={}
+        )
 
     async def _store_result(self, result: Result) -> tuple[bool, Result, str]:
         """Store by id: (created, the stored result, its key). A replay returns the original.
@@ -683,16 +780,20 @@ class EnsueMemory:
         declared = self.org_track if self.org_track == self.primary_track else None
         if records.best_track_confirmed(current, track, declared):
             return True
+        self._foreign(key, track, current.get("track") or "none named")
+        return False
+
+    def _foreign(self, key: str, track: str, found: object) -> None:
+        """Log, once per key, a best left alone because it is of another track."""
         if key not in self._foreign_bests:
             self._foreign_bests.add(key)
             log.warning(
                 "best_not_ours",
                 key=key,
                 track=track,
-                found=current.get("track") or "none named",
+                found=found,
                 hint="set memory.org_track to the org's own track",
             )
-        return False
 
     async def _move_best(self, meta_key: str, train_key: str | None, best: _BestMove) -> bool:
         """Compare-and-set the best metadata, then its source; True if we moved it.
