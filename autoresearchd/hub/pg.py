@@ -510,6 +510,7 @@ class PostgresStore:
                 (now, name),
             )
             if cur.rowcount:
+                await _agents_changed(conn)  # a cached unverified agent must not outlive it
                 await _audit(conn, now, name, "verify", "", None)
             return bool(cur.rowcount)
 

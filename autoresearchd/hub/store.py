@@ -636,10 +636,10 @@ class SqliteStore:
         return await self._run(lambda c: _history(c, key_name, limit))
 
     async def delete(self, agent: Agent, key_name: str, now: float) -> bool:
-        return await self._run(lambda c: _delete(c, agent.name, key_name, now))
+        return await self._write(lambda c: _delete(c, agent.name, key_name, now))
 
     async def mark_verified(self, name: str, now: float) -> bool:
-        return await self._run(lambda c: _mark_verified(c, name, now))
+        return await self._write(lambda c: _mark_verified(c, name, now))
 
     async def select(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         return await self._run(lambda c: _select(c, sql, params))
@@ -914,6 +914,7 @@ def _mark_verified(conn: sqlite3.Connection, name: str, now: float) -> bool:
             (now, name),
         )
         if cur.rowcount:
+            _agents_changed(conn)  # a cached unverified agent must not outlive the invite
             _audit(conn, now, name, "verify", "", None)
         return bool(cur.rowcount)
 
