@@ -62,6 +62,7 @@ from autoresearchd.hub.store import (
     Write,
     WriteOutcome,
     WritePolicy,
+    indexed,
     like_prefix,
     memory_of,
     new_owner,
@@ -527,6 +528,13 @@ class PostgresStore:
 DOCUMENT = "to_tsvector('simple', %s || ' ' || %s || ' ' || %s)"
 
 
+def _document(item: NewMemory, description: str) -> tuple[str, str, str]:
+    """The key, description and text :data:`DOCUMENT` indexes; nothing for a marker."""
+    if not indexed(item.key_name):
+        return "", "", ""
+    return item.key_name, description, search_text(item)
+
+
 async def _audit(
     conn: Conn,
     now: float,
@@ -600,7 +608,6 @@ async def _create(conn: Conn, write: Write) -> WriteOutcome:
     refusal = await _refusal(conn, write.policy, None)
     if refusal:
         return WriteOutcome(reason=REASON_REFUSED, detail=refusal)
-    body = search_text(item)
     cur = await conn.execute(
         f"INSERT INTO memories ({COLUMNS}, document)"
         f" VALUES (%s, %s, %s, %s, %s, 1, %s, %s, %s, {DOCUMENT})"
@@ -614,9 +621,7 @@ async def _create(conn: Conn, write: Write) -> WriteOutcome:
             now,
             now,
             agent.verified,
-            item.key_name,
-            item.description,
-            body,
+            *_document(item, item.description),
         ),
     )
     if not cur.rowcount:  # a concurrent create committed first: it won
@@ -671,7 +676,6 @@ async def _update(conn: Conn, write: Write, if_match: int | None) -> WriteOutcom
     refusal = await _refusal(conn, write.policy, current)
     if refusal:
         return WriteOutcome(reason=REASON_REFUSED, detail=refusal)
-    body = search_text(item)
     cur = await conn.execute(
         "UPDATE memories SET value = %s, is_base64 = %s, version = version + 1,"
         f" updated_at = %s, owner = %s, document = {DOCUMENT}"
@@ -681,9 +685,7 @@ async def _update(conn: Conn, write: Write, if_match: int | None) -> WriteOutcom
             item.is_base64,
             now,
             new_owner(write, current),
-            item.key_name,
-            current.description,
-            body,
+            *_document(item, current.description),
             item.key_name,
             current.version,
         ),

@@ -404,9 +404,22 @@ def decode_text(value: str, is_base64: bool) -> str | None:
     return values.decode(value, is_base64)
 
 
+#: Org-relative prefixes that search never needs to find: run and publish markers (one per
+#: result, and most of a publish's writes) and the hub's own rows.
+UNINDEXED = ("runs/", "published/", ".hub/")
+
+
+def indexed(key_name: str) -> bool:
+    """Whether search indexes ``key_name``: every record but the markers of ``UNINDEXED``."""
+    return not key_name.partition("/")[2].startswith(UNINDEXED)
+
+
 def search_text(item: NewMemory) -> str:
     """What search indexes of a value: its text, with NULs (which PostgreSQL text cannot
-    hold, though a base64 value may decode to them) as spaces; binary values index nothing."""
+    hold, though a base64 value may decode to them) as spaces; binary values and keys
+    search does not index give nothing."""
+    if not indexed(item.key_name):
+        return ""
     return (decode_text(item.value, item.is_base64) or "").replace("\x00", " ")
 
 
@@ -976,11 +989,11 @@ def _create(conn: sqlite3.Connection, write: Write) -> WriteOutcome:
         )
         if not cur.rowcount:  # a writer that does not lock on read got there first
             return WriteOutcome(reason=REASON_EXISTS, current_version=1)
-        body = search_text(item)
-        conn.execute(
-            "INSERT INTO memories_fts (rowid, key_name, description, body) VALUES (?, ?, ?, ?)",
-            (cur.lastrowid, item.key_name, item.description, body),
-        )
+        if indexed(item.key_name):
+            conn.execute(
+                "INSERT INTO memories_fts (rowid, key_name, description, body) VALUES (?, ?, ?, ?)",
+                (cur.lastrowid, item.key_name, item.description, search_text(item)),
+            )
         if write.result is not None:
             _index_result(conn, write.result, now)
         _audit(conn, now, agent.name, "create", item.key_name, 1, write.detail)

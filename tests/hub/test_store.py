@@ -273,3 +273,15 @@ async def test_values_round_trip_exactly_and_binary_has_no_text(store: HubStore)
     assert text_row is not None and (text_row.value, text_row.description) == (value, "d")
     assert (text_row.created_at, text_row.verified) == (1.5, True)
     assert binary is not None and binary.is_base64 and binary.text is None
+
+
+async def test_search_finds_records_but_never_run_or_publish_markers(store: HubStore) -> None:
+    idea = "raise the matrix learning rate to 0.05"
+    for key in ("@o/claims/a", "@o/runs/t--abc", "@o/published/r--1", "@o/.hub/share"):
+        await store.create(ALICE, NewMemory(key, json.dumps({"description": idea}), False), 0.0)
+    found = await store.search(idea, "@o/", 10)
+    assert [hit.memory.key_name for hit in found] == ["@o/claims/a"]
+    # An update of a marker indexes nothing either.
+    marker = NewMemory("@o/runs/t--abc", json.dumps({"note": idea}), False)
+    assert (await store.update(ALICE, marker, 1, ANYONE, 1.0)).version == 2
+    assert [hit.memory.key_name for hit in await store.search(idea, "@o/", 10)] == ["@o/claims/a"]
