@@ -45,7 +45,7 @@ interval over the seeds (both arms of a seed resampled together). Last, the wors
 ratio and loss share. Goal: ratio >= 1.5 with <= 5 % of true improvements lost, on every
 family.
 Usage: ``python benchmarks/early_stopping.py [--seeds N] [--candidates N]
-[--family all|scaling|powerlaw]`` (about three minutes on one core).
+[--family all|scaling|powerlaw]`` (about four minutes on one core).
 """
 
 from __future__ import annotations
