@@ -25,6 +25,7 @@ from autoresearchd.ensue.errors import (
     CONFLICT,
     FORBIDDEN,
     ITEM_CODES,
+    METHOD_NOT_FOUND,
     NOT_FOUND,
     TOOL_FAILED,
 )
@@ -33,6 +34,9 @@ JSONRPC = "2.0"
 TOOLS_CALL = "tools/call"
 #: How plain-text tool errors from servers that send no code read, first match wins.
 _TEXT_CODES = (
+    # An MCP server answers a tool it lacks with an isError text ("Unknown tool: x"), not a
+    # JSON-RPC error: a client probing for an extension must read that as "no such tool".
+    (re.compile(r"unknown tool|no such tool|tool \S+ not found", re.I), METHOD_NOT_FOUND),
     (re.compile(r"already exists|\bexists\b", re.I), CONFLICT),
     (re.compile(r"not found|does not exist|no such", re.I), NOT_FOUND),
     (re.compile(r"forbidden|not allowed|permission|refused|denied", re.I), FORBIDDEN),

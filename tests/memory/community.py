@@ -45,6 +45,10 @@ class Key:
     description: str
 
 
+#: The tools the public network has; any other gets its "Unknown tool" answer.
+TOOLS = frozenset({"create_memory", "get_memory", "update_memory", "list_keys", "search_memories"})
+
+
 @dataclass
 class PublicNetwork:
     """The public Ensue network's behaviour, as the recorded session shows it."""
@@ -61,9 +65,14 @@ class PublicNetwork:
         body = json.loads(request.content)
         tool, arguments = body["params"]["name"], body["params"]["arguments"]
         self.calls.append((tool, arguments))
-        handler: Callable[[dict[str, Any]], tuple[dict[str, Any], bool]] = getattr(self, tool)
-        payload, failed = handler(arguments)
-        result: dict[str, Any] = {"content": [{"type": "text", "text": json.dumps(payload)}]}
+        handler: Callable[[dict[str, Any]], tuple[dict[str, Any], bool]] | None
+        handler = getattr(self, tool, None) if tool in TOOLS else None
+        if handler is None:  # as an MCP server answers a tool it lacks: a plain-text error
+            text, failed = f"Unknown tool: {tool}", True
+        else:
+            payload, failed = handler(arguments)
+            text = json.dumps(payload)
+        result: dict[str, Any] = {"content": [{"type": "text", "text": text}]}
         if failed:
             result["isError"] = True
         message = {"jsonrpc": "2.0", "id": body["id"], "result": result}
