@@ -46,9 +46,9 @@ from torch import nn  # noqa: E402
 from autoresearchd.errors import DataError  # noqa: E402
 from autoresearchd.harness.data import BatchSampler, TrackData, load_track  # noqa: E402
 from autoresearchd.harness.evaluation import evaluate_bpb  # noqa: E402
-from autoresearchd.harness.prepare import prepare_track  # noqa: E402
-from autoresearchd.harness.tokenizer import VOCAB_SIZE  # noqa: E402
-from autoresearchd.harness.tracks import DEFAULT_DATA_DIR, get_track  # noqa: E402
+from autoresearchd.tracks.definitions import DEFAULT_DATA_DIR, get_track  # noqa: E402
+from autoresearchd.tracks.prepare import prepare_track  # noqa: E402
+from autoresearchd.tracks.tokenizer import VOCAB_SIZE  # noqa: E402
 
 # =====================================================================================
 # Hyperparameters: the mutator edits these literals and nothing else (DESIGN.md, 2).

@@ -35,7 +35,7 @@ from autoresearchd.config import ProposerConfig
 from autoresearchd.errors import MutationError, ProposalError
 from autoresearchd.models import Candidate, Result, sha256_text
 from autoresearchd.mutation import Param, describe, parse_params
-from autoresearchd.proposers import EMPTY_CONTEXT, IsKnown, ProposalContext
+from autoresearchd.proposal import EMPTY_CONTEXT, IsKnown, ProposalContext
 from autoresearchd.trust import check_params_only
 
 log = structlog.get_logger(__name__)

@@ -52,7 +52,6 @@ from autoresearchd.control import (
 )
 from autoresearchd.errors import AutoresearchdError, ConfigError, DataError
 from autoresearchd.gpus import Discovery, Gpus, plan_devices, select_gpus
-from autoresearchd.harness.prepare import prepare_track
 from autoresearchd.health import backoff_delay
 from autoresearchd.memory import open_memory
 from autoresearchd.models import Device
@@ -61,6 +60,7 @@ from autoresearchd.outbox import Outbox
 from autoresearchd.publisher import Publisher
 from autoresearchd.runner import prune_runs
 from autoresearchd.sandbox import open_sandbox
+from autoresearchd.tracks.prepare import prepare_track
 from autoresearchd.worker import Worker, WorkerContext
 
 log = structlog.get_logger(__name__)

@@ -1,4 +1,4 @@
-"""Plain data shared by every layer: devices, candidates, summaries, results and bests.
+"""Plain data shared by every layer: devices, candidates, summaries, results, bests and notes.
 
 These are frozen dataclasses with no behaviour beyond conversion to and from the
 community's JSON record shape (``to_record`` / ``from_record``). Nothing here does I/O,
@@ -213,3 +213,25 @@ class Best:
     def from_record(cls, record: Mapping[str, Any]) -> Best:
         names = cls.__dataclass_fields__.keys()
         return cls(**{key: value for key, value in record.items() if key in names})
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A hypothesis or insight shared with the swarm (community record shape in ``value``)."""
+
+    key: str
+    agent_id: str
+    value: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class BestChange:
+    """One move of a best: when (by the memory's clock: the hub's for a hub), to what, by whom."""
+
+    at: float
+    agent_id: str
+    val_bpb: float
+    description: str
+    train_py_sha256: str
+    result_id: str

@@ -34,10 +34,10 @@ import anyio
 import httpx
 import psycopg
 
-from autoresearchd.hub.pgcluster import start_cluster
 from autoresearchd.logs import configure_logging
 from autoresearchd.memory.ensue import EnsueMemory
 from autoresearchd.models import Result, Status, sha256_text
+from autoresearchd.testing.pgcluster import start_cluster
 
 ORG = "bench"
 TRACK = "synthetic"

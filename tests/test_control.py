@@ -22,11 +22,11 @@ from autoresearchd.control import (
     status_line,
 )
 from autoresearchd.errors import ControlError, DaemonNotRunning, TransientMemoryError
-from autoresearchd.harness.prepare import prepare_track
 from autoresearchd.memory import SqliteMemory
 from autoresearchd.models import Device
 from autoresearchd.report import status_text
 from autoresearchd.testing import plan_script, write_plan
+from autoresearchd.tracks.prepare import prepare_track
 
 from .daemon_process import DaemonProcess, cli, wait_for, write_config
 

@@ -22,9 +22,9 @@ from structlog.testing import capture_logs
 from autoresearchd import daemon as daemon_module
 from autoresearchd.control import status_line
 from autoresearchd.daemon import Daemon
-from autoresearchd.harness.prepare import prepare_track
 from autoresearchd.report import status_text
 from autoresearchd.testing import plan_script, write_plan
+from autoresearchd.tracks.prepare import prepare_track
 from tests.memory.conformance import make_result
 
 from . import daemon_process

@@ -17,10 +17,10 @@ from types import ModuleType
 
 import pytest
 
-from autoresearchd.harness import prepare_track
 from autoresearchd.models import KNOWN_METRICS, Summary
 from autoresearchd.mutation import parse_params
 from autoresearchd.summary import parse_result_json, parse_summary_text
+from autoresearchd.tracks import prepare_track
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_PY = ROOT / "train.py"

@@ -76,8 +76,8 @@ from autoresearchd.hub.store import (
     HubStore,
     NewMemory,
     is_postgres_url,
-    open_store,
 )
+from autoresearchd.hub.store_auto import open_store
 from autoresearchd.hub.strictjson import JsonRefused
 from autoresearchd.models import sha256_text
 

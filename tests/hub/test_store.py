@@ -33,8 +33,8 @@ from autoresearchd.hub.store import (
     WriteOutcome,
     WritePolicy,
     is_postgres_url,
-    open_store,
 )
+from autoresearchd.hub.store_auto import open_store
 
 pytestmark = pytest.mark.anyio
 

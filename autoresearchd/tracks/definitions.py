@@ -17,7 +17,7 @@ from typing import Literal
 
 from autoresearchd.config import DEFAULT_STATE_DIR, DEFAULT_TIME_BUDGET_S
 from autoresearchd.errors import DataError
-from autoresearchd.harness.markov import MarkovSpec, entropy_bits
+from autoresearchd.tracks.markov import MarkovSpec, entropy_bits
 
 #: Where prepared data lives unless told otherwise; matches the config's ``<state_dir>/data``.
 DEFAULT_DATA_DIR = DEFAULT_STATE_DIR / "data"

@@ -1,7 +1,7 @@
 """Prepare a track's data on disk, idempotently and without torch.
 
 Layout under ``<data_dir>/<track.dirname>/``: ``train.bin`` and ``val.bin`` hold raw
-tokens (one byte each, see :mod:`autoresearchd.harness.tokenizer`) and ``meta.json``
+tokens (one byte each, see :mod:`autoresearchd.tracks.tokenizer`) and ``meta.json``
 describes them. ``meta.json`` is written last, so its presence with a matching
 fingerprint means the data is complete; a second call returns at once. The daemon calls
 :func:`prepare_track` before runs; train.py calls it too, so a bare run works.
@@ -18,9 +18,9 @@ from typing import Any
 import structlog
 
 from autoresearchd.errors import DataError
-from autoresearchd.harness.download import download
-from autoresearchd.harness.markov import MarkovSource
-from autoresearchd.harness.tracks import VAL_FRACTION, Track, get_track
+from autoresearchd.tracks.definitions import VAL_FRACTION, Track, get_track
+from autoresearchd.tracks.download import download
+from autoresearchd.tracks.markov import MarkovSource
 
 log = structlog.get_logger(__name__)
 
