@@ -38,6 +38,7 @@ from autoresearchd.config import (
 )
 from autoresearchd.errors import RunError
 from autoresearchd.models import Candidate, Device, Summary
+from autoresearchd.procgroup import stop_group
 from autoresearchd.sandbox import scrub_env
 from autoresearchd.summary import parse_result_json, parse_summary_text
 
@@ -366,31 +367,15 @@ class _Group:
     async def end(self) -> None:
         if self._ended:
             return
-        if self.process.returncode is None:
-            await self._terminate()
         # Also reaches children that outlived the leader: they are orphans now.
-        _signal_group(self.process.pid, signal.SIGKILL)
-        await self.process.wait()
-        self._ended = True
-
-    async def _terminate(self) -> None:
-        _signal_group(self.process.pid, signal.SIGTERM)
-        with anyio.move_on_after(self.spec.kill_grace_s):
-            await self.process.wait()
-        if self.process.returncode is None:
+        if await stop_group(self.process, self.spec.kill_grace_s):
             log.warning(
                 "run_killed",
                 run_id=self.spec.run_id,
                 pid=self.process.pid,
                 kill_grace_s=self.spec.kill_grace_s,
             )
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass  # the whole group has already exited
+        self._ended = True
 
 
 class _LogSink:

@@ -80,6 +80,7 @@ from autoresearchd.hub.store import (
 from autoresearchd.hub.store_auto import open_store
 from autoresearchd.hub.strictjson import JsonRefused
 from autoresearchd.models import sha256_text
+from autoresearchd.statedir import StateDir
 
 log = structlog.get_logger(__name__)
 
@@ -95,7 +96,7 @@ def database_path(config: Config) -> str | Path:
     if is_postgres_url(database):
         return database
     if not database:
-        return config.daemon.state_dir / "hub.sqlite"
+        return StateDir(config.daemon.state_dir).hub_database
     if database.startswith(SQLITE_URL):
         database = database[len(SQLITE_URL) :]
     path = Path(database).expanduser()
