@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-#: Upper bounds (GB, inclusive) of the VRAM tiers from DESIGN.md; above the last is "xl".
+#: Upper bounds (GB, inclusive) of the VRAM tiers (docs/architecture.md, contract 3);
+#: above the last is "xl".
 TIER_BOUNDS_GB: tuple[tuple[str, float], ...] = (("small", 16), ("medium", 24), ("large", 48))
 CPU_TIER = "cpu"
 
@@ -33,7 +34,7 @@ KNOWN_METRICS: tuple[str, ...] = (
 
 
 class Status(StrEnum):
-    """The outcome of one run (DESIGN.md, contract 3)."""
+    """The outcome of one run (docs/architecture.md, contract 3)."""
 
     KEEP = "keep"
     DISCARD = "discard"
@@ -134,7 +135,7 @@ class Summary:
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """One run's record, as published to the collective memory (DESIGN.md, contract 3).
+    """One run's record, as published to the collective memory (docs/architecture.md, contract 3).
 
     Field names follow the community's records where one exists (``agent_id``,
     ``val_bpb``, ``memory_gb``, ``vram_tier``, ``status``, ``description``, ``train_py``,

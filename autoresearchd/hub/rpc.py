@@ -1,6 +1,6 @@
 """The hub's JSON-RPC layer: validate a request, run one Ensue tool, shape the reply.
 
-This speaks the Ensue wire protocol (DESIGN.md, contract 4): ``tools/call`` with
+This speaks the Ensue wire protocol (docs/architecture.md, contract 4): ``tools/call`` with
 ``create_memory``, ``get_memory``, ``update_memory``, ``list_keys`` and
 ``search_memories``, plus our ``best_history`` (the audited changes of one best metadata
 key, newest first); a tool's answer travels as JSON text in ``result.content[0].text``.

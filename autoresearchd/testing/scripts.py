@@ -22,7 +22,8 @@ from typing import Any
 
 # ---- Scripted train.py stand-ins (contract 1) ---------------------------------------------------
 
-#: Seed-to-seed spread of :func:`stand_in_val_bpb`, like real val_bpb noise (DESIGN.md, contract 3).
+#: Seed-to-seed spread of :func:`stand_in_val_bpb`, like real val_bpb noise
+#: (docs/architecture.md, contract 3).
 DEFAULT_NOISE = 0.003
 #: File the hang script writes in its run directory: ``{"pid": ..., "grandchild": ...}``.
 PIDS_FILE = "pids.json"
