@@ -146,7 +146,7 @@ async def test_a_full_disk_holds_the_result_and_writes_it_when_space_returns(
             disk.free()
 
             async def written() -> bool:
-                return (await daemon.snapshot())["outbox_held"] == 0
+                return bool((await daemon.snapshot())["outbox_held"] == 0)
 
             await until(written, "the held result to reach the disk")
             assert (outbox_dir / f"{held_id}.json").is_file()

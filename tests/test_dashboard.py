@@ -123,7 +123,8 @@ async def test_leaderboard_ranks_agents_by_confirmed_improvements(board: Board) 
 
 async def test_results_filter_and_page_through_every_row(board: Board) -> None:
     client, swarm = board
-    seen, query = [], "limit=4"
+    seen: list[str] = []
+    query: str | None = "limit=4"
     while query is not None:
         data = (await client.get(f"/dashboard/api/results?{query}")).json()
         assert len(data["results"]) <= 4

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from autoresearchd import fsutil
 from autoresearchd.fsutil import TMP_SUFFIX, write_atomically
 from autoresearchd.outbox import Outbox
 
@@ -52,8 +51,8 @@ def test_data_and_then_the_new_name_reach_the_disk_before_it_returns(
         events.append("rename")
         real_replace(src, dst)
 
-    monkeypatch.setattr(fsutil.os, "fsync", fsync)
-    monkeypatch.setattr(fsutil.os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
     write_atomically(tmp_path / "r.json", b"{}")
     assert events == ["fsync-file", "rename", "fsync-dir"]
 
