@@ -1,11 +1,12 @@
 """Reference experiment: train a small GPT on a track for a fixed time, then report val_bpb.
 
 This is the script the swarm improves. The daemon runs it with the environment of
-DESIGN.md contract 1 (device, time budget, seed, track, data dir, result file) and reads
-the ``---`` summary it prints last, in karpathy/autoresearch's format. The mutator edits
-only the literals in the hyperparameter block below (contract 2). Everything that must
-stay comparable between runs (tokenizer, data, evaluation) lives in the fixed harness,
-``autoresearchd.harness``.
+contract 1 in docs/architecture.md (device, time budget, seed, track, data dir, result
+file) and reads the ``---`` summary it prints last, in karpathy/autoresearch's format. The
+mutator edits only the literals in the hyperparameter block below (contract 2). Everything
+that must stay comparable between runs lives in the fixed harness: the tokenizer, tracks
+and data preparation in ``autoresearchd.tracks``, the data loading and evaluation (torch)
+in ``autoresearchd.harness``.
 
 On CUDA the model trains in bf16 autocast under ``torch.compile``; on CPU it trains in
 float32, eagerly, with the small ``CPU_*`` configuration. Compilation and warm-up steps
@@ -46,12 +47,12 @@ from torch import nn  # noqa: E402
 from autoresearchd.errors import DataError  # noqa: E402
 from autoresearchd.harness.data import BatchSampler, TrackData, load_track  # noqa: E402
 from autoresearchd.harness.evaluation import evaluate_bpb  # noqa: E402
-from autoresearchd.harness.prepare import prepare_track  # noqa: E402
-from autoresearchd.harness.tokenizer import VOCAB_SIZE  # noqa: E402
-from autoresearchd.harness.tracks import DEFAULT_DATA_DIR, get_track  # noqa: E402
+from autoresearchd.tracks.definitions import DEFAULT_DATA_DIR, get_track  # noqa: E402
+from autoresearchd.tracks.prepare import prepare_track  # noqa: E402
+from autoresearchd.tracks.tokenizer import VOCAB_SIZE  # noqa: E402
 
 # =====================================================================================
-# Hyperparameters: the mutator edits these literals and nothing else (DESIGN.md, 2).
+# Hyperparameters: the mutator edits these literals alone (docs/architecture.md, contract 2).
 # `device=cuda` / `device=cpu` marks a parameter read on that device only (see choose_shape).
 # =====================================================================================
 # Model on CUDA: width = DEPTH * ASPECT_RATIO, rounded up to a multiple of HEAD_DIM.
@@ -115,7 +116,7 @@ class BadEnvironment(Exception):
 
 @dataclass(frozen=True)
 class Settings:
-    """What the environment asks for (DESIGN.md contract 1)."""
+    """What the environment asks for (docs/architecture.md, contract 1)."""
 
     device: torch.device
     budget_s: float | None  # None: the track's default budget

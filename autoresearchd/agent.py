@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import tempfile
 from collections import deque
@@ -35,7 +34,8 @@ from autoresearchd.config import ProposerConfig
 from autoresearchd.errors import MutationError, ProposalError
 from autoresearchd.models import Candidate, Result, sha256_text
 from autoresearchd.mutation import Param, describe, parse_params
-from autoresearchd.proposers import EMPTY_CONTEXT, IsKnown, ProposalContext
+from autoresearchd.procgroup import stop_group
+from autoresearchd.proposal import EMPTY_CONTEXT, IsKnown, ProposalContext
 from autoresearchd.trust import check_params_only
 
 log = structlog.get_logger(__name__)
@@ -284,14 +284,8 @@ def _first_line(path: Path) -> str:
 
 async def _stop_group(process: anyio.abc.Process) -> None:
     """SIGTERM the agent's process group, then SIGKILL after a grace: no orphans."""
-    for signum, grace in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, KILL_GRACE_S)):
-        try:
-            os.killpg(process.pid, signum)
-        except ProcessLookupError:
-            break
-        with anyio.move_on_after(grace), anyio.CancelScope(shield=True):
-            await process.wait()
     with anyio.CancelScope(shield=True):
+        await stop_group(process, KILL_GRACE_S)
         await process.aclose()
 
 

@@ -31,7 +31,6 @@ from autoresearchd.config import (
     load_config,
     parse_config,
 )
-from autoresearchd.confirming import flags
 from autoresearchd.control import request, socket_path
 from autoresearchd.errors import (
     AutoresearchdError,
@@ -40,7 +39,6 @@ from autoresearchd.errors import (
     MutationError,
 )
 from autoresearchd.gpus import Discovery, Gpus, device_records, plan_devices, select_gpus
-from autoresearchd.harness import DEFAULT_DATA_DIR, prepare_track
 from autoresearchd.logs import configure_logging
 from autoresearchd.memory import BestChange, memory_exists, open_memory
 from autoresearchd.memory.ensue import (
@@ -62,6 +60,8 @@ from autoresearchd.report import (
     results_table,
     status_text,
 )
+from autoresearchd.standing import flags
+from autoresearchd.tracks import DEFAULT_DATA_DIR, prepare_track
 from autoresearchd.trust import check_params_only
 
 EXIT_OK = 0

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from autoresearchd.errors import ConfigError
+from autoresearchd.statedir import DEFAULT_STATE_DIR, StateDir
 
-DEFAULT_STATE_DIR = Path("~/.local/state/autoresearchd")
 DEFAULT_SHUTDOWN_GRACE_S = 60.0
 DEFAULT_TIME_BUDGET_S = 300.0
 DEFAULT_GRACE_S = 60.0
@@ -222,11 +222,11 @@ class Config:
 
     @property
     def run_dir(self) -> Path:
-        return self.daemon.state_dir / "runs"
+        return StateDir(self.daemon.state_dir).runs
 
     @property
     def outbox_dir(self) -> Path:
-        return self.daemon.state_dir / "outbox"
+        return StateDir(self.daemon.state_dir).outbox
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -407,11 +407,11 @@ def _derive(config: Config) -> Config:
     if not daemon.agent:
         daemon = dataclasses.replace(daemon, agent=default_agent_name())
     if experiment.data_dir == UNSET_PATH:
-        experiment = dataclasses.replace(experiment, data_dir=daemon.state_dir / "data")
+        experiment = dataclasses.replace(experiment, data_dir=StateDir(daemon.state_dir).data)
     if not experiment.python:
         experiment = dataclasses.replace(experiment, python=sys.executable)
     if memory.path == UNSET_PATH:
-        memory = dataclasses.replace(memory, path=daemon.state_dir / "memory.sqlite")
+        memory = dataclasses.replace(memory, path=StateDir(daemon.state_dir).memory)
     if memory.backend == "ensue" and not memory.url:
         raise ConfigError(
             'expected a URL when backend = "ensue"', path=str(config.source), key="memory.url"

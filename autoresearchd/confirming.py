@@ -22,7 +22,7 @@ their runs making them:
   :data:`RESTATED`, and as ``confirmed_bpb`` the confirmations' mean, which is the figure a
   hub accepts. Publishing it is what moves the best; it is restated again as more
   confirmations arrive, until the hub finds the claim significant or the best moves on.
-- **Standing** (:func:`standing`), beyond BOINC's adaptive replication: for each source
+- **Standing** (:func:`autoresearchd.standing.standing`), beyond BOINC's adaptive replication: for each source
   several agents ran on one track and tier, each agent's fresh runs are compared with each
   other agent's (a claimant's first, selecting run left out): apart by more than
   :data:`AGREEMENT` standard errors of the seed noise (pooled over each agent's own runs of
@@ -42,7 +42,6 @@ import math
 import random
 import statistics
 import time
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -54,40 +53,63 @@ from autoresearchd.config import ExperimentConfig
 from autoresearchd.errors import MemoryBackendError
 from autoresearchd.judging import best_from, delta_vs_best
 from autoresearchd.models import Best, Candidate, Result, Status
-from autoresearchd.promotion import pooled_noise
 from autoresearchd.records import new_run_id
+from autoresearchd.standing import RESTATED, Standing, standing
 
 if TYPE_CHECKING:
-    from autoresearchd.worker import Worker
+    from autoresearchd.config import Config
+    from autoresearchd.memory.protocol import CollectiveMemory
+    from autoresearchd.models import Device
+    from autoresearchd.outbox import Outbox
+    from autoresearchd.parents import Parents
+    from autoresearchd.publisher import Publisher
+
+
+class Shared(Protocol):
+    """What a confirmation needs of the daemon's shared state (the worker's context)."""
+
+    @property
+    def memory(self) -> CollectiveMemory: ...
+    @property
+    def outbox(self) -> Outbox: ...
+    @property
+    def publisher(self) -> Publisher: ...
+    @property
+    def in_flight(self) -> dict[str, str]: ...
+
+
+class Worker(Protocol):
+    """The worker a confirmation runs on, as this module uses it. A protocol, not the
+    worker class itself, so that the worker can own a :class:`Confirming` without an
+    import circle (``docs/architecture.md``, the layering)."""
+
+    current: Candidate | None
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def ctx(self) -> Shared: ...
+    @property
+    def rng(self) -> random.Random: ...
+    @property
+    def device(self) -> Device: ...
+    @property
+    def parents(self) -> Parents: ...
+    @property
+    def known_best(self) -> Best | None: ...
+    def baseline(self) -> Candidate: ...
+    async def read_best(self) -> Best | None: ...
+    async def run(self, candidate: Candidate, *, stoppable: bool = False) -> Result | None: ...
+    async def queue(self, result: Result) -> None: ...
+
 
 log = structlog.get_logger(__name__)
 
 #: The proposer of a confirmation run, and of a claim restated with its confirmations.
 CONFIRM = "confirm"
-RESTATED = "restated"
 #: How often at most a worker reads the history for claims (a hub's whole results list):
 #: a run is minutes long, so this only spares a memory an idle worker's reads.
 CHECK_INTERVAL_S = 5.0
-#: Fresh runs of one source by two agents agree within this many standard errors.
-AGREEMENT = 4.0
-#: Agreements an agent needs, with no disagreement, to be trusted.
-TRUSTED_AFTER = 3
-
-
-@dataclass(frozen=True, slots=True)
-class Standing:
-    """How an agent's runs compared with other agents' runs of the same sources."""
-
-    agrees: int = 0
-    disagrees: int = 0
-
-    @property
-    def lost(self) -> bool:
-        return self.disagrees > 0
-
-    @property
-    def trusted(self) -> bool:
-        return not self.lost and self.agrees >= TRUSTED_AFTER
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,99 +220,6 @@ def choose(waiting: Sequence[Claim], standings: dict[str, Standing]) -> Claim:
         return (rank, len(claim.confirmations), claim.keep.completed_at)
 
     return min(waiting, key=order)
-
-
-class Measured(Protocol):
-    """What standing reads of a run: a :class:`Result`, or a hub's index row as a :class:`Run`."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def agent_id(self) -> str: ...
-    @property
-    def track(self) -> str: ...
-    @property
-    def vram_tier(self) -> str: ...
-    @property
-    def train_py_sha256(self) -> str: ...
-    @property
-    def val_bpb(self) -> float | None: ...
-    @property
-    def status(self) -> Status: ...
-    @property
-    def proposer(self) -> str: ...
-    @property
-    def started_at(self) -> float: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    """A run as standing reads it, for callers that hold no full :class:`Result`."""
-
-    id: str
-    agent_id: str
-    track: str
-    vram_tier: str
-    train_py_sha256: str
-    val_bpb: float | None
-    status: Status
-    proposer: str
-    started_at: float
-
-
-def standing(history: Sequence[Measured]) -> dict[str, Standing]:
-    """Each agent's standing from the history (see the module docstring)."""
-    runs: dict[tuple[str, str, str], dict[str, list[Measured]]] = defaultdict(
-        lambda: defaultdict(list)
-    )
-    for r in history:
-        value = r.val_bpb
-        measured = r.status in (Status.KEEP, Status.DISCARD) and r.proposer != RESTATED
-        if measured and value is not None and math.isfinite(value):
-            runs[(r.track, r.vram_tier, r.train_py_sha256)][r.agent_id].append(r)
-    groups = [g for g in runs.values() if len(g) >= 2]
-    if not groups:
-        return {}
-    # Seed noise from each agent's own runs of a source: a liar's runs, off by far more
-    # than noise from everyone else's, must not widen the yardstick they are judged by.
-    noise = pooled_noise(
-        [r.val_bpb or 0.0 for r in rs] for g in runs.values() for rs in g.values()
-    ).sd
-    agrees: dict[str, int] = defaultdict(int)
-    disagrees: dict[str, int] = defaultdict(int)
-    for by_agent in groups:
-        first = min((r for rs in by_agent.values() for r in rs), key=lambda r: r.started_at)
-        fresh = {
-            agent: [r.val_bpb or 0.0 for r in rs if r.id != first.id]
-            for agent, rs in by_agent.items()
-        }
-        for agent, own in fresh.items():
-            rest = [values for other, values in fresh.items() if other != agent and values]
-            if not own or not rest:
-                continue
-            apart = sum(_apart(own, values, noise) for values in rest)
-            # Off from most of the others: one liar among them costs the honest nothing.
-            if 2 * apart > len(rest):
-                disagrees[agent] += 1
-            else:
-                agrees[agent] += 1
-    return {a: Standing(agrees[a], disagrees[a]) for a in set(agrees) | set(disagrees)}
-
-
-def _apart(own: Sequence[float], other: Sequence[float], noise: float) -> bool:
-    """Whether two agents' runs of one source differ by more than :data:`AGREEMENT`
-    standard errors."""
-    se = noise * math.sqrt(1 / len(own) + 1 / len(other))
-    return abs(statistics.fmean(own) - statistics.fmean(other)) > AGREEMENT * se
-
-
-def flags(history: Sequence[Result]) -> dict[str, str]:
-    """Why each agent that lost its standing is flagged, by agent."""
-    return {
-        agent: f"disputed: {s.disagrees} of its sources disagree with other agents' runs"
-        for agent, s in standing(history).items()
-        if s.lost
-    }
 
 
 def restatement(keep: Result, runs: Sequence[float], now: float) -> Result:

@@ -30,10 +30,10 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from autoresearchd.errors import ControlError, DaemonNotRunning, MemoryBackendError
 from autoresearchd.memory.protocol import BestChange, CollectiveMemory, Note, PublishOutcome
 from autoresearchd.models import Best, Device, Result
+from autoresearchd.statedir import StateDir
 
 log = structlog.get_logger(__name__)
 
-SOCKET_NAME = "control.sock"
 SOCKET_MODE = 0o600
 MAX_LINE_BYTES = 64 * 1024
 #: How long one request may take, on either side, before the connection is dropped.
@@ -55,7 +55,7 @@ _STREAM_ERRORS = (
 
 
 def socket_path(state_dir: Path) -> Path:
-    return state_dir / SOCKET_NAME
+    return StateDir(state_dir).socket
 
 
 class Controllable(Protocol):

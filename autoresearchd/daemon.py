@@ -52,7 +52,6 @@ from autoresearchd.control import (
 )
 from autoresearchd.errors import AutoresearchdError, ConfigError, DataError
 from autoresearchd.gpus import Discovery, Gpus, plan_devices, select_gpus
-from autoresearchd.harness.prepare import prepare_track
 from autoresearchd.health import backoff_delay
 from autoresearchd.memory import open_memory
 from autoresearchd.models import Device
@@ -61,6 +60,8 @@ from autoresearchd.outbox import Outbox
 from autoresearchd.publisher import Publisher
 from autoresearchd.runner import prune_runs
 from autoresearchd.sandbox import open_sandbox
+from autoresearchd.statedir import StateDir
+from autoresearchd.tracks.prepare import prepare_track
 from autoresearchd.worker import Worker, WorkerContext
 
 log = structlog.get_logger(__name__)
@@ -428,7 +429,7 @@ def state_lock(state_dir: Path) -> Iterator[None]:
     """Hold ``<state_dir>/daemon.lock``: two daemons on one state directory would take each
     other's control socket, outbox and run directories."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / "daemon.lock", "a") as handle:
+    with open(StateDir(state_dir).lock, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -20,8 +20,7 @@ from typing import Any, TypeGuard
 import structlog
 
 from autoresearchd.errors import MutationError
-from autoresearchd.memory.protocol import Note
-from autoresearchd.models import Candidate, Result, Status, sha256_text
+from autoresearchd.models import Candidate, Note, Result, Status, sha256_text
 from autoresearchd.mutation import (
     Param,
     Value,
@@ -30,7 +29,7 @@ from autoresearchd.mutation import (
     movable,
     parse_params,
 )
-from autoresearchd.proposers import EMPTY_CONTEXT, IsKnown, ProposalContext, fresh_candidate
+from autoresearchd.proposal import EMPTY_CONTEXT, IsKnown, ProposalContext, fresh_candidate
 
 log = structlog.get_logger(__name__)
 

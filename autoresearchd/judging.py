@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 
-from autoresearchd.harness.tracks import score_bounds
 from autoresearchd.models import Best, Result, Status
+from autoresearchd.tracks.definitions import score_bounds
 
 
 def best_from(result: Result) -> Best:

@@ -1,4 +1,4 @@
-"""Plain data shared by every layer: devices, candidates, summaries, results and bests.
+"""Plain data shared by every layer: devices, candidates, summaries, results, bests and notes.
 
 These are frozen dataclasses with no behaviour beyond conversion to and from the
 community's JSON record shape (``to_record`` / ``from_record``). Nothing here does I/O,
@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any, TypeGuard
 
-#: Upper bounds (GB, inclusive) of the VRAM tiers from DESIGN.md; above the last is "xl".
+#: Upper bounds (GB, inclusive) of the VRAM tiers (docs/architecture.md, contract 3);
+#: above the last is "xl".
 TIER_BOUNDS_GB: tuple[tuple[str, float], ...] = (("small", 16), ("medium", 24), ("large", 48))
 CPU_TIER = "cpu"
 
@@ -33,7 +34,7 @@ KNOWN_METRICS: tuple[str, ...] = (
 
 
 class Status(StrEnum):
-    """The outcome of one run (DESIGN.md, contract 3)."""
+    """The outcome of one run (docs/architecture.md, contract 3)."""
 
     KEEP = "keep"
     DISCARD = "discard"
@@ -134,7 +135,7 @@ class Summary:
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """One run's record, as published to the collective memory (DESIGN.md, contract 3).
+    """One run's record, as published to the collective memory (docs/architecture.md, contract 3).
 
     Field names follow the community's records where one exists (``agent_id``,
     ``val_bpb``, ``memory_gb``, ``vram_tier``, ``status``, ``description``, ``train_py``,
@@ -248,3 +249,25 @@ class Best:
     def from_record(cls, record: Mapping[str, Any]) -> Best:
         names = cls.__dataclass_fields__.keys()
         return cls(**{key: value for key, value in record.items() if key in names})
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A hypothesis or insight shared with the swarm (community record shape in ``value``)."""
+
+    key: str
+    agent_id: str
+    value: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class BestChange:
+    """One move of a best: when (by the memory's clock: the hub's for a hub), to what, by whom."""
+
+    at: float
+    agent_id: str
+    val_bpb: float
+    description: str
+    train_py_sha256: str
+    result_id: str

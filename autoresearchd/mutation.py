@@ -1,4 +1,4 @@
-"""Read and mutate the hyperparameter block of a train.py (DESIGN.md, contract 2); pure, no I/O.
+"""Read and mutate a train.py's hyperparameter block (docs/architecture.md, contract 2); pure.
 
 A hyperparameter is a top-level ``NAME = literal`` assignment with an UPPER_CASE name, where
 the literal is an int, float, str, bool, a tuple of literals, a power ``2**k`` or a number with

@@ -32,13 +32,13 @@ from typing import Any
 import structlog
 
 from autoresearchd.errors import RunError
+from autoresearchd.fsutil import TMP_SUFFIX, fsync_dir, write_atomically
 from autoresearchd.models import Result, Status
 
 log = structlog.get_logger(__name__)
 
 _SUFFIX = ".json"
 _REASON = ".reason"
-_TMP = ".tmp"
 #: What a parked result's reason says when its cause may have passed: such results are
 #: retried at start-up (matched in lower case).
 TRANSIENT_REASONS = (
@@ -92,7 +92,7 @@ class Outbox:
         except OSError as exc:
             log.warning("outbox_unwritable", path=str(self.failed_dir), error=_why(exc))
         for folder in (self.root, self.failed_dir):
-            for stale in folder.glob(f"*{_TMP}"):  # a write that kill -9 interrupted
+            for stale in folder.glob(f"*{TMP_SUFFIX}"):  # a write that kill -9 interrupted
                 with contextlib.suppress(OSError):  # an unwritable folder is reported on put
                     stale.unlink(missing_ok=True)
         for parked in sorted(self.failed_dir.glob(f"*{_SUFFIX}")):
@@ -104,7 +104,7 @@ class Outbox:
         data = json.dumps(result.to_record(), sort_keys=True).encode()
         with self._lock:
             try:
-                _write_atomically(path, data)
+                write_atomically(path, data)
             except OSError as exc:
                 self._held[result.id] = _Held(result)
                 self.last_error = _why(exc)
@@ -177,7 +177,7 @@ class Outbox:
             self._held.pop(result_id, None)
             try:
                 path.unlink(missing_ok=True)
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
             except OSError as exc:  # it stays, and is replayed: publishing is idempotent
                 log.warning("outbox_remove_failed", file=str(path), error=_why(exc))
 
@@ -196,13 +196,11 @@ class Outbox:
         name = f"{held.result.id}{_SUFFIX}"
         try:
             if held.reason is None:
-                _write_atomically(self.root / name, data)
+                write_atomically(self.root / name, data)
             else:
                 self.failed_dir.mkdir(parents=True, exist_ok=True)
-                _write_atomically(self.failed_dir / name, data)
-                _write_atomically(
-                    self.failed_dir / f"{held.result.id}{_REASON}", _line(held.reason)
-                )
+                write_atomically(self.failed_dir / name, data)
+                write_atomically(self.failed_dir / f"{held.result.id}{_REASON}", _line(held.reason))
         except OSError as exc:
             self.last_error = _why(exc)
             return False
@@ -213,7 +211,7 @@ class Outbox:
         if not path.exists() and not path.is_symlink():
             return
         try:
-            _write_atomically(self.failed_dir / f"{path.stem}{_REASON}", _line(reason))
+            write_atomically(self.failed_dir / f"{path.stem}{_REASON}", _line(reason))
             os.replace(path, self.failed_dir / path.name)
         except OSError as exc:
             # Keep it where it is, skipped until restart: start-up must go on regardless.
@@ -330,32 +328,3 @@ def _line(text: str) -> bytes:
 
 def _why(exc: OSError) -> str:
     return exc.strerror or str(exc)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """``data`` at ``path`` whole or not at all; a refused write leaves no temporary file."""
-    tmp = path.with_name(path.name + _TMP)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError:
-        with contextlib.suppress(OSError):  # the folder is gone or unwritable: no file left
-            tmp.unlink(missing_ok=True)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    """Persist a rename: without this, a power cut can forget the new name."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -94,8 +94,8 @@ def draw_progress(results: Sequence[Result], *, title: str, floor: float | None 
 def prepared_floor(data_dir: Path, track: str) -> float | None:
     """The floor of val_bpb the prepared data of ``track`` recorded, if it knows one."""
     from autoresearchd.errors import DataError
-    from autoresearchd.harness.prepare import load_prepared
-    from autoresearchd.harness.tracks import get_track
+    from autoresearchd.tracks.definitions import get_track
+    from autoresearchd.tracks.prepare import load_prepared
 
     try:
         prepared = load_prepared(data_dir / get_track(track).dirname)

@@ -1,11 +1,13 @@
 """Proposers turn a parent train.py into a fresh candidate; ``make_proposer`` picks the strategy.
 
-Strategies: ``perturb`` (neighbours of the parent), ``tpe`` (history-aware, in
-:mod:`autoresearchd.search`), ``hypotheses`` (the swarm's open suggestions, in
-:mod:`autoresearchd.hypotheses`), ``command`` (an external research agent, in
-:mod:`autoresearchd.agent`) and ``mixed`` (a weighted draw among the others, falling
+Strategies: ``perturb`` (neighbours of the parent, in :mod:`autoresearchd.perturb`),
+``tpe`` (history-aware, in :mod:`autoresearchd.search`), ``hypotheses`` (the swarm's open
+suggestions, in :mod:`autoresearchd.hypotheses`), ``command`` (an external research agent,
+in :mod:`autoresearchd.agent`) and ``mixed`` (a weighted draw among the others, falling
 through to the next when one has nothing to offer). History-aware strategies receive a
-:class:`ProposalContext` that the worker builds from the collective memory.
+:class:`ProposalContext` that the worker builds from the collective memory; the
+:class:`Proposer` Protocol and the types every strategy shares are in
+:mod:`autoresearchd.proposal`, which imports no strategy.
 
 A proposer never hands back a candidate the swarm has already run or claimed (it asks the
 collective memory through ``is_known``) nor one it proposed before in this process, so a
@@ -17,138 +19,35 @@ editing its annotations.
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Mapping
 
 import structlog
 
-from autoresearchd.config import DEFAULT_MAX_CHANGES, ProposerConfig
+from autoresearchd.agent import CommandProposer
+from autoresearchd.config import ProposerConfig
 from autoresearchd.errors import ConfigError
-from autoresearchd.memory.protocol import Note
-from autoresearchd.models import Candidate, Result, sha256_text
-from autoresearchd.mutation import (
-    Param,
-    Value,
-    apply_changes,
-    describe,
-    movable,
-    parse_params,
-    sample_changes,
-)
+from autoresearchd.hypotheses import HypothesisProposer
+from autoresearchd.models import Candidate
+from autoresearchd.perturb import PerturbProposer
+from autoresearchd.proposal import EMPTY_CONTEXT, IsKnown, ProposalContext, Proposer
+from autoresearchd.search import TpeProposer
+
+# Re-exported: callers know the base types and the perturb strategy by this module.
+__all__ = [
+    "EMPTY_CONTEXT",
+    "STRATEGIES",
+    "IsKnown",
+    "MixedProposer",
+    "PerturbProposer",
+    "ProposalContext",
+    "Proposer",
+    "make_proposer",
+]
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_ATTEMPTS = 50
-
-#: Asks the collective memory whether a source hash was ever run or is claimed now.
-IsKnown = Callable[[str], Awaitable[bool]]
-
-
 #: The strategies ``mixed`` can draw from.
 STRATEGIES = ("perturb", "tpe", "hypotheses", "command")
-
-
-@dataclass(frozen=True, slots=True)
-class ProposalContext:
-    """What the swarm knows when a proposal is made (empty when the memory is out of reach).
-
-    ``results`` are the track's results, newest first, from every agent; ``in_flight``
-    holds the sources of candidates being run now, which a proposal should steer away from;
-    ``hypotheses`` and ``insights`` are the swarm's notes, newest first. ``device`` is the
-    kind of device the candidate will run on (``cuda`` or ``cpu``; empty when unknown): a
-    parameter whose space names another kind is left alone (:func:`mutation.movable`).
-    ``tier`` is the device's VRAM tier (empty when unknown): history-aware search learns
-    from that tier's results, since another tier's val_bpb sits on another scale.
-    """
-
-    results: Sequence[Result] = ()
-    in_flight: Sequence[str] = ()
-    hypotheses: Sequence[Note] = ()
-    insights: Sequence[Note] = ()
-    device: str = ""
-    tier: str = ""
-
-
-EMPTY_CONTEXT = ProposalContext()
-
-
-class Proposer(Protocol):
-    """A search strategy: one fresh candidate derived from ``parent``, or None if it has none.
-
-    This is a Protocol; implementations raise :class:`MutationError` when the parent's
-    hyperparameter block cannot be read, and :class:`ProposalError` when a failure is worth
-    recording as a result. ``uses_history`` says whether ``context`` is read, so the worker
-    fetches the history only for strategies that learn from it.
-    """
-
-    name: str
-    uses_history: bool
-
-    async def propose(
-        self, parent: Candidate, is_known: IsKnown, context: ProposalContext = EMPTY_CONTEXT
-    ) -> Candidate | None: ...
-
-
-async def fresh_candidate(
-    proposer: str,
-    parent: Candidate,
-    params: Mapping[str, Param],
-    changes: Mapping[str, Value],
-    proposed: set[str],
-    is_known: IsKnown,
-) -> Candidate | None:
-    """``parent`` with ``changes``, unless there are none or the result is not fresh.
-
-    Fresh means neither proposed before by this proposer (``proposed``, which it joins) nor
-    known to the swarm (run or claimed).
-    """
-    if not changes:
-        return None
-    source = apply_changes(parent.source, changes)
-    digest = sha256_text(source)
-    if digest in proposed or await is_known(digest):
-        return None
-    proposed.add(digest)
-    return Candidate(source, parent.sha256, describe(params, changes), proposer, digest)
-
-
-class PerturbProposer:
-    """Moves 1..``max_changes`` hyperparameters of the parent to neighbouring values.
-
-    Only parameters the context's device reads are moved.
-    """
-
-    name = "perturb"
-    uses_history = False
-
-    def __init__(
-        self,
-        max_changes: int = DEFAULT_MAX_CHANGES,
-        rng: random.Random | None = None,
-        attempts: int = DEFAULT_ATTEMPTS,
-        baseline: str | None = None,
-    ) -> None:
-        self.max_changes = max_changes
-        self.attempts = attempts
-        self._rng = rng or random.Random()
-        self._spaces: dict[str, Param] | None = parse_params(baseline) if baseline else None
-        self._proposed: set[str] = set()
-
-    async def propose(
-        self, parent: Candidate, is_known: IsKnown, context: ProposalContext = EMPTY_CONTEXT
-    ) -> Candidate | None:
-        params = parse_params(parent.source, spaces_from=self._spaces)
-        free = movable(params, context.device)
-        for _ in range(self.attempts):
-            changes = sample_changes(free, self._rng, self.max_changes)
-            fresh = await fresh_candidate(
-                self.name, parent, params, changes, self._proposed, is_known
-            )
-            if fresh is not None:
-                return fresh
-        log.warning("proposer_exhausted", parent=parent.sha256[:12], attempts=self.attempts)
-        return None
 
 
 class MixedProposer:
@@ -217,11 +116,6 @@ def _single(
     trust: str,
     taken: dict[str, str] | None,
 ) -> Proposer:
-    # Imported here: these modules build on this one (ProposalContext, PerturbProposer).
-    from autoresearchd.agent import CommandProposer
-    from autoresearchd.hypotheses import HypothesisProposer
-    from autoresearchd.search import TpeProposer
-
     if strategy == "perturb":
         return PerturbProposer(config.max_changes, rng=rng, baseline=baseline)
     if strategy == "tpe":

@@ -1,14 +1,14 @@
 """Run one experiment: a fresh copy of the workspace, train.py in its own process group, a report.
 
-This module owns DESIGN.md contract 1 from the daemon's side. :func:`run_experiment` copies the
-workspace into ``<run_root>/<run_id>``, writes the candidate as the script, starts
-``<python> <script>`` there with the contract environment and streams its merged output to
-``run.log`` with bounded memory (a capped file, a small in-memory tail for parsing). The child
-leads its own process group, so stopping it (budget plus grace spent, a stop request, or the
-caller's cancellation) reaches every process it spawned: SIGTERM to the group, SIGKILL after
-``kill_grace_s``. Children left behind by a script that exited on its own are killed too, so no
-orphan keeps GPU memory. The outcome is read with :mod:`autoresearchd.summary`; deciding
-keep/discard and publishing belong to the worker.
+This module owns contract 1 of docs/architecture.md from the daemon's side.
+:func:`run_experiment` copies the workspace into ``<run_root>/<run_id>``, writes the candidate
+as the script, starts ``<python> <script>`` there with the contract environment and streams its
+merged output to ``run.log`` with bounded memory (a capped file, a small in-memory tail for
+parsing). The child leads its own process group, so stopping it (budget plus grace spent, a stop
+request, or the caller's cancellation) reaches every process it spawned: SIGTERM to the group,
+SIGKILL after ``kill_grace_s``. Children left behind by a script that exited on its own are
+killed too, so no orphan keeps GPU memory. The outcome is read with
+:mod:`autoresearchd.summary`; deciding keep/discard and publishing belong to the worker.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from autoresearchd.config import (
 from autoresearchd.early_stopping import LearningCurve
 from autoresearchd.errors import RunError
 from autoresearchd.models import Candidate, Device, Summary
+from autoresearchd.procgroup import stop_group
 from autoresearchd.sandbox import scrub_env
 from autoresearchd.summary import parse_result_json, parse_summary_text
 
@@ -260,7 +261,8 @@ def child_env(spec: RunSpec) -> dict[str, str]:
     """The daemon's environment plus contract 1's variables (which ``extra_env`` cannot mask)."""
     gpu = spec.device.is_gpu
     return {
-        **scrub_env(os.environ),  # secrets never reach the child (DESIGN.md, security rules)
+        # Secrets never reach the child (docs/architecture.md, security rules).
+        **scrub_env(os.environ),
         **spec.extra_env,
         "CUDA_VISIBLE_DEVICES": spec.device.uuid if gpu else "",
         "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
@@ -383,31 +385,15 @@ class _Group:
     async def end(self) -> None:
         if self._ended:
             return
-        if self.process.returncode is None:
-            await self._terminate()
         # Also reaches children that outlived the leader: they are orphans now.
-        _signal_group(self.process.pid, signal.SIGKILL)
-        await self.process.wait()
-        self._ended = True
-
-    async def _terminate(self) -> None:
-        _signal_group(self.process.pid, signal.SIGTERM)
-        with anyio.move_on_after(self.spec.kill_grace_s):
-            await self.process.wait()
-        if self.process.returncode is None:
+        if await stop_group(self.process, self.spec.kill_grace_s):
             log.warning(
                 "run_killed",
                 run_id=self.spec.run_id,
                 pid=self.process.pid,
                 kill_grace_s=self.spec.kill_grace_s,
             )
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass  # the whole group has already exited
+        self._ended = True
 
 
 class _LogSink:

@@ -33,11 +33,11 @@ from autoresearchd.mutation import (
     parse_params,
     read_literal,
 )
-from autoresearchd.proposers import (
+from autoresearchd.perturb import PerturbProposer
+from autoresearchd.proposal import (
     DEFAULT_ATTEMPTS,
     EMPTY_CONTEXT,
     IsKnown,
-    PerturbProposer,
     ProposalContext,
     fresh_candidate,
 )

@@ -1,4 +1,4 @@
-"""The params-only trust check: may a train.py from a stranger run here? (DESIGN.md, contract 2).
+"""The params-only trust check (docs/architecture.md, contract 2): may a stranger's train.py run?
 
 A candidate is accepted only if its AST equals the trusted baseline's once hyperparameter
 literal values are set aside, and every new value is a literal of the baseline's kind inside

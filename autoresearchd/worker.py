@@ -447,7 +447,7 @@ class Worker:
             await self.queue(failed_proposal(self.origin(), exc, parent))
             return None
 
-    # -- trust (DESIGN.md, contract 2) --------------------------------------------------
+    # -- trust (docs/architecture.md, contract 2) ---------------------------------------
 
     async def trusted_parent(self, best: Best, baseline: Candidate) -> Candidate:
         """``best`` as a parent if the trust policy accepts it, else the last trusted parent.

@@ -38,8 +38,8 @@ from autoresearchd.hub.store import (
     DETAIL_COLUMNS,
     RESULT_COLUMNS,
     HubStore,
-    open_store,
 )
+from autoresearchd.hub.store_auto import open_store
 from autoresearchd.models import sha256_text
 
 ORG = "bench"
@@ -254,7 +254,7 @@ async def run_sqlite(folder: Path, data: tuple[list[tuple[Any, ...]], ...], repe
 
 async def run_postgres(data: tuple[list[tuple[Any, ...]], ...], repeat: int) -> bool:
     from autoresearchd.hub.pg import migrate_database
-    from autoresearchd.hub.pgcluster import start_cluster
+    from autoresearchd.testing.pgcluster import start_cluster
 
     cluster = start_cluster()
     try:

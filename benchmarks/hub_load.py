@@ -55,11 +55,12 @@ import psycopg
 from autoresearchd.config import HubConfig
 from autoresearchd.hub.app import build_app
 from autoresearchd.hub.auth import hash_key
-from autoresearchd.hub.pgcluster import start_cluster
-from autoresearchd.hub.store import Agent, open_store
+from autoresearchd.hub.store import Agent
+from autoresearchd.hub.store_auto import open_store
 from autoresearchd.logs import configure_logging
 from autoresearchd.memory.ensue import EnsueMemory
 from autoresearchd.models import Result, Status, sha256_text
+from autoresearchd.testing.pgcluster import start_cluster
 
 ORG = "bench"
 TRACK = "synthetic"

@@ -68,7 +68,7 @@ async def test_agent_gets_the_context_and_its_script_becomes_a_candidate(tmp_pat
         await original(context_dir, output_dir)
         seen.update(json.loads((output_dir.parent / "seen.json").read_text()))
 
-    agent.run_agent = keep_seen  # type: ignore[method-assign]
+    agent.run_agent = keep_seen
     candidate = await agent.propose(parent(), never, context)
     assert candidate is not None
     assert candidate.source == variant(LR=0.02)
@@ -162,7 +162,7 @@ async def test_an_agent_is_asked_about_one_context_once(tmp_path: Path) -> None:
     async def everything(sha256: str) -> bool:
         return True
 
-    agent.run_agent = counted  # type: ignore[method-assign]
+    agent.run_agent = counted
     context = ProposalContext(results=[result(variant(LR=0.03), 1.1, n=1)])
     assert await agent.propose(parent(), everything, context) is None
     assert await agent.propose(parent(), everything, context) is None

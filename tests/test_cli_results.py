@@ -13,7 +13,7 @@ from autoresearchd.memory import SqliteMemory
 from autoresearchd.models import Result, Status
 from tests.memory.conformance import make_result
 
-from .daemon_process import cli
+from .daemon_process import cli as cli  # re-exported for the best-history tests
 
 ROOT = Path(__file__).resolve().parent.parent
 

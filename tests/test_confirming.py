@@ -9,20 +9,16 @@ import pytest
 
 from autoresearchd.config import parse_config
 from autoresearchd.confirming import (
-    RESTATED,
-    TRUSTED_AFTER,
     Claim,
-    Standing,
     choose,
     claims,
-    flags,
     needed,
     others_runs,
     restatement,
     share,
-    standing,
 )
 from autoresearchd.models import Best, Result, Status, sha256_text
+from autoresearchd.standing import RESTATED, TRUSTED_AFTER, Standing, flags, standing
 from tests.memory.conformance import TRACK, make_result
 
 EXPERIMENT = parse_config({"experiment": {"confirm_share": 0.1, "confirm_share_max": 0.5}})

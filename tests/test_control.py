@@ -22,11 +22,11 @@ from autoresearchd.control import (
     status_line,
 )
 from autoresearchd.errors import ControlError, DaemonNotRunning, TransientMemoryError
-from autoresearchd.harness.prepare import prepare_track
 from autoresearchd.memory import SqliteMemory
 from autoresearchd.models import Device
 from autoresearchd.report import status_text
 from autoresearchd.testing import plan_script, write_plan
+from autoresearchd.tracks.prepare import prepare_track
 
 from .daemon_process import DaemonProcess, cli, wait_for, write_config
 
@@ -128,13 +128,18 @@ def test_devices_match_by_index_or_uuid_and_ambiguity_is_refused() -> None:
         match_devices(devices, "0")
 
 
+def reachable(connectivity: Connectivity) -> bool | None:
+    """Read afresh each time: awaited calls change it behind the type checker's back."""
+    return connectivity.reachable
+
+
 @pytest.mark.anyio
 async def test_tracked_memory_records_reachability(tmp_path: Path) -> None:
     connectivity = Connectivity("sqlite")
-    assert connectivity.reachable is None
+    assert reachable(connectivity) is None
     async with TrackedMemory(SqliteMemory(tmp_path / "m.sqlite"), connectivity) as memory:
         assert await memory.get_best("synthetic") is None
-        assert connectivity.reachable is True
+        assert reachable(connectivity) is True
 
         async def failing() -> None:
             raise TransientMemoryError("hub down", backend="ensue")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from autoresearchd.harness.prepare import prepare_track
 from autoresearchd.outbox import Outbox
 from autoresearchd.testing import plan_script, plan_steps, write_plan
+from autoresearchd.tracks.prepare import prepare_track
 
 from .daemon_process import DaemonProcess, pid_alive, stored_results, wait_for, write_config
 

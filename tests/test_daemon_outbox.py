@@ -22,9 +22,9 @@ from structlog.testing import capture_logs
 from autoresearchd import daemon as daemon_module
 from autoresearchd.control import status_line
 from autoresearchd.daemon import Daemon
-from autoresearchd.harness.prepare import prepare_track
 from autoresearchd.report import status_text
 from autoresearchd.testing import plan_script, write_plan
+from autoresearchd.tracks.prepare import prepare_track
 from tests.memory.conformance import make_result
 
 from . import daemon_process
@@ -146,7 +146,7 @@ async def test_a_full_disk_holds_the_result_and_writes_it_when_space_returns(
             disk.free()
 
             async def written() -> bool:
-                return (await daemon.snapshot())["outbox_held"] == 0
+                return bool((await daemon.snapshot())["outbox_held"] == 0)
 
             await until(written, "the held result to reach the disk")
             assert (outbox_dir / f"{held_id}.json").is_file()

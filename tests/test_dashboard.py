@@ -123,7 +123,8 @@ async def test_leaderboard_ranks_agents_by_confirmed_improvements(board: Board) 
 
 async def test_results_filter_and_page_through_every_row(board: Board) -> None:
     client, swarm = board
-    seen, query = [], "limit=4"
+    seen: list[str] = []
+    query: str | None = "limit=4"
     while query is not None:
         data = (await client.get(f"/dashboard/api/results?{query}")).json()
         assert len(data["results"]) <= 4
@@ -283,7 +284,7 @@ async def test_a_schema_2_sqlite_hub_gets_its_standings_when_it_is_opened(tmp_pa
 async def served_again(path: Path, config: HubConfig) -> tuple[httpx.AsyncClient, None]:
     """A second hub app over an existing database."""
     from autoresearchd.hub.app import build_app
-    from autoresearchd.hub.store import open_store
+    from autoresearchd.hub.store_auto import open_store
 
     app = build_app(await open_store(path), config)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=URL), None

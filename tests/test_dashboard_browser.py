@@ -164,7 +164,10 @@ def test_a_new_result_appears_without_a_reload(
     served: Served, browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
     browser.get(served.url())
-    chart = lambda: browser.find_element(By.ID, "chart").get_attribute("data-marks")  # noqa: E731
+
+    def chart() -> str | None:
+        return browser.find_element(By.ID, "chart").get_attribute("data-marks")
+
     before = int(wait_for(chart, "the chart"))
     browser.execute_script("window.loadedOnce = 'yes'")
     # Enough new results to push the oldest off the bounded list of recent ones.

@@ -71,7 +71,7 @@ def test_without_a_floor_no_floor_line_is_drawn(tmp_path: Path) -> None:
 
 
 def test_the_floor_comes_from_the_prepared_track(tmp_path: Path) -> None:
-    from autoresearchd.harness import prepare_track
+    from autoresearchd.tracks import prepare_track
 
     prepared = prepare_track("synthetic", tmp_path)
     assert prepared.entropy_floor_bpb is not None

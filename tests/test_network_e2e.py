@@ -30,11 +30,11 @@ import anyio
 import httpx
 import pytest
 
-from autoresearchd.harness.prepare import prepare_track
 from autoresearchd.memory.ensue import EnsueMemory
 from autoresearchd.models import Best, Result, Status
 from autoresearchd.outbox import Outbox
 from autoresearchd.testing import plan_script, write_plan
+from autoresearchd.tracks.prepare import prepare_track
 
 from .daemon_process import DaemonProcess, wait_for
 from .hub.support import cli, free_port, stop, wait_healthy, write_hub_config

@@ -20,13 +20,13 @@ from structlog.testing import capture_logs
 
 from autoresearchd.daemon import Daemon, State
 from autoresearchd.gpus import Gpus
-from autoresearchd.harness.prepare import prepare_track
 from autoresearchd.memory import SqliteMemory
 from autoresearchd.models import Candidate, Device
 from autoresearchd.notify import Notifier
 from autoresearchd.outbox import Outbox
 from autoresearchd.publisher import Publisher
 from autoresearchd.testing import FakeNvml, plan_script, write_plan
+from autoresearchd.tracks.prepare import prepare_track
 from autoresearchd.worker import Worker, WorkerContext
 
 from .daemon_process import DaemonProcess, wait_for, write_config

@@ -117,12 +117,15 @@ async def test_baseline_spaces_bound_a_parent_that_widened_its_own_annotation() 
     widened = baseline("LR = 0.1  # search: log 0.001..100.0\n")
     free = PerturbProposer(rng=random.Random(2), attempts=200)
     bound = PerturbProposer(rng=random.Random(2), attempts=200, baseline=trusted)
-    free_values, bound_values = set(), set()
+    free_values: set[float] = set()
+    bound_values: set[float] = set()
     for _ in range(15):
         for proposer, values in ((free, free_values), (bound, bound_values)):
             candidate = await proposer.propose(widened, Memory().is_known)
             if candidate is not None:
-                values.add(parse_params(candidate.source)["LR"].value)
+                value = parse_params(candidate.source)["LR"].value
+                assert isinstance(value, float)
+                values.add(value)
     assert any(value < 0.1 for value in free_values)
     assert bound_values and all(0.1 <= value <= 0.2 for value in bound_values)
 

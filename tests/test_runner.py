@@ -8,6 +8,7 @@ import os
 import resource
 import sys
 import tracemalloc
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +145,7 @@ async def _run_watching_pids(spec: RunSpec) -> tuple[RunReport, dict[str, int]]:
     return reports[0], pids
 
 
-def _events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+def _events(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
     return [entry for entry in logs if entry["event"] == name]
 
 

@@ -378,7 +378,7 @@ def test_fork_bomb_is_contained_and_the_next_run_goes_on(config: Config, tmp_pat
 
 @pytest.mark.slow
 def test_real_train_py_runs_in_the_sandbox(config: Config, sandbox: Sandbox) -> None:
-    from autoresearchd.harness import prepare_track  # the harness side: the daemon never needs it
+    from autoresearchd.tracks import prepare_track
 
     prepare_track("synthetic", config.experiment.data_dir)
     shutil.copy(ROOT / "train.py", config.experiment.workspace / "train.py")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from autoresearchd.harness.prepare import prepare_track
 from autoresearchd.testing import write_plan
+from autoresearchd.tracks.prepare import prepare_track
 
 from .daemon_process import DaemonProcess, stored_results, wait_for, write_config
 

@@ -27,7 +27,7 @@ import pytest
 from autoresearchd.config import Config, parse_config
 from autoresearchd.errors import ConfigError
 from autoresearchd.sandbox import UidRange, find_tools, open_sandbox, probe
-from autoresearchd.sandbox_layout import plan_mounts
+from autoresearchd.sandbox_layout import Kind, plan_mounts
 
 from .daemon_process import cli
 from .test_sandbox import metric, run, spec_for, summary_script
@@ -282,7 +282,8 @@ def test_mounts_mask_unsearchable_parents_and_keep_the_state_hidden(home: Path) 
     kinds = [(m.kind, m.path) for m in steps]
     assert ("tmpfs", home) in kinds  # the 0700 home, masked
     # The clone is bound back, then its state hidden again, then the run bound writable.
-    order = [kinds.index(k) for k in [("ro", home / "clone"), ("tmpfs", state), ("rw", run_dir)]]
+    bound: list[tuple[Kind, Path]] = [("ro", home / "clone"), ("tmpfs", state), ("rw", run_dir)]
+    order = [kinds.index(k) for k in bound]
     assert order == sorted(order)
     assert ("dir", state / "runs") in kinds  # traversable inside the hiding tmpfs
     assert find_tools()  # real paths of the helpers on PATH

@@ -125,14 +125,16 @@ async def test_learns_from_history_and_never_proposes_a_known_candidate() -> Non
 
     proposer = TpeProposer(random.Random(1))
     context = ProposalContext(results=history)
-    lrs = []
+    lrs: list[float] = []
     for _ in range(10):
         candidate = await proposer.propose(parent(), is_known, context)
         assert candidate is not None
         assert candidate.sha256 not in known
         assert candidate.proposer == "tpe"
         known.add(candidate.sha256)
-        lrs.append(parse_params(candidate.source)["LR"].value)
+        proposed = parse_params(candidate.source)["LR"].value
+        assert isinstance(proposed, float)
+        lrs.append(proposed)
     assert sorted(lrs)[5] > 0.03  # median well above the log-uniform median (0.01)
 
 
@@ -240,7 +242,12 @@ async def test_history_is_capped_and_each_source_read_once(
     proposer = TpeProposer(random.Random(0), max_history=1000)
     read: list[str] = []
     original = search.read_source
-    monkeypatch.setattr(search, "read_source", lambda text: read.append(text) or original(text))
+
+    def reading(text: str) -> search.Reading | None:
+        read.append(text)
+        return original(text)
+
+    monkeypatch.setattr(search, "read_source", reading)
     assert await proposer.propose(parent(), never, ProposalContext(results=history))
     assert len(read) == 1 + len({r.train_py_sha256 for r in history[:1000]})  # capped history
     read.clear()

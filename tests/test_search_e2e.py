@@ -16,10 +16,10 @@ from typing import Any
 import anyio
 import pytest
 
-from autoresearchd.harness.prepare import prepare_track
 from autoresearchd.memory.protocol import Note
 from autoresearchd.memory.sqlite import SqliteMemory
 from autoresearchd.testing import plan_script, write_plan
+from autoresearchd.tracks.prepare import prepare_track
 
 from .daemon_process import DaemonProcess, stored_results, wait_for, write_config
 

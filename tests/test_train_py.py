@@ -19,11 +19,11 @@ from types import ModuleType
 import pytest
 
 from autoresearchd.early_stopping import LearningCurve
-from autoresearchd.harness import prepare_track
-from autoresearchd.harness.tokenizer import VOCAB_SIZE
 from autoresearchd.models import KNOWN_METRICS, Summary
 from autoresearchd.mutation import parse_params
 from autoresearchd.summary import parse_result_json, parse_summary_text
+from autoresearchd.tracks import prepare_track
+from autoresearchd.tracks.tokenizer import VOCAB_SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_PY = ROOT / "train.py"

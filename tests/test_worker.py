@@ -9,11 +9,11 @@ import anyio
 import pytest
 
 from autoresearchd.daemon import Daemon
-from autoresearchd.harness.prepare import prepare_track
 from autoresearchd.judging import improves
 from autoresearchd.memory.sqlite import SqliteMemory
 from autoresearchd.models import Best, Result
 from autoresearchd.testing import PLAN_ENV, FakeNvml, plan_script, write_plan
+from autoresearchd.tracks.prepare import prepare_track
 
 pytestmark = pytest.mark.anyio
 

@@ -22,13 +22,13 @@ from autoresearchd import worker
 from autoresearchd.config import parse_config
 from autoresearchd.daemon import Daemon
 from autoresearchd.gpus import Gpus
-from autoresearchd.harness.prepare import prepare_track
 from autoresearchd.judging import best_from
 from autoresearchd.memory.sqlite import SqliteMemory
 from autoresearchd.models import Candidate, Device, Result, Status, sha256_text
 from autoresearchd.outbox import Outbox
 from autoresearchd.publisher import Publisher
 from autoresearchd.testing import ok_script
+from autoresearchd.tracks.prepare import prepare_track
 from autoresearchd.worker import Prepared, Worker, WorkerContext
 from tests.memory.conformance import make_result
 

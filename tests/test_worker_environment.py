@@ -11,9 +11,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from autoresearchd.daemon import Daemon
-from autoresearchd.harness.prepare import prepare_track
 from autoresearchd.memory.sqlite import SqliteMemory
 from autoresearchd.sandbox import environment_failure
+from autoresearchd.tracks.prepare import prepare_track
 
 pytestmark = pytest.mark.anyio
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from autoresearchd.harness.prepare import prepare_track
 from autoresearchd.memory.sqlite import SqliteMemory
 from autoresearchd.models import Status
 from autoresearchd.testing import PLAN_ENV
+from autoresearchd.tracks.prepare import prepare_track
 from tests.test_worker import run_daemon
 
 pytestmark = pytest.mark.anyio

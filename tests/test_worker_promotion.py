@@ -1,6 +1,6 @@
 """A daemon promotes on fresh replicates against the incumbent's own runs, never on luck.
 
-One CPU worker runs the plan stand-in (autoresearchd/testing.py); its runs take the
+One CPU worker runs the plan stand-in (autoresearchd/testing/scripts.py); its runs take the
 scripted values in order: the baseline 3.0 (kept, the first best), candidate A's lucky
 selecting run 2.5, two re-measures of the baseline (it has one run of the three the rule
 wants), A's replicates 2.9 and 2.9 (kept: confirmed 2.9, the selecting run left out),
@@ -15,10 +15,10 @@ import anyio
 import pytest
 
 from autoresearchd.daemon import Daemon
-from autoresearchd.harness.prepare import prepare_track
 from autoresearchd.memory.sqlite import SqliteMemory
 from autoresearchd.models import Result, Status
 from autoresearchd.testing import PLAN_ENV, plan_script, write_plan
+from autoresearchd.tracks.prepare import prepare_track
 
 pytestmark = pytest.mark.anyio
 

@@ -1,22 +1,9 @@
-"""The fixed harness that every train.py relies on, like karpathy/autoresearch's prepare.py.
+"""The torch side of the fixed harness that every train.py relies on, imported by train.py alone.
 
-It owns what must stay identical across experiments so results compare: the byte-level
-tokenizer, the track definitions (dataset, sequence length, evaluation tokens, default
-budget), data preparation, the training-batch sampler and ``evaluate_bpb``. This package
-and its preparation modules never import torch, so the daemon can prepare data without
-loading it; only :mod:`autoresearchd.harness.data` and :mod:`autoresearchd.harness.evaluation`
-(used by train.py) do.
+:mod:`autoresearchd.harness.data` loads a prepared track onto the training device and
+samples batches; :mod:`autoresearchd.harness.evaluation` computes ``evaluate_bpb``, the one
+metric every run reports. Both import torch, so nothing else in the package imports this
+package: the torch-free half (tracks, tokenizer, preparation) is :mod:`autoresearchd.tracks`.
+Importing this package itself loads nothing, so a probe can check cheaply that an
+interpreter has the harness installed.
 """
-
-from autoresearchd.harness.prepare import PreparedTrack, prepare, prepare_track
-from autoresearchd.harness.tracks import DEFAULT_DATA_DIR, TRACKS, Track, get_track
-
-__all__ = [
-    "DEFAULT_DATA_DIR",
-    "TRACKS",
-    "PreparedTrack",
-    "Track",
-    "get_track",
-    "prepare",
-    "prepare_track",
-]

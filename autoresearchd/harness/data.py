@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from autoresearchd.harness.prepare import PreparedTrack
+from autoresearchd.tracks.prepare import PreparedTrack
 
 
 @dataclass(frozen=True, slots=True)

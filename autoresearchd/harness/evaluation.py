@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from autoresearchd.harness.tokenizer import VOCAB_SIZE
+from autoresearchd.tracks.tokenizer import VOCAB_SIZE
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 

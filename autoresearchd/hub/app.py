@@ -63,7 +63,7 @@ from autoresearchd.ensue.errors import (
     UNAVAILABLE,
 )
 from autoresearchd.errors import ConfigError, HubError
-from autoresearchd.hub import mcp, strictjson
+from autoresearchd.hub import batch, mcp, strictjson
 from autoresearchd.hub.auth import (
     RateLimiter,
     Rules,
@@ -91,10 +91,11 @@ from autoresearchd.hub.store import (
     HubStore,
     NewMemory,
     is_postgres_url,
-    open_store,
 )
+from autoresearchd.hub.store_auto import open_store
 from autoresearchd.hub.strictjson import JsonRefused
 from autoresearchd.models import sha256_text
+from autoresearchd.statedir import StateDir
 
 if TYPE_CHECKING:
     import uvicorn
@@ -115,7 +116,7 @@ def database_path(config: Config) -> str | Path:
     if is_postgres_url(database):
         return database
     if not database:
-        return config.daemon.state_dir / "hub.sqlite"
+        return StateDir(config.daemon.state_dir).hub_database
     if database.startswith(SQLITE_URL):
         database = database[len(SQLITE_URL) :]
     path = Path(database).expanduser()
@@ -150,6 +151,7 @@ class Hub:
             rules=rules,
             default_org=config.org,
         )
+        self.tools.extend(batch.TOOL, batch.publish_result)
         self.limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
         self.ip_limiter = RateLimiter(config.rate_limit_ip_per_s, config.rate_limit_ip_burst)
         self.auth_limiter = RateLimiter(config.auth_rate_limit_per_s, config.auth_rate_limit_burst)

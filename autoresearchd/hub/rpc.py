@@ -280,9 +280,14 @@ class Tools:
             "create_invite": self._agent(self.create_invite),
             "claim_invite": self._agent(self.claim_invite),
         }
-        from autoresearchd.hub.batch import TOOL, publish_result  # an extension; imports this
 
-        self._tools[TOOL] = self._agent(lambda agent, args: publish_result(self, agent, args))
+    def extend(
+        self, name: str, tool: Callable[[Tools, Agent, dict[str, Any]], Awaitable[dict[str, Any]]]
+    ) -> None:
+        """Add an extension tool for agents with a key (:mod:`~autoresearchd.hub.batch`'s
+        ``publish_result``). Extensions build on this module, so they register themselves
+        from outside it rather than being imported here."""
+        self._tools[name] = self._agent(lambda agent, args: tool(self, agent, args))
 
     async def call(self, agent: Agent | None, call: Call) -> dict[str, Any]:
         tool = self._tools.get(call.tool)

@@ -1,10 +1,10 @@
 """Agent standing on the hub: a writer whose runs agree with other agents' needs fewer
 confirmations to move the best.
 
-Standing is the daemon's own (:func:`autoresearchd.confirming.standing`), computed here
+Standing is the daemon's own (:func:`autoresearchd.standing.standing`), computed here
 from the hub's results index: every verified, scored run of the sources the writer has
 run. Under ``replication = "other-agent"`` a *trusted* writer (agreements on
-:data:`~autoresearchd.confirming.TRUSTED_AFTER` sources, no disagreement) needs
+:data:`~autoresearchd.standing.TRUSTED_AFTER` sources, no disagreement) needs
 ``replicates - 1`` other agents' confirmations (never fewer than one); any other writer
 needs ``replicates``. Read once per best write, outside its transaction: a standing a
 moment old changes only how many confirmations are asked, never what they must show.
@@ -15,10 +15,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from autoresearchd.confirming import Run, Standing, standing
 from autoresearchd.hub.auth import Rules
 from autoresearchd.hub.store import HubStore
 from autoresearchd.models import Status
+from autoresearchd.standing import Run, Standing, standing
 
 #: The runs a standing is read from: the newest of the writer's sources' runs.
 MAX_ROWS = 5000

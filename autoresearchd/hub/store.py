@@ -2,8 +2,8 @@
 
 Every guarantee the hub gives lives in the database, never in process memory, so the
 PostgreSQL store (:mod:`autoresearchd.hub.pg`) implements the same Protocol and several
-hub replicas can share one database; :func:`open_store` picks the store a
-``hub.database`` names, and the row types and column lists here serve both. In SQLite,
+hub replicas can share one database; :mod:`autoresearchd.hub.store_auto` opens the store
+a ``hub.database`` names, and the row types and column lists here serve both. In SQLite,
 create-if-absent is one ``INSERT ... ON CONFLICT DO NOTHING``; compare-and-set
 is one ``UPDATE ... WHERE version = ?`` inside the transaction that read the row, read
 the :class:`Evidence` the write policy asked for (:class:`Needs`) and ran the policy on
@@ -433,23 +433,6 @@ def unstorable(exc: Exception) -> HubError:
 def is_postgres_url(database: str | Path) -> bool:
     """Whether ``hub.database`` names a PostgreSQL database rather than a SQLite file."""
     return isinstance(database, str) and database.startswith(POSTGRES_SCHEMES)
-
-
-async def open_store(
-    database: str | Path, *, migrate: bool = False, pool_size: int | None = None
-) -> HubStore:
-    """The store for ``hub.database``: a ``postgresql://`` URL or a SQLite file.
-
-    A SQLite file brings its own schema up to date on open; a PostgreSQL database is
-    migrated only when ``migrate`` is set and otherwise must already be current.
-    """
-    if is_postgres_url(database):
-        from autoresearchd.hub.pg import PostgresStore  # psycopg only where it is used
-
-        if pool_size is None:
-            return await PostgresStore.open(str(database), migrate=migrate)
-        return await PostgresStore.open(str(database), migrate=migrate, pool_size=pool_size)
-    return SqliteStore(Path(database))
 
 
 #: How often a serving hub checkpoints the WAL (in a thread), and the pages at which

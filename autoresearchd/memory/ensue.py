@@ -49,7 +49,6 @@ import enum
 import itertools
 import json
 import math
-import os
 import re
 import stat
 import time
@@ -76,6 +75,7 @@ from autoresearchd.ensue.keys import slug
 from autoresearchd.ensue.values import decode as _decode
 from autoresearchd.ensue.values import encode as _encode
 from autoresearchd.errors import ConfigError, MemoryBackendError, TransientMemoryError
+from autoresearchd.fsutil import write_atomically
 from autoresearchd.memory.protocol import BestChange, Note, PublishOutcome
 from autoresearchd.models import Best, Result, Status
 
@@ -1129,24 +1129,16 @@ async def _auth_call(
 def write_api_key(path: Path, api_key: str, *, force: bool = False) -> None:
     """Store ``api_key`` in ``path`` with mode 0600; an existing file only with ``force``."""
     check_key_file(path, force=force)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(api_key + "\n")
-        if force:
-            os.replace(temporary, path)
-        else:
-            os.link(temporary, path)  # fails if the file appeared meanwhile
+        # Without force, linking fails if the file appeared meanwhile.
+        write_atomically(path, (api_key + "\n").encode(), mode=0o600, replace=force)
     except OSError as exc:
         raise ConfigError(
             f"cannot write the API key: {exc.strerror or exc}",
             path=str(path),
             key="memory.api_key_file",
         ) from None
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def check_key_file(path: Path, *, force: bool) -> None:

@@ -1,17 +1,23 @@
-"""The collective-memory Protocol every backend implements (DESIGN.md, contract 4).
+"""The collective-memory Protocol every backend implements.
 
-This module holds only the interface and its small value types. A backend is an async
-context manager; its methods are safe to call concurrently from many workers. Every
-backend must pass ``tests/memory/conformance.py``.
+Its contract is written in docs/architecture.md ("Collective memory"). This module holds
+only the interface and its small value types; the plain records it trades in
+(:class:`Note`, :class:`BestChange`) live in :mod:`autoresearchd.models`, since proposers
+read them too, and are re-exported here for the backends. A backend is an async context
+manager; its methods are safe to call concurrently from many workers. Every backend must
+pass ``tests/memory/conformance.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Protocol, Self
 
+# Re-exported: backends and their callers know these records as part of the protocol.
 from autoresearchd.models import Best, Result
+from autoresearchd.models import BestChange as BestChange
+from autoresearchd.models import Note as Note
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,28 +30,6 @@ class PublishOutcome:
 
     created: bool
     best_improved: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Note:
-    """A hypothesis or insight shared with the swarm (community record shape in ``value``)."""
-
-    key: str
-    agent_id: str
-    value: dict[str, Any]
-    created_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class BestChange:
-    """One move of a best: when (by the memory's clock: the hub's for a hub), to what, by whom."""
-
-    at: float
-    agent_id: str
-    val_bpb: float
-    description: str
-    train_py_sha256: str
-    result_id: str
 
 
 class CollectiveMemory(Protocol):

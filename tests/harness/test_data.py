@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from autoresearchd.harness.data import BatchSampler, load_track
-from autoresearchd.harness.prepare import PreparedTrack
+from autoresearchd.tracks.prepare import PreparedTrack
 
 
 def test_targets_are_inputs_shifted_by_one() -> None:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from autoresearchd.harness.evaluation import evaluate_bpb
-from autoresearchd.harness.markov import MarkovSource, MarkovSpec
-from autoresearchd.harness.tokenizer import VOCAB_SIZE
+from autoresearchd.tracks.markov import MarkovSource, MarkovSpec
+from autoresearchd.tracks.tokenizer import VOCAB_SIZE
 
 SEQ_LEN = 32
 EVAL_TOKENS = 2**14

@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from autoresearchd.hub.pg import migrate_database
-from autoresearchd.hub.pgcluster import Cluster, start_cluster
+from autoresearchd.testing.pgcluster import Cluster, start_cluster
 
 _schemas = itertools.count()
 

@@ -20,7 +20,7 @@ import anyio
 import httpx
 import pytest
 
-from autoresearchd.hub.pgcluster import Cluster
+from autoresearchd.testing.pgcluster import Cluster
 from tests.community.coordinator import DEDUP_SIMILARITY, Coordinator, ToolError
 from tests.daemon_process import cli
 from tests.hub.support import ORG, free_port, serve_hub, write_hub_config

@@ -19,7 +19,8 @@ import pytest
 
 from autoresearchd.errors import HubError
 from autoresearchd.hub.auth import hash_key
-from autoresearchd.hub.store import Agent, NewMemory, ResultRow, open_store
+from autoresearchd.hub.store import Agent, NewMemory, ResultRow
+from autoresearchd.hub.store_auto import open_store
 from autoresearchd.hub.strictjson import MAX_DEPTH, JsonRefused, loads
 from tests.hub.support import ORG, InProcessHub, in_process_hub
 
@@ -96,8 +97,8 @@ MARK = '"@@HOSTILE@@"'
 
 def rpc_body(tool: str, arguments: dict[str, Any], hostile: str) -> bytes:
     """A tools/call body with the raw JSON ``hostile`` wherever ``arguments`` holds MARK."""
-    body = {"jsonrpc": "2.0", "method": "tools/call", "id": 1}
-    body["params"] = {"name": tool, "arguments": arguments}  # type: ignore[assignment]
+    body: dict[str, Any] = {"jsonrpc": "2.0", "method": "tools/call", "id": 1}
+    body["params"] = {"name": tool, "arguments": arguments}
     return json.dumps(body).replace(MARK, hostile).encode()
 
 
@@ -198,7 +199,7 @@ async def test_hostile_bodies_queries_and_keys_on_every_route_get_a_4xx_or_json_
     for header in HEADERS:
         for method, path in (("GET", "/auth/whoami"), ("POST", "/"), ("POST", "/mcp")):
             reply = await http.request(
-                method, path, content=b"{}", headers={"authorization": header}
+                method, path, content=b"{}", headers={b"authorization": header}
             )
             assert reply.status_code == 401, (path, header[:20], reply.status_code)
 

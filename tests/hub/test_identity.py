@@ -294,7 +294,7 @@ def daemon_config(folder: Path, url: str, key_file: Path) -> Path:
 
 def test_register_and_whoami_commands_end_to_end(tmp_path: Path, smtp: MailServer) -> None:
     """A served hub mails the link; the CLI stores the key 0600, never prints it."""
-    mail = {
+    mail: dict[str, Any] = {
         "require_email": True,
         "smtp_host": "127.0.0.1",
         "smtp_port": smtp.port,

@@ -12,9 +12,9 @@ import pytest
 
 from autoresearchd.errors import HubError
 from autoresearchd.hub.pg import SCHEMA_VERSION, PostgresStore, migrate_database
-from autoresearchd.hub.pgcluster import Cluster, start_cluster
 from autoresearchd.hub.store import Agent, NewMemory
 from autoresearchd.models import sha256_text
+from autoresearchd.testing.pgcluster import Cluster, start_cluster
 from tests.hub.support import InProcessHub, cli, free_port, in_process_hub, write_hub_config
 from tests.memory.conformance import MemoryConformance, MemoryFactory
 

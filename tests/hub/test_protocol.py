@@ -82,6 +82,7 @@ async def test_registration_returns_a_key_and_stores_only_its_hash(
     body = reply.json()
     assert set(body) == {"api_key", "claim_url", "verification_code"}
     assert body["verification_code"] in body["claim_url"]
+    assert isinstance(hub.store, SqliteStore)
     dump = "\n".join(sqlite3.connect(hub.store.path).iterdump())
     assert body["api_key"] not in dump and sha256_text(body["api_key"]) in dump
     taken = await http.post("/auth/agent-register", json={"name": "nova"})
@@ -333,6 +334,7 @@ async def test_every_write_is_audited_and_the_audit_log_is_append_only(
     name = f"@{ORG}/insights/n"
     await call(http, key, "create_memory", {"items": [{"key_name": name, "value": "a"}]})
     await call(http, key, "update_memory", {"key_name": name, "value": "b", "if_match": 1})
+    assert isinstance(hub.store, SqliteStore)
     conn = sqlite3.connect(hub.store.path)
     rows = conn.execute(
         "SELECT agent, action, key_name, version FROM audit WHERE key_name = ?", (name,)

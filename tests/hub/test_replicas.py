@@ -17,9 +17,9 @@ import anyio
 import httpx
 import pytest
 
-from autoresearchd.hub.pgcluster import Cluster
 from autoresearchd.memory.ensue import EnsueMemory
 from autoresearchd.models import sha256_text
+from autoresearchd.testing.pgcluster import Cluster
 from tests.hub.support import (
     TRACK,
     HubProcess,

@@ -16,8 +16,9 @@ import httpx
 import pytest
 
 from autoresearchd.hub.auth import hash_key
-from autoresearchd.hub.pgcluster import Cluster
-from autoresearchd.hub.store import Agent, open_store
+from autoresearchd.hub.store import Agent
+from autoresearchd.hub.store_auto import open_store
+from autoresearchd.testing.pgcluster import Cluster
 from tests.hub.support import cli, free_port, hub_process, serve_hub, write_hub_config
 
 NOTIFIED_WITHIN_S = 2.0

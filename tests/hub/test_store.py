@@ -33,8 +33,8 @@ from autoresearchd.hub.store import (
     WriteOutcome,
     WritePolicy,
     is_postgres_url,
-    open_store,
 )
+from autoresearchd.hub.store_auto import open_store
 
 pytestmark = pytest.mark.anyio
 
@@ -150,11 +150,11 @@ def tamper(database: Path | str, statement: str) -> None:
         with psycopg.connect(str(database), autocommit=True) as conn:
             conn.execute(statement.encode())
         return
-    conn = sqlite3.connect(database)
+    db = sqlite3.connect(database)
     try:
-        conn.execute(statement)
+        db.execute(statement)
     finally:
-        conn.close()
+        db.close()
 
 
 async def test_every_write_is_audited_in_an_append_only_log(

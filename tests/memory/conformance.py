@@ -1,4 +1,4 @@
-"""The conformance suite every collective-memory backend must pass (DESIGN.md, contract 4).
+"""The conformance suite every collective-memory backend must pass (docs/architecture.md, 4).
 
 A backend's test module subclasses :class:`MemoryConformance` and overrides the
 ``make_memory`` fixture with a factory that builds a fresh, unopened backend driven by the

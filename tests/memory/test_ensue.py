@@ -14,9 +14,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from autoresearchd.config import parse_config
+from autoresearchd.ensue.envelope import parse_message as parse_reply
 from autoresearchd.errors import ConfigError, MemoryBackendError, TransientMemoryError
 from autoresearchd.memory import EnsueMemory, open_memory
-from autoresearchd.memory.ensue import parse_reply
 from autoresearchd.models import sha256_text
 from tests.hub.support import ORG, TRACK, InProcessHub, in_process_hub
 from tests.memory.conformance import FakeClock, MemoryConformance, MemoryFactory, make_result

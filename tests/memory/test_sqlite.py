@@ -260,6 +260,7 @@ async def test_a_full_disk_is_transient_and_the_result_lands_once_space_returns(
                 await memory.publish(result)
             disk.free()
             if not disk.real:
+                assert memory._conn is not None
                 memory._conn.execute("PRAGMA max_page_count = 1073741823")
             assert (await memory.publish(result)).created
             assert await memory.results() == [result]

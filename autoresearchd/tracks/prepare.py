@@ -1,7 +1,7 @@
 """Prepare a track's data on disk, idempotently and without torch.
 
 Layout under ``<data_dir>/<track.dirname>/``: ``train.bin`` and ``val.bin`` hold raw
-tokens (one byte each, see :mod:`autoresearchd.harness.tokenizer`) and ``meta.json``
+tokens (one byte each, see :mod:`autoresearchd.tracks.tokenizer`) and ``meta.json``
 describes them. ``meta.json`` is written last, so its presence with a matching
 fingerprint means the data is complete; a second call returns at once. The daemon calls
 :func:`prepare_track` before runs; train.py calls it too, so a bare run works.
@@ -10,7 +10,6 @@ fingerprint means the data is complete; a second call returns at once. The daemo
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,10 @@ from typing import Any
 import structlog
 
 from autoresearchd.errors import DataError
-from autoresearchd.harness.download import download
-from autoresearchd.harness.markov import MarkovSource
-from autoresearchd.harness.tracks import VAL_FRACTION, Track, get_track
+from autoresearchd.fsutil import write_atomically
+from autoresearchd.tracks.definitions import VAL_FRACTION, Track, get_track
+from autoresearchd.tracks.download import download
+from autoresearchd.tracks.markov import MarkovSource
 
 log = structlog.get_logger(__name__)
 
@@ -138,8 +138,8 @@ def _write(
     val: bytes,
     floor: float | None,
 ) -> PreparedTrack:
-    _write_atomic(folder / TRAIN_FILE, train)
-    _write_atomic(folder / VAL_FILE, val)
+    write_atomically(folder / TRAIN_FILE, train)
+    write_atomically(folder / VAL_FILE, val)
     prepared = PreparedTrack(
         name=track.name,
         path=folder,
@@ -150,7 +150,7 @@ def _write(
         entropy_floor_bpb=floor,
     )
     meta = {"version": LAYOUT_VERSION, "fingerprint": fingerprint, **_meta_fields(prepared)}
-    _write_atomic(folder / META, json.dumps(meta, indent=2).encode("utf-8"))
+    write_atomically(folder / META, json.dumps(meta, indent=2).encode("utf-8"))
     return prepared
 
 
@@ -201,9 +201,3 @@ def _text_fingerprint(track: Track) -> dict[str, Any]:
     except OSError as exc:
         raise DataError(f"cannot read {track.path}: {exc.strerror}", track=track.name) from None
     return {"path": str(track.path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -1,12 +1,10 @@
-"""Fakes shipped for tests and benchmarks, in place of hardware and of other people's code.
+"""Scripted stand-ins for ``train.py``, for tests and benchmarks.
 
-- :class:`FakeNvml` stands in for the ``pynvml`` module: several devices, driver errors,
-  devices that vanish, foreign processes and temperatures, all scriptable.
-- Scripted stand-ins for ``train.py`` are source-text factories: each returns a valid
-  train.py that follows contract 1 (environment in, ``---`` summary out) and carries a
-  small annotated hyperparameter block (contract 2), so the runner can run it and the
-  mutator can mutate it. They misbehave on demand: crash, hang (ignoring SIGTERM, with a
-  grandchild), print NaN, flood the output, or report through the JSON result file.
+- Source-text factories each return a valid train.py that follows the environment-in,
+  summary-out contract and carries a small annotated hyperparameter block (both in
+  docs/architecture.md), so the runner can run it and the mutator can mutate it. They
+  misbehave on demand: crash, hang (ignoring SIGTERM, with a grandchild), print NaN,
+  flood the output, or report through the JSON result file.
 - Plan-driven and timing stand-ins let daemon tests script each run's outcome and let
   benchmarks read each run's start and end times.
 """
@@ -18,15 +16,14 @@ import json
 import math
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
-from types import SimpleNamespace
 from typing import Any
 
 # ---- Scripted train.py stand-ins (contract 1) ---------------------------------------------------
 
-#: Seed-to-seed spread of :func:`stand_in_val_bpb`, like real val_bpb noise (DESIGN.md, contract 3).
+#: Seed-to-seed spread of :func:`stand_in_val_bpb`, like real val_bpb noise
+#: (docs/architecture.md, contract 3).
 DEFAULT_NOISE = 0.003
 #: File the hang script writes in its run directory: ``{"pid": ..., "grandchild": ...}``.
 PIDS_FILE = "pids.json"
@@ -288,133 +285,6 @@ def write_workspace(
         else:
             target.write_text(data, encoding="utf-8")
     return path
-
-
-# ---- Fake NVML -------------------------------------------------------------------------
-
-_GIB = 1024**3
-
-
-class FakeNVMLError(Exception):
-    """Plays the role of ``pynvml.NVMLError``."""
-
-
-class FakeNVMLErrorNotSupported(FakeNVMLError):
-    """Plays the role of ``pynvml.NVMLError_NotSupported``."""
-
-
-class FakeNVMLErrorNotFound(FakeNVMLError):
-    """Plays the role of ``pynvml.NVMLError_NotFound`` (a device that vanished)."""
-
-
-@dataclass
-class FakeGpu:
-    """One fake device; change its fields while a test runs to script its behaviour."""
-
-    name: str = "NVIDIA H100 80GB HBM3"
-    memory_gb: float = 80.0
-    used_gb: float = 0.0
-    temperature_c: int | None = 40
-    utilization_pct: int | None = 0
-    pids: list[int] = field(default_factory=list)
-    uuid: str = ""
-    vanished: bool = False
-
-
-class FakeNvml:
-    """A stand-in for the ``pynvml`` module, with the subset of calls ``gpus`` makes.
-
-    ``init_error`` makes ``nvmlInit`` fail like a machine with no driver. A GPU with
-    ``vanished = True`` answers every call with ``NVMLError_NotFound``.
-    """
-
-    NVMLError = FakeNVMLError
-    NVMLError_NotSupported = FakeNVMLErrorNotSupported
-    NVMLError_NotFound = FakeNVMLErrorNotFound
-    NVML_TEMPERATURE_GPU = 0
-
-    def __init__(
-        self,
-        gpus: list[FakeGpu] | None = None,
-        *,
-        init_error: str = "",
-        driver: str = "550.54",
-        cuda: int = 12040,
-    ) -> None:
-        self.gpus = list(gpus or [])
-        for index, gpu in enumerate(self.gpus):
-            gpu.uuid = gpu.uuid or f"GPU-{index:08d}-fake-0000-0000-{index:012d}"
-        self.init_error = init_error
-        self.driver = driver
-        self.cuda = cuda  # NVML's encoding: 12040 is CUDA 12.4
-        self.initialised = False
-
-    @classmethod
-    def with_gpus(cls, count: int, memory_gb: float = 80.0) -> FakeNvml:
-        return cls([FakeGpu(memory_gb=memory_gb) for _ in range(count)])
-
-    def nvmlInit(self) -> None:
-        if self.init_error:
-            raise FakeNVMLError(self.init_error)
-        self.initialised = True
-
-    def nvmlShutdown(self) -> None:
-        self.initialised = False
-
-    def nvmlSystemGetDriverVersion(self) -> str:
-        return self.driver
-
-    def nvmlSystemGetCudaDriverVersion(self) -> int:
-        return self.cuda
-
-    def nvmlDeviceGetCount(self) -> int:
-        return len(self.gpus)
-
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> FakeGpu:
-        return self._live(self.gpus[index])
-
-    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> FakeGpu:
-        for gpu in self.gpus:
-            if gpu.uuid == uuid:
-                return self._live(gpu)
-        raise FakeNVMLErrorNotFound("Not Found")
-
-    def nvmlDeviceGetUUID(self, gpu: FakeGpu) -> str:
-        return self._live(gpu).uuid
-
-    def nvmlDeviceGetName(self, gpu: FakeGpu) -> str:
-        return self._live(gpu).name
-
-    def nvmlDeviceGetPciInfo(self, gpu: FakeGpu) -> Any:
-        index = self.gpus.index(self._live(gpu))
-        return SimpleNamespace(busId=f"00000000:{index + 0x18:02X}:00.0")
-
-    def nvmlDeviceGetMemoryInfo(self, gpu: FakeGpu) -> Any:
-        live = self._live(gpu)
-        total = int(live.memory_gb * _GIB)
-        used = int(live.used_gb * _GIB)
-        return SimpleNamespace(total=total, free=total - used, used=used)
-
-    def nvmlDeviceGetTemperature(self, gpu: FakeGpu, sensor: int) -> int:
-        return self._supported(self._live(gpu).temperature_c)
-
-    def nvmlDeviceGetUtilizationRates(self, gpu: FakeGpu) -> Any:
-        return SimpleNamespace(gpu=self._supported(self._live(gpu).utilization_pct), memory=0)
-
-    def nvmlDeviceGetComputeRunningProcesses(self, gpu: FakeGpu) -> list[Any]:
-        return [SimpleNamespace(pid=pid, usedGpuMemory=_GIB) for pid in self._live(gpu).pids]
-
-    @staticmethod
-    def _live(gpu: FakeGpu) -> FakeGpu:
-        if gpu.vanished:
-            raise FakeNVMLErrorNotFound("GPU is lost")
-        return gpu
-
-    @staticmethod
-    def _supported(value: int | None) -> int:
-        if value is None:
-            raise FakeNVMLErrorNotSupported("Not Supported")
-        return value
 
 
 # -- Plan-driven and timing stand-ins for daemon tests and benchmarks -----------------

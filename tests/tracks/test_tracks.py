@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from autoresearchd.errors import DataError
-from autoresearchd.harness import TRACKS, get_track
-from autoresearchd.harness.tracks import CEILING_BPB, score_bounds
+from autoresearchd.tracks import TRACKS, get_track
+from autoresearchd.tracks.definitions import CEILING_BPB, score_bounds
 
 
 def test_builtin_tracks_evaluate_whole_windows() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from autoresearchd.errors import DataError
-from autoresearchd.harness import PreparedTrack, get_track, prepare, prepare_track
+from autoresearchd.tracks import PreparedTrack, get_track, prepare, prepare_track
 
 
 def _digest(path: Path) -> str:
@@ -91,7 +91,7 @@ def test_preparation_never_imports_torch(tmp_path: Path) -> None:
     """The daemon prepares data, and the daemon must never load torch."""
     code = (
         "import sys; from pathlib import Path; import autoresearchd.cli;"
-        "from autoresearchd.harness import prepare_track;"
+        "from autoresearchd.tracks import prepare_track;"
         f"prepare_track('text:{tmp_path / 'c.txt'}', Path({str(tmp_path)!r}));"
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )

@@ -14,8 +14,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from autoresearchd.errors import DataError
-from autoresearchd.harness import Track, prepare
-from autoresearchd.harness.download import download
+from autoresearchd.tracks import Track, prepare
+from autoresearchd.tracks.download import download
 
 BODY = bytes(range(256)) * 64  # 16 KiB
 DIGEST = hashlib.sha256(BODY).hexdigest()

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from autoresearchd.config import DEFAULT_STATE_DIR, DEFAULT_TIME_BUDGET_S
+from autoresearchd.config import DEFAULT_TIME_BUDGET_S
 from autoresearchd.errors import DataError
-from autoresearchd.harness.markov import MarkovSpec, entropy_bits
+from autoresearchd.statedir import DEFAULT_STATE_DIR, StateDir
+from autoresearchd.tracks.markov import MarkovSpec, entropy_bits
 
 #: Where prepared data lives unless told otherwise; matches the config's ``<state_dir>/data``.
-DEFAULT_DATA_DIR = DEFAULT_STATE_DIR / "data"
+DEFAULT_DATA_DIR = StateDir(DEFAULT_STATE_DIR).data
 TEXT_PREFIX = "text:"
 #: Share of a text corpus (its tail) held out for validation.
 VAL_FRACTION = 0.1

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from autoresearchd.harness.markov import MarkovSource, MarkovSpec, entropy_bits
+from autoresearchd.tracks.markov import MarkovSource, MarkovSpec, entropy_bits
 
 SPEC = MarkovSpec(alphabet=b"abcdefghij", fanouts=(6, 3), probs=(0.5, 0.25, 0.25), seed=7)
 
