@@ -64,6 +64,7 @@ from autoresearchd.records import Origin, build_result, failed_proposal, invalid
 from autoresearchd.runner import RunReport, RunSpec, run_experiment
 from autoresearchd.sandbox import Sandbox, environment_failure
 from autoresearchd.sharing import Sharing
+from autoresearchd.standby import Key, Standby, opts_in
 
 log = structlog.get_logger(__name__)
 
@@ -163,6 +164,8 @@ class Worker:
         self._background: anyio.abc.TaskGroup | None = None
         self._run_clock = 0.0
         self._prefetched: anyio.Event | None = None
+        #: The next candidate's process, started while the current run trains.
+        self.standby = Standby()
         self.sharing = Sharing(ctx.memory, lambda: self.baseline().source)
         self.parents = Parents(ctx.refused)
         # Pausing, from the control socket: a paused worker asks for no work at all.
@@ -215,6 +218,7 @@ class Worker:
         if self._prefetched is not None:
             await self._prefetched.wait()  # the next candidate, if one is being prepared
         ready = await self._refresh(self._take_prepared())
+        await self.standby.keep_only(self.standby_key(ready.candidate) if ready else None)
         if ready is None:
             # Claims of candidates dropped unrun still count as runs (``was_run`` sees live
             # claims): free them first, or a fresh proposal of the same source looks known.
@@ -308,6 +312,7 @@ class Worker:
             await self.release(self._to_release.pop())
 
     async def _release_all(self) -> None:
+        await self.standby.discard()
         if self._next is not None:
             self._to_release.append(self._next.candidate)
             self._next = None
@@ -586,18 +591,58 @@ class Worker:
         return result.with_(delta_vs_best=delta_vs_best(result.val_bpb, best)), best
 
     async def run(self, candidate: Candidate) -> Result | None:
-        run_id = new_run_id(self.config.daemon.agent)
-        seed = self.ctx.new_seed()
+        held = self.standby.take(self.standby_key(candidate))
+        spec = held.spec if held else None
+        seed = held.seed if held else self.ctx.new_seed()
+        run_id = spec.run_id if spec else new_run_id(self.config.daemon.agent)
         structlog.contextvars.bind_contextvars(run_id=run_id)
         try:
             self.run_started_at, self.run_id = time.time(), run_id
             self._run_clock = time.monotonic()
-            async with self._stop_signal() as stop:
-                report = await run_experiment(self.spec(run_id, candidate, seed), stop=stop)
+            async with self._stop_signal() as stop, self._standby_alongside(candidate):
+                report = await run_experiment(
+                    spec or self.spec(run_id, candidate, seed),
+                    stop=stop,
+                    standby=held.started if held else None,
+                )
         finally:
             self.run_started_at = self.run_id = None
             structlog.contextvars.unbind_contextvars("run_id")
+        self.standby.learn(report)
         return self.record(candidate, report, seed)
+
+    def standby_key(self, candidate: Candidate) -> Key:
+        """What a standby of ``candidate`` must match to run here now."""
+        sandboxed = self.ctx.sandbox is not None and self.config.experiment.sandbox != "off"
+        return Key(candidate.sha256, self.device.uuid, self.config.experiment, sandboxed)
+
+    @asynccontextmanager
+    async def _standby_alongside(self, running: Candidate) -> AsyncIterator[None]:
+        """While a run goes on, start the next candidate's process in time for its turn."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._start_standby, running)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def _start_standby(self, running: Candidate) -> None:
+        delay = self.standby.delay_s(self.device, self.config.experiment.time_budget_s)
+        await anyio.sleep(delay)
+        if self._prefetched is not None:
+            await self._prefetched.wait()
+        ready = self._next
+        if ready is None or self.standby.held is not None or self._winding_down:
+            return
+        candidate = ready.candidate
+        if candidate.sha256 == running.sha256 or not opts_in(candidate.source):
+            return
+        if self.ctx.draining.is_set():
+            return
+        run_id, seed = new_run_id(self.config.daemon.agent), self.ctx.new_seed()
+        await self.standby.start(
+            self.standby_key(candidate), self.spec(run_id, candidate, seed), seed
+        )
 
     def spec(self, run_id: str, candidate: Candidate, seed: int) -> RunSpec:
         spec = RunSpec.from_config(
