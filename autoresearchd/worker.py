@@ -29,6 +29,7 @@ import anyio
 import anyio.abc
 import structlog
 
+from autoresearchd import compile_cache
 from autoresearchd.config import Config
 from autoresearchd.errors import AutoresearchdError, MemoryBackendError, ProposalError
 from autoresearchd.gpus import Gpus
@@ -653,11 +654,16 @@ class Worker:
             device=self.device,
             seed=seed,
         )
+        cache = compile_cache.for_run(self.config, self.device, candidate)
+        if cache is not None:
+            env = {**spec.extra_env, **compile_cache.cache_env(cache)}
+            spec = dataclasses.replace(spec, extra_env=env)
         sandbox = self.ctx.sandbox
         if sandbox is None or self.config.experiment.sandbox == "off":
             return spec
         slot = zlib.crc32(self.device.uuid.encode())
-        return dataclasses.replace(spec, wrap=sandbox.wrapper(spec.run_dir, slot))
+        writable = (cache,) if cache is not None else ()
+        return dataclasses.replace(spec, wrap=sandbox.wrapper(spec.run_dir, slot, writable))
 
     def record(self, candidate: Candidate, report: RunReport, seed: int) -> Result | None:
         """Turn a run into a result; a run stopped by shutdown is no result at all."""

@@ -171,8 +171,9 @@ from autoresearchd.harness.go import wait_for_go
 wait_for_go()
 went = time.time()
 time.sleep(2.0)  # training and evaluation
+cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
 with open(record, "w") as file:
-    json.dump({"spawned": spawned, "went": went}, file)
+    json.dump({"spawned": spawned, "went": went, "cache": cache}, file)
 print("---")
 print(f"val_bpb: {3.0 + abs(LR - 0.01):.6f}")  # the baseline's is the best: no keeps
 """
@@ -234,5 +235,9 @@ def test_the_daemon_starts_each_next_run_before_its_turn(
     assert all(m["startup_seconds"] < first["startup_seconds"] / 2 for m in hidden), later
     # Nothing outlives the daemon: runs and the standby it dropped on draining are gone.
     assert not any(alive(int(path.name)) for path in pids.iterdir())
-    went = [p for p in pids.iterdir() if "went" in json.loads(p.read_text())]
+    went = [json.loads(p.read_text()) for p in pids.iterdir()]
+    went = [w for w in went if "went" in w]
     assert len(went) == len(results)  # every process that got its go became a result
+    # Every run of this device and trust level shares one persistent compile cache.
+    cache = tmp_path / "state" / "compile-cache" / "cpu-0" / "params-only" / "inductor"
+    assert {w["cache"] for w in went} == {str(cache)}
