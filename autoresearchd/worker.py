@@ -641,9 +641,12 @@ class Worker:
         if self.ctx.draining.is_set():
             return
         run_id, seed = new_run_id(self.config.daemon.agent), self.ctx.new_seed()
-        await self.standby.start(
-            self.standby_key(candidate), self.spec(run_id, candidate, seed), seed
-        )
+        try:
+            spec = self.spec(run_id, candidate, seed)
+            await self.standby.start(self.standby_key(candidate), spec, seed)
+        except Exception:
+            # A bug here must cost the next run its head start only, never the run beside it.
+            log.exception("standby_crashed")
 
     def spec(self, run_id: str, candidate: Candidate, seed: int) -> RunSpec:
         spec = RunSpec.from_config(
