@@ -15,7 +15,13 @@ device's wall time for runs 2..n, with standbys (train.py as it is) against a co
 The last line is then ``share_ratio``; the goal is a share of at least 92% at 20 s.
 
     python benchmarks/train_throughput.py [--seconds 1] [--rounds 8] [--threads N]
+With ``--compile-cache``, it times ``torch.compile`` of train.py's model (the first
+training step, in a fresh process each time) against a cache directory as the daemon sets
+it (``autoresearchd.compile_cache``): once cold, then twice warm. The last line is the ratio
+cold / warm.
+
     python benchmarks/train_throughput.py --share [--budget 20] [--runs 4]
+    python benchmarks/train_throughput.py --compile-cache
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import os
 import statistics
 import sys
 import time
@@ -129,9 +136,12 @@ def main() -> int:
     parser.add_argument("--share", action="store_true", help="training share under the daemon")
     parser.add_argument("--budget", type=float, default=20.0, help="--share: seconds per run")
     parser.add_argument("--runs", type=int, default=4, help="--share: runs per variant")
+    parser.add_argument("--compile-cache", action="store_true", help="cold against warm compile")
     args = parser.parse_args()
     if args.share:
         return training_share(args.budget, args.runs)
+    if args.compile_cache:
+        return compile_seconds()
     if args.threads:
         torch.set_num_threads(args.threads)
     train = load_train_py()
@@ -159,6 +169,46 @@ def main() -> int:
         median = statistics.median(values)
         print(f"{name:<9} best {best[name]:>8,.0f} tokens/s | median {median:>8,.0f} tokens/s")
     print(f"ratio train.py/baseline: {best['train.py'] / best['baseline']:.2f}")
+    return 0
+
+
+COMPILE_STEP = """
+import importlib.util, sys, time, warnings
+warnings.filterwarnings("ignore")
+import torch
+import torch.nn.functional as F
+spec = importlib.util.spec_from_file_location("train", sys.argv[1])
+train = importlib.util.module_from_spec(spec)
+sys.modules["train"] = train
+spec.loader.exec_module(train)
+shape = train.choose_shape(torch.device("cpu"), 256)
+torch.manual_seed(0)
+model = torch.compile(train.GPT(shape), dynamic=False)
+batch = torch.randint(0, 256, (shape.micro_batch, 257))
+start = time.perf_counter()
+logits = model(batch[:, :-1])
+F.cross_entropy(logits.reshape(-1, 256), batch[:, 1:].reshape(-1)).backward()
+print(time.perf_counter() - start)
+"""
+
+
+def compile_seconds() -> int:
+    """The first compiled step of train.py's model: cold, then warm from the cache."""
+    import subprocess
+    import tempfile
+
+    from autoresearchd.compile_cache import cache_env
+
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, **cache_env(Path(cache))}
+        command = [sys.executable, "-c", COMPILE_STEP, str(ROOT / "train.py")]
+        seconds = []
+        for _ in range(3):
+            done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+            seconds.append(float(done.stdout.split()[-1]))
+    cold, warm = seconds[0], min(seconds[1:])
+    print(f"first compiled step on CPU: cold {cold:.1f} s, warm {warm:.1f} s (best of 2)")
+    print(f"ratio cold/warm: {cold / warm:.2f}")
     return 0
 
 
