@@ -3,6 +3,7 @@ and a daemon whose next run is started while the current one goes on."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from autoresearchd.config import ExperimentConfig
 from autoresearchd.daemon import Daemon
 from autoresearchd.harness.prepare import prepare_track
 from autoresearchd.memory.sqlite import SqliteMemory
@@ -21,7 +23,7 @@ from autoresearchd.records import Origin, build_result
 from autoresearchd.runner import RunReport, RunSpec, run_experiment, spawn
 from autoresearchd.runner import prepare_run_dir as prepare
 from autoresearchd.sandbox import probe
-from autoresearchd.standby import Standby, opts_in
+from autoresearchd.standby import Key, Standby, opts_in
 from autoresearchd.testing import ok_script
 
 from .test_runner import make_spec
@@ -241,3 +243,24 @@ def test_the_daemon_starts_each_next_run_before_its_turn(
     # Every run of this device and trust level shares one persistent compile cache.
     cache = tmp_path / "state" / "compile-cache" / "cpu-0" / "params-only" / "inductor"
     assert {w["cache"] for w in went} == {str(cache)}
+
+
+async def held_then_changed(spec: RunSpec) -> tuple[bool, bool, int | None]:
+    standby, experiment = Standby(), ExperimentConfig()
+    key = Key(spec.candidate.sha256, "cpu-0", experiment, sandboxed=False)
+    await standby.start(key, spec, seed=3)
+    assert standby.held is not None and standby.run_id == spec.run_id
+    process = standby.held.started.process
+    # The config changed (a reload): the same candidate's standby no longer matches.
+    reloaded = dataclasses.replace(key, experiment=dataclasses.replace(experiment, grace_s=9.0))
+    taken = standby.take(reloaded) is not None
+    await standby.keep_only(reloaded)
+    return taken, standby.held is None, process.returncode
+
+
+def test_a_standby_whose_config_changed_is_dropped(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, GO_SCRIPT)
+    taken, dropped, returncode = anyio.run(held_then_changed, spec)
+    assert not taken and dropped
+    assert returncode is not None  # its process is gone, not left waiting
+    assert not (spec.run_dir / "times.json").exists()
