@@ -10,7 +10,8 @@ there, so the device waits for start-up only when the standby was not ready yet.
 When to start it: on a GPU at once (its start-up is tens of seconds, and initialising costs
 the running job nothing it needs); on a CPU-only host so that it is ready as the current run
 is expected to end (learned from this worker's last runs), which places its start-up over
-the run's evaluation rather than its training. Only scripts whose source calls
+the run's evaluation, and over the end of its training only by what start-up takes beyond
+evaluation (the cores are shared then). Only scripts whose source calls
 ``wait_for_go(`` are started early: any other script would begin training at once.
 
 A standby is dropped cleanly (the socket closed, so the script exits; then its group
