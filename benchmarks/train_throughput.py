@@ -136,10 +136,11 @@ def main() -> int:
     parser.add_argument("--share", action="store_true", help="training share under the daemon")
     parser.add_argument("--budget", type=float, default=20.0, help="--share: seconds per run")
     parser.add_argument("--runs", type=int, default=4, help="--share: runs per variant")
+    parser.add_argument("--today-first", action="store_true", help="--share: baseline first")
     parser.add_argument("--compile-cache", action="store_true", help="cold against warm compile")
     args = parser.parse_args()
     if args.share:
-        return training_share(args.budget, args.runs)
+        return training_share(args.budget, args.runs, today_first=args.today_first)
     if args.compile_cache:
         return compile_seconds()
     if args.threads:
@@ -222,7 +223,7 @@ def load_share_benchmark() -> ModuleType:
     return module
 
 
-def training_share(budget_s: float, runs: int) -> int:
+def training_share(budget_s: float, runs: int, *, today_first: bool = False) -> int:
     """The real train.py's training share on CPU, with standbys against without."""
     import tempfile
 
@@ -241,6 +242,8 @@ def training_share(budget_s: float, runs: int) -> int:
             "from autoresearchd.harness.go import wait_for_go  # noqa: E402\n", ""
         ),
     }
+    if today_first:  # the machine's load drifts: run the variants both ways round
+        variants = dict(reversed(variants.items()))
     print(f"real train.py on CPU: budget {budget_s:g} s, {runs} runs per variant")
     shares = {}
     with tempfile.TemporaryDirectory() as data:
