@@ -176,6 +176,29 @@ class Started:
     read_fd: int
     line: GoLine
     spawned_at: float = field(default_factory=time.monotonic)
+    #: The niceness the group ran at before a standby was made to yield (None: untouched).
+    yielded_from: int | None = None
+
+    def yield_cores(self, niceness: int) -> None:
+        """Let the running run have the cores while this standby starts up; only where the
+        daemon may give the priority back at go (root), or the run would train niced."""
+        if os.geteuid() != 0:
+            return
+        try:
+            before = os.getpriority(os.PRIO_PGRP, self.process.pid)
+            os.setpriority(os.PRIO_PGRP, self.process.pid, niceness)
+        except OSError:
+            return
+        object.__setattr__(self, "yielded_from", before)
+
+    def reclaim_cores(self) -> None:
+        """Back to the priority it had, for every process and thread in its group."""
+        if self.yielded_from is None:
+            return
+        try:
+            os.setpriority(os.PRIO_PGRP, self.process.pid, self.yielded_from)
+        except OSError as exc:
+            log.warning("standby_priority_not_restored", pid=self.process.pid, error=str(exc))
 
     async def discard(self, spec: RunSpec) -> None:
         """End a standby that will not run: its group, its pipe and its socket."""
@@ -379,6 +402,7 @@ async def _watch(
 ) -> _Finished:
     line = process.line
     line.poll_ready()  # a standby ready before its go cost the device no start-up
+    process.reclaim_cores()
     started_at, started = time.time(), time.monotonic()
     line.go()
     async with anyio.create_task_group() as tasks:

@@ -36,6 +36,9 @@ log = structlog.get_logger(__name__)
 
 #: A script opts in to standbys by calling this (``autoresearchd.harness.go``).
 OPT_IN = "wait_for_go("
+#: The niceness a standby starts up at, so the run holding the device keeps the cores; the
+#: priority is given back at go (where the daemon may: as root).
+STANDBY_NICENESS = 15
 #: On a CPU, start this much earlier than the learned start-up needs, for jitter.
 LEAD_FACTOR = 1.2
 LEAD_MARGIN_S = 0.25
@@ -109,6 +112,7 @@ class Standby:
             try:
                 await anyio.to_thread.run_sync(prepare_run_dir, spec)
                 started = await spawn(spec)
+                started.yield_cores(STANDBY_NICENESS)
             except RunError as exc:
                 log.warning("standby_failed", run_id=spec.run_id, error=str(exc))
                 return

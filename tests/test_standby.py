@@ -23,7 +23,7 @@ from autoresearchd.records import Origin, build_result
 from autoresearchd.runner import RunReport, RunSpec, run_experiment, spawn
 from autoresearchd.runner import prepare_run_dir as prepare
 from autoresearchd.sandbox import probe
-from autoresearchd.standby import Key, Standby, opts_in
+from autoresearchd.standby import STANDBY_NICENESS, Key, Standby, opts_in
 from autoresearchd.testing import ok_script
 
 from .test_runner import make_spec
@@ -41,7 +41,8 @@ waited = wait_for_go()
 went = time.time()
 time.sleep(float(os.environ.get("RUN_S", "0")))
 with open("times.json", "w") as file:
-    json.dump({"spawned": spawned, "ready": ready, "went": went, "waited": waited}, file)
+    json.dump({"spawned": spawned, "ready": ready, "went": went, "waited": waited,
+               "nice": os.nice(0)}, file)
 print("---")
 print("val_bpb: 1.0")
 """
@@ -264,3 +265,28 @@ def test_a_standby_whose_config_changed_is_dropped(tmp_path: Path) -> None:
     assert not taken and dropped
     assert returncode is not None  # its process is gone, not left waiting
     assert not (spec.run_dir / "times.json").exists()
+
+
+def niceness(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+async def niced_standby(spec: RunSpec) -> tuple[int, RunReport]:
+    standby = Standby()
+    key = Key(spec.candidate.sha256, "cpu-0", ExperimentConfig(), sandboxed=False)
+    await standby.start(key, spec, seed=3)
+    held = standby.take(key)
+    assert held is not None
+    with anyio.fail_after(10):
+        assert await held.started.line.wait_ready()
+    waiting = niceness(held.started.process.pid)
+    return waiting, await run_experiment(spec, standby=held.started)
+
+
+def test_a_standby_yields_the_cores_until_its_go(tmp_path: Path) -> None:
+    assert os.geteuid() == 0, "the daemon gives the priority back only as root"
+    spec = make_spec(tmp_path, GO_SCRIPT)
+    waiting, report = anyio.run(niced_standby, spec)
+    assert report.outcome == "ok", report.error
+    assert waiting == STANDBY_NICENESS  # starting up beside a run, it yields the cores
+    assert times(report)["nice"] == 0  # from its go on it runs at the usual priority
