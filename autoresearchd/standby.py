@@ -11,8 +11,9 @@ When to start it: on a GPU at once (its start-up is tens of seconds, and initial
 the running job nothing it needs); on a CPU-only host so that it is ready as the current run
 is expected to end (learned from this worker's last runs), which places its start-up over
 the run's evaluation, and over the end of its training only by what start-up takes beyond
-evaluation (the cores are shared then). Only scripts whose source calls
-``wait_for_go(`` are started early: any other script would begin training at once.
+evaluation; it starts up at a low priority (given back at go, where the daemon may), so the
+run holding the cores keeps them. Only scripts whose code calls ``wait_for_go()`` are
+started early: any other script would begin training at once.
 
 A standby is dropped cleanly (the socket closed, so the script exits; then its group
 killed, as a run's) when the candidate it holds will not run next (the best moved, its claim
@@ -22,6 +23,8 @@ pauses or drains. Its run directory then stays behind like any other run's, for 
 
 from __future__ import annotations
 
+import ast
+import functools
 from dataclasses import dataclass
 
 import anyio
@@ -35,7 +38,7 @@ from autoresearchd.runner import RunReport, RunSpec, Started, prepare_run_dir, s
 log = structlog.get_logger(__name__)
 
 #: A script opts in to standbys by calling this (``autoresearchd.harness.go``).
-OPT_IN = "wait_for_go("
+OPT_IN = "wait_for_go"
 #: The niceness a standby starts up at, so the run holding the device keeps the cores; the
 #: priority is given back at go (where the daemon may: as root).
 STANDBY_NICENESS = 15
@@ -44,9 +47,24 @@ LEAD_FACTOR = 1.2
 LEAD_MARGIN_S = 0.25
 
 
+@functools.lru_cache(maxsize=64)
 def opts_in(source: str) -> bool:
-    """Whether a script waits for go, so that starting it early is safe."""
-    return OPT_IN in source
+    """Whether a script calls ``wait_for_go()``, so that starting it early is safe. A call
+    in the code counts; the name in a comment or a docstring does not, since such a script
+    would start training beside the run that holds the device."""
+    if OPT_IN not in source:
+        return False
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return False  # it will crash at its turn anyway: no need to start it early
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+            if name == OPT_IN:
+                return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)

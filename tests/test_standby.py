@@ -111,6 +111,15 @@ def test_a_script_that_ignores_go_runs_as_before(tmp_path: Path) -> None:
     assert report.startup_s is None
 
 
+def test_only_a_call_opts_in() -> None:
+    assert opts_in(GO_SCRIPT)
+    assert opts_in("import autoresearchd.harness.go as go\ngo.wait_for_go()\n")
+    # Named in a docstring or comment only, the script would train beside the current run.
+    assert not opts_in('"""Calls ``wait_for_go()`` one day."""\n# wait_for_go()\nx = 1\n')
+    assert not opts_in("from autoresearchd.harness.go import wait_for_go\n")
+    assert not opts_in("wait_for_go(\n")  # a syntax error
+
+
 def test_wait_for_go_returns_at_once_without_a_daemon() -> None:
     code = "from autoresearchd.harness.go import wait_for_go; print(wait_for_go())"
     env = {k: v for k, v in os.environ.items() if k != "AUTORESEARCH_GO_FD"}
