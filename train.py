@@ -16,6 +16,10 @@ The summary also gives ``tokens_per_s`` and ``mfu_percent`` against the device's
 peak (``peak_tflops``, 0 where unknown). A loss that becomes NaN or explodes stops the run
 at once with exit 1.
 
+The daemon may start this script before the device is free: once its data and model are
+on the device it calls ``wait_for_go()`` and waits there, and compiling and training begin
+at the go signal (``total_seconds`` leaves the wait out).
+
 Start-up and teardown are kept short, since they come out of every run's wall time: the
 eager path uses its own AdamW, because ``torch.optim`` imports ``torch._dynamo`` (about a
 second) on first use even when nothing compiles, and the process ends with ``os._exit``
@@ -47,6 +51,7 @@ from torch import nn  # noqa: E402
 from autoresearchd.errors import DataError  # noqa: E402
 from autoresearchd.harness.data import BatchSampler, TrackData, load_track  # noqa: E402
 from autoresearchd.harness.evaluation import evaluate_bpb  # noqa: E402
+from autoresearchd.harness.go import wait_for_go  # noqa: E402
 from autoresearchd.tracks.definitions import DEFAULT_DATA_DIR, get_track  # noqa: E402
 from autoresearchd.tracks.prepare import prepare_track  # noqa: E402
 from autoresearchd.tracks.tokenizer import VOCAB_SIZE  # noqa: E402
@@ -554,6 +559,8 @@ def warmup_steps(device: torch.device) -> int:
 
 def run(settings: Settings) -> dict[str, float]:
     trainer, data = build_trainer(settings)
+    # Started early as a standby, the run waits here, initialised, for the device's turn.
+    waited = wait_for_go()
     prepared, shape, model = data.prepared, trainer.shape, trainer.model
     budget = settings.budget_s or get_track(settings.track).budget_s
     compile_s, warmup_s = warm_up(trainer, steps=warmup_steps(settings.device))
@@ -575,7 +582,7 @@ def run(settings: Settings) -> dict[str, float]:
         "warmup": warmup_s,
         "compile": compile_s,
         "eval": time.perf_counter() - eval_start,
-        "total": time.perf_counter() - STARTED,
+        "total": time.perf_counter() - STARTED - waited,
     }
     return summarize(
         val_bpb=val_bpb,

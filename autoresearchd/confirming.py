@@ -22,16 +22,16 @@ their runs making them:
   :data:`RESTATED`, and as ``confirmed_bpb`` the confirmations' mean, which is the figure a
   hub accepts. Publishing it is what moves the best; it is restated again as more
   confirmations arrive, until the hub finds the claim significant or the best moves on.
-- **Standing** (:func:`autoresearchd.standing.standing`), beyond BOINC's adaptive replication: for each source
-  several agents ran on one track and tier, each agent's fresh runs are compared with each
-  other agent's (a claimant's first, selecting run left out): apart by more than
-  :data:`AGREEMENT` standard errors of the seed noise (pooled over each agent's own runs of
-  a source) from most of the others, the agent disagrees on that source, else it agrees.
-  One liar among several agents so costs the honest nothing; between two, a dispute costs
-  both. An agent with :data:`TRUSTED_AFTER` agreements and no disagreement is trusted: its
-  claims need one confirmation fewer (here, and on a hub: :mod:`autoresearchd.hub.standing`),
-  so they draw a smaller share. Any disagreement loses standing: its claims are confirmed
-  first, and ``best --history`` flags them.
+- **Standing** (:func:`autoresearchd.standing.standing`), beyond BOINC's adaptive
+  replication: for each source several agents ran on one track and tier, each agent's fresh
+  runs are compared with each other agent's (a claimant's first, selecting run left out):
+  apart by more than :data:`AGREEMENT` standard errors of the seed noise (pooled over each
+  agent's own runs of a source) from most of the others, the agent disagrees on that source,
+  else it agrees. One liar among several agents so costs the honest nothing; between two, a
+  dispute costs both. An agent with :data:`TRUSTED_AFTER` agreements and no disagreement is
+  trusted: its claims need one confirmation fewer (here, and on a hub:
+  :mod:`autoresearchd.hub.standing`), so they draw a smaller share. Any disagreement loses
+  standing: its claims are confirmed first, and ``best --history`` flags them.
 
 Solo mode (the embedded memory) holds one agent's results only, so nothing here runs there.
 """

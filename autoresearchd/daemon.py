@@ -295,7 +295,7 @@ class Daemon:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._grace_timer)
             while True:
-                live = {w.run_id for w in self.workers if w.run_id is not None}
+                live = {r for w in self.workers for r in (w.run_id, w.standby.run_id) if r}
                 keep = self.config.experiment.keep_runs
                 await anyio.to_thread.run_sync(prune_runs, self.config.run_dir, keep, live)
                 await anyio.sleep(self.config.daemon.health_interval_s)

@@ -54,7 +54,7 @@ def build_result(origin: Origin, candidate: Candidate, report: RunReport, seed: 
         started_at=report.started_at,
         completed_at=report.completed_at,
         duration_s=report.duration_s,
-        metrics=dict(summary.metrics) if summary else {},
+        metrics={**(summary.metrics if summary else {}), **run_timing(report)},
         error=error,
     )
     return _record(origin, candidate, run).with_(
@@ -75,6 +75,17 @@ def non_finite(report: RunReport) -> str:
     if value is None or math.isfinite(value):
         return ""
     return f"val_bpb {value} is not finite"
+
+
+def run_timing(report: RunReport) -> dict[str, float]:
+    """What the daemon measured of a run's start, beside the script's own seconds: the
+    start-up the device waited for and, for a standby, how long it was up before its go."""
+    timing = {}
+    if report.startup_s is not None:
+        timing["startup_seconds"] = round(report.startup_s, 3)
+    if report.standby_s:
+        timing["standby_seconds"] = round(report.standby_s, 3)
+    return timing
 
 
 def unrun_result(

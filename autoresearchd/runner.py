@@ -9,6 +9,12 @@ request, or the caller's cancellation) reaches every process it spawned: SIGTERM
 SIGKILL after ``kill_grace_s``. Children left behind by a script that exited on its own are
 killed too, so no orphan keeps GPU memory. The outcome is read with
 :mod:`autoresearchd.summary`; deciding keep/discard and publishing belong to the worker.
+
+Each run also gets a go socket (:mod:`autoresearchd.go_signal`). A run's time starts at go:
+at once for a process started here, or, for a standby that :func:`spawn` started earlier
+(:mod:`autoresearchd.standby`), when it is handed to :func:`run_experiment`. The report
+gives the start-up the device waited for (``startup_s``, spawn or go to the script's ready)
+and how long a standby was started before its go (``standby_s``).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from autoresearchd.config import (
 )
 from autoresearchd.early_stopping import LearningCurve
 from autoresearchd.errors import RunError
+from autoresearchd.go_signal import GoLine
 from autoresearchd.models import Candidate, Device, Summary
 from autoresearchd.procgroup import stop_group
 from autoresearchd.sandbox import scrub_env
@@ -54,6 +61,8 @@ CHUNK_BYTES = 64 * 1024
 DRAIN_TIMEOUT_S = 2.0
 MAX_RESULT_FILE_BYTES = 1024 * 1024
 MAX_ERROR_CHARS = 300
+#: How long a dropped standby gets to leave on its own before its group is killed.
+STANDBY_EXIT_S = 1.0
 LOG_NAME = "run.log"
 RESULT_NAME = "result.json"
 
@@ -154,10 +163,58 @@ class RunReport:
     error: str = ""
     curve: tuple[tuple[float, float], ...] = ()
     stopped_early: float | None = None
+    #: Seconds from the run's start (spawn, or a standby's go) to the script's ready; None
+    #: when the script never waits for go.
+    startup_s: float | None = None
+    #: Seconds a standby's process was up before its go; 0 for a process started at once.
+    standby_s: float = 0.0
 
     @property
     def log_path(self) -> Path:
         return self.run_dir / LOG_NAME
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A run's process, started and not yet watched: its output pipe and its go socket."""
+
+    process: Process
+    read_fd: int
+    line: GoLine
+    spawned_at: float = field(default_factory=time.monotonic)
+    #: The niceness the group ran at before a standby was made to yield (None: untouched).
+    yielded_from: int | None = None
+
+    def yield_cores(self, niceness: int) -> None:
+        """Let the running run have the cores while this standby starts up; only where the
+        daemon may give the priority back at go (root), or the run would train niced."""
+        if os.geteuid() != 0:
+            return
+        try:
+            before = os.getpriority(os.PRIO_PGRP, self.process.pid)
+            os.setpriority(os.PRIO_PGRP, self.process.pid, niceness)
+        except OSError:
+            return
+        object.__setattr__(self, "yielded_from", before)
+
+    def reclaim_cores(self) -> None:
+        """Back to the priority it had, for every process and thread in its group."""
+        if self.yielded_from is None:
+            return
+        try:
+            os.setpriority(os.PRIO_PGRP, self.process.pid, self.yielded_from)
+        except OSError as exc:
+            log.warning("standby_priority_not_restored", pid=self.process.pid, error=str(exc))
+
+    async def discard(self, spec: RunSpec) -> None:
+        """End a standby that will not run: its group, its pipe and its socket."""
+        with anyio.CancelScope(shield=True):
+            self.line.close()  # a script waiting for go exits on its own
+            with anyio.move_on_after(STANDBY_EXIT_S):
+                await self.process.wait()
+            await _Group(self.process, spec).end()
+            await self.process.aclose()
+            os.close(self.read_fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,20 +224,31 @@ class _Finished:
     started_at: float
     completed_at: float
     duration_s: float
+    startup_s: float | None = None
+    standby_s: float = 0.0
 
 
-async def run_experiment(spec: RunSpec, *, stop: anyio.Event | None = None) -> RunReport:
+async def run_experiment(
+    spec: RunSpec, *, stop: anyio.Event | None = None, standby: Started | None = None
+) -> RunReport:
     """Run ``spec`` to its end and report; setting ``stop`` ends the run early as ``stopped``.
 
-    Raises :class:`RunError` when the run cannot start (workspace, run directory, interpreter).
-    If the calling task is cancelled, the process group is ended before the cancellation
-    propagates.
+    ``standby`` is ``spec``'s process when :func:`spawn` started it already: it gets its go
+    now. Raises :class:`RunError` when the run cannot start (workspace, run directory,
+    interpreter). If the calling task is cancelled, the process group is ended before the
+    cancellation propagates.
     """
-    await anyio.to_thread.run_sync(prepare_run_dir, spec)
-    sink = _LogSink(spec.log_path, spec.max_log_bytes)
+    if standby is None:
+        await anyio.to_thread.run_sync(prepare_run_dir, spec)
+    try:
+        sink = _LogSink(spec.log_path, spec.max_log_bytes)
+    except BaseException:
+        if standby is not None:
+            await standby.discard(spec)
+        raise
     curve = spec.curve or LearningCurve(spec.time_budget_s)
     try:
-        finished = await _supervise(spec, sink, stop, curve)
+        finished = await _supervise(spec, sink, stop, standby, curve)
     finally:
         sink.close()
     if sink.error:
@@ -214,6 +282,8 @@ async def run_experiment(spec: RunSpec, *, stop: anyio.Event | None = None) -> R
         error=error,
         curve=curve.points(),
         stopped_early=round(curve.fraction, 4) if outcome == "stopped_early" else None,
+        startup_s=finished.startup_s,
+        standby_s=finished.standby_s,
     )
 
 
@@ -277,39 +347,59 @@ def child_env(spec: RunSpec) -> dict[str, str]:
 
 
 async def _supervise(
-    spec: RunSpec, sink: _LogSink, stop: anyio.Event | None, curve: LearningCurve
+    spec: RunSpec,
+    sink: _LogSink,
+    stop: anyio.Event | None,
+    started: Started | None,
+    curve: LearningCurve,
 ) -> _Finished:
-    # Our own pipe rather than asyncio's: asyncio's wait() also waits for its pipes to close,
-    # which a grandchild holding stdout would delay until the group is killed.
-    read_fd, write_fd = os.pipe()
+    standby = started is not None
+    if started is None:
+        started = await spawn(spec)
+    group = _Group(started.process, spec)
     try:
-        os.set_blocking(read_fd, False)
-        process = await _start(spec, write_fd)
-    except BaseException:
-        os.close(read_fd)
-        raise
-    finally:
-        os.close(write_fd)
-    group = _Group(process, spec)
-    try:
-        return await _watch(group, read_fd, sink, stop, curve)
+        return await _watch(group, started, sink, stop, curve, standby=standby)
     finally:
         with anyio.CancelScope(shield=True):
             await group.end()
-            await process.aclose()
-            os.close(read_fd)
+            await started.process.aclose()
+            os.close(started.read_fd)
+            started.line.close()
 
 
-async def _start(spec: RunSpec, output_fd: int) -> Process:
+async def spawn(spec: RunSpec) -> Started:
+    """Start ``spec``'s process in its prepared run directory; its time starts at go.
+
+    Raises :class:`RunError` when the interpreter (or the sandbox's wrapper) cannot start.
+    """
+    # Our own pipe rather than asyncio's: asyncio's wait() also waits for its pipes to close,
+    # which a grandchild holding stdout would delay until the group is killed.
+    read_fd, write_fd = os.pipe()
+    line = GoLine()
+    try:
+        os.set_blocking(read_fd, False)
+        process = await _start(spec, write_fd, line)
+    except BaseException:
+        os.close(read_fd)
+        line.close()
+        raise
+    finally:
+        os.close(write_fd)
+        line.handed_over()
+    return Started(process, read_fd, line)
+
+
+async def _start(spec: RunSpec, output_fd: int, line: GoLine) -> Process:
     try:
         process = await anyio.open_process(
             spec.command,
             cwd=spec.run_dir,
-            env=child_env(spec),
+            env={**child_env(spec), **line.env()},
             stdin=subprocess.DEVNULL,
             stdout=output_fd,
             stderr=output_fd,
             start_new_session=True,
+            pass_fds=(line.child_fd,),
         )
     except OSError as exc:
         reason = exc.strerror or str(exc)
@@ -319,19 +409,41 @@ async def _start(spec: RunSpec, output_fd: int) -> Process:
 
 
 async def _watch(
-    group: _Group, read_fd: int, sink: _LogSink, stop: anyio.Event | None, curve: LearningCurve
+    group: _Group,
+    process: Started,
+    sink: _LogSink,
+    stop: anyio.Event | None,
+    curve: LearningCurve,
+    *,
+    standby: bool = False,
 ) -> _Finished:
+    line = process.line
+    line.poll_ready()  # a standby ready before its go cost the device no start-up
+    process.reclaim_cores()
     started_at, started = time.time(), time.monotonic()
+    line.go()
     async with anyio.create_task_group() as tasks:
         drained = anyio.Event()
-        tasks.start_soon(_pump, read_fd, sink, drained, curve)
+        tasks.start_soon(_pump, process.read_fd, sink, drained, curve)
+        tasks.start_soon(line.wait_ready)
         ending = await _wait_end(group.process, stop, group.spec.limit_s, curve)
         completed_at, duration_s = time.time(), time.monotonic() - started
         await group.end()
         with anyio.move_on_after(DRAIN_TIMEOUT_S):
             await drained.wait()
+        line.poll_ready()
         tasks.cancel_scope.cancel()
-    return _Finished(ending, group.process.returncode, started_at, completed_at, duration_s)
+    startup_s = None if line.ready_at is None else max(0.0, line.ready_at - started)
+    standby_s = max(0.0, started - process.spawned_at) if standby else 0.0
+    return _Finished(
+        ending,
+        group.process.returncode,
+        started_at,
+        completed_at,
+        duration_s,
+        startup_s,
+        standby_s,
+    )
 
 
 async def _wait_end(

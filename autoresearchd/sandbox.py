@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 import structlog
 
+from autoresearchd.compile_cache import give_to
 from autoresearchd.config import Config
 from autoresearchd.errors import ConfigError
 from autoresearchd.sandbox_layout import Mount, bwrap_args, mount_script, plan_mounts
@@ -199,25 +200,29 @@ class Sandbox:
             return None
         return self.uids.uid(slot)
 
-    def wrapper(self, run_dir: Path, slot: int | None = 0) -> Wrap:
-        """The wrap for one run in ``run_dir``; ``slot`` picks the worker's uid."""
+    def wrapper(self, run_dir: Path, slot: int | None = 0, writable: Sequence[Path] = ()) -> Wrap:
+        """The wrap for one run in ``run_dir``; ``slot`` picks the worker's uid. The run may
+        also write in ``writable`` (existing directories, e.g. its compile cache)."""
         run_dir = run_dir.absolute()
         uid = self.uid(slot)
+        extra = tuple(path.absolute() for path in writable)
 
         def wrap(command: Sequence[str]) -> list[str]:
             if uid is not None:
                 # Runs after the run directory is filled and before the child starts.
                 _chown_tree(run_dir, uid)
+                for path in extra:
+                    give_to(path, uid)
             return [
                 *self._limits(),
-                *self._namespaces(run_dir, uid),
+                *self._namespaces(run_dir, uid, extra),
                 *self._privileges(uid),
                 *command,
             ]
 
         return wrap
 
-    def mounts(self, run_dir: Path, uid: int | None) -> list[Mount]:
+    def mounts(self, run_dir: Path, uid: int | None, writable: Sequence[Path] = ()) -> list[Mount]:
         """What the child sees of the filesystem (:mod:`autoresearchd.sandbox_layout`)."""
         return plan_mounts(
             run_dir=run_dir,
@@ -225,6 +230,7 @@ class Sandbox:
             hidden_dirs=self.hidden_dirs,
             hidden_files=self.hidden_files,
             uid=uid,
+            writable=writable,
         )
 
     def _limits(self) -> list[str]:
@@ -238,14 +244,16 @@ class Sandbox:
             "--",
         ]
 
-    def _namespaces(self, run_dir: Path, uid: int | None) -> list[str]:
+    def _namespaces(
+        self, run_dir: Path, uid: int | None, writable: Sequence[Path] = ()
+    ) -> list[str]:
         if self.isolation.tool == "bwrap":
-            return self._bwrap(run_dir, uid)
+            return self._bwrap(run_dir, uid, writable)
         if self.isolation.tool == "unshare":
-            return self._unshare(run_dir, uid)
+            return self._unshare(run_dir, uid, writable)
         return []
 
-    def _bwrap(self, run_dir: Path, uid: int | None) -> list[str]:
+    def _bwrap(self, run_dir: Path, uid: int | None, writable: Sequence[Path] = ()) -> list[str]:
         iso = self.isolation
         argv = [self.binaries["bwrap"], "--die-with-parent", "--unshare-net", "--unshare-ipc"]
         argv += ["--unshare-uts", "--ro-bind", "/", "/", "--dev", "/dev"]
@@ -253,7 +261,7 @@ class Sandbox:
             argv += ["--unshare-pid", "--proc", "/proc"]
         for node in sorted(glob.glob(GPU_NODES)):
             argv += ["--dev-bind", node, node]
-        argv += bwrap_args(self.mounts(run_dir, uid))
+        argv += bwrap_args(self.mounts(run_dir, uid, writable))
         argv += ["--chdir", str(run_dir)]
         # The daemon's home may be unreadable to the child's uid, or hidden with the state.
         argv += ["--setenv", "HOME", "/tmp"]
@@ -261,7 +269,7 @@ class Sandbox:
             argv += ["--cap-drop", "ALL"]
         return [*argv, "--"]
 
-    def _unshare(self, run_dir: Path, uid: int | None) -> list[str]:
+    def _unshare(self, run_dir: Path, uid: int | None, writable: Sequence[Path] = ()) -> list[str]:
         """Namespaces, and a mount namespace made by ``sh`` and mount(8) as bwrap would."""
         argv = [self.binaries["unshare"], "--mount", "--net", "--ipc", "--uts"]
         if os.geteuid() != 0:
@@ -269,7 +277,7 @@ class Sandbox:
             argv += ["--user", "--map-root-user"]
         if self.isolation.pid_namespace:
             argv += ["--pid", "--fork", "--kill-child", "--mount-proc"]
-        steps = self.mounts(run_dir, uid)
+        steps = self.mounts(run_dir, uid, writable)
         bins = self.binaries
         script = mount_script(steps, bins["mount"], bins["mkdir"], chdir=run_dir)
         return [*argv, "--", self.binaries["sh"], "-c", script, "sh"]

@@ -51,19 +51,23 @@ def plan_mounts(
     hidden_dirs: Iterable[Path] = (),
     hidden_files: Iterable[Path] = (),
     uid: int | None = None,
+    writable: Iterable[Path] = (),
 ) -> list[Mount]:
     """The mounts, ordered so each one's parents exist and are traversable when it is made.
 
     ``uid`` is the child's own uid (None: the daemon's): directories above a needed path
-    that it cannot traverse are masked.
+    that it cannot traverse are masked. ``writable`` are bound writable like the run
+    directory (a persistent cache inside the hidden state directory, say).
     """
-    readable = [p for p in dict.fromkeys(readable) if p != run_dir]
-    needed = [run_dir, *readable]
+    writable = [p for p in dict.fromkeys(writable) if p != run_dir]
+    readable = [p for p in dict.fromkeys(readable) if p != run_dir and p not in writable]
+    needed = [run_dir, *readable, *writable]
     steps = [Mount("tmpfs", top, SCRATCH_MODE) for top in SCRATCH]
     steps += [Mount("tmpfs", top) for top in unreachable_tops(needed, uid)]
     steps += [Mount("tmpfs", hidden) for hidden in hidden_dirs]
     steps += [Mount("null", secret) for secret in hidden_files]
     steps += [Mount("ro", path) for path in readable]
+    steps += [Mount("rw", path) for path in writable]
     steps.append(Mount("rw", run_dir))
     return _with_parents(_ordered(steps))
 

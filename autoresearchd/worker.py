@@ -29,6 +29,7 @@ import anyio
 import anyio.abc
 import structlog
 
+from autoresearchd import compile_cache
 from autoresearchd.config import Config
 from autoresearchd.confirming import Confirming
 from autoresearchd.early_stopping import EarlyStopping
@@ -66,6 +67,7 @@ from autoresearchd.records import Origin, build_result, failed_proposal, invalid
 from autoresearchd.runner import RunReport, RunSpec, run_experiment
 from autoresearchd.sandbox import Sandbox, environment_failure
 from autoresearchd.sharing import Sharing
+from autoresearchd.standby import Key, Standby, opts_in
 
 log = structlog.get_logger(__name__)
 
@@ -168,6 +170,8 @@ class Worker:
         self._background: anyio.abc.TaskGroup | None = None
         self._run_clock = 0.0
         self._prefetched: anyio.Event | None = None
+        #: The next candidate's process, started while the current run trains.
+        self.standby = Standby()
         self.sharing = Sharing(ctx.memory, lambda: self.baseline().source)
         self.parents = Parents(ctx.refused)
         # Pausing, from the control socket: a paused worker asks for no work at all.
@@ -224,6 +228,7 @@ class Worker:
         if self._prefetched is not None:
             await self._prefetched.wait()  # the next candidate, if one is being prepared
         ready = await self._refresh(self._take_prepared())
+        await self.standby.keep_only(self.standby_key(ready.candidate) if ready else None)
         if ready is None:
             # Claims of candidates dropped unrun still count as runs (``was_run`` sees live
             # claims): free them first, or a fresh proposal of the same source looks known.
@@ -321,6 +326,7 @@ class Worker:
             await self.release(self._to_release.pop())
 
     async def _release_all(self) -> None:
+        await self.standby.discard()
         if self._next is not None:
             self._to_release.append(self._next.candidate)
             self._next = None
@@ -600,9 +606,10 @@ class Worker:
         return result.with_(delta_vs_best=delta_vs_best(result.val_bpb, best)), best
 
     async def run(self, candidate: Candidate, *, stoppable: bool = False) -> Result | None:
-        run_id = new_run_id(self.config.daemon.agent)
-        seed = self.ctx.new_seed()
-        spec = self.spec(run_id, candidate, seed)
+        held = self.standby.take(self.standby_key(candidate))
+        seed = held.seed if held else self.ctx.new_seed()
+        run_id = held.spec.run_id if held else new_run_id(self.config.daemon.agent)
+        spec = held.spec if held else self.spec(run_id, candidate, seed)
         if stoppable:  # only a candidate's first run: never a replicate or a re-measure
             best = lowest(self._best, self._own_best)
             experiment, tier = self.config.experiment, self.device.tier
@@ -614,11 +621,14 @@ class Worker:
         try:
             self.run_started_at, self.run_id = time.time(), run_id
             self._run_clock = time.monotonic()
-            async with self._stop_signal() as stop:
-                report = await run_experiment(spec, stop=stop)
+            async with self._stop_signal() as stop, self._standby_alongside(candidate):
+                report = await run_experiment(
+                    spec, stop=stop, standby=held.started if held else None
+                )
         finally:
             self.run_started_at = self.run_id = None
             structlog.contextvars.unbind_contextvars("run_id")
+        self.standby.learn(report)
         return self.record(candidate, report, seed)
 
     async def _refresh_stopping(self) -> None:
@@ -632,6 +642,42 @@ class Worker:
             # A bug here must cost early stopping only, never the run beside it.
             log.exception("early_stopping_refresh_crashed")
 
+    def standby_key(self, candidate: Candidate) -> Key:
+        """What a standby of ``candidate`` must match to run here now."""
+        sandboxed = self.ctx.sandbox is not None and self.config.experiment.sandbox != "off"
+        return Key(candidate.sha256, self.device.uuid, self.config.experiment, sandboxed)
+
+    @asynccontextmanager
+    async def _standby_alongside(self, running: Candidate) -> AsyncIterator[None]:
+        """While a run goes on, start the next candidate's process in time for its turn."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._start_standby, running)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def _start_standby(self, running: Candidate) -> None:
+        delay = self.standby.delay_s(self.device, self.config.experiment.time_budget_s)
+        await anyio.sleep(delay)
+        if self._prefetched is not None:
+            await self._prefetched.wait()
+        ready = self._next
+        if ready is None or self.standby.held is not None or self._winding_down:
+            return
+        candidate = ready.candidate
+        if candidate.sha256 == running.sha256 or not opts_in(candidate.source):
+            return
+        if self.ctx.draining.is_set():
+            return
+        run_id, seed = new_run_id(self.config.daemon.agent), self.ctx.new_seed()
+        try:
+            spec = self.spec(run_id, candidate, seed)
+            await self.standby.start(self.standby_key(candidate), spec, seed)
+        except Exception:
+            # A bug here must cost the next run its head start only, never the run beside it.
+            log.exception("standby_crashed")
+
     def spec(self, run_id: str, candidate: Candidate, seed: int) -> RunSpec:
         spec = RunSpec.from_config(
             self.config.experiment,
@@ -641,11 +687,16 @@ class Worker:
             device=self.device,
             seed=seed,
         )
+        cache = compile_cache.for_run(self.config, self.device, candidate)
+        if cache is not None:
+            env = {**spec.extra_env, **compile_cache.cache_env(cache)}
+            spec = dataclasses.replace(spec, extra_env=env)
         sandbox = self.ctx.sandbox
         if sandbox is None or self.config.experiment.sandbox == "off":
             return spec
         slot = zlib.crc32(self.device.uuid.encode())
-        return dataclasses.replace(spec, wrap=sandbox.wrapper(spec.run_dir, slot))
+        writable = (cache,) if cache is not None else ()
+        return dataclasses.replace(spec, wrap=sandbox.wrapper(spec.run_dir, slot, writable))
 
     def record(self, candidate: Candidate, report: RunReport, seed: int) -> Result | None:
         """Turn a run into a result; a run stopped by shutdown is no result at all."""

@@ -8,7 +8,20 @@ alternating short rounds in one process, so machine noise hits both alike; each 
 best round counts (interference only ever slows a round down). The last line printed is
 the ratio (higher is better for train.py).
 
+With ``--share``, it measures instead the training share of the real train.py on CPU under
+the real daemon (``benchmarks/training_share.py``'s method): its training seconds over the
+device's wall time for runs 2..n, with standbys (train.py as it is) against a copy whose
+``wait_for_go()`` call is removed (every run started from scratch, as before standbys).
+The last line is then ``share_ratio``; the goal is a share of at least 92% at 20 s.
+
     python benchmarks/train_throughput.py [--seconds 1] [--rounds 8] [--threads N]
+With ``--compile-cache``, it times ``torch.compile`` of train.py's model (the first
+training step, in a fresh process each time) against a cache directory as the daemon sets
+it (``autoresearchd.compile_cache``): once cold, then twice warm. The last line is the ratio
+cold / warm.
+
+    python benchmarks/train_throughput.py --share [--budget 20] [--runs 4]
+    python benchmarks/train_throughput.py --compile-cache
 """
 
 from __future__ import annotations
@@ -16,6 +29,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import os
 import statistics
 import sys
 import time
@@ -119,7 +133,16 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=1.0, help="per model per round")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0, help="0: torch's default")
+    parser.add_argument("--share", action="store_true", help="training share under the daemon")
+    parser.add_argument("--budget", type=float, default=20.0, help="--share: seconds per run")
+    parser.add_argument("--runs", type=int, default=4, help="--share: runs per variant")
+    parser.add_argument("--today-first", action="store_true", help="--share: baseline first")
+    parser.add_argument("--compile-cache", action="store_true", help="cold against warm compile")
     args = parser.parse_args()
+    if args.share:
+        return training_share(args.budget, args.runs, today_first=args.today_first)
+    if args.compile_cache:
+        return compile_seconds()
     if args.threads:
         torch.set_num_threads(args.threads)
     train = load_train_py()
@@ -128,7 +151,7 @@ def main() -> int:
     ours = train.GPT(shape)
     plain = PlainGPT(shape.depth, shape.width, shape.heads, train.MLP_RATIO, train.LOGIT_SOFTCAP)
     contenders = {
-        "train.py": (ours, train.make_optimizer(ours, torch.device("cpu"))),
+        "train.py": (ours, train.make_optimizer(ours, compiled=False)),
         "baseline": (plain, torch.optim.AdamW(plain.parameters(), lr=1e-3, foreach=False)),
     }
     batches = [torch.randint(0, VOCAB, (shape.micro_batch, SEQ_LEN + 1)) for _ in range(8)]
@@ -147,6 +170,89 @@ def main() -> int:
         median = statistics.median(values)
         print(f"{name:<9} best {best[name]:>8,.0f} tokens/s | median {median:>8,.0f} tokens/s")
     print(f"ratio train.py/baseline: {best['train.py'] / best['baseline']:.2f}")
+    return 0
+
+
+COMPILE_STEP = """
+import importlib.util, sys, time, warnings
+warnings.filterwarnings("ignore")
+import torch
+import torch.nn.functional as F
+spec = importlib.util.spec_from_file_location("train", sys.argv[1])
+train = importlib.util.module_from_spec(spec)
+sys.modules["train"] = train
+spec.loader.exec_module(train)
+shape = train.choose_shape(torch.device("cpu"), 256)
+torch.manual_seed(0)
+model = torch.compile(train.GPT(shape), dynamic=False)
+batch = torch.randint(0, 256, (shape.micro_batch, 257))
+start = time.perf_counter()
+logits = model(batch[:, :-1])
+F.cross_entropy(logits.reshape(-1, 256), batch[:, 1:].reshape(-1)).backward()
+print(time.perf_counter() - start)
+"""
+
+
+def compile_seconds() -> int:
+    """The first compiled step of train.py's model: cold, then warm from the cache."""
+    import subprocess
+    import tempfile
+
+    from autoresearchd.compile_cache import cache_env
+
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, **cache_env(Path(cache))}
+        command = [sys.executable, "-c", COMPILE_STEP, str(ROOT / "train.py")]
+        seconds = []
+        for _ in range(3):
+            done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+            seconds.append(float(done.stdout.split()[-1]))
+    cold, warm = seconds[0], min(seconds[1:])
+    print(f"first compiled step on CPU: cold {cold:.1f} s, warm {warm:.1f} s (best of 2)")
+    print(f"ratio cold/warm: {cold / warm:.2f}")
+    return 0
+
+
+def load_share_benchmark() -> ModuleType:
+    path = Path(__file__).resolve().parent / "training_share.py"
+    spec = importlib.util.spec_from_file_location("training_share", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["training_share"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def training_share(budget_s: float, runs: int, *, today_first: bool = False) -> int:
+    """The real train.py's training share on CPU, with standbys against without."""
+    import tempfile
+
+    from autoresearchd.logs import configure_logging
+    from autoresearchd.tracks.prepare import prepare_track
+
+    bench = load_share_benchmark()
+    configure_logging("console", "warning", sys.stderr)
+    source = (ROOT / "train.py").read_text(encoding="utf-8")
+    call = "    waited = wait_for_go()\n"
+    assert call in source, "train.py no longer waits for go where this benchmark expects"
+    variants = {
+        "standby": source,
+        # Without the call the daemon never starts a run early (the import alone is no call).
+        "today": source.replace(call, "    waited = 0.0\n"),
+    }
+    if today_first:  # the machine's load drifts: run the variants both ways round
+        variants = dict(reversed(variants.items()))
+    print(f"real train.py on CPU: budget {budget_s:g} s, {runs} runs per variant")
+    shares = {}
+    with tempfile.TemporaryDirectory() as data:
+        prepare_track("synthetic", Path(data))
+        for name, script in variants.items():
+            share, results = bench.measure(script, budget_s, runs, gpu=False, data_dir=data)
+            bench.report(name, share, results)
+            evals = [r.metrics.get("eval_seconds", 0.0) for r in results[1:]]
+            print(f"         eval_seconds: {', '.join(f'{e:.2f}' for e in evals)}")
+            shares[name] = share
+    print(f"share_ratio = {shares['standby'].fraction / shares['today'].fraction:.3f}")
     return 0
 
 

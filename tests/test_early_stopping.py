@@ -242,8 +242,8 @@ def test_baselines_and_off_never_get_a_judge() -> None:
     child = Candidate("LR = 2\n", parent_sha256="p" * 64, description="LR 1 → 2")
     baseline = Candidate("LR = 1\n", parent_sha256=None, description="baseline")
     assert stopping.curve_for(config.experiment, "cpu", child, None) is None
-    auto = parse_config({}).experiment
-    assert auto.early_stopping == "auto"
+    assert parse_config({}).experiment.early_stopping == "off"  # the default
+    auto = parse_config({"experiment": {"early_stopping": "auto"}}).experiment
     assert stopping.curve_for(auto, "cpu", baseline, None) is None
     assert stopping.curve_for(auto, "cpu", child, None) is not None
 

@@ -1,0 +1,161 @@
+"""Standbys: the next run's process, started while the current run still holds the device.
+
+A worker keeps at most one. While a run trains, :class:`Standby` starts the process of the
+candidate prepared to run next (``Worker._next``), in its own run directory with its own run
+id and seed. The script imports torch and the harness, loads its data and initialises the
+device, then blocks in ``autoresearchd.harness.go.wait_for_go()`` holding no accelerator
+time. When that candidate's turn comes, the runner sends go and the run's time starts
+there, so the device waits for start-up only when the standby was not ready yet.
+
+When to start it: on a GPU at once (its start-up is tens of seconds, and initialising costs
+the running job nothing it needs); on a CPU-only host so that it is ready as the current run
+is expected to end (learned from this worker's last runs), which places its start-up over
+the run's evaluation, and over the end of its training only by what start-up takes beyond
+evaluation; it starts up at a low priority (given back at go, where the daemon may), so the
+run holding the cores keeps them. Only scripts whose code calls ``wait_for_go()`` are
+started early: any other script would begin training at once.
+
+A standby is dropped cleanly (the socket closed, so the script exits; then its group
+killed, as a run's) when the candidate it holds will not run next (the best moved, its claim
+expired), when the device, the experiment config or the sandbox changed, and when the worker
+pauses or drains. Its run directory then stays behind like any other run's, for pruning.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from dataclasses import dataclass
+
+import anyio
+import structlog
+
+from autoresearchd.config import ExperimentConfig
+from autoresearchd.errors import RunError
+from autoresearchd.models import Device
+from autoresearchd.runner import RunReport, RunSpec, Started, prepare_run_dir, spawn
+
+log = structlog.get_logger(__name__)
+
+#: A script opts in to standbys by calling this (``autoresearchd.harness.go``).
+OPT_IN = "wait_for_go"
+#: The niceness a standby starts up at, so the run holding the device keeps the cores; the
+#: priority is given back at go (where the daemon may: as root).
+STANDBY_NICENESS = 15
+#: On a CPU, start this much earlier than the learned start-up needs, for jitter.
+LEAD_FACTOR = 1.2
+LEAD_MARGIN_S = 0.25
+
+
+@functools.lru_cache(maxsize=64)
+def opts_in(source: str) -> bool:
+    """Whether a script calls ``wait_for_go()``, so that starting it early is safe. A call
+    in the code counts; the name in a comment or a docstring does not, since such a script
+    would start training beside the run that holds the device."""
+    if OPT_IN not in source:
+        return False
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return False  # it will crash at its turn anyway: no need to start it early
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+            if name == OPT_IN:
+                return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """What a standby was started for; any difference at its turn means it is stale."""
+
+    sha256: str
+    device_uuid: str
+    experiment: ExperimentConfig
+    sandboxed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A started standby: its spec (run id and seed drawn at spawn) and its process."""
+
+    key: Key
+    spec: RunSpec
+    seed: int
+    started: Started
+
+
+class Standby:
+    """One worker's standby slot, and what its last runs say about their timing."""
+
+    def __init__(self) -> None:
+        self.held: Held | None = None
+        self._run_s: float | None = None
+        self._startup_s: float | None = None
+
+    @property
+    def run_id(self) -> str | None:
+        """The standby's run directory name: a live run for pruning."""
+        return self.held.spec.run_id if self.held is not None else None
+
+    def delay_s(self, device: Device, budget_s: float) -> float:
+        """How long after a run's go its successor's standby should start."""
+        if device.is_gpu:
+            return 0.0
+        run_s = self._run_s if self._run_s is not None else budget_s
+        lead = (self._startup_s or 0.0) * LEAD_FACTOR + LEAD_MARGIN_S
+        return max(0.0, run_s - lead)
+
+    def learn(self, report: RunReport) -> None:
+        """Note a finished run's length (without its visible start-up) and its start-up."""
+        if report.outcome != "ok":
+            return  # a crash or a stop says nothing about how long runs last
+        startup = report.startup_s
+        self._run_s = report.duration_s - (startup or 0.0)
+        if startup is None:
+            return
+        if not report.standby_s:
+            self._startup_s = startup  # a fresh process: all of its start-up was seen
+        elif startup > 0:
+            self._startup_s = report.standby_s + startup  # it was still starting at go
+        # Ready before go: its start-up fitted, and the last estimate still holds.
+
+    async def start(self, key: Key, spec: RunSpec, seed: int) -> None:
+        """Start ``spec``'s process as the standby; a failure only costs the head start."""
+        if self.held is not None:
+            return
+        with anyio.CancelScope(shield=True):  # a process started is a process tracked
+            try:
+                await anyio.to_thread.run_sync(prepare_run_dir, spec)
+                started = await spawn(spec)
+                started.yield_cores(STANDBY_NICENESS)
+            except RunError as exc:
+                log.warning("standby_failed", run_id=spec.run_id, error=str(exc))
+                return
+        self.held = Held(key, spec, seed, started)
+        log.info("standby_started", run_id=spec.run_id, sha=key.sha256[:12])
+
+    def take(self, key: Key) -> Held | None:
+        """The standby for ``key``, now the caller's to run; None when it holds another."""
+        held = self.held
+        if held is None or held.key != key:
+            return None
+        self.held = None
+        return held
+
+    async def keep_only(self, key: Key | None) -> None:
+        """Drop the standby unless it is the one for ``key`` (the run that comes next)."""
+        held = self.held
+        if held is None or held.key == key:
+            return
+        same = key is not None and held.key.sha256 == key.sha256
+        await self.discard("stale" if same else "not next")
+
+    async def discard(self, reason: str = "dropped") -> None:
+        held, self.held = self.held, None
+        if held is None:
+            return
+        log.info("standby_discarded", run_id=held.spec.run_id, reason=reason)
+        await held.started.discard(held.spec)

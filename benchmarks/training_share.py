@@ -1,0 +1,181 @@
+"""Training share: the fraction of a device's wall time spent training, with and without standbys.
+
+Setup: the real daemon in-process (one CPU worker, or one fake GPU for the GPU-like profile)
+runs a stand-in train.py whose start-up, training and evaluation are set sleeps, and which
+prints ``training_seconds``. Two variants run one after the other in the same invocation:
+
+- ``standby``: the stand-in calls ``wait_for_go()`` after its start-up, so the daemon
+  starts each next run early (this is the behaviour under test);
+- ``today``: the same stand-in without the call, so every run starts from scratch once the
+  previous one has ended (the behaviour before standbys: the honest baseline).
+
+Share = the training seconds of runs 2..n over the wall time from the end of run 1 to the
+end of run n (the first run starts cold in both variants). Profiles: ``cpu`` (2 s start-up,
+1 s evaluation) and ``gpu`` (30 s start-up, 1 s evaluation). ``--scale`` shrinks every set
+time (budget, start-up, evaluation) by one factor, so a 300 s budget can be measured in
+minutes; the interpreter's own start-up is not scaled, which only makes the figure harder.
+
+Printed last: ``share_ratio = standby share / today share``; the goals are shares of at least
+97% at a 300 s budget and 92% at 20 s (CPU profile).
+Usage: ``python benchmarks/training_share.py [--profile cpu|gpu] [--budget S] [--runs N]
+[--scale F] [--only standby|today]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from autoresearchd.daemon import Daemon
+from autoresearchd.logs import configure_logging
+from autoresearchd.memory.sqlite import SqliteMemory
+from autoresearchd.models import Result
+from autoresearchd.testing import FakeNvml
+
+PROFILES = {"cpu": (2.0, 1.0), "gpu": (30.0, 1.0)}
+
+STAND_IN = '''"""Stand-in train.py: set start-up, training and evaluation times."""
+import os
+import sys
+import time
+LR = 0.01  # search: log 0.001..0.1
+time.sleep({startup_s!r})  # imports, data, the device's context
+{wait}
+start = time.perf_counter()
+time.sleep({budget_s!r})  # training
+trained = time.perf_counter() - start
+time.sleep({eval_s!r})  # evaluation
+print("---")
+print(f"val_bpb: {{3.0 + abs(LR - 0.01):.6f}}")  # the baseline is best: every run discards
+print(f"training_seconds: {{trained:.4f}}")
+sys.stdout.flush()
+os._exit(0)  # as the reference train.py ends: no interpreter teardown
+'''
+WAIT = "from autoresearchd.harness.go import wait_for_go\nwait_for_go()"
+
+
+@dataclass(frozen=True)
+class Share:
+    """One variant's steady-state figures."""
+
+    runs: int
+    training_s: float
+    wall_s: float
+
+    @property
+    def fraction(self) -> float:
+        return self.training_s / self.wall_s if self.wall_s > 0 else math.nan
+
+
+def stand_in(startup_s: float, budget_s: float, eval_s: float, *, standby: bool) -> str:
+    wait = WAIT if standby else "pass  # no go signal: started only when the device is free"
+    return STAND_IN.format(startup_s=startup_s, budget_s=budget_s, eval_s=eval_s, wait=wait)
+
+
+def write_config(root: Path, script: str, budget_s: float, *, gpu: bool, data_dir: str) -> Path:
+    workspace = root / "workspace"
+    workspace.mkdir(parents=True)
+    (workspace / "train.py").write_text(script)
+    devices = "" if gpu else '[devices]\ngpus = "none"\ncpu_workers = 1\n'
+    data = f'data_dir = "{data_dir}"\n' if data_dir else ""
+    config = root / "config.toml"
+    config.write_text(
+        f'[daemon]\nagent = "bench"\nstate_dir = "{root / "state"}"\nlog_format = "json"\n'
+        'log_level = "warning"\non_shutdown = "stop"\n'
+        f"{devices}"
+        f'[experiment]\nworkspace = "{workspace}"\ntime_budget_s = {budget_s}\n'
+        f"grace_s = {max(60.0, budget_s)}\nreplicates = 0\n{data}"
+    )
+    return config
+
+
+async def drive(config: Path, runs: int, *, gpu: bool) -> list[Result]:
+    """Run the daemon until its worker has queued ``runs`` results; those results."""
+    daemon = Daemon(config, nvml=FakeNvml.with_gpus(1) if gpu else None)
+
+    async def stop_when_done() -> None:
+        while True:
+            await anyio.sleep(0.2)
+            if sum(w.results_queued for w in daemon.workers) >= runs:
+                daemon.drain("benchmark_done")
+                return
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_when_done)
+        await daemon.serve()
+    state = config.parent / "state"
+    async with SqliteMemory(state / "memory.sqlite") as memory:
+        results = await memory.results(limit=None)
+    return sorted((r for r in results if r.duration_s > 0), key=lambda r: r.completed_at)
+
+
+def steady_share(results: list[Result]) -> Share:
+    """Training of runs 2..n over the wall time from run 1's end to run n's."""
+    later = results[1:]
+    training = sum(r.metrics.get("training_seconds", 0.0) for r in later)
+    wall = results[-1].completed_at - results[0].completed_at if later else 0.0
+    return Share(len(later), training, wall)
+
+
+def measure(
+    script: str, budget_s: float, runs: int, *, gpu: bool, data_dir: str = ""
+) -> tuple[Share, list[Result]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        config = write_config(Path(tmp), script, budget_s, gpu=gpu, data_dir=data_dir)
+        results = anyio.run(lambda: drive(config, runs, gpu=gpu))
+    return steady_share(results), results
+
+
+def report(name: str, share: Share, results: list[Result]) -> None:
+    startups = [r.metrics.get("startup_seconds") for r in results[1:]]
+    shown = ", ".join("-" if s is None else f"{s:.2f}" for s in startups)
+    gaps = [b.started_at - a.completed_at for a, b in itertools.pairwise(results)]
+    gap = statistics.median(gaps) * 1000 if gaps else math.nan
+    print(
+        f"{name:<8} share {share.fraction * 100:6.2f}%  training {share.training_s:8.2f} s"
+        f" of {share.wall_s:8.2f} s over {share.runs} runs  (startup_seconds: {shown};"
+        f" median gap {gap:.0f} ms)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    parser.add_argument("--budget", type=float, default=20.0, help="training seconds per run")
+    parser.add_argument("--runs", type=int, default=4, help="runs per variant (>= 2)")
+    parser.add_argument("--scale", type=float, default=1.0, help="factor on every set time")
+    parser.add_argument("--only", choices=("standby", "today"), default=None)
+    args = parser.parse_args()
+    startup, evaluation = PROFILES[args.profile]
+    times = (startup * args.scale, args.budget * args.scale, evaluation * args.scale)
+    gpu = args.profile == "gpu"
+    configure_logging("console", "warning", sys.stderr)
+    print(
+        f"profile {args.profile}: start-up {times[0]:g} s, budget {times[1]:g} s, "
+        f"evaluation {times[2]:g} s (scale {args.scale:g} of a {args.budget:g} s budget), "
+        f"{args.runs} runs per variant"
+    )
+    shares: dict[str, Share] = {}
+    for name in ("standby", "today"):
+        if args.only not in (None, name):
+            continue
+        script = stand_in(*times, standby=name == "standby")
+        shares[name], results = measure(script, times[1], args.runs, gpu=gpu)
+        report(name, shares[name], results)
+    ideal = times[1] / (times[1] + times[2])
+    print(f"ceiling (evaluation only, no start-up or gap): {ideal * 100:.2f}%")
+    if len(shares) == 2:
+        ratio = shares["standby"].fraction / shares["today"].fraction
+        print(f"share_ratio = {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
