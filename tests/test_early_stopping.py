@@ -304,6 +304,7 @@ async def calibrated_worker(tmp_path: Path) -> AsyncIterator[Worker]:
             "sandbox": "off",
             "time_budget_s": 6.0,
             "grace_s": 5.0,
+            "early_stopping": "auto",
         },
     }
     config = parse_config(raw, source=tmp_path / "config.toml")
