@@ -1,11 +1,13 @@
 """Proposers turn a parent train.py into a fresh candidate; ``make_proposer`` picks the strategy.
 
-Strategies: ``perturb`` (neighbours of the parent), ``tpe`` (history-aware, in
-:mod:`autoresearchd.search`), ``hypotheses`` (the swarm's open suggestions, in
-:mod:`autoresearchd.hypotheses`), ``command`` (an external research agent, in
-:mod:`autoresearchd.agent`) and ``mixed`` (a weighted draw among the others, falling
-through to the next when one has nothing to offer). History-aware strategies receive a
-:class:`ProposalContext` that the worker builds from the collective memory.
+Strategies: ``portfolio`` (the default: broad samples, a dependency-free TPE-like model
+and local steps, in :mod:`autoresearchd.portfolio`), ``perturb`` (neighbours of the
+parent), ``tpe`` (Optuna's TPE, in :mod:`autoresearchd.search`), ``hypotheses`` (the
+swarm's open suggestions, in :mod:`autoresearchd.hypotheses`), ``command`` (an external
+research agent, in :mod:`autoresearchd.agent`) and ``mixed`` (a weighted draw among the
+others, falling through to the next when one has nothing to offer). History-aware
+strategies receive a :class:`ProposalContext` that the worker builds from the collective
+memory.
 
 A proposer never hands back a candidate the swarm has already run or claimed (it asks the
 collective memory through ``is_known``) nor one it proposed before in this process, so a
@@ -46,7 +48,7 @@ IsKnown = Callable[[str], Awaitable[bool]]
 
 
 #: The strategies ``mixed`` can draw from.
-STRATEGIES = ("perturb", "tpe", "hypotheses", "command")
+STRATEGIES = ("portfolio", "perturb", "tpe", "hypotheses", "command")
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,8 +222,11 @@ def _single(
     # Imported here: these modules build on this one (ProposalContext, PerturbProposer).
     from autoresearchd.agent import CommandProposer
     from autoresearchd.hypotheses import HypothesisProposer
+    from autoresearchd.portfolio import PortfolioProposer
     from autoresearchd.search import TpeProposer
 
+    if strategy == "portfolio":
+        return PortfolioProposer(rng, baseline, max_history=config.max_history)
     if strategy == "perturb":
         return PerturbProposer(config.max_changes, rng=rng, baseline=baseline)
     if strategy == "tpe":
