@@ -48,7 +48,7 @@ DEFAULT_CONFIRM_SHARE_MAX = 0.5
 DEFAULT_MAX_TEMPERATURE_C = 85
 DEFAULT_HEALTH_INTERVAL_S = 10.0
 DEFAULT_MAX_CHANGES = 3
-DEFAULT_MIXED_WEIGHTS = {"tpe": 0.7, "hypotheses": 0.2, "command": 0.1}
+DEFAULT_MIXED_WEIGHTS = {"portfolio": 0.7, "hypotheses": 0.2, "command": 0.1}
 DEFAULT_MAX_HISTORY = 2000
 DEFAULT_COMMAND_TIMEOUT_S = 600.0
 DEFAULT_HUB_PORT = 8765
@@ -143,7 +143,7 @@ class ExperimentConfig:
 
 @dataclass(frozen=True, slots=True)
 class ProposerConfig:
-    strategy: Literal["perturb", "tpe", "mixed", "hypotheses", "command"] = "perturb"
+    strategy: Literal["portfolio", "perturb", "tpe", "mixed", "hypotheses", "command"] = "portfolio"
     max_changes: int = DEFAULT_MAX_CHANGES
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIXED_WEIGHTS))
     max_history: int = DEFAULT_MAX_HISTORY
@@ -261,7 +261,7 @@ def _share(value: Any) -> str | None:
 
 
 def _weights(value: Any) -> str | None:
-    known = ("perturb", "tpe", "hypotheses", "command")
+    known = ("portfolio", "perturb", "tpe", "hypotheses", "command")
     for name, weight in value.items():
         if name not in known:
             return f"unknown strategy {name!r} (expected one of {', '.join(known)})"

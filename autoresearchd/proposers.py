@@ -1,9 +1,11 @@
 """Proposers turn a parent train.py into a fresh candidate; ``make_proposer`` picks the strategy.
 
-Strategies: ``perturb`` (neighbours of the parent, in :mod:`autoresearchd.perturb`),
-``tpe`` (history-aware, in :mod:`autoresearchd.search`), ``hypotheses`` (the swarm's open
-suggestions, in :mod:`autoresearchd.hypotheses`), ``command`` (an external research agent,
-in :mod:`autoresearchd.agent`) and ``mixed`` (a weighted draw among the others, falling
+Strategies: ``portfolio`` (the default: broad samples, a dependency-free TPE-like model
+and local steps, in :mod:`autoresearchd.portfolio`), ``perturb`` (neighbours of the
+parent, in :mod:`autoresearchd.perturb`), ``tpe`` (Optuna's TPE, in
+:mod:`autoresearchd.search`), ``hypotheses`` (the swarm's open suggestions, in
+:mod:`autoresearchd.hypotheses`), ``command`` (an external research agent, in
+:mod:`autoresearchd.agent`) and ``mixed`` (a weighted draw among the others, falling
 through to the next when one has nothing to offer). History-aware strategies receive a
 :class:`ProposalContext` that the worker builds from the collective memory; the
 :class:`Proposer` Protocol and the types every strategy shares are in
@@ -29,6 +31,7 @@ from autoresearchd.errors import ConfigError
 from autoresearchd.hypotheses import HypothesisProposer
 from autoresearchd.models import Candidate
 from autoresearchd.perturb import PerturbProposer
+from autoresearchd.portfolio import PortfolioProposer
 from autoresearchd.proposal import EMPTY_CONTEXT, IsKnown, ProposalContext, Proposer
 from autoresearchd.search import TpeProposer
 
@@ -47,7 +50,7 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 #: The strategies ``mixed`` can draw from.
-STRATEGIES = ("perturb", "tpe", "hypotheses", "command")
+STRATEGIES = ("portfolio", "perturb", "tpe", "hypotheses", "command")
 
 
 class MixedProposer:
@@ -116,6 +119,8 @@ def _single(
     trust: str,
     taken: dict[str, str] | None,
 ) -> Proposer:
+    if strategy == "portfolio":
+        return PortfolioProposer(rng, baseline, max_history=config.max_history)
     if strategy == "perturb":
         return PerturbProposer(config.max_changes, rng=rng, baseline=baseline)
     if strategy == "tpe":

@@ -17,12 +17,11 @@ def error_of(tmp_path: Path, text: str) -> str:
     return str(info.value)
 
 
-def test_defaults_keep_perturb_and_document_mixed_weights() -> None:
+def test_defaults_are_portfolio_and_document_mixed_weights() -> None:
     proposer = parse_config({}).proposer
-    assert proposer.strategy == "perturb"
-    assert (
-        proposer.weights == DEFAULT_MIXED_WEIGHTS == {"tpe": 0.7, "hypotheses": 0.2, "command": 0.1}
-    )
+    assert proposer.strategy == "portfolio"
+    assert proposer.weights == DEFAULT_MIXED_WEIGHTS
+    assert DEFAULT_MIXED_WEIGHTS == {"portfolio": 0.7, "hypotheses": 0.2, "command": 0.1}
     assert (proposer.command, proposer.command_timeout_s, proposer.max_history) == ((), 600.0, 2000)
     assert proposer.share_notes
 
@@ -46,14 +45,14 @@ def test_mixed_weights_table_and_command_list_are_read(tmp_path: Path) -> None:
         ("weights = {tpe = 0}", "proposer.weights: expected at least one weight > 0"),
         (
             "weights = {bogus = 1}",
-            "proposer.weights: unknown strategy 'bogus' (expected one of perturb, tpe, "
-            "hypotheses, command)",
+            "proposer.weights: unknown strategy 'bogus' (expected one of portfolio, perturb, "
+            "tpe, hypotheses, command)",
         ),
         ('weights = {tpe = "a"}', 'proposer.weights.tpe: expected a number, got "a"'),
         ("weights = 3", "proposer.weights: expected a table, got 3"),
         (
             'strategy = "genetic"',
-            'proposer.strategy: expected one of "perturb", "tpe", "mixed", '
+            'proposer.strategy: expected one of "portfolio", "perturb", "tpe", "mixed", '
             '"hypotheses", "command", got "genetic"',
         ),
         ("command_timeout_s = 0", "proposer.command_timeout_s: expected a number > 0, got 0.0"),
