@@ -691,7 +691,7 @@ def daemon_record(watch: LogWatch, results: list[dict], stopped_at: float) -> di
     for event in watch.named("run_process_exited"):
         outcomes[event["outcome"]] = outcomes.get(event["outcome"], 0) + 1
     return {
-        "runs_started": len(intervals),
+        "runs_started": len(watch.named("run_started")),
         "runs_finished": sum(outcomes.values()),
         "outcomes": outcomes,
         "results": len(results),
@@ -705,15 +705,28 @@ def daemon_record(watch: LogWatch, results: list[dict], stopped_at: float) -> di
 
 
 def run_intervals(watch: LogWatch, stopped_at: float) -> list[tuple[float, float]]:
-    """[start, end] of every run, wall clock; one still running at the stop ends there."""
+    """[go, exit] of every run, wall clock, overlaps merged; one still running at the stop
+    ends there.
+
+    A run's time counts from its go, not its spawn: a standby is spawned while the run
+    before it still holds the device, and its start-up then costs the device nothing.
+    """
     ended = {e["run_id"]: e for e in watch.named("run_process_exited")}
     intervals = []
     for start in watch.named("run_started"):
-        begin = event_time(start)
         exited = ended.get(start["run_id"])
-        end = begin + float(exited["duration_s"]) if exited else stopped_at
-        intervals.append((begin, min(end, stopped_at)))
-    return sorted(intervals)
+        if exited:
+            end = event_time(exited)
+            intervals.append((end - float(exited["duration_s"]), min(end, stopped_at)))
+        else:
+            intervals.append((event_time(start), stopped_at))
+    merged: list[tuple[float, float]] = []
+    for begin, end in sorted(intervals):
+        if merged and begin < merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((begin, end))
+    return merged
 
 
 def run_share(result: dict[str, Any]) -> dict[str, Any]:

@@ -145,17 +145,31 @@ def test_a_bad_shape_is_a_one_line_error(tmp_path: Path) -> None:
     assert not (tmp_path / "report.json").exists()
 
 
+def started(run_id: str, at: str) -> dict[str, Any]:
+    return {"event": "run_started", "run_id": run_id, "timestamp": f"2026-01-01T00:{at}Z"}
+
+
+def exited(run_id: str, at: str, outcome: str, duration_s: float) -> dict[str, Any]:
+    return {
+        "event": "run_process_exited",
+        "run_id": run_id,
+        "outcome": outcome,
+        "duration_s": duration_s,
+        "timestamp": f"2026-01-01T00:{at}Z",
+    }
+
+
 def test_busy_fraction_and_gaps_come_from_the_daemons_log(
     module: ModuleType, tmp_path: Path
 ) -> None:
     """Two runs of 10 s with 1 s between them, then a third cut short by the stop."""
     log = tmp_path / "daemon.log"
     lines = [
-        {"event": "run_started", "run_id": "a", "timestamp": "2026-01-01T00:00:00Z"},
-        {"event": "run_process_exited", "run_id": "a", "outcome": "ok", "duration_s": 10.0},
-        {"event": "run_started", "run_id": "b", "timestamp": "2026-01-01T00:00:11Z"},
-        {"event": "run_process_exited", "run_id": "b", "outcome": "crash", "duration_s": 10.0},
-        {"event": "run_started", "run_id": "c", "timestamp": "2026-01-01T00:00:22Z"},
+        started("a", "00:00"),
+        exited("a", "00:10", "ok", 10.0),
+        started("b", "00:11"),
+        exited("b", "00:21", "crash", 10.0),
+        started("c", "00:22"),
     ]
     text = "\n".join(json.dumps(line) for line in lines)
     log.write_text(text + '\nnot json\n{"event": "half a line', encoding="utf-8")
@@ -168,6 +182,24 @@ def test_busy_fraction_and_gaps_come_from_the_daemons_log(
     assert record["busy_fraction"] == round(28 / 30, 4)
     assert record["gap_seconds"] == {"min": 1.0, "median": 1.0, "max": 1.0}
     assert record["training_share"]["median"] == pytest.approx(0.8)
+
+
+def test_a_standby_counts_from_its_go_not_its_spawn(module: ModuleType, tmp_path: Path) -> None:
+    """b is spawned at 5 s while a runs to 10 s, and goes at 11 s: the device was busy 20 of
+    the 21 s, not 26."""
+    log = tmp_path / "daemon.log"
+    lines = [
+        started("a", "00:00"),
+        started("b", "00:05"),
+        exited("a", "00:10", "ok", 10.0),
+        exited("b", "00:21", "ok", 10.0),
+    ]
+    log.write_text("\n".join(json.dumps(line) for line in lines) + "\n", encoding="utf-8")
+    watch = module.LogWatch(log)
+    record = module.daemon_record(watch, [], module.event_time(lines[0]) + 21.0)
+    assert record["runs_started"] == 2 and record["runs_finished"] == 2
+    assert record["busy_fraction"] == round(20 / 21, 4)
+    assert record["gap_seconds"] == {"min": 1.0, "median": 1.0, "max": 1.0}
 
 
 def test_shape_changes_parse_or_name_the_bad_part(module: ModuleType) -> None:
