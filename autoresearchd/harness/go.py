@@ -22,8 +22,6 @@ import time
 
 from autoresearchd.go_protocol import GO, GO_FD_ENV, READY
 
-__all__ = ["GO", "GO_FD_ENV", "READY", "wait_for_go"]
-
 
 def wait_for_go() -> float:
     """Say ready and wait for the daemon's go; the seconds waited (0.0 when run alone)."""

@@ -416,10 +416,7 @@ def indexed(key_name: str) -> bool:
 
 def search_text(item: NewMemory) -> str:
     """What search indexes of a value: its text, with NULs (which PostgreSQL text cannot
-    hold, though a base64 value may decode to them) as spaces; binary values and keys
-    search does not index give nothing."""
-    if not indexed(item.key_name):
-        return ""
+    hold, though a base64 value may decode to them) as spaces; binary values index nothing."""
     return (decode_text(item.value, item.is_base64) or "").replace("\x00", " ")
 
 
@@ -1073,12 +1070,12 @@ def _update(conn: sqlite3.Connection, write: Write, if_match: int | None) -> Wri
         )
         if not cur.rowcount:
             return WriteOutcome(reason=REASON_VERSION, current_version=current.version)
-        body = search_text(item)
-        conn.execute(
-            "UPDATE memories_fts SET body = ? WHERE rowid ="
-            " (SELECT seq FROM memories WHERE key_name = ?)",
-            (body, item.key_name),
-        )
+        if indexed(item.key_name):
+            conn.execute(
+                "UPDATE memories_fts SET body = ? WHERE rowid ="
+                " (SELECT seq FROM memories WHERE key_name = ?)",
+                (search_text(item), item.key_name),
+            )
         version = current.version + 1
         _audit(conn, now, write.agent.name, "update", item.key_name, version, write.detail)
         return WriteOutcome(version=version)

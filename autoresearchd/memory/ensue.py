@@ -632,13 +632,11 @@ class EnsueMemory:
         marker = {"result_id": result.id}
         bests: list[dict[str, Any]] = []
         labels: list[str | None] = []
-        bpb = result.best_bpb
+        bpb = _keep_bpb(result)
         # The hub fills in result_key and the previous best's fields on the row it replaces.
-        org_track = (self.org_track if self.org_track == self.primary_track else None) == (
-            result.track
-        )
-        if result.status is Status.KEEP and bpb is not None and math.isfinite(bpb):
-            for tier in (None, *([result.vram_tier] if result.vram_tier else [])):
+        org_track = self._declared_track == result.track
+        if bpb is not None:
+            for tier, label in _best_scopes(result):
                 base = self._best_base(result.track, tier)
                 best = self._batched_best(result, tier, bpb)
                 bests.append(
@@ -651,14 +649,11 @@ class EnsueMemory:
                         "org_track": org_track,
                     }
                 )
-                labels.append(tier or "track")
-            agent_key = self.root + keys.agent_best(
-                slug(result.agent_id), result.track, self.primary_track
-            )
+                labels.append(label)
             best = self._batched_best(result, None, bpb)
             bests.append(
                 {
-                    "metadata_key": agent_key,
+                    "metadata_key": self._agent_best_key(result),
                     "value": _encode(json.dumps(best)),
                     "base64": True,
                     "org_track": org_track,
@@ -756,29 +751,30 @@ class EnsueMemory:
         )
 
     async def _move_bests(self, result: Result, result_key: str) -> tuple[str, ...]:
-        bpb = result.best_bpb
-        if result.status is not Status.KEEP or bpb is None or not math.isfinite(bpb):
+        bpb = _keep_bpb(result)
+        if bpb is None:
             return ()
         moved = []
-        scopes = [
-            (None, "track"),
-            *([(result.vram_tier, result.vram_tier)] * bool(result.vram_tier)),
-        ]
-        for tier, label in scopes:
+        for tier, label in _best_scopes(result):
             base = self._best_base(result.track, tier)
             best = _BestMove(result, result_key, tier, bpb)
             if await self._move_best(base + "metadata", base + "train_py", best):
                 moved.append(label)
-        agent_key = self.root + keys.agent_best(
-            slug(result.agent_id), result.track, self.primary_track
-        )
-        await self._move_best(agent_key, None, _BestMove(result, result_key, None, bpb))
+        agent_best = _BestMove(result, result_key, None, bpb)
+        await self._move_best(self._agent_best_key(result), None, agent_best)
         return tuple(moved)
+
+    def _agent_best_key(self, result: Result) -> str:
+        return self.root + keys.agent_best(slug(result.agent_id), result.track, self.primary_track)
+
+    @property
+    def _declared_track(self) -> str | None:
+        """The track the operator declared the org's own (whose bests name no track), if any."""
+        return self.org_track if self.org_track == self.primary_track else None
 
     def _track_confirmed(self, key: str, current: Mapping[str, Any], track: str) -> bool:
         """Whether the best at ``key`` is of ``track``; logs once per key when it is not."""
-        declared = self.org_track if self.org_track == self.primary_track else None
-        if records.best_track_confirmed(current, track, declared):
+        if records.best_track_confirmed(current, track, self._declared_track):
             return True
         self._foreign(key, track, current.get("track") or "none named")
         return False
@@ -997,6 +993,19 @@ class _BestMove:
     result_key: str
     tier: str | None
     bpb: float
+
+
+def _keep_bpb(result: Result) -> float | None:
+    """The finite score a keep moves bests with; None for any other result."""
+    bpb = result.best_bpb
+    if result.status is not Status.KEEP or bpb is None or not math.isfinite(bpb):
+        return None
+    return bpb
+
+
+def _best_scopes(result: Result) -> list[tuple[str | None, str]]:
+    """The shared bests a keep may move, as (tier, label): the track's, then its tier's."""
+    return [(None, "track"), *([(result.vram_tier, result.vram_tier)] * bool(result.vram_tier))]
 
 
 def _best_then(result: Result) -> float | None:
