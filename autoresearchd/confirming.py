@@ -288,6 +288,8 @@ class Confirming:
         if parent.sha256 != keep.train_py_sha256:
             log.info("confirmation_refused", claim=keep.id, reason="trust policy")
             return False
+        if w.paused:
+            return True  # paused while it looked: the next step holds, and nothing is stopped
         candidate = Candidate(
             source=keep.train_py,
             parent_sha256=keep.parent_sha256,

@@ -237,6 +237,11 @@ class Worker:
         if ready is None:
             await sleep_unless(IDLE_PAUSE_S, self.ctx.draining)
             return
+        if self.paused:
+            # Paused (or finished with nothing running) while it prepared: a run started
+            # now would only be stopped at once. The next step's pause frees its claim.
+            self._next = ready
+            return
         self.current, queued = ready.candidate, False
         try:
             queued = await self.evaluate(ready.candidate)

@@ -20,7 +20,7 @@ from autoresearchd.models import Best, Device
 from autoresearchd.outbox import Outbox
 from autoresearchd.publisher import Publisher
 from autoresearchd.testing import ok_script, plan_script
-from autoresearchd.worker import Worker, WorkerContext
+from autoresearchd.worker import Prepared, Worker, WorkerContext
 
 from .hub.support import free_port
 
@@ -186,6 +186,34 @@ async def test_a_pause_after_a_resume_really_waits(tmp_path: Path) -> None:
         with anyio.move_on_after(0.3) as waited:
             await worker._hold_while_paused()
         assert waited.cancelled_caught, "a paused worker waits for resume"
+
+
+@pytest.mark.anyio
+async def test_a_finish_while_nothing_runs_starts_no_run_only_to_stop_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``finish`` between runs pauses before the next one starts, not by stopping it."""
+    async with SqliteMemory(tmp_path / "memory.sqlite") as memory:
+        worker = a_worker(tmp_path, memory)
+        prepare = worker.prepare
+
+        async def finished_meanwhile() -> Prepared | None:
+            ready = await prepare()
+            worker.finish()  # the control socket's finish lands while the claim is made
+            return ready
+
+        monkeypatch.setattr(worker, "prepare", finished_meanwhile)
+        with capture_logs() as logs:
+            await worker.cycle()
+        assert worker.paused and worker.state == "paused"
+        assert "run_finished" not in [e["event"] for e in logs], "no run was started"
+        held = worker._next
+        assert held is not None and held.candidate.description == "baseline"
+        worker.resume()
+        with capture_logs() as logs:
+            await worker.cycle()
+        (run,) = [e for e in logs if e["event"] == "run_finished"]
+        assert run["status"] == "ok", "after resume the held candidate runs to its end"
 
 
 @pytest.mark.anyio
