@@ -84,6 +84,7 @@ class Worker(Protocol):
     import circle (``docs/architecture.md``, the layering)."""
 
     current: Candidate | None
+    paused: bool
 
     @property
     def config(self) -> Config: ...
