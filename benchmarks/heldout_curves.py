@@ -113,7 +113,7 @@ class Shape:
             return 1.0
         if self.ratio <= 2.0:
             return 0.0
-        return min(1.0, (self.ratio - 2.0) / 2.0 * (0.02 / self.warmup) ** 0.3)
+        return min(1.0, (self.ratio - 2.0) / 2.0 * float((0.02 / self.warmup) ** 0.3))
 
 
 @functools.lru_cache(maxsize=4096)
