@@ -1,4 +1,4 @@
-"""Tests for the pure hyperparameter parser and mutator (autoresearchd.mutation)."""
+"""Tests for the pure hyperparameter block: literals, spaces, hyperparams and mutation."""
 
 from __future__ import annotations
 
