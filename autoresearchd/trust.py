@@ -20,15 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeGuard
 
-from autoresearchd.mutation import (
-    Param,
-    hyperparameter_name,
-    kind_phrase,
-    literal_text,
-    parse_module,
-    parse_params,
-    read_literal,
-)
+from autoresearchd.hyperparams import Param, hyperparameter_name, parse_module, parse_params
+from autoresearchd.literals import kind_phrase, literal_text, read_literal
 
 SHOWN_CHARS = 60
 _ALLOWED_ENCODINGS = ("utf-8", "utf-8-sig")

@@ -36,7 +36,6 @@ from autoresearchd.early_stopping import EarlyStopping
 from autoresearchd.errors import AutoresearchdError, MemoryBackendError, ProposalError
 from autoresearchd.gpus import Gpus
 from autoresearchd.health import DeviceHealth, FlapDetector, sleep_unless
-from autoresearchd.hypotheses import give_back
 from autoresearchd.judging import (
     best_from,
     delta_vs_best,
@@ -61,7 +60,9 @@ from autoresearchd.promotion import (
     pooled_noise,
     settle,
 )
-from autoresearchd.proposers import ProposalContext, Proposer, make_proposer
+from autoresearchd.proposers.auto import make_proposer
+from autoresearchd.proposers.base import ProposalContext, Proposer
+from autoresearchd.proposers.hypotheses import give_back
 from autoresearchd.publisher import Publisher
 from autoresearchd.records import Origin, build_result, failed_proposal, invalid_result, new_run_id
 from autoresearchd.runner import RunReport, RunSpec, run_experiment

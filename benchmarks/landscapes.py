@@ -32,7 +32,8 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from autoresearchd.mutation import Value, parse_params
+from autoresearchd.hyperparams import parse_params
+from autoresearchd.literals import Value
 
 NOISE = 0.003
 MEDIAN_GAP = 0.5

@@ -68,16 +68,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import landscapes  # noqa: E402
 
 from autoresearchd.config import ExperimentConfig, parse_config  # noqa: E402
+from autoresearchd.hyperparams import Param, parse_params  # noqa: E402
 from autoresearchd.judging import improves  # noqa: E402
+from autoresearchd.literals import Value  # noqa: E402
 from autoresearchd.models import Best, Candidate, Result, Status, sha256_text  # noqa: E402
-from autoresearchd.mutation import (  # noqa: E402
-    Param,
-    Value,
-    apply_changes,
-    describe,
-    parse_params,
-)
-from autoresearchd.portfolio import PortfolioProposer  # noqa: E402
+from autoresearchd.mutation import apply_changes, describe  # noqa: E402
 from autoresearchd.promotion import (  # noqa: E402
     Rule,
     Step,
@@ -89,8 +84,10 @@ from autoresearchd.promotion import (  # noqa: E402
     pooled_noise,
     settle,
 )
-from autoresearchd.proposers import PerturbProposer, ProposalContext, Proposer  # noqa: E402
-from autoresearchd.search import TpeProposer  # noqa: E402
+from autoresearchd.proposers.base import ProposalContext, Proposer  # noqa: E402
+from autoresearchd.proposers.perturb import PerturbProposer  # noqa: E402
+from autoresearchd.proposers.portfolio import PortfolioProposer  # noqa: E402
+from autoresearchd.proposers.tpe import TpeProposer  # noqa: E402
 
 STAND_IN = '''\
 """Benchmark stand-in: val_bpb comes from the hyperparameters (benchmarks/search.py)."""

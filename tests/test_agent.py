@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from autoresearchd.agent import CommandProposer
 from autoresearchd.config import ProposerConfig
 from autoresearchd.errors import ProposalError
 from autoresearchd.memory.protocol import Note
-from autoresearchd.proposers import ProposalContext
+from autoresearchd.proposers.base import ProposalContext
+from autoresearchd.proposers.command import CommandProposer
 
 from .test_search import SMALL, never, parent, result, variant
 

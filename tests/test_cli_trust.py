@@ -3,7 +3,8 @@
 import random
 from pathlib import Path
 
-from autoresearchd.mutation import apply_changes, parse_params, sample_changes
+from autoresearchd.hyperparams import parse_params
+from autoresearchd.mutation import apply_changes, sample_changes
 
 from .daemon_process import cli
 

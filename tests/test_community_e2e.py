@@ -23,8 +23,9 @@ from typing import Any
 import anyio
 import pytest
 
+from autoresearchd.hyperparams import parse_params
 from autoresearchd.memory import EnsueMemory, Note
-from autoresearchd.mutation import apply_changes, describe, parse_params
+from autoresearchd.mutation import apply_changes, describe
 from autoresearchd.testing import write_plan
 from tests.community.coordinator import RESULT_FIELDS, Coordinator
 

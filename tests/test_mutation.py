@@ -1,4 +1,4 @@
-"""Tests for the pure hyperparameter parser and mutator (autoresearchd.mutation)."""
+"""Tests for the pure hyperparameter block: literals, spaces, hyperparams and mutation."""
 
 from __future__ import annotations
 
@@ -12,18 +12,10 @@ from pathlib import Path
 import pytest
 
 from autoresearchd.errors import MutationError
-from autoresearchd.mutation import (
-    Param,
-    Space,
-    apply_changes,
-    describe,
-    float_text,
-    int_unit,
-    movable,
-    neighbour,
-    parse_params,
-    sample_changes,
-)
+from autoresearchd.hyperparams import Param, movable, parse_params
+from autoresearchd.literals import float_text
+from autoresearchd.mutation import apply_changes, describe, int_unit, neighbour, sample_changes
+from autoresearchd.spaces import Space
 
 FIXTURES = Path(__file__).parent / "fixtures"
 KARPATHY = (FIXTURES / "karpathy_train.py").read_text(encoding="utf-8")

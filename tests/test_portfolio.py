@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 
-from autoresearchd import portfolio
 from autoresearchd.config import ProposerConfig, parse_config
+from autoresearchd.hyperparams import parse_params
 from autoresearchd.models import Candidate, Result, Status, sha256_text
-from autoresearchd.mutation import apply_changes, parse_params
-from autoresearchd.portfolio import Axis, Density, PortfolioProposer, good_count
-from autoresearchd.proposers import ProposalContext, make_proposer
+from autoresearchd.mutation import apply_changes
+from autoresearchd.proposers import portfolio
+from autoresearchd.proposers.auto import make_proposer
+from autoresearchd.proposers.base import ProposalContext
+from autoresearchd.proposers.portfolio import Axis, Density, PortfolioProposer, good_count
 
 SMALL = """\
 LR = 0.01  # search: log 0.001..0.1
@@ -194,7 +196,7 @@ def test_portfolio_runs_without_optuna_or_numpy() -> None:
     code = (
         "import sys, random, anyio\n"
         "sys.modules['optuna'] = None; sys.modules['numpy'] = None\n"
-        "from autoresearchd.portfolio import PortfolioProposer\n"
+        "from autoresearchd.proposers.portfolio import PortfolioProposer\n"
         "from autoresearchd.models import Candidate\n"
         f"source = {SMALL!r}\n"
         "async def never(s): return False\n"

@@ -10,9 +10,12 @@ from structlog.testing import capture_logs
 
 from autoresearchd.config import ProposerConfig
 from autoresearchd.errors import MutationError
+from autoresearchd.hyperparams import parse_params
 from autoresearchd.models import Candidate, sha256_text
-from autoresearchd.mutation import apply_changes, parse_params, sample_changes
-from autoresearchd.proposers import PerturbProposer, ProposalContext, Proposer, make_proposer
+from autoresearchd.mutation import apply_changes, sample_changes
+from autoresearchd.proposers.auto import make_proposer
+from autoresearchd.proposers.base import ProposalContext, Proposer
+from autoresearchd.proposers.perturb import PerturbProposer
 
 KARPATHY = (Path(__file__).parent / "fixtures" / "karpathy_train.py").read_text(encoding="utf-8")
 

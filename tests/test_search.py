@@ -11,12 +11,16 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from autoresearchd import search
 from autoresearchd.config import ProposerConfig
+from autoresearchd.hyperparams import parse_params
 from autoresearchd.models import Candidate, Result, Status, sha256_text
-from autoresearchd.mutation import apply_changes, parse_params
-from autoresearchd.proposers import PerturbProposer, ProposalContext, make_proposer
-from autoresearchd.search import HistoryReader, SearchSpace, TpeProposer, import_optuna
+from autoresearchd.mutation import apply_changes
+from autoresearchd.proposers import history as history_module
+from autoresearchd.proposers.auto import make_proposer
+from autoresearchd.proposers.base import ProposalContext
+from autoresearchd.proposers.history import HistoryReader
+from autoresearchd.proposers.perturb import PerturbProposer
+from autoresearchd.proposers.tpe import SearchSpace, TpeProposer, import_optuna
 
 ANNOTATED = (Path(__file__).parent / "fixtures" / "annotated_train.py").read_text()
 SMALL = """\
@@ -241,13 +245,13 @@ async def test_history_is_capped_and_each_source_read_once(
     ]
     proposer = TpeProposer(random.Random(0), max_history=1000)
     read: list[str] = []
-    original = search.read_source
+    original = history_module.read_source
 
-    def reading(text: str) -> search.Reading | None:
+    def reading(text: str) -> history_module.Reading | None:
         read.append(text)
         return original(text)
 
-    monkeypatch.setattr(search, "read_source", reading)
+    monkeypatch.setattr(history_module, "read_source", reading)
     assert await proposer.propose(parent(), never, ProposalContext(results=history))
     assert len(read) == 1 + len({r.train_py_sha256 for r in history[:1000]})  # capped history
     read.clear()

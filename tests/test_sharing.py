@@ -9,9 +9,8 @@ from structlog.testing import capture_logs
 
 from autoresearchd.config import Config, parse_config
 from autoresearchd.memory.ensue import EnsueMemory
-from autoresearchd.memory.protocol import Note
 from autoresearchd.memory.sqlite import SqliteMemory
-from autoresearchd.models import Best, Candidate, Result, Status
+from autoresearchd.models import Best, Candidate, Note, Result, Status
 from autoresearchd.sharing import Sharing
 from autoresearchd.testing import ok_script
 

@@ -19,8 +19,8 @@ from types import ModuleType
 import pytest
 
 from autoresearchd.early_stopping import LearningCurve
+from autoresearchd.hyperparams import parse_params
 from autoresearchd.models import KNOWN_METRICS, Summary
-from autoresearchd.mutation import parse_params
 from autoresearchd.summary import parse_result_json, parse_summary_text
 from autoresearchd.tracks import prepare_track
 from autoresearchd.tracks.tokenizer import VOCAB_SIZE

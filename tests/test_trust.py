@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from autoresearchd.errors import MutationError
+from autoresearchd.hyperparams import parse_params
 from autoresearchd.models import Candidate
-from autoresearchd.mutation import apply_changes, parse_params, sample_changes
-from autoresearchd.proposers import PerturbProposer
+from autoresearchd.mutation import apply_changes, sample_changes
+from autoresearchd.proposers.perturb import PerturbProposer
 from autoresearchd.trust import TrustVerdict, check_params_only
 
 FIXTURES = Path(__file__).parent / "fixtures"

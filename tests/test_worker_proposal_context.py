@@ -12,11 +12,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from autoresearchd.gpus import Gpus
-from autoresearchd.hypotheses import HypothesisProposer
 from autoresearchd.memory.ensue import EnsueMemory
 from autoresearchd.memory.sqlite import SqliteMemory
 from autoresearchd.models import Device
-from autoresearchd.proposers import PerturbProposer, Proposer
+from autoresearchd.proposers.base import Proposer
+from autoresearchd.proposers.hypotheses import HypothesisProposer
+from autoresearchd.proposers.perturb import PerturbProposer
 from autoresearchd.testing import FakeNvml
 
 from .hub.support import free_port

@@ -16,9 +16,9 @@ from structlog.testing import capture_logs
 
 from autoresearchd.config import parse_config
 from autoresearchd.gpus import Gpus
+from autoresearchd.hyperparams import parse_params
 from autoresearchd.memory import open_memory
 from autoresearchd.models import Best, Candidate, Device, Status, sha256_text
-from autoresearchd.mutation import parse_params
 from autoresearchd.outbox import Outbox
 from autoresearchd.publisher import Publisher
 from autoresearchd.sandbox import probe

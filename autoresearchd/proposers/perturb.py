@@ -7,9 +7,10 @@ import random
 import structlog
 
 from autoresearchd.config import DEFAULT_MAX_CHANGES
+from autoresearchd.hyperparams import Param, movable, parse_params
 from autoresearchd.models import Candidate
-from autoresearchd.mutation import Param, movable, parse_params, sample_changes
-from autoresearchd.proposal import (
+from autoresearchd.mutation import sample_changes
+from autoresearchd.proposers.base import (
     DEFAULT_ATTEMPTS,
     EMPTY_CONTEXT,
     IsKnown,

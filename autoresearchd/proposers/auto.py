@@ -1,15 +1,13 @@
-"""Proposers turn a parent train.py into a fresh candidate; ``make_proposer`` picks the strategy.
+"""Builds the proposer the config names (``make_proposer``): one strategy, or a weighted mix.
 
-Strategies: ``portfolio`` (the default: broad samples, a dependency-free TPE-like model
-and local steps, in :mod:`autoresearchd.portfolio`), ``perturb`` (neighbours of the
-parent, in :mod:`autoresearchd.perturb`), ``tpe`` (Optuna's TPE, in
-:mod:`autoresearchd.search`), ``hypotheses`` (the swarm's open suggestions, in
-:mod:`autoresearchd.hypotheses`), ``command`` (an external research agent, in
-:mod:`autoresearchd.agent`) and ``mixed`` (a weighted draw among the others, falling
-through to the next when one has nothing to offer). History-aware strategies receive a
+Strategies, one module each in this package: ``portfolio`` (the default: broad samples, a
+dependency-free TPE-like model and local steps), ``perturb`` (neighbours of the parent),
+``tpe`` (Optuna's TPE), ``hypotheses`` (the swarm's open suggestions), ``command`` (an
+external research agent) and ``mixed`` (a weighted draw among the others, falling through
+to the next when one has nothing to offer). History-aware strategies receive a
 :class:`ProposalContext` that the worker builds from the collective memory; the
 :class:`Proposer` Protocol and the types every strategy shares are in
-:mod:`autoresearchd.proposal`, which imports no strategy.
+:mod:`autoresearchd.proposers.base`, which imports no strategy.
 
 A proposer never hands back a candidate the swarm has already run or claimed (it asks the
 collective memory through ``is_known``) nor one it proposed before in this process, so a
@@ -21,66 +19,23 @@ editing its annotations.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
 
 import structlog
 
-from autoresearchd.agent import CommandProposer
 from autoresearchd.config import ProposerConfig
 from autoresearchd.errors import ConfigError
-from autoresearchd.hypotheses import HypothesisProposer
-from autoresearchd.models import Candidate
-from autoresearchd.perturb import PerturbProposer
-from autoresearchd.portfolio import PortfolioProposer
-from autoresearchd.proposal import EMPTY_CONTEXT, IsKnown, ProposalContext, Proposer
-from autoresearchd.search import TpeProposer
-
-# Re-exported: callers know the base types and the perturb strategy by this module.
-__all__ = [
-    "EMPTY_CONTEXT",
-    "STRATEGIES",
-    "IsKnown",
-    "MixedProposer",
-    "PerturbProposer",
-    "ProposalContext",
-    "Proposer",
-    "make_proposer",
-]
+from autoresearchd.proposers.base import Proposer
+from autoresearchd.proposers.command import CommandProposer
+from autoresearchd.proposers.hypotheses import HypothesisProposer
+from autoresearchd.proposers.mixed import MixedProposer
+from autoresearchd.proposers.perturb import PerturbProposer
+from autoresearchd.proposers.portfolio import PortfolioProposer
+from autoresearchd.proposers.tpe import TpeProposer
 
 log = structlog.get_logger(__name__)
 
 #: The strategies ``mixed`` can draw from.
 STRATEGIES = ("portfolio", "perturb", "tpe", "hypotheses", "command")
-
-
-class MixedProposer:
-    """Draws a strategy by weight for each proposal; one with nothing to offer passes to the next.
-
-    The candidate keeps the name of the strategy that made it, so results record it.
-    """
-
-    name = "mixed"
-
-    def __init__(
-        self, choices: Mapping[str, tuple[float, Proposer]], rng: random.Random | None = None
-    ) -> None:
-        self.choices = {name: pair for name, pair in choices.items() if pair[0] > 0}
-        self._rng = rng or random.Random()
-        self.uses_history = any(p.uses_history for _, p in self.choices.values())
-
-    def order(self) -> list[str]:
-        """Strategy names in a weighted random order (weighted sampling without replacement)."""
-        keys = {name: self._rng.random() ** (1.0 / w) for name, (w, _) in self.choices.items()}
-        return sorted(keys, key=keys.__getitem__, reverse=True)
-
-    async def propose(
-        self, parent: Candidate, is_known: IsKnown, context: ProposalContext = EMPTY_CONTEXT
-    ) -> Candidate | None:
-        for name in self.order():
-            candidate = await self.choices[name][1].propose(parent, is_known, context)
-            if candidate is not None:
-                return candidate
-        return None
 
 
 def make_proposer(

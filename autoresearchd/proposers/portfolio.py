@@ -1,4 +1,4 @@
-"""Dependency-free history-aware search (``portfolio``, the default strategy).
+"""The ``portfolio`` strategy (the default): dependency-free history-aware search.
 
 A portfolio that starts broad and narrows, in plain Python (no Optuna, no numpy), so it
 works in the daemon's core install:
@@ -18,7 +18,7 @@ works in the daemon's core install:
   the ``perturb`` strategy does: refinement near a good best.
 
 The shares were chosen by measurement: ``benchmarks/search.py`` compares them over its two
-landscape families. History is read as ``tpe`` reads it (:class:`search.HistoryReader`):
+landscape families. History is read as ``tpe`` reads it (:class:`history.HistoryReader`):
 only results whose code equals the parent's beyond parameter values, on the worker's VRAM
 tier, replicates of one source averaged.
 """
@@ -35,17 +35,18 @@ import anyio
 import structlog
 
 from autoresearchd.config import DEFAULT_MAX_HISTORY
+from autoresearchd.hyperparams import Param, movable, parse_params
+from autoresearchd.literals import Value, same_value
 from autoresearchd.models import Candidate, Result, Status
-from autoresearchd.mutation import Param, Value, movable, parse_params
-from autoresearchd.perturb import PerturbProposer
-from autoresearchd.proposal import (
+from autoresearchd.proposers.base import (
     DEFAULT_ATTEMPTS,
     EMPTY_CONTEXT,
     IsKnown,
     ProposalContext,
     fresh_candidate,
 )
-from autoresearchd.search import HistoryReader
+from autoresearchd.proposers.history import HistoryReader
+from autoresearchd.proposers.perturb import PerturbProposer
 
 log = structlog.get_logger(__name__)
 
@@ -109,7 +110,7 @@ class Axis:
         if not space.contains(value):
             return None
         if space.kind == "choice":
-            return float(next(i for i, c in enumerate(space.choices) if _same(c, value)))
+            return float(next(i for i, c in enumerate(space.choices) if same_value(c, value)))
         number = float(value)  # type: ignore[arg-type]  # contains() checked it is a number
         if space.kind == "log":
             number = math.log(number)
@@ -263,7 +264,7 @@ class PortfolioProposer:
             changes = {}
             for axis, u in zip(axes, point, strict=True):
                 value = axis.decode(u)
-                if not _same(value, axis.param.value):
+                if not same_value(value, axis.param.value):
                     changes[axis.param.name] = value
             fresh = await fresh_candidate(
                 self.name, parent, params, changes, self._proposed, is_known
@@ -336,7 +337,3 @@ def _encode(axes: Sequence[Axis], values: Mapping[str, Value]) -> Point | None:
             return None
         point.append(u)
     return tuple(point)
-
-
-def _same(a: object, b: object) -> bool:
-    return type(a) is type(b) and a == b

@@ -1,46 +1,40 @@
-"""History-aware search: Optuna's TPE fed with every result on the track (``tpe`` strategy).
+"""The ``tpe`` strategy: Optuna's TPE fed with every result on the track.
 
 Each proposal rebuilds a small in-memory Optuna study from the collective memory's history:
 every result whose train.py differs from the parent only in hyperparameter values becomes
 a finished trial (a crash or timeout counts as the worst value seen, since an
 out-of-memory batch size is information), and every candidate in flight becomes a running
 trial, so TPE's constant liar steers new proposals away from it. Results whose code
-differs beyond the parameters are skipped. Reading a source is cached by its hash, and
-the history is capped, so a proposal costs milliseconds next to a run of minutes.
+differs beyond the parameters are skipped (:mod:`autoresearchd.proposers.history`).
+Reading a source is cached by its hash, and the history is capped, so a proposal costs
+milliseconds next to a run of minutes.
 Optuna is imported lazily: the daemon runs without it when another strategy is configured.
 """
 
 from __future__ import annotations
 
-import ast
 import math
 import random
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
 
 from autoresearchd.errors import ConfigError
-from autoresearchd.models import Candidate, Result, Status, sha256_text
-from autoresearchd.mutation import (
-    Param,
-    Value,
-    hyperparameter_name,
-    movable,
-    parse_params,
-    read_literal,
-)
-from autoresearchd.perturb import PerturbProposer
-from autoresearchd.proposal import (
+from autoresearchd.hyperparams import Param, movable, parse_params
+from autoresearchd.literals import Value, same_value
+from autoresearchd.models import Candidate, Result, Status
+from autoresearchd.proposers.base import (
     DEFAULT_ATTEMPTS,
     EMPTY_CONTEXT,
     IsKnown,
     ProposalContext,
     fresh_candidate,
 )
+from autoresearchd.proposers.history import HistoryReader
+from autoresearchd.proposers.perturb import PerturbProposer
 
 if TYPE_CHECKING:
     import optuna
@@ -55,8 +49,6 @@ DEFAULT_STARTUP_TRIALS = 10
 #: greedy, so the search is caught in a wrong basin less often: on ``benchmarks/search.py``
 #: 12 took 8 workers from about 73% to 75% efficiency over 400 seeds, and 8 was no better.
 EI_CANDIDATES = 12
-#: Sources remembered by the history cache before it starts over.
-CACHE_LIMIT = 20_000
 _FAILED = (Status.CRASH, Status.TIMEOUT)
 
 
@@ -71,59 +63,6 @@ def import_optuna() -> Any:
         ) from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
-
-
-# --- reading history ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """A source's hyperparameter values and the hash of everything else (its skeleton)."""
-
-    skeleton: str
-    values: dict[str, Value]
-
-
-def read_source(source: str) -> Reading | None:
-    """Split ``source`` into values and skeleton, or None if it does not parse."""
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError, RecursionError):
-        return None
-    values: dict[str, Value] = {}
-    for stmt in tree.body:
-        name = hyperparameter_name(stmt)
-        found = read_literal(stmt.value) if name and isinstance(stmt, ast.Assign) else None
-        if name is None or found is None or not isinstance(stmt, ast.Assign):
-            continue
-        values[name] = found[1]
-        # The literal's kind stays in the skeleton: 65536 and 2**16 are different code.
-        stmt.value = ast.Constant(value=f"<{found[0]}>")
-    try:
-        dump = ast.dump(tree)
-    except RecursionError:
-        return None
-    return Reading(sha256_text(dump), values)
-
-
-class HistoryReader:
-    """Maps sources to parameter values when they share the parent's skeleton (cached)."""
-
-    def __init__(self) -> None:
-        self._cache: dict[str, Reading | None] = {}
-
-    def reading(self, source: str, sha256: str = "") -> Reading | None:
-        key = sha256 or sha256_text(source)
-        if key not in self._cache:
-            if len(self._cache) >= CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[key] = read_source(source)
-        return self._cache[key]
-
-    def values(self, skeleton: str, source: str, sha256: str = "") -> dict[str, Value] | None:
-        """The values of ``source`` if its code equals the skeleton's beyond parameters."""
-        reading = self.reading(source, sha256)
-        return reading.values if reading and reading.skeleton == skeleton else None
 
 
 # --- the search space -----------------------------------------------------------------------
@@ -230,7 +169,7 @@ class TpeProposer:
         study = await anyio.to_thread.run_sync(self._study, parent, space, context)
         for _ in range(self.attempts):
             values = await anyio.to_thread.run_sync(self._ask, study, space)
-            changes = {n: v for n, v in values.items() if not _same(v, params[n].value)}
+            changes = {n: v for n, v in values.items() if not same_value(v, params[n].value)}
             fresh = await fresh_candidate(
                 self.name, parent, params, changes, self._proposed, is_known
             )
@@ -305,7 +244,3 @@ class TpeProposer:
         # A sample we do not run stays RUNNING, so the next ask is repelled from it too.
         trial = study.ask(space.distributions)
         return space.decode(trial.params)
-
-
-def _same(a: object, b: object) -> bool:
-    return type(a) is type(b) and a == b

@@ -32,10 +32,11 @@ import structlog
 
 from autoresearchd.config import ProposerConfig
 from autoresearchd.errors import MutationError, ProposalError
+from autoresearchd.hyperparams import Param, parse_params
 from autoresearchd.models import Candidate, Result, sha256_text
-from autoresearchd.mutation import Param, describe, parse_params
+from autoresearchd.mutation import describe
 from autoresearchd.procgroup import stop_group
-from autoresearchd.proposal import EMPTY_CONTEXT, IsKnown, ProposalContext
+from autoresearchd.proposers.base import EMPTY_CONTEXT, IsKnown, ProposalContext
 from autoresearchd.trust import check_params_only
 
 log = structlog.get_logger(__name__)

@@ -5,8 +5,8 @@ A proposer turns a parent train.py into a fresh candidate. It is handed a
 ``is_known`` callback that asks the memory whether a source was ever run or is claimed
 now; :func:`fresh_candidate` applies a set of changes and keeps the result only when
 neither this proposer nor the swarm has seen it. The strategies build on this module and
-:mod:`autoresearchd.proposers` picks one from the config, so this module imports none of
-them.
+:mod:`autoresearchd.proposers.auto` picks one from the config, so this module imports none
+of them.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from autoresearchd.hyperparams import Param
+from autoresearchd.literals import Value
 from autoresearchd.models import Candidate, Note, Result, sha256_text
-from autoresearchd.mutation import Param, Value, apply_changes, describe
+from autoresearchd.mutation import apply_changes, describe
 
 DEFAULT_ATTEMPTS = 50
 
@@ -32,7 +34,7 @@ class ProposalContext:
     holds the sources of candidates being run now, which a proposal should steer away from;
     ``hypotheses`` and ``insights`` are the swarm's notes, newest first. ``device`` is the
     kind of device the candidate will run on (``cuda`` or ``cpu``; empty when unknown): a
-    parameter whose space names another kind is left alone (:func:`mutation.movable`).
+    parameter whose space names another kind is left alone (:func:`hyperparams.movable`).
     ``tier`` is the device's VRAM tier (empty when unknown): history-aware search learns
     from that tier's results, since another tier's val_bpb sits on another scale.
     """
