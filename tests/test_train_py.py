@@ -111,8 +111,10 @@ def test_summary_parses_with_every_known_key(longer_run: Run, data_dir: Path) ->
 def test_training_time_is_the_budget_and_warmup_is_apart(longer_run: Run) -> None:
     assert longer_run.summary is not None
     metrics = longer_run.summary.metrics
-    # The last step ends past the budget; on a busy machine one step can take a while.
-    assert LONGER_S <= metrics["training_seconds"] < 1.5 * LONGER_S
+    # The last step ends past the budget, by at most about one step (on a busy machine one
+    # step can take seconds, so the slack is the run's own mean step, twice over).
+    training, steps = metrics["training_seconds"], metrics["num_steps"]
+    assert LONGER_S <= training < LONGER_S + 2 * training / steps + 0.5
     assert "warmup_seconds" in metrics
     assert metrics["total_seconds"] >= metrics["training_seconds"] + metrics["warmup_seconds"]
 
