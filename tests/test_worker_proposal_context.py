@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from autoresearchd.gpus import Gpus
 from autoresearchd.hypotheses import HypothesisProposer
-from autoresearchd.memory.ensue import EnsueMemory
+from autoresearchd.memory.ensue_client import EnsueMemory
 from autoresearchd.memory.sqlite import SqliteMemory
 from autoresearchd.models import Device
 from autoresearchd.proposers import PerturbProposer, Proposer
