@@ -54,7 +54,7 @@ class KeyValues:
     """The keys of one org over one :class:`EnsueRpc`, usable between open and close."""
 
     def __init__(self, rpc: EnsueRpc, keyspace: Keyspace) -> None:
-        self.rpc = rpc
+        self._rpc = rpc
         self._keyspace = keyspace
         self._state = MemoryState.UNOPENED
 
@@ -63,12 +63,12 @@ class KeyValues:
             raise MemoryBackendError(
                 f"cannot open a memory that is {self._state.name.lower()}", backend=BACKEND
             )
-        await self.rpc.open()
+        await self._rpc.open()
         self._state = MemoryState.OPENED
 
     async def close(self) -> None:
         self._state = MemoryState.CLOSED
-        await self.rpc.close()
+        await self._rpc.close()
 
     def check_open(self) -> None:
         if self._state is not MemoryState.OPENED:
@@ -82,7 +82,7 @@ class KeyValues:
     ) -> Reply:
         """Call the tool ``name`` on the open memory (see :meth:`EnsueRpc.call`)."""
         self.check_open()
-        return await self.rpc.call(name, arguments, key=key, tolerate=tolerate)
+        return await self._rpc.call(name, arguments, key=key, tolerate=tolerate)
 
     async def create(
         self, key: str, text: str, description: str = "", *, embed: bool = False
@@ -136,7 +136,7 @@ class KeyValues:
         found: dict[str, Stored] = {}
         for start in range(0, len(names), GET_BATCH):
             batch = list(names[start : start + GET_BATCH])
-            reply = await self.rpc.call("get_memory", {"key_names": batch}, key=batch[0])
+            reply = await self._rpc.call("get_memory", {"key_names": batch}, key=batch[0])
             for stored in _stored_entries(reply.payload).values():
                 name = self._keyspace.full(stored.key)
                 found[name] = Stored(name, stored.text, stored.version)
@@ -152,7 +152,7 @@ class KeyValues:
         arguments: dict[str, Any] = {"key_name": key, "value": encode(text), "base64": True}
         if version is not None:
             arguments["if_match"] = version
-        reply = await self.rpc.call("update_memory", arguments, key=key, tolerate=lost)
+        reply = await self._rpc.call("update_memory", arguments, key=key, tolerate=lost)
         return reply.error_code is None
 
     async def contested_write(self, key: str, text: str, stored: Stored | None) -> WriteOutcome:
@@ -163,7 +163,7 @@ class KeyValues:
             won = await self.write_verified(key, text, None)
             return WriteOutcome.WON if won else WriteOutcome.LOST
         arguments = {"key_name": key, "value": encode(text), "base64": True}
-        reply = await self.rpc.call(
+        reply = await self._rpc.call(
             "update_memory",
             {**arguments, "if_match": stored.version},
             key=key,
