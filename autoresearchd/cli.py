@@ -41,7 +41,7 @@ from autoresearchd.errors import (
 from autoresearchd.gpus import Discovery, Gpus, device_records, plan_devices, select_gpus
 from autoresearchd.logs import configure_logging
 from autoresearchd.memory import BestChange, memory_exists, open_memory
-from autoresearchd.memory.ensue import (
+from autoresearchd.memory.ensue_client.identity import (
     check_key_file,
     claim_invite,
     read_api_key,

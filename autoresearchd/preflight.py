@@ -19,7 +19,7 @@ from pathlib import Path
 
 from autoresearchd.config import UNSET_PATH, Config
 from autoresearchd.errors import ConfigError
-from autoresearchd.memory.ensue import read_api_key
+from autoresearchd.memory.ensue_client.identity import read_api_key
 
 Check = Callable[[Config], None]
 

@@ -6,7 +6,7 @@ C) replaying recorded JSON-RPC requests, paced open-loop: request ``j`` is due a
 when it was due, so a hub that falls behind shows it in p99 instead of slowing the load.
 
 1. **Record.** ``--agents`` verified agents run ``--ops`` logical operations through our
-   real client (:class:`~autoresearchd.memory.ensue.EnsueMemory`) against an in-process
+   real client (:class:`~autoresearchd.memory.ensue_client.EnsueMemory`) against an in-process
    hub on a scratch SQLite file: a mix of claim (20%), publish of a keep result (20%),
    best read (30%), a list of 50 claims (15%) and a search (15%). Every HTTP request is
    recorded; requests per logical operation are counted here.
@@ -58,7 +58,7 @@ from autoresearchd.hub.auth import hash_key
 from autoresearchd.hub.store import Agent
 from autoresearchd.hub.store_auto import open_store
 from autoresearchd.logs import configure_logging
-from autoresearchd.memory.ensue import EnsueMemory
+from autoresearchd.memory.ensue_client import EnsueMemory
 from autoresearchd.models import Result, Status, sha256_text
 from autoresearchd.testing.pgcluster import start_cluster
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import httpx
 
-from autoresearchd.memory.ensue import EnsueMemory
+from autoresearchd.memory.ensue_client import EnsueMemory
 from tests.hub.support import ORG, free_port, hub_process, serve_hub, write_hub_config
 from tests.memory.conformance import make_result
 from tests.test_cli_results import cli, fill

@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import httpx
 
-from autoresearchd.memory.ensue import EnsueRpc
+from autoresearchd.memory.ensue_client.rpc import EnsueRpc
 from tests.test_cli_results import cli
 from tests.test_network_e2e import ORG, running_hub, write_workspace
 

@@ -19,7 +19,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from autoresearchd.memory.ensue import EnsueMemory
+from autoresearchd.memory.ensue_client import EnsueMemory
 from autoresearchd.models import Status
 from tests.dashboard_support import HOSTILE, TRACK, Swarm, fill, new_result, source
 from tests.hub.support import ORG, HubProcess, hub_process

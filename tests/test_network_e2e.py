@@ -30,7 +30,7 @@ import anyio
 import httpx
 import pytest
 
-from autoresearchd.memory.ensue import EnsueMemory
+from autoresearchd.memory.ensue_client import EnsueMemory
 from autoresearchd.models import Best, Result, Status
 from autoresearchd.outbox import Outbox
 from autoresearchd.testing import plan_script, write_plan

@@ -8,7 +8,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from autoresearchd.config import Config, parse_config
-from autoresearchd.memory.ensue import EnsueMemory
+from autoresearchd.memory.ensue_client import EnsueMemory
 from autoresearchd.memory.sqlite import SqliteMemory
 from autoresearchd.models import Best, Candidate, Note, Result, Status
 from autoresearchd.sharing import Sharing

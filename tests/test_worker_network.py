@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from autoresearchd.config import parse_config
 from autoresearchd.gpus import Gpus
 from autoresearchd.judging import delta_vs_best, improves
-from autoresearchd.memory.ensue import EnsueMemory
+from autoresearchd.memory.ensue_client import EnsueMemory
 from autoresearchd.memory.protocol import CollectiveMemory
 from autoresearchd.memory.sqlite import SqliteMemory
 from autoresearchd.models import Best, Device

@@ -12,7 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from autoresearchd.gpus import Gpus
-from autoresearchd.memory.ensue import EnsueMemory
+from autoresearchd.memory.ensue_client import EnsueMemory
 from autoresearchd.memory.sqlite import SqliteMemory
 from autoresearchd.models import Device
 from autoresearchd.proposers.base import Proposer

@@ -1,16 +1,17 @@
 """Collective memory backends: where workers read the best and publish results.
 
 ``protocol`` defines what a worker needs; ``sqlite`` is the embedded solo-mode backend
-and ``ensue`` the network one (the public Ensue network or our hub). :func:`open_memory`
-builds the backend the config names, unopened: use it with ``async with``;
-:func:`memory_exists` lets read-only commands avoid creating one.
+and ``ensue_client`` the network one (the public Ensue network or our hub).
+:func:`open_memory` builds the backend the config names, unopened: use it with
+``async with``; :func:`memory_exists` lets read-only commands avoid creating one.
 """
 
 from __future__ import annotations
 
 from autoresearchd.config import UNSET_PATH, Config
 from autoresearchd.errors import ConfigError
-from autoresearchd.memory.ensue import EnsueMemory, read_api_key
+from autoresearchd.memory.ensue_client import EnsueMemory
+from autoresearchd.memory.ensue_client.identity import read_api_key
 from autoresearchd.memory.protocol import BestChange, CollectiveMemory, Note, PublishOutcome
 from autoresearchd.memory.sqlite import SqliteMemory
 

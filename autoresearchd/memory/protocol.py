@@ -1,15 +1,16 @@
 """The collective-memory Protocol every backend implements.
 
 Its contract is written in docs/architecture.md ("Collective memory"). This module holds
-only the interface and its small value types; the plain records it trades in
-(:class:`Note`, :class:`BestChange`) live in :mod:`autoresearchd.models`, since proposers
-read them too, and are re-exported here for the backends. A backend is an async context
-manager; its methods are safe to call concurrently from many workers. Every backend must
-pass ``tests/memory/conformance.py``.
+only the interface and its small value types (what publishing did, where a backend is in
+its life); the plain records it trades in (:class:`Note`, :class:`BestChange`) live in
+:mod:`autoresearchd.models`, since proposers read them too, and are re-exported here for
+the backends. A backend is an async context manager; its methods are safe to call
+concurrently from many workers. Every backend must pass ``tests/memory/conformance.py``.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
@@ -18,6 +19,14 @@ from typing import Protocol, Self
 from autoresearchd.models import Best, Result
 from autoresearchd.models import BestChange as BestChange
 from autoresearchd.models import Note as Note
+
+
+class MemoryState(enum.Enum):
+    """Where a backend is in its life: it opens once and closes once."""
+
+    UNOPENED = 1
+    OPENED = 2
+    CLOSED = 3
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,6 @@ columns that queries need alongside. Every move of a best is appended to
 
 from __future__ import annotations
 
-import enum
 import json
 import math
 import os
@@ -29,7 +28,7 @@ import anyio.to_thread
 import structlog
 
 from autoresearchd.errors import MemoryBackendError, TransientMemoryError
-from autoresearchd.memory.protocol import BestChange, Note, PublishOutcome
+from autoresearchd.memory.protocol import BestChange, MemoryState, Note, PublishOutcome
 from autoresearchd.models import Best, Result, Status
 
 log = structlog.get_logger(__name__)
@@ -101,14 +100,6 @@ CREATE INDEX IF NOT EXISTS notes_by_time ON notes (kind, created_at, seq);
 _PASSING = (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
 
 T = TypeVar("T")
-
-
-class MemoryState(enum.Enum):
-    """Where a :class:`SqliteMemory` is in its life: it opens once and closes once."""
-
-    UNOPENED = 1
-    OPENED = 2
-    CLOSED = 3
 
 
 class SqliteMemory:

@@ -25,7 +25,7 @@ from autoresearchd.hub.auth import hash_key, new_api_key
 from autoresearchd.hub.mail import Mailer
 from autoresearchd.hub.store import Agent, HubStore
 from autoresearchd.hub.store_auto import open_store
-from autoresearchd.memory.ensue import EnsueMemory
+from autoresearchd.memory.ensue_client import EnsueMemory
 from tests.daemon_process import cli as cli  # re-exported: the hub tests drive the CLI too
 
 ORG = "test"

@@ -15,7 +15,7 @@ import pytest
 from autoresearchd.config import HubConfig
 from autoresearchd.errors import MemoryBackendError
 from autoresearchd.hub.store import Agent, NewMemory
-from autoresearchd.memory.ensue import EnsueMemory
+from autoresearchd.memory.ensue_client import EnsueMemory
 from autoresearchd.models import Result, Status
 from tests.hub.support import ORG, TEST_HUB, TRACK, URL, InProcessHub, in_process_hub
 from tests.memory.conformance import MemoryConformance, MemoryFactory, make_result

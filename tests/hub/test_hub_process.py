@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from autoresearchd.errors import TransientMemoryError
-from autoresearchd.memory.ensue import EnsueMemory
+from autoresearchd.memory.ensue_client import EnsueMemory
 from tests.hub.support import (
     TRACK,
     HubProcess,

@@ -17,7 +17,7 @@ import anyio
 import httpx
 import pytest
 
-from autoresearchd.memory.ensue import EnsueMemory
+from autoresearchd.memory.ensue_client import EnsueMemory
 from autoresearchd.models import sha256_text
 from autoresearchd.testing.pgcluster import Cluster
 from tests.hub.support import (

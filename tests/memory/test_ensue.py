@@ -185,7 +185,7 @@ async def test_a_torn_best_pair_is_read_from_the_result_record(hub: InProcessHub
     result = make_result(val_bpb=0.9)
     async with hub.memory(key, clock=FakeClock()) as memory:
         await memory.publish(result)
-        await memory._update(f"@{ORG}/best/train_py", "torn = True\n", None)
+        await memory._kv.update(f"@{ORG}/best/train_py", "torn = True\n", None)
         best = await memory.get_best(TRACK)
     assert best is not None and best.train_py == result.train_py and best.result_id == result.id
 
@@ -261,3 +261,17 @@ async def test_taking_over_another_agents_claim_follows_the_hubs_clock(hub: InPr
     async with hub.memory(bob_key, clock=old_clock) as bob:
         assert await bob.claim(TRACK, "sha-old", "bob", 60.0)
         assert await bob.was_run(TRACK, "sha-old")
+
+
+async def test_the_client_opens_once_and_is_used_only_while_open(hub: InProcessHub) -> None:
+    memory = hub.memory(await hub.agent("alice"))
+    with pytest.raises(MemoryBackendError, match="unopened"):
+        await memory.results()
+    async with memory:
+        assert await memory.results() == []
+        with pytest.raises(MemoryBackendError, match="opened"):
+            await memory.__aenter__()
+    with pytest.raises(MemoryBackendError, match="closed"):
+        await memory.get_best(TRACK)
+    with pytest.raises(MemoryBackendError, match="closed"):
+        await memory.__aenter__()
