@@ -175,6 +175,7 @@ class Tools:
         return prefix, org
 
     async def org_key(self, value: Any) -> str:
+        """A key name a write may name: full, valid, outside ``.hub/``, of an org that exists."""
         key = self._full(value)
         org, rest = split_key(key) or ("", "")
         if invites.is_reserved(rest):
@@ -183,6 +184,7 @@ class Tools:
         return key
 
     async def check_org(self, org: str) -> None:
+        """Refuse (NOT_FOUND) an org this hub does not have."""
         if org not in self._orgs:
             if not await self.store.org_exists(org):
                 raise RpcFault(NOT_FOUND, f"no organisation @{org} on this hub")
@@ -213,6 +215,7 @@ class Tools:
         return await rules_for(self.store, org, agent.name, self.rules)
 
     def checked_value(self, args: Mapping[str, Any]) -> tuple[str, bool]:
+        """The ``value`` and ``base64`` arguments, checked to decode and to fit the limit."""
         value = arg(args, "value", str)
         is_base64 = arg(args, "base64", bool, False)
         size = values.size_of(value, bool(is_base64))
