@@ -481,7 +481,7 @@ def _add_hub_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
 
 def cmd_hub_serve(args: argparse.Namespace) -> int:
-    from autoresearchd.hub.app import fast_loop_options, serve  # the hub extra only
+    from autoresearchd.hub.serve import fast_loop_options, serve  # the hub extra only
 
     config = load_config(args.config)
     configure_logging(config.daemon.log_format, config.daemon.log_level, sys.stderr)
@@ -493,7 +493,7 @@ def cmd_hub_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_hub_migrate(args: argparse.Namespace) -> int:
-    from autoresearchd.hub.app import migrate_hub
+    from autoresearchd.hub.admin import migrate_hub
 
     config = load_config(args.config)
     configure_logging(config.daemon.log_format, config.daemon.log_level, sys.stderr)
@@ -502,7 +502,7 @@ def cmd_hub_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_hub_init(args: argparse.Namespace) -> int:
-    from autoresearchd.hub.app import init_hub
+    from autoresearchd.hub.admin import init_hub
 
     config = load_config(args.config)
     api_key = anyio.run(init_hub, config, args.baseline)
@@ -518,7 +518,7 @@ def cmd_hub_init(args: argparse.Namespace) -> int:
 
 
 def cmd_hub_revoke(args: argparse.Namespace) -> int:
-    from autoresearchd.hub.app import revoke_agent
+    from autoresearchd.hub.admin import revoke_agent
 
     config = load_config(args.config)
     configure_logging(config.daemon.log_format, config.daemon.log_level, sys.stderr)

@@ -54,7 +54,7 @@ import psycopg
 
 from autoresearchd.config import HubConfig
 from autoresearchd.hub.app import build_app
-from autoresearchd.hub.auth import hash_key
+from autoresearchd.hub.credentials import hash_key
 from autoresearchd.hub.store import Agent
 from autoresearchd.hub.store_auto import open_store
 from autoresearchd.logs import configure_logging
@@ -172,7 +172,7 @@ import sys
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
-from autoresearchd.hub.app import uvicorn_server
+from autoresearchd.hub.serve import uvicorn_server
 
 REPLY = b'{"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": "{}"}]}}'
 

@@ -9,7 +9,7 @@ from autoresearchd.config import load_config
 from autoresearchd.control import socket_path
 from autoresearchd.daemon import state_lock
 from autoresearchd.errors import ConfigError
-from autoresearchd.hub.app import database_path
+from autoresearchd.hub.admin import database_path
 
 
 def test_a_config_puts_everything_under_its_state_dir(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from autoresearchd.config import UNSET_PATH, HubConfig
 from autoresearchd.dashboard.hub_source import HubSource
 from autoresearchd.dashboard.web import Settings, dashboard_routes
 from autoresearchd.errors import ConfigError
-from autoresearchd.hub.auth import RateLimiter
+from autoresearchd.hub.ratelimit import RateLimiter
 from autoresearchd.hub.store import HubStore
 
 KEY_FILE = "hub.dashboard_key_file"

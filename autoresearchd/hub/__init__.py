@@ -2,7 +2,8 @@
 
 ``store`` holds the data behind a Protocol and keeps it in SQLite, ``pg`` keeps it in
 PostgreSQL (which several hub replicas may share), ``store_auto`` opens the one a
-database names, ``auth`` the keys, write policy and rate limit,
-``rpc`` the JSON-RPC tools and ``app`` the Starlette routes, ``serve``, ``init`` and
-``migrate``. Importing this package needs the ``hub`` extra.
+database names, ``credentials`` the keys, ``policy`` the write policy, ``ratelimit``
+the rate limits, ``jsonrpc`` the envelope, ``tools`` the JSON-RPC tools, ``app`` the
+Starlette routes, ``serve`` the server and ``admin`` init, migrate, seeding and revoking.
+Importing this package needs the ``hub`` extra.
 """

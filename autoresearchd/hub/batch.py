@@ -22,8 +22,8 @@ falls back to the plain tools when a hub answers "unknown tool"), does it all in
   declared the org's track to be this one). Statuses: ``moved``, ``unchanged``, ``foreign``
   (another track's best, left alone) or ``refused``.
 
-Every write goes through the same policies (:func:`~autoresearchd.hub.auth.create_policy`,
-:func:`~autoresearchd.hub.auth.write_policy`, :func:`~autoresearchd.hub.auth.index_result`)
+Every write goes through the same policies (:func:`~autoresearchd.hub.policy.create_policy`,
+:func:`~autoresearchd.hub.policy.write_policy`, :func:`~autoresearchd.hub.policy.index_result`)
 as the plain tools, run by the store on the rows its transaction sees: a refusal there is
 a refusal here. The steps are a :data:`~autoresearchd.hub.store.Plan`, so SQLite and
 PostgreSQL run the same code.
@@ -38,7 +38,8 @@ from typing import Any
 
 from autoresearchd.ensue.keys import split_key
 from autoresearchd.ensue.records import best_track_confirmed
-from autoresearchd.hub.auth import (
+from autoresearchd.hub.arguments import arg, invalid
+from autoresearchd.hub.policy import (
     RESULT,
     Rules,
     create_policy,
@@ -48,7 +49,6 @@ from autoresearchd.hub.auth import (
     record_of,
     write_policy,
 )
-from autoresearchd.hub.rpc import Tools, _arg, _audit_detail, _invalid
 from autoresearchd.hub.store import (
     REASON_EXISTS,
     REASON_REFUSED,
@@ -64,6 +64,7 @@ from autoresearchd.hub.store import (
     decode_text,
 )
 from autoresearchd.hub.strictjson import JsonRefused
+from autoresearchd.hub.tools import Tools, audit_detail
 
 TOOL = "publish_result"
 MAX_CANDIDATES = 4
@@ -84,35 +85,35 @@ class Best:
 
 async def publish_result(tools: Tools, agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
     """The ``publish_result`` tool (see the module docstring)."""
-    result = _arg(args, "result", dict)
-    candidates = _arg(result, "key_names", list)
+    result = arg(args, "result", dict)
+    candidates = arg(result, "key_names", list)
     if not 0 < len(candidates) <= MAX_CANDIDATES:
-        raise _invalid(f"result.key_names must hold 1 to {MAX_CANDIDATES} keys")
-    keys = [await tools._org_key(key) for key in candidates]
+        raise invalid(f"result.key_names must hold 1 to {MAX_CANDIDATES} keys")
+    keys = [await tools.org_key(key) for key in candidates]
     if not all(RESULT.match((split_key(key) or ("", ""))[1]) for key in keys):
-        raise _invalid("result.key_names must be results/ keys")
-    value, is_base64 = tools._value(result)
+        raise invalid("result.key_names must be results/ keys")
+    value, is_base64 = tools.checked_value(result)
     text = decode_text(value, is_base64)
     record = record_of(text)
     if not isinstance(record.get("id"), str):
-        raise _invalid("result.value must be a JSON object with an id")
-    description = _arg(result, "description", str, "")
+        raise invalid("result.value must be a JSON object with an id")
+    description = arg(result, "description", str, "")
     markers = []
     for marker in _items(args, "markers", MAX_MARKERS):
-        key = await tools._org_key(marker.get("key_name"))
+        key = await tools.org_key(marker.get("key_name"))
         markers.append((key, _object(tools, marker, "markers")))
     bests = []
     for best in _items(args, "bests", MAX_BESTS):
-        meta_key = await tools._org_key(best.get("metadata_key"))
+        meta_key = await tools.org_key(best.get("metadata_key"))
         train_key = best.get("train_py_key")
         source = None
         if train_key is not None:
-            train_key = await tools._org_key(train_key)
-            source_value, source_b64 = tools._value({**best, "value": best.get("train_py")})
+            train_key = await tools.org_key(train_key)
+            source_value, source_b64 = tools.checked_value({**best, "value": best.get("train_py")})
             source = NewMemory(train_key, source_value, source_b64)
         org_track = best.get("org_track", False)
         if not isinstance(org_track, bool):
-            raise _invalid("bests[].org_track must be true or false")
+            raise invalid("bests[].org_track must be true or false")
         metadata = _object(tools, best, "bests")
         bests.append(Best(meta_key, metadata, train_key, source, org_track))
     new = [NewMemory(key, value, is_base64, description) for key in keys]
@@ -121,19 +122,19 @@ async def publish_result(tools: Tools, agent: Agent, args: dict[str, Any]) -> di
 
 
 def _items(args: dict[str, Any], name: str, most: int) -> list[dict[str, Any]]:
-    items = _arg(args, name, list, [])
+    items = arg(args, name, list, [])
     if len(items) > most or not all(isinstance(item, dict) for item in items):
-        raise _invalid(f"{name} must hold at most {most} objects")
+        raise invalid(f"{name} must hold at most {most} objects")
     return list(items)
 
 
 def _object(tools: Tools, item: dict[str, Any], name: str) -> dict[str, Any]:
     """The JSON object an item's value holds."""
-    value, is_base64 = tools._value(item)
+    value, is_base64 = tools.checked_value(item)
     try:
         return parse_record(decode_text(value, is_base64))
     except JsonRefused as exc:
-        raise _invalid(f"each of {name} must hold a JSON object: {exc}") from None
+        raise invalid(f"each of {name} must hold a JSON object: {exc}") from None
 
 
 def _encoded(key: str, text: str, description: str = "") -> NewMemory:
@@ -279,7 +280,7 @@ def _write(
     rules: Rules,
 ) -> Plan[WriteOutcome]:
     """Create ``key`` when absent, else compare-and-set it on the version read."""
-    item, detail = _encoded(key, text), _audit_detail(key, text)
+    item, detail = _encoded(key, text), audit_detail(key, text)
     if stored is None:
         policy = create_policy(agent, key, text, rules)
         outcome: WriteOutcome = yield CreateKey(Write(agent, item, now, policy, None, detail))

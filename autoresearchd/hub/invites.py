@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from autoresearchd.ensue.keys import SHAREABLE
 from autoresearchd.errors import HubError
-from autoresearchd.hub.auth import hash_key, record_of
+from autoresearchd.hub.credentials import hash_key
+from autoresearchd.hub.policy import record_of
 from autoresearchd.hub.store import Agent, HubStore, Memory, NewMemory, WritePolicy
 
 RESERVED = ".hub/"

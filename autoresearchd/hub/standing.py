@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from autoresearchd.hub.auth import Rules
+from autoresearchd.hub.policy import Rules
 from autoresearchd.hub.store import HubStore
 from autoresearchd.models import Status
 from autoresearchd.standing import Run, Standing, standing

@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 
 from autoresearchd.config import HubConfig
 from autoresearchd.hub.app import build_app
-from autoresearchd.hub.auth import hash_key, new_api_key
+from autoresearchd.hub.credentials import hash_key, new_api_key
 from autoresearchd.hub.mail import Mailer
 from autoresearchd.hub.store import Agent, HubStore
 from autoresearchd.hub.store_auto import open_store

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from autoresearchd.errors import HubError
-from autoresearchd.hub.auth import hash_key
+from autoresearchd.hub.credentials import hash_key
 from autoresearchd.hub.store import Agent, NewMemory, ResultRow
 from autoresearchd.hub.store_auto import open_store
 from autoresearchd.hub.strictjson import MAX_DEPTH, JsonRefused, loads

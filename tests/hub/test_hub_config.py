@@ -79,7 +79,7 @@ def test_new_hub_keys_have_safe_defaults() -> None:
 def test_hub_database_is_a_postgresql_url_verbatim_or_a_file_next_to_the_config(
     tmp_path: Path,
 ) -> None:
-    from autoresearchd.hub.app import database_path
+    from autoresearchd.hub.admin import database_path
 
     url = "postgresql://hub@db.internal:5432/hub?options=-csearch_path%3Dhub"
     config = tmp_path / "hub.toml"
@@ -97,7 +97,7 @@ def test_hub_database_is_a_postgresql_url_verbatim_or_a_file_next_to_the_config(
 )
 def test_hub_database_may_be_a_sqlite_url(tmp_path: Path, database: str, relative: str) -> None:
     """sqlite:/// URLs name the file, never a folder called "sqlite:" (four slashes: absolute)."""
-    from autoresearchd.hub.app import database_path
+    from autoresearchd.hub.admin import database_path
 
     database = database.format(abs=tmp_path / "abs" / "hub.sqlite3")
     config = tmp_path / "hub.toml"

@@ -15,7 +15,7 @@ import anyio
 import httpx
 import pytest
 
-from autoresearchd.hub.auth import hash_key
+from autoresearchd.hub.credentials import hash_key
 from autoresearchd.hub.store import Agent
 from autoresearchd.hub.store_auto import open_store
 from autoresearchd.testing.pgcluster import Cluster

@@ -16,7 +16,7 @@ import anyio
 import psycopg
 import pytest
 
-from autoresearchd.hub.auth import Rules, write_policy
+from autoresearchd.hub.policy import Rules, write_policy
 from autoresearchd.hub.store import (
     MAX_QUERY_WORDS,
     REASON_EXISTS,

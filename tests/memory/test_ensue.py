@@ -191,9 +191,9 @@ async def test_a_torn_best_pair_is_read_from_the_result_record(hub: InProcessHub
 
 
 async def test_a_seeded_baseline_reads_as_an_unscored_best(hub: InProcessHub) -> None:
-    from autoresearchd.hub.app import _seed_best
+    from autoresearchd.hub.admin import seed_best
 
-    await _seed_best(hub.store, ORG, "LR = 0.1\n", 5.0)
+    await seed_best(hub.store, ORG, "LR = 0.1\n", 5.0)
     key = await hub.agent("alice")
     async with hub.memory(key, clock=FakeClock()) as memory:
         best = await memory.get_best(TRACK)

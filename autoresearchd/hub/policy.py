@@ -1,9 +1,8 @@
-"""Who may do what on the hub: API keys, codes, the write policies and the rate limits.
+"""The hub's write policies: who may write which key, and what a result or a best must hold.
 
-API keys are random 256-bit tokens and verification codes random 128-bit ones; the hub
-stores only their sha256, so a leaked database leaks neither. The write policies are
-pure: given the stored row and the :class:`~autoresearchd.hub.store.Evidence` the store
-read in the write's own transaction, they say why a write is refused. The rules:
+The write policies are pure: given the stored row and the
+:class:`~autoresearchd.hub.store.Evidence` the store read in the write's own transaction,
+they say why a write is refused. The rules:
 
 - An agent may update only keys it created; ``results/`` records are write-once and must
   carry the writer's own ``agent_id`` (and a ``train_py_sha256`` that hashes its
@@ -47,20 +46,13 @@ read in the write's own transaction, they say why a write is refused. The rules:
   the last as provisional discards, then the last as a ``keep`` whose ``confirmed_bpb``
   is the confirmations' mean.
 - The admin agent bypasses every rule.
-
-The rate limiters are token buckets in process memory: a limit per hub replica, not a
-global guarantee, so they need no shared state.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
-import secrets
 import statistics
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -72,43 +64,16 @@ from autoresearchd.judging import implausible
 from autoresearchd.models import sha256_text
 from autoresearchd.promotion import confirms, pooled_noise
 
-KEY_PREFIX = "ard_"
 CLAIM = re.compile(r"^claims/")
 RESULT = re.compile(r"^results/")
-#: Matched whole (``fullmatch``): ``$`` would let ``"admin\n"`` pass as a name.
-AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-EMAIL = re.compile(r"[^@\s<>\"',;]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,63}")
 #: The seeds the results index can hold: SQLite and PostgreSQL integers are 64-bit.
 SEED_RANGE = range(-(2**63), 2**63)
 #: Statuses whose finite val_bpb counts toward replication (a discard only if provisional).
 COUNTED = ("keep", "discard")
 #: How far a claimed val_bpb may sit below the replicates' mean: float summation noise only.
 MEAN_TOLERANCE = 1e-9
-MAX_BUCKETS = 100_000
 
 Replication = Literal["any", "other-agent"]
-
-
-def is_agent_name(name: object) -> bool:
-    """Whether ``name`` is a whole agent name: 1-64 of ``A-Z a-z 0-9 _ . -``, no newline."""
-    return isinstance(name, str) and AGENT_NAME.fullmatch(name) is not None
-
-
-def is_email(email: object) -> bool:
-    """Whether ``email`` looks like one address, with no control or invisible characters."""
-    return isinstance(email, str) and email.isprintable() and EMAIL.fullmatch(email) is not None
-
-
-def new_api_key() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_key(api_key: str) -> str:
-    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
-
-
-def new_verification_code() -> str:
-    return secrets.token_urlsafe(16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,47 +435,3 @@ def _claim_is_free(current: Memory, now: float) -> bool:
     expires = record.get("expires_at")
     released = record.get("released") is True
     return released or (isinstance(expires, int | float) and expires <= now)
-
-
-# --- rate limits -----------------------------------------------------------------------
-
-
-@dataclass
-class _Bucket:
-    tokens: float
-    stamp: float
-
-
-class RateLimiter:
-    """A token bucket per key (an API key's hash, or an IP): ``rate`` a second, up to ``burst``."""
-
-    def __init__(
-        self, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self._clock = clock
-        self._buckets: dict[str, _Bucket] = {}
-
-    def retry_after(self, key: str) -> float:
-        """Take one token for ``key``: 0 when allowed, else seconds until one is free."""
-        now = self._clock()
-        if len(self._buckets) >= MAX_BUCKETS:
-            self._prune(now)
-        bucket = self._buckets.setdefault(key, _Bucket(self.burst, now))
-        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
-        bucket.stamp = now
-        if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
-            return 0.0
-        return (1.0 - bucket.tokens) / self.rate
-
-    def _prune(self, now: float) -> None:
-        """Forget buckets that have refilled: they would start full anyway."""
-        full = [
-            key
-            for key, bucket in self._buckets.items()
-            if bucket.tokens + (now - bucket.stamp) * self.rate >= self.burst
-        ]
-        for key in full:
-            del self._buckets[key]

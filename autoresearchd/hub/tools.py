@@ -1,13 +1,14 @@
-"""The hub's JSON-RPC layer: validate a request, run one Ensue tool, shape the reply.
+"""The Ensue tools the hub serves over JSON-RPC, one authenticated agent at a time.
 
 This speaks the Ensue wire protocol as the community's clients do
-(:mod:`autoresearchd.ensue` owns its envelope, codes and key layout): ``tools/call``
+(:mod:`autoresearchd.ensue` owns its envelope, codes and key layout;
+:mod:`~autoresearchd.hub.jsonrpc` validates requests and shapes replies): ``tools/call``
 with ``create_memory``, ``get_memory``, ``update_memory``, ``delete_memory``,
 ``list_keys``, ``search_memories`` and ``discover_memories``, the org tools ``share``,
-``create_invite`` and ``claim_invite``, plus our ``best_history`` (the audited changes of
-one best metadata key, newest first) and ``publish_result`` (a result, its markers and the
-bests it moves in one transaction: :mod:`~autoresearchd.hub.batch`); a tool's answer
-travels as JSON text in ``result.content[0].text``. What the community's clients rely on:
+``create_invite`` and ``claim_invite`` (:mod:`~autoresearchd.hub.org_tools`), plus our
+``best_history`` (the audited changes of one best metadata key, newest first) and
+``publish_result`` (a result, its markers and the bests it moves in one transaction:
+:mod:`~autoresearchd.hub.batch`). What the community's clients rely on:
 
 - ``get_memory`` entries say ``"status": "success"`` (or ``not_found``) and carry values
   decoded: a value written as base64 comes back as its text (``base64: false``), unless
@@ -24,13 +25,6 @@ travels as JSON text in ``result.content[0].text``. What the community's clients
   ``discover_memories``) see what orgs made public (:mod:`autoresearchd.hub.invites`).
 
 Keys come back with ``verified``: whether their writer was a verified agent then.
-Requests that are not JSON-RPC get the standard codes (-32700 parse error, -32600 invalid
-request, -32601 method not found, -32602 invalid params, also for an unknown tool). Tool
-refusals use the server range: -32001 unauthorised, -32003 forbidden, -32004 not found,
--32009 conflict (the key exists, or ``if_match`` did not match; ``data.version`` carries
-the current version), -32013 too large, -32029 rate limited, -32050 storage unavailable;
-forbidden, not found, conflict and too large are tool errors (``isError``), the others
-JSON-RPC errors.
 """
 
 from __future__ import annotations
@@ -38,39 +32,22 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from autoresearchd.ensue import envelope, values
+from autoresearchd.ensue import values
 from autoresearchd.ensue.errors import (
     CONFLICT,
     FORBIDDEN,
-    INVALID_PARAMS,
-    INVALID_REQUEST,
-    METHOD_NOT_FOUND,
     NOT_FOUND,
-    PARSE_ERROR,
     TOO_LARGE,
-    TOOL_ERRORS,
     UNAUTHORISED,
 )
-from autoresearchd.ensue.keys import (
-    SHAREABLE,
-    SHARED_BEST,
-    full_name,
-    is_public,
-    relative,
-    split_key,
-)
-from autoresearchd.errors import HubError
-from autoresearchd.hub import invites, search, strictjson
-from autoresearchd.hub.auth import (
-    RESULT,
-    Rules,
-    create_policy,
-    index_result,
-    write_policy,
-)
+from autoresearchd.ensue.keys import SHARED_BEST, full_name, is_public, relative, split_key
+from autoresearchd.hub import invites, search
+from autoresearchd.hub.arguments import arg, invalid, key_name, limit
+from autoresearchd.hub.jsonrpc import Call, RpcFault
+from autoresearchd.hub.org_tools import OrgTools
+from autoresearchd.hub.policy import RESULT, Rules, create_policy, index_result, write_policy
 from autoresearchd.hub.standing import rules_for
 from autoresearchd.hub.store import (
     REASON_EXISTS,
@@ -85,156 +62,11 @@ from autoresearchd.hub.store import (
     ResultRow,
     decode_text,
 )
-from autoresearchd.hub.strictjson import JsonRefused
 
 MAX_ITEMS = 100
 MAX_KEYS = 1000
 MAX_LIST = 10_000
-MAX_KEY_CHARS = 512
-DEFAULT_LIMIT = 100
 MAX_HISTORY = 1000
-
-
-class RpcFault(HubError):
-    """A JSON-RPC error reply: ``code`` is the JSON-RPC error code, ``data`` its details.
-
-    A fault whose code is a tool error (:data:`~autoresearchd.ensue.errors.TOOL_ERRORS`)
-    travels as an MCP ``isError`` result instead, with ``extra`` beside the message.
-    """
-
-    def __init__(
-        self,
-        rpc_code: int,
-        message: str,
-        data: Mapping[str, Any] | None = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message, code=str(rpc_code))
-        self.rpc_code = rpc_code
-        self.data = dict(data or {})
-        self.extra = dict(extra or {})
-
-    @property
-    def is_tool_error(self) -> bool:
-        return self.rpc_code in TOOL_ERRORS
-
-
-def error_reply(request_id: Any, fault: RpcFault) -> dict[str, Any]:
-    return envelope.error_reply(request_id, fault.rpc_code, str(fault), fault.data)
-
-
-def result_reply(request_id: Any, payload: Mapping[str, Any]) -> dict[str, Any]:
-    return envelope.result_reply(request_id, envelope.tool_result(payload))
-
-
-def tool_error_reply(request_id: Any, fault: RpcFault) -> dict[str, Any]:
-    """A tool's failure as an MCP ``isError`` result: visible to every MCP client."""
-    result = envelope.tool_error(fault.rpc_code, str(fault), fault.data, **fault.extra)
-    return envelope.result_reply(request_id, result)
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A validated JSON-RPC request or notification (a notification has no ``id``)."""
-
-    request_id: Any
-    method: str
-    params: dict[str, Any]
-    notification: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """A validated ``tools/call`` request."""
-
-    request_id: Any
-    tool: str
-    arguments: dict[str, Any]
-
-
-def parse_message(body: bytes) -> Message:
-    """Validate the JSON-RPC envelope; raise :class:`RpcFault` with the standard codes."""
-    try:
-        message = strictjson.loads(body)
-    except JsonRefused as exc:
-        raise RpcFault(PARSE_ERROR, f"parse error: {exc}") from None
-    if not isinstance(message, dict):
-        raise RpcFault(INVALID_REQUEST, "invalid request: expected one JSON-RPC object")
-    request_id = message.get("id")
-    if not _is_request_id(request_id):
-        raise RpcFault(INVALID_REQUEST, "invalid request: id must be a string, number or null")
-    if message.get("jsonrpc") != "2.0" or not isinstance(message.get("method"), str):
-        raise RpcFault(INVALID_REQUEST, 'invalid request: needs "jsonrpc": "2.0" and a method')
-    params = message.get("params", {})
-    if not isinstance(params, dict):
-        raise RpcFault(INVALID_PARAMS, "invalid params: params must be an object")
-    return Message(request_id, message["method"], params, "id" not in message)
-
-
-def tool_call(message: Message) -> Call:
-    """The ``tools/call`` a message asks for; METHOD_NOT_FOUND for any other method."""
-    if message.method != "tools/call":
-        raise RpcFault(METHOD_NOT_FOUND, f"method not found: {message.method}")
-    params = message.params
-    if not isinstance(params.get("name"), str):
-        raise RpcFault(INVALID_PARAMS, "invalid params: expected {name, arguments}")
-    arguments = params.get("arguments", {})
-    if not isinstance(arguments, dict):
-        raise RpcFault(INVALID_PARAMS, "invalid params: arguments must be an object")
-    return Call(message.request_id, params["name"], arguments)
-
-
-def parse_request(body: bytes) -> Call:
-    """A ``tools/call`` request, validated (see :func:`parse_message`)."""
-    return tool_call(parse_message(body))
-
-
-def request_id_of(body: bytes) -> Any:
-    """The id of a request, if it has a readable one, for error replies."""
-    try:
-        message = strictjson.loads(body)
-    except JsonRefused:
-        return None
-    request_id = message.get("id") if isinstance(message, dict) else None
-    return request_id if _is_request_id(request_id) else None
-
-
-def _is_request_id(value: Any) -> bool:
-    """JSON-RPC 2.0 ids are strings, numbers or null; anything else is not echoed back."""
-    return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
-
-
-# --- argument checks ---------------------------------------------------------------------
-
-
-def _invalid(message: str) -> RpcFault:
-    return RpcFault(INVALID_PARAMS, f"invalid params: {message}")
-
-
-def _arg(args: Mapping[str, Any], name: str, kind: type, default: Any = ...) -> Any:
-    if name not in args:
-        if default is ...:
-            raise _invalid(f"{name} is required")
-        return default
-    value = args[name]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise _invalid(f"{name} must be a {kind.__name__}")
-    return value
-
-
-def _limit(args: Mapping[str, Any], most: int) -> int:
-    limit = _arg(args, "limit", int, DEFAULT_LIMIT)
-    if not 1 <= limit <= most:
-        raise _invalid(f"limit must be between 1 and {most}")
-    return int(limit)
-
-
-def _key(value: Any) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_KEY_CHARS:
-        raise _invalid(f"key_name must be a string of 1 to {MAX_KEY_CHARS} characters")
-    if any(ch.isspace() or not ch.isprintable() for ch in value) or split_key(value) is None:
-        raise _invalid(f"key_name {value[:80]!r} must look like @org/path, without spaces")
-    return value
 
 
 # --- the tools ---------------------------------------------------------------------------
@@ -267,6 +99,7 @@ class Tools:
         self.rules = rules or Rules()
         self.default_org = default_org
         self._orgs: set[str] = set()  # a cache of orgs seen to exist; orgs are never dropped
+        orgs = OrgTools(store, clock, default_org, self.check_org)
         self._tools: dict[str, Tool] = {
             "create_memory": self._agent(self.create_memory),
             "get_memory": self.get_memory,
@@ -276,9 +109,9 @@ class Tools:
             "search_memories": self.search_memories,
             "discover_memories": self.discover_memories,
             "best_history": self._agent(self.best_history),
-            "share": self._agent(self.share),
-            "create_invite": self._agent(self.create_invite),
-            "claim_invite": self._agent(self.claim_invite),
+            "share": self._agent(orgs.share),
+            "create_invite": self._agent(orgs.create_invite),
+            "claim_invite": self._agent(orgs.claim_invite),
         }
 
     def extend(
@@ -292,7 +125,7 @@ class Tools:
     async def call(self, agent: Agent | None, call: Call) -> dict[str, Any]:
         tool = self._tools.get(call.tool)
         if tool is None:
-            raise _invalid(f"unknown tool {call.tool!r}")
+            raise invalid(f"unknown tool {call.tool!r}")
         if agent is None and call.tool != "discover_memories":
             await self._check_public(call)
         return await tool(agent, call.arguments)
@@ -331,25 +164,27 @@ class Tools:
         """A key name as given (full or org-relative), as a validated full name."""
         if isinstance(value, str) and not value.startswith("@") and self.default_org:
             value = full_name(self.default_org, value)
-        return _key(value)
+        return key_name(value)
 
     def _prefix(self, args: Mapping[str, Any]) -> tuple[str, str]:
         """A listing's full prefix and the org its names are relative to."""
-        prefix = _arg(args, "prefix", str, "")
+        prefix = arg(args, "prefix", str, "")
         if not prefix.startswith("@"):
             prefix = full_name(self.default_org, prefix) if self.default_org else prefix
         org = prefix[1:].split("/", 1)[0] if prefix.startswith("@") else ""
         return prefix, org
 
-    async def _org_key(self, value: Any) -> str:
+    async def org_key(self, value: Any) -> str:
+        """A key name a write may name: full, valid, outside ``.hub/``, of an org that exists."""
         key = self._full(value)
         org, rest = split_key(key) or ("", "")
         if invites.is_reserved(rest):
             raise RpcFault(FORBIDDEN, f"{rest.split('/')[0]}/ is reserved for the hub")
-        await self._check_org(org)
+        await self.check_org(org)
         return key
 
-    async def _check_org(self, org: str) -> None:
+    async def check_org(self, org: str) -> None:
+        """Refuse (NOT_FOUND) an org this hub does not have."""
         if org not in self._orgs:
             if not await self.store.org_exists(org):
                 raise RpcFault(NOT_FOUND, f"no organisation @{org} on this hub")
@@ -379,12 +214,13 @@ class Tools:
             return self.rules
         return await rules_for(self.store, org, agent.name, self.rules)
 
-    def _value(self, args: Mapping[str, Any]) -> tuple[str, bool]:
-        value = _arg(args, "value", str)
-        is_base64 = _arg(args, "base64", bool, False)
+    def checked_value(self, args: Mapping[str, Any]) -> tuple[str, bool]:
+        """The ``value`` and ``base64`` arguments, checked to decode and to fit the limit."""
+        value = arg(args, "value", str)
+        is_base64 = arg(args, "base64", bool, False)
         size = values.size_of(value, bool(is_base64))
         if size is None:
-            raise _invalid("value is not valid base64")
+            raise invalid("value is not valid base64")
         if size > self.max_value_bytes:
             raise RpcFault(TOO_LARGE, f"value of {size} bytes exceeds {self.max_value_bytes}")
         return value, bool(is_base64)
@@ -392,13 +228,13 @@ class Tools:
     # --- writes --------------------------------------------------------------------------
 
     async def create_memory(self, agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
-        items = _arg(args, "items", list)
+        items = arg(args, "items", list)
         if not 0 < len(items) <= MAX_ITEMS:
-            raise _invalid(f"items must hold 1 to {MAX_ITEMS} entries")
+            raise invalid(f"items must hold 1 to {MAX_ITEMS} entries")
         results = []
         for item in items:
             if not isinstance(item, dict):
-                raise _invalid("each item must be an object")
+                raise invalid("each item must be an object")
             results.append(await self._create_one(agent, item))
         failed = [r for r in results if r["status"] == "error"]
         if failed and len(failed) == len(results):
@@ -407,9 +243,9 @@ class Tools:
 
     async def _create_one(self, agent: Agent, item: dict[str, Any]) -> dict[str, Any]:
         given = item.get("key_name")
-        key = await self._org_key(given)
-        value, is_base64 = self._value(item)
-        description = _arg(item, "description", str, "")
+        key = await self.org_key(given)
+        value, is_base64 = self.checked_value(item)
+        description = arg(item, "description", str, "")
         new = NewMemory(key, value, is_base64, description)
         text = decode_text(value, is_base64)
         result: ResultRow | None = None
@@ -423,7 +259,7 @@ class Tools:
             self.clock(),
             policy=create_policy(agent, key, text, await self._rules_for(agent, key)),
             result=result,
-            detail=_audit_detail(key, text),
+            detail=audit_detail(key, text),
         )
         if outcome.version is not None:
             return {"key_name": given, "status": "created", "version": outcome.version}
@@ -433,15 +269,15 @@ class Tools:
 
     async def update_memory(self, agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
         given = args.get("key_name")
-        key = await self._org_key(given)
-        value, is_base64 = self._value(args)
-        if_match = _arg(args, "if_match", int, None)
+        key = await self.org_key(given)
+        value, is_base64 = self.checked_value(args)
+        if_match = arg(args, "if_match", int, None)
         new = NewMemory(key, value, is_base64)
         now, text = self.clock(), decode_text(value, is_base64)
         rules = await self._rules_for(agent, key)
         policy = write_policy(agent, key, text, if_match, now, rules)
         outcome = await self.store.update(
-            agent, new, if_match, policy, now, detail=_audit_detail(key, text)
+            agent, new, if_match, policy, now, detail=audit_detail(key, text)
         )
         if outcome.version is not None:
             return {"key_name": given, "status": "updated", "version": outcome.version}
@@ -454,7 +290,7 @@ class Tools:
 
     async def delete_memory(self, agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
         given = args.get("key_name")
-        key = await self._org_key(given)
+        key = await self.org_key(given)
         rest = _rest(key)
         if RESULT.match(rest) or SHARED_BEST.match(rest):
             raise RpcFault(FORBIDDEN, f"{given} is kept: results and shared bests are evidence")
@@ -468,9 +304,9 @@ class Tools:
     # --- reads ---------------------------------------------------------------------------
 
     async def get_memory(self, agent: Agent | None, args: dict[str, Any]) -> dict[str, Any]:
-        keys = _arg(args, "key_names", list)
+        keys = arg(args, "key_names", list)
         if not 0 < len(keys) <= MAX_KEYS:
-            raise _invalid(f"key_names must hold 1 to {MAX_KEYS} entries")
+            raise invalid(f"key_names must hold 1 to {MAX_KEYS} entries")
         names = [self._full(key) for key in keys]
         found = await self.store.get(names)
         shown = await self._readable(agent, [m for m in found if m is not None])
@@ -485,22 +321,22 @@ class Tools:
     async def list_keys(self, agent: Agent | None, args: dict[str, Any]) -> dict[str, Any]:
         prefix, org = self._prefix(args)
         found = await self._readable(
-            agent, await self.store.list_keys(prefix, _limit(args, MAX_LIST))
+            agent, await self.store.list_keys(prefix, limit(args, MAX_LIST))
         )
         keys = [_summary(memory, org) for memory in found]
         return {"keys": keys, "count": len(keys)}
 
     async def search_memories(self, agent: Agent | None, args: dict[str, Any]) -> dict[str, Any]:
-        query = _arg(args, "query", str)
+        query = arg(args, "query", str)
         prefix, org = self._prefix(args)
-        return {"results": await self._search(agent, query, prefix, org, _limit(args, MAX_KEYS))}
+        return {"results": await self._search(agent, query, prefix, org, limit(args, MAX_KEYS))}
 
     async def discover_memories(self, agent: Agent | None, args: dict[str, Any]) -> dict[str, Any]:
         """Search what orgs made public, across the hub (or one ``org``); full names."""
-        query = _arg(args, "query", str, "")
-        org = _arg(args, "org", str, "")
+        query = arg(args, "query", str, "")
+        org = arg(args, "org", str, "")
         prefix = f"@{org}/" if org else "@"
-        hits = await self._search(None, query, prefix, "", _limit(args, MAX_KEYS))
+        hits = await self._search(None, query, prefix, "", limit(args, MAX_KEYS))
         return {"results": hits}
 
     async def _search(
@@ -522,61 +358,9 @@ class Tools:
     async def best_history(self, agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
         key = self._full(args.get("key_name"))
         if not SHARED_BEST.match(_rest(key)):
-            raise _invalid("best_history reads a best/ key only")
-        entries = await self.store.history(key, _limit(args, MAX_HISTORY))
+            raise invalid("best_history reads a best/ key only")
+        entries = await self.store.history(key, limit(args, MAX_HISTORY))
         return {"changes": [_change(entry) for entry in entries]}
-
-    # --- orgs: sharing and invites -------------------------------------------------------
-
-    def _admin_org(self, agent: Agent, args: Mapping[str, Any], tool: str) -> str:
-        if not agent.is_admin:
-            raise RpcFault(FORBIDDEN, f"only the hub's admin may {tool}", {"reason": "admin"})
-        org = _arg(args, "org", str, "") or self.default_org
-        if not org:
-            raise _invalid("org is required: this hub has no default org")
-        return str(org)
-
-    async def share(self, agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
-        action = args.get("action", args.get("command"))
-        prefix = args.get("prefix", args.get("namespace"))
-        if action not in ("make_public", "make_private"):
-            raise _invalid('action must be "make_public" or "make_private"')
-        if prefix not in SHAREABLE:
-            raise _invalid(f"prefix must be one of {', '.join(SHAREABLE)}")
-        org = self._admin_org(agent, args, "share")
-        await self._check_org(org)
-        public = await invites.set_public(
-            self.store, org, str(prefix), action == "make_public", self.clock()
-        )
-        return {"org": org, "public": public}
-
-    async def create_invite(self, agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
-        org = self._admin_org(agent, args, "create invites")
-        await self._check_org(org)
-        uses = _arg(args, "uses", int, 1)
-        ttl_s = args.get("ttl_s", invites.DEFAULT_INVITE_TTL_S)
-        positive = isinstance(ttl_s, int | float) and not isinstance(ttl_s, bool) and ttl_s > 0
-        if not 1 <= uses <= invites.MAX_INVITE_USES or not positive or not math.isfinite(ttl_s):
-            raise _invalid(f"uses must be 1 to {invites.MAX_INVITE_USES} and ttl_s positive")
-        invite = await invites.create_invite(
-            self.store, org, agent.name, uses, float(ttl_s), self.clock()
-        )
-        return {
-            "token": invite.token,
-            "org": invite.org,
-            "uses": invite.uses,
-            "expires_at": invite.expires_at,
-        }
-
-    async def claim_invite(self, agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
-        token = _arg(args, "token", str)
-        org = invites.org_of(token)
-        if org is None or not await self.store.org_exists(org):
-            raise RpcFault(NOT_FOUND, "unknown invite token", {"reason": REASON_NOT_FOUND})
-        refusal = await invites.claim_invite(self.store, org, token, agent.name, self.clock())
-        if refusal:
-            raise RpcFault(FORBIDDEN, refusal, {"reason": "invite"})
-        return {"agent": agent.name, "org": org, "verified": True, "status": "success"}
 
 
 def _create_failed(results: list[dict[str, Any]]) -> RpcFault:
@@ -600,7 +384,7 @@ def _create_error(key: Any, code: str, message: str) -> dict[str, Any]:
     return {"key_name": key, "status": "error", "code": code, "error": message}
 
 
-def _audit_detail(key: str, text: str | None) -> str:
+def audit_detail(key: str, text: str | None) -> str:
     """What the audit log keeps of a write: a best's whole metadata, else nothing."""
     rest = _rest(key)
     return text or "" if SHARED_BEST.match(rest) and rest.endswith("metadata") else ""
