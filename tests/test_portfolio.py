@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from autoresearchd import portfolio
-from autoresearchd.config import ProposerConfig, parse_config
+from autoresearchd.config import ProposerConfig
+from autoresearchd.config_loader import parse_config
 from autoresearchd.models import Candidate, Result, Status, sha256_text
 from autoresearchd.mutation import apply_changes, parse_params
 from autoresearchd.portfolio import Axis, Density, PortfolioProposer, good_count
