@@ -106,5 +106,6 @@ def _link_chain(path: Path) -> Iterator[Path]:
 
 
 def last_line(output: bytes) -> str:
+    """The last line a child wrote, cut short, as a one-line error quotes it."""
     lines = output.decode(errors="replace").strip().splitlines()
     return lines[-1][:MAX_LINE_CHARS] if lines else ""

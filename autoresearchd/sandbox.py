@@ -6,11 +6,12 @@ host: ``bwrap`` (read-only root, the run directory and a private tmp writable, t
 directory and key files hidden, its own network, IPC, UTS and PID namespaces, the GPU nodes
 bound in), else ``unshare`` (the same namespaces, and a mount namespace made by ``sh`` and
 mount(8) with a private tmp and the state hidden), else nothing. What the child sees of the
-filesystem is planned in :mod:`autoresearchd.sandbox_layout`. ``prlimit`` caps tasks, file
-size and core dumps; ``setpriv`` sets no-new-privileges. When the daemon is root, the child
-also runs under an unprivileged uid of its own per worker and per daemon (:class:`UidRange`),
-because RLIMIT_NPROC counts tasks per uid and root is exempt from it: that is what bounds a
-fork bomb. Each run is wrapped by small C binaries (no extra Python process) through
+filesystem is planned in :mod:`autoresearchd.sandbox_layout`, which also makes folders the
+child cannot search (a 0700 home) work. ``prlimit`` caps tasks, file size and core dumps;
+``setpriv`` sets no-new-privileges. When the daemon is root, the child also runs under an
+unprivileged uid of its own per worker and per daemon (:class:`UidRange`), because
+RLIMIT_NPROC counts tasks per uid and root is exempt from it: that is what bounds a fork
+bomb. Each run is wrapped by small C binaries (no extra Python process) through
 :attr:`RunSpec.wrap`, so the spawn stays close to a bare Python start. The child's
 environment loses every variable whose name suggests a secret (:func:`scrub_env`).
 """
