@@ -5,8 +5,7 @@ mode 0600 before it gets its public name, and answers only peers running as its 
 (or root). Each connection carries one JSON line each way: a request such as
 ``{"command": "pause", "device": "0"}`` and a reply ``{"ok": true, ...}`` or
 ``{"ok": false, "error": "..."}``. The daemon side is anything that satisfies
-:class:`Controllable`; this module also keeps the memory's reachability for the status
-(:class:`TrackedMemory`) and renders the one-line systemd ``STATUS=`` text.
+:class:`Controllable`.
 """
 
 from __future__ import annotations
@@ -15,21 +14,17 @@ import json
 import os
 import socket
 import struct
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, Protocol
 
 import anyio
 import structlog
 from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from autoresearchd.errors import ControlError, DaemonNotRunning, MemoryBackendError
-from autoresearchd.memory.protocol import BestChange, CollectiveMemory, Note, PublishOutcome
-from autoresearchd.models import Best, Device, Result
+from autoresearchd.errors import ControlError, DaemonNotRunning
+from autoresearchd.models import Device
 from autoresearchd.statedir import StateDir
 
 log = structlog.get_logger(__name__)
@@ -42,7 +37,6 @@ REQUEST_TIMEOUT_S = 5.0
 ACTIONS = ("pause", "resume", "finish")
 COMMANDS = ("status", *ACTIONS)
 
-_T = TypeVar("_T")
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _STREAM_ERRORS = (
     anyio.EndOfStream,
@@ -218,131 +212,3 @@ async def _exchange(stream: SocketStream, message: Mapping[str, Any]) -> bytes:
     async with stream:
         await stream.send(json.dumps(message).encode() + b"\n")
         return await BufferedByteReceiveStream(stream).receive_until(b"\n", 16 * MAX_LINE_BYTES)
-
-
-# -- what the status reports about the memory --------------------------------------------
-
-
-@dataclass
-class Connectivity:
-    """When the collective memory last answered, and its last failure."""
-
-    backend: str
-    url: str = ""
-    last_ok_at: float | None = None
-    last_error: str = ""
-    last_error_at: float | None = None
-
-    @property
-    def reachable(self) -> bool | None:
-        """None before the first call; else whether the latest call succeeded."""
-        if self.last_ok_at is None and self.last_error_at is None:
-            return None
-        return (self.last_ok_at or 0.0) >= (self.last_error_at or 0.0)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "backend": self.backend,
-            "url": self.url,
-            "reachable": self.reachable,
-            "last_ok_at": self.last_ok_at,
-            "last_error": self.last_error,
-            "last_error_at": self.last_error_at,
-        }
-
-
-class TrackedMemory:
-    """A collective memory that notes, in a :class:`Connectivity`, whether calls succeed."""
-
-    def __init__(self, inner: CollectiveMemory, connectivity: Connectivity) -> None:
-        self.inner = inner
-        self.connectivity = connectivity
-
-    async def __aenter__(self) -> Self:
-        await self.inner.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.inner.__aexit__(exc_type, exc, tb)
-
-    async def _track(self, call: Callable[[], Awaitable[_T]]) -> _T:
-        try:
-            value = await call()
-        except MemoryBackendError as exc:
-            self.connectivity.last_error = str(exc)
-            self.connectivity.last_error_at = time.time()
-            raise
-        self.connectivity.last_ok_at = time.time()
-        return value
-
-    async def get_best(self, track: str, tier: str | None = None) -> Best | None:
-        return await self._track(lambda: self.inner.get_best(track, tier))
-
-    async def claim(
-        self, track: str, sha256: str, agent_id: str, ttl_s: float, description: str = ""
-    ) -> bool:
-        return await self._track(
-            lambda: self.inner.claim(track, sha256, agent_id, ttl_s, description)
-        )
-
-    async def release(self, track: str, sha256: str, agent_id: str) -> None:
-        await self._track(lambda: self.inner.release(track, sha256, agent_id))
-
-    async def publish(self, result: Result) -> PublishOutcome:
-        return await self._track(lambda: self.inner.publish(result))
-
-    async def best_history(
-        self, track: str, tier: str | None = None, limit: int | None = 100
-    ) -> list[BestChange]:
-        return await self._track(lambda: self.inner.best_history(track, tier, limit))
-
-    async def results(self, track: str | None = None, limit: int | None = 100) -> list[Result]:
-        return await self._track(lambda: self.inner.results(track, limit))
-
-    async def was_run(self, track: str, sha256: str) -> bool:
-        return await self._track(lambda: self.inner.was_run(track, sha256))
-
-    async def put_note(self, kind: str, note: Note) -> bool:
-        return await self._track(lambda: self.inner.put_note(kind, note))
-
-    async def notes(self, kind: str, limit: int = 100) -> list[Note]:
-        return await self._track(lambda: self.inner.notes(kind, limit))
-
-
-# -- the line systemd shows --------------------------------------------------------------
-
-
-def status_line(snapshot: Mapping[str, Any]) -> str:
-    """``4 GPUs · 4 running · best 0.973100 · 2 results queued`` from a snapshot."""
-    devices = snapshot.get("devices", [])
-    parts = [_device_count(devices)]
-    states = [d["state"] for d in devices]
-    parts.append(f"{sum(s in ('running', 'finishing') for s in states)} running")
-    for state in ("paused", "too_hot", "waiting_foreign_process", "backing_off"):
-        if n := states.count(state):
-            parts.append(f"{n} {state.replace('_', ' ')}")
-    best = snapshot.get("best_bpb")
-    parts.append("no best yet" if best is None else f"best {best:.6f}")
-    queued = snapshot.get("outbox_depth", 0)
-    parts.append(f"{queued} result{'' if queued == 1 else 's'} queued")
-    if held := snapshot.get("outbox_held", 0):
-        parts.append(f"{held} held in memory ({snapshot.get('outbox_error', '')})")
-    if snapshot.get("state") == "draining":
-        parts.insert(0, "stopping")
-    return " · ".join(parts)
-
-
-def _device_count(devices: Sequence[Mapping[str, Any]]) -> str:
-    gpus = sum(d["kind"] == "cuda" for d in devices)
-    cpus = len(devices) - gpus
-    words = []
-    if gpus:
-        words.append(f"{gpus} GPU{'' if gpus == 1 else 's'}")
-    if cpus:
-        words.append(f"{cpus} CPU worker{'' if cpus == 1 else 's'}")
-    return " + ".join(words) or "no devices"

@@ -41,25 +41,21 @@ import anyio
 import structlog
 
 from autoresearchd import __version__
-from autoresearchd.config import Config, DevicesConfig, load_config, reload_config
-from autoresearchd.control import (
-    Connectivity,
-    ControlServer,
-    TrackedMemory,
-    match_devices,
-    socket_path,
-    status_line,
-)
+from autoresearchd.backoff import backoff_delay
+from autoresearchd.config import Config, DevicesConfig, reload_config
+from autoresearchd.config_loader import load_config
+from autoresearchd.connectivity import Connectivity, TrackedMemory
+from autoresearchd.control import ControlServer, match_devices, socket_path
 from autoresearchd.errors import AutoresearchdError, ConfigError, DataError
 from autoresearchd.gpus import Discovery, Gpus, plan_devices, select_gpus
-from autoresearchd.health import backoff_delay
 from autoresearchd.memory import open_memory
 from autoresearchd.models import Device
 from autoresearchd.notify import Notifier
 from autoresearchd.outbox import Outbox
 from autoresearchd.publisher import Publisher
+from autoresearchd.report import status_line
 from autoresearchd.runner import prune_runs
-from autoresearchd.sandbox import open_sandbox
+from autoresearchd.sandbox_probe import open_sandbox
 from autoresearchd.statedir import StateDir
 from autoresearchd.tracks.prepare import prepare_track
 from autoresearchd.worker import Worker, WorkerContext

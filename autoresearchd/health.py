@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import anyio
 import structlog
 
-from autoresearchd.backoff import capped_exponential
+from autoresearchd.backoff import backoff_delay, sleep_unless
 from autoresearchd.config import DevicesConfig
 from autoresearchd.errors import GpuError
 from autoresearchd.gpus import Gpus, foreign_processes
@@ -27,21 +27,6 @@ log = structlog.get_logger(__name__)
 FLAP_WINDOW_S = 10.0
 #: Consecutive quick crashes before a device backs off.
 FLAP_THRESHOLD = 3
-BACKOFF_MIN_S = 30.0
-BACKOFF_MAX_S = 3600.0
-
-
-def backoff_delay(
-    failures: int, min_s: float = BACKOFF_MIN_S, max_s: float = BACKOFF_MAX_S
-) -> float:
-    """Exponential backoff for the ``failures``-th consecutive failure (1-based)."""
-    return capped_exponential(failures, min_s, max_s)
-
-
-async def sleep_unless(seconds: float, interrupt: anyio.Event) -> None:
-    """Sleep up to ``seconds``, waking early when ``interrupt`` is set."""
-    with anyio.move_on_after(seconds):
-        await interrupt.wait()
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """What ``run`` will meet on this host, checked before it starts: the paths a config names.
 
-:mod:`autoresearchd.config` reads a file and never touches the host; this is the step
-after it, shared by ``check-config`` and ``run``. It looks at what the daemon needs at
+:mod:`autoresearchd.config_loader` reads a file and never touches the host; this is the
+step after it, shared by ``check-config`` and ``run``. It looks at what the daemon needs at
 start-up and on every run (the workspace and its script, the interpreter, a state
 directory it can write, the hub's API key file) and raises one :class:`ConfigError`
 naming the config file, the key and what is wrong with the path, instead of a traceback

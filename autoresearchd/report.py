@@ -6,7 +6,8 @@ Tables are space-aligned columns, coloured with a few ANSI codes when the caller
 the output is a terminal (whole rows, so colour never shifts a column) and plain
 otherwise; JSON objects are community records, without the full ``train_py`` source
 unless asked for, and with non-finite numbers (a crashed run's NaN) as ``null`` so that
-any JSON parser accepts them. The running daemon's status renders here too.
+any JSON parser accepts them. The running daemon's status renders here too, as the
+``status`` table and as the one line systemd shows (:func:`status_line`).
 """
 
 from __future__ import annotations
@@ -234,6 +235,37 @@ def memory_text(memory: Mapping[str, Any]) -> str:
     if reachable:
         return f"memory {where}: reachable"
     return f"memory {where}: unreachable ({memory.get('last_error', '')})"
+
+
+def status_line(snapshot: Mapping[str, Any]) -> str:
+    """``4 GPUs · 4 running · best 0.973100 · 2 results queued`` from a snapshot."""
+    devices = snapshot.get("devices", [])
+    parts = [_device_count(devices)]
+    states = [d["state"] for d in devices]
+    parts.append(f"{sum(s in ('running', 'finishing') for s in states)} running")
+    for state in ("paused", "too_hot", "waiting_foreign_process", "backing_off"):
+        if n := states.count(state):
+            parts.append(f"{n} {state.replace('_', ' ')}")
+    best = snapshot.get("best_bpb")
+    parts.append("no best yet" if best is None else f"best {best:.6f}")
+    queued = snapshot.get("outbox_depth", 0)
+    parts.append(f"{queued} result{'' if queued == 1 else 's'} queued")
+    if held := snapshot.get("outbox_held", 0):
+        parts.append(f"{held} held in memory ({snapshot.get('outbox_error', '')})")
+    if snapshot.get("state") == "draining":
+        parts.insert(0, "stopping")
+    return " · ".join(parts)
+
+
+def _device_count(devices: Sequence[Mapping[str, Any]]) -> str:
+    gpus = sum(d["kind"] == "cuda" for d in devices)
+    cpus = len(devices) - gpus
+    words = []
+    if gpus:
+        words.append(f"{gpus} GPU{'' if gpus == 1 else 's'}")
+    if cpus:
+        words.append(f"{cpus} CPU worker{'' if cpus == 1 else 's'}")
+    return " + ".join(words) or "no devices"
 
 
 def _device_row(device: Mapping[str, Any]) -> tuple[str, ...]:

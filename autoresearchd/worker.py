@@ -30,12 +30,13 @@ import anyio.abc
 import structlog
 
 from autoresearchd import compile_cache
+from autoresearchd.backoff import sleep_unless
 from autoresearchd.config import Config
 from autoresearchd.confirming import Confirming
 from autoresearchd.early_stopping import EarlyStopping
 from autoresearchd.errors import AutoresearchdError, MemoryBackendError, ProposalError
 from autoresearchd.gpus import Gpus
-from autoresearchd.health import DeviceHealth, FlapDetector, sleep_unless
+from autoresearchd.health import DeviceHealth, FlapDetector
 from autoresearchd.judging import (
     best_from,
     delta_vs_best,

@@ -107,7 +107,7 @@ print(json.dumps(out))
 # Run in the venv: what ``gpus --json`` prints, from the fake NVML (dry run).
 FAKE_GPUS = """
 import json, anyio
-from autoresearchd.config import parse_config
+from autoresearchd.config_loader import parse_config
 from autoresearchd.gpus import Gpus, device_records, plan_devices, select_gpus
 from autoresearchd.testing import FakeGpu, FakeNvml
 

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from autoresearchd.config import parse_config
+from autoresearchd.config_loader import parse_config
 from autoresearchd.judging import improves
 from autoresearchd.models import Best, Result, Status
 from autoresearchd.promotion import (

@@ -67,7 +67,8 @@ import anyio  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import landscapes  # noqa: E402
 
-from autoresearchd.config import ExperimentConfig, parse_config  # noqa: E402
+from autoresearchd.config import ExperimentConfig  # noqa: E402
+from autoresearchd.config_loader import parse_config  # noqa: E402
 from autoresearchd.hyperparams import Param, parse_params  # noqa: E402
 from autoresearchd.judging import improves  # noqa: E402
 from autoresearchd.literals import Value  # noqa: E402

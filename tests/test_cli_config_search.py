@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearchd.config import CONFIG_ENV, SYSTEM_CONFIG, config_search_path
+from autoresearchd.config_loader import CONFIG_ENV, SYSTEM_CONFIG, config_search_path
 
 from .daemon_process import ROOT
 

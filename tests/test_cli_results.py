@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from autoresearchd.config import load_config
+from autoresearchd.config_loader import load_config
 from autoresearchd.memory import SqliteMemory
 from autoresearchd.models import Result, Status
 from tests.memory.conformance import make_result

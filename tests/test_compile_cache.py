@@ -15,9 +15,9 @@ from autoresearchd.compile_cache import (
     for_run,
     prepare,
 )
-from autoresearchd.config import parse_config
+from autoresearchd.config_loader import parse_config
 from autoresearchd.models import Candidate, Device
-from autoresearchd.sandbox import probe
+from autoresearchd.sandbox_probe import probe
 
 from .test_sandbox import metric, run, spec_for, summary_script
 from .test_sandbox_reach import config_under, tool  # noqa: F401 (a fixture)

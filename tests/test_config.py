@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from autoresearchd.config import Config, load_config, parse_config, reload_config
+from autoresearchd.config import Config, reload_config
+from autoresearchd.config_loader import load_config, parse_config
 from autoresearchd.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from autoresearchd.config import DEFAULT_MIXED_WEIGHTS, load_config, parse_config
+from autoresearchd.config import DEFAULT_MIXED_WEIGHTS
+from autoresearchd.config_loader import load_config, parse_config
 from autoresearchd.errors import ConfigError
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearchd.config import load_config, parse_config
+from autoresearchd.config_loader import load_config, parse_config
 from autoresearchd.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

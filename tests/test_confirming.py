@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from autoresearchd.config import parse_config
+from autoresearchd.config_loader import parse_config
 from autoresearchd.confirming import (
     Claim,
     choose,

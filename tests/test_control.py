@@ -12,19 +12,12 @@ from typing import Any
 import anyio
 import pytest
 
-from autoresearchd.control import (
-    Connectivity,
-    ControlServer,
-    TrackedMemory,
-    match_devices,
-    request,
-    socket_path,
-    status_line,
-)
+from autoresearchd.connectivity import Connectivity, TrackedMemory
+from autoresearchd.control import ControlServer, match_devices, request, socket_path
 from autoresearchd.errors import ControlError, DaemonNotRunning, TransientMemoryError
 from autoresearchd.memory import SqliteMemory
 from autoresearchd.models import Device
-from autoresearchd.report import status_text
+from autoresearchd.report import status_line, status_text
 from autoresearchd.testing import plan_script, write_plan
 from autoresearchd.tracks.prepare import prepare_track
 

@@ -20,9 +20,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from autoresearchd import daemon as daemon_module
-from autoresearchd.control import status_line
 from autoresearchd.daemon import Daemon
-from autoresearchd.report import status_text
+from autoresearchd.report import status_line, status_text
 from autoresearchd.testing import plan_script, write_plan
 from autoresearchd.tracks.prepare import prepare_track
 from tests.memory.conformance import make_result

@@ -13,7 +13,7 @@ import anyio
 import httpx
 import pytest
 
-from autoresearchd.config import load_config
+from autoresearchd.config_loader import load_config
 from autoresearchd.control import ControlServer, socket_path
 from autoresearchd.dashboard.solo import solo_app
 from autoresearchd.memory.sqlite import SqliteMemory

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearchd.config import parse_config
+from autoresearchd.config_loader import parse_config
 from autoresearchd.early_stopping import (
     BINS,
     MAX_LINE,

@@ -3,7 +3,7 @@
 import pytest
 from structlog.testing import capture_logs
 
-from autoresearchd.config import parse_config
+from autoresearchd.config_loader import parse_config
 from autoresearchd.errors import GpuError
 from autoresearchd.gpus import (
     Gpus,

@@ -4,9 +4,10 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from autoresearchd.config import parse_config
+from autoresearchd.backoff import backoff_delay
+from autoresearchd.config_loader import parse_config
 from autoresearchd.gpus import Gpus
-from autoresearchd.health import DeviceHealth, FlapDetector, backoff_delay
+from autoresearchd.health import DeviceHealth, FlapDetector
 from autoresearchd.models import Device
 from autoresearchd.testing import FakeNvml
 
@@ -25,10 +26,6 @@ def test_flapping_needs_several_quick_crashes_in_a_row() -> None:
 def test_slow_crashes_are_not_flapping() -> None:
     flaps = FlapDetector(window_s=10, threshold=2)
     assert [flaps.record(True, 60.0) for _ in range(5)] == [0.0] * 5
-
-
-def test_backoff_is_capped() -> None:
-    assert backoff_delay(100, min_s=1, max_s=60) == 60
 
 
 async def test_waits_while_a_foreign_process_holds_the_gpu() -> None:

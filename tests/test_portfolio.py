@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from autoresearchd.config import ProposerConfig, parse_config
+from autoresearchd.config import ProposerConfig
+from autoresearchd.config_loader import parse_config
 from autoresearchd.hyperparams import parse_params
 from autoresearchd.models import Candidate, Result, Status, sha256_text
 from autoresearchd.mutation import apply_changes

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from autoresearchd.config import parse_config
+from autoresearchd.config_loader import parse_config
 from autoresearchd.models import Result, Status
 from autoresearchd.promotion import (
     PRIOR_DOF,

@@ -21,17 +21,13 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from autoresearchd.config import Config, parse_config
+from autoresearchd.config import Config
+from autoresearchd.config_loader import parse_config
 from autoresearchd.errors import ConfigError
 from autoresearchd.models import Candidate, Device
 from autoresearchd.runner import RunReport, RunSpec, run_experiment
-from autoresearchd.sandbox import (
-    Isolation,
-    Sandbox,
-    open_sandbox,
-    probe,
-    scrub_env,
-)
+from autoresearchd.sandbox import Isolation, Sandbox, scrub_env
+from autoresearchd.sandbox_probe import open_sandbox, probe
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The fork-bomb test's task allowance: small, so the bound is reached within a second.

@@ -24,10 +24,12 @@ from pathlib import Path
 
 import pytest
 
-from autoresearchd.config import Config, parse_config
+from autoresearchd.config import Config
+from autoresearchd.config_loader import parse_config
 from autoresearchd.errors import ConfigError
-from autoresearchd.sandbox import UidRange, find_tools, open_sandbox, probe
+from autoresearchd.sandbox import UidRange
 from autoresearchd.sandbox_layout import Kind, plan_mounts
+from autoresearchd.sandbox_probe import find_tools, open_sandbox, probe
 
 from .daemon_process import cli
 from .test_sandbox import metric, run, spec_for, summary_script

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from autoresearchd.config import Config, parse_config
+from autoresearchd.config import Config
+from autoresearchd.config_loader import parse_config
 from autoresearchd.memory.ensue_client import EnsueMemory
 from autoresearchd.memory.sqlite import SqliteMemory
 from autoresearchd.models import Best, Candidate, Note, Result, Status

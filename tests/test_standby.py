@@ -21,7 +21,7 @@ from autoresearchd.models import Device, Result
 from autoresearchd.records import Origin, build_result
 from autoresearchd.runner import RunReport, RunSpec, run_experiment, spawn
 from autoresearchd.runner import prepare_run_dir as prepare
-from autoresearchd.sandbox import probe
+from autoresearchd.sandbox_probe import probe
 from autoresearchd.standby import STANDBY_NICENESS, Key, Standby, opts_in
 from autoresearchd.testing import ok_script
 from autoresearchd.tracks.prepare import prepare_track

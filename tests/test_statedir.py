@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearchd.config import load_config
+from autoresearchd.config_loader import load_config
 from autoresearchd.control import socket_path
 from autoresearchd.daemon import state_lock
 from autoresearchd.errors import ConfigError

@@ -19,7 +19,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from autoresearchd import worker
-from autoresearchd.config import parse_config
+from autoresearchd.config_loader import parse_config
 from autoresearchd.daemon import Daemon
 from autoresearchd.gpus import Gpus
 from autoresearchd.judging import best_from

@@ -10,7 +10,7 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from autoresearchd.config import parse_config
+from autoresearchd.config_loader import parse_config
 from autoresearchd.gpus import Gpus
 from autoresearchd.judging import delta_vs_best, improves
 from autoresearchd.memory.ensue_client import EnsueMemory

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from autoresearchd.config import parse_config
+from autoresearchd.config_loader import parse_config
 from autoresearchd.gpus import Gpus
 from autoresearchd.hyperparams import parse_params
 from autoresearchd.memory import open_memory
 from autoresearchd.models import Best, Candidate, Device, Status, sha256_text
 from autoresearchd.outbox import Outbox
 from autoresearchd.publisher import Publisher
-from autoresearchd.sandbox import probe
+from autoresearchd.sandbox_probe import probe
 from autoresearchd.testing import FakeNvml, ok_script, write_workspace
 from autoresearchd.worker import Worker, WorkerContext
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from autoresearchd.config import HubConfig, load_config, parse_config
+from autoresearchd.config import HubConfig
+from autoresearchd.config_loader import load_config, parse_config
 from autoresearchd.errors import ConfigError
 from tests.daemon_process import cli
 

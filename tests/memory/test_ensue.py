@@ -13,7 +13,7 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from autoresearchd.config import parse_config
+from autoresearchd.config_loader import parse_config
 from autoresearchd.ensue.envelope import parse_message as parse_reply
 from autoresearchd.errors import ConfigError, MemoryBackendError, TransientMemoryError
 from autoresearchd.memory import EnsueMemory, open_memory

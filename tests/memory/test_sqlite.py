@@ -10,7 +10,7 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from autoresearchd.config import parse_config
+from autoresearchd.config_loader import parse_config
 from autoresearchd.errors import MemoryBackendError, TransientMemoryError
 from autoresearchd.memory import SqliteMemory, open_memory
 from autoresearchd.memory.sqlite import SCHEMA_VERSION
