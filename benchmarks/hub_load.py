@@ -55,8 +55,8 @@ import psycopg
 from autoresearchd.config import HubConfig
 from autoresearchd.hub.app import build_app
 from autoresearchd.hub.auth import hash_key
-from autoresearchd.hub.store import Agent
-from autoresearchd.hub.store_auto import open_store
+from autoresearchd.hub.storage.auto import open_store
+from autoresearchd.hub.storage.rows import Agent
 from autoresearchd.logs import configure_logging
 from autoresearchd.memory.ensue import EnsueMemory
 from autoresearchd.models import Result, Status, sha256_text

@@ -1,6 +1,6 @@
 """The hub's HTTP side: a Starlette app with the JSON-RPC endpoint and the ``/auth`` routes.
 
-:func:`build_app` wires a :class:`~autoresearchd.hub.store.HubStore` into routes:
+:func:`build_app` wires a :class:`~autoresearchd.hub.storage.protocol.HubStore` into routes:
 ``POST /`` (and ``/mcp``) for JSON-RPC, which also answers the MCP handshake without a
 key (``initialize``, ``ping``, ``tools/list``: :mod:`~autoresearchd.hub.mcp`; any
 notification gets 202); ``POST /auth/agent-register`` ``{"name", "email"}``, which
@@ -85,14 +85,9 @@ from autoresearchd.hub.rpc import (
     tool_call,
     tool_error_reply,
 )
-from autoresearchd.hub.store import (
-    SCHEMA_VERSION,
-    Agent,
-    HubStore,
-    NewMemory,
-    is_postgres_url,
-)
-from autoresearchd.hub.store_auto import open_store
+from autoresearchd.hub.storage.auto import is_postgres_url, migrate_store, open_store
+from autoresearchd.hub.storage.protocol import HubStore
+from autoresearchd.hub.storage.rows import Agent, NewMemory
 from autoresearchd.hub.strictjson import JsonRefused
 from autoresearchd.models import sha256_text
 from autoresearchd.statedir import StateDir
@@ -554,22 +549,13 @@ async def revoke_agent(config: Config, name: str) -> bool:
 
 
 async def migrate_hub(config: Config) -> str:
-    """Bring the hub's database schema up to date; one line that says what was done.
+    """Bring the hub's database schema up to date; one line that says what was applied.
 
-    A SQLite database migrates itself whenever it is opened, so this only opens it.
+    A SQLite database migrates itself whenever it is opened, so for it this only opens it.
     """
-    database = database_path(config)
-    if not is_postgres_url(database):
-        store = await open_store(database)
-        await store.close()
-        return f"{database}: SQLite schema {SCHEMA_VERSION}"
-    from autoresearchd.hub.pg import migrate_database  # psycopg only where it is used
-
-    before, after = await migrate_database(str(database))
-    log.info("hub_migrated", before=before, after=after)
-    if before == after:
-        return f"PostgreSQL schema {after}: already current"
-    return f"PostgreSQL schema {before} -> {after}"
+    report = await migrate_store(database_path(config))
+    log.info("hub_migrated", report=report)
+    return report
 
 
 async def _init(store: HubStore, org: str, baseline: Path | None, now: float) -> str:

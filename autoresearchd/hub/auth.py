@@ -2,7 +2,7 @@
 
 API keys are random 256-bit tokens and verification codes random 128-bit ones; the hub
 stores only their sha256, so a leaked database leaks neither. The write policies are
-pure: given the stored row and the :class:`~autoresearchd.hub.store.Evidence` the store
+pure: given the stored row and the :class:`~autoresearchd.hub.storage.protocol.Evidence` the store
 read in the write's own transaction, they say why a write is refused. The rules:
 
 - An agent may update only keys it created; ``results/`` records are write-once and must
@@ -66,7 +66,8 @@ from typing import Any, Literal
 
 from autoresearchd.ensue.keys import PERSONAL, SHARED_BEST, slug, split_key
 from autoresearchd.hub import strictjson
-from autoresearchd.hub.store import Agent, Evidence, Memory, Needs, ResultRow, WritePolicy
+from autoresearchd.hub.storage.protocol import Evidence, Needs, WritePolicy
+from autoresearchd.hub.storage.rows import Agent, Memory, ResultRow
 from autoresearchd.hub.strictjson import JsonRefused
 from autoresearchd.judging import implausible
 from autoresearchd.models import sha256_text

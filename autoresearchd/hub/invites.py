@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from autoresearchd.ensue.keys import SHAREABLE
 from autoresearchd.errors import HubError
 from autoresearchd.hub.auth import hash_key, record_of
-from autoresearchd.hub.store import Agent, HubStore, Memory, NewMemory, WritePolicy
+from autoresearchd.hub.storage.protocol import HubStore, WritePolicy
+from autoresearchd.hub.storage.rows import Agent, Memory, NewMemory
 
 RESERVED = ".hub/"
 PUBLIC = RESERVED + "public"

@@ -72,14 +72,16 @@ from autoresearchd.hub.auth import (
     write_policy,
 )
 from autoresearchd.hub.standing import rules_for
-from autoresearchd.hub.store import (
+from autoresearchd.hub.storage.protocol import (
     REASON_EXISTS,
     REASON_NOT_FOUND,
     REASON_VERSION,
+    HubStore,
+)
+from autoresearchd.hub.storage.rows import (
     Agent,
     AuditEntry,
     Hit,
-    HubStore,
     Memory,
     NewMemory,
     ResultRow,
