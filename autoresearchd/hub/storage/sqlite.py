@@ -3,8 +3,8 @@ SQLite dialect.
 
 The file runs in WAL mode with ``synchronous = FULL``, so a write the hub acknowledged has
 reached the disk and survives a power loss, not only a crash of the process. Writes run on
-one writer connection on the event loop, since a commit costs about what a hand-off to a
-thread would (a write lock held by another process is waited for in a thread instead);
+one writer connection on the event loop, one at a time, each commit one fsync of the WAL (a
+write lock held by another process is waited for in a thread instead);
 reads by key run inline too, while scans and searches, whose cost grows with the data, run
 in worker threads with a connection each, and a serving hub checkpoints the WAL in a
 thread. The statements themselves are :mod:`~autoresearchd.hub.storage.sqlite_statements`;
@@ -121,9 +121,8 @@ class SqliteStore:
             return func(self._conn())
 
     async def _write(self, func: Callable[[sqlite3.Connection], T]) -> T:
-        """A write on the one writer connection, on the calling thread: a WAL commit
-        appends to one file, so a write takes about as long as the hand-off to a thread
-        would, and writes never queue on each other's locks.
+        """A write on the one writer connection, on the calling thread, so writes never
+        queue on each other's locks; its commit waits for one fsync of the WAL (``FULL``).
         When another process holds the write lock, the write waits for it in a thread,
         one at a time, instead of blocking the event loop."""
         if self._writer is None:
