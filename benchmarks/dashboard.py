@@ -33,13 +33,9 @@ import httpx
 
 from autoresearchd.config import HubConfig
 from autoresearchd.hub.app import build_app
-from autoresearchd.hub.store import (
-    DASHBOARD_BACKFILL,
-    DETAIL_COLUMNS,
-    RESULT_COLUMNS,
-    HubStore,
-)
-from autoresearchd.hub.store_auto import open_store
+from autoresearchd.hub.storage.auto import open_store
+from autoresearchd.hub.storage.protocol import HubStore
+from autoresearchd.hub.storage.shared_sql import DASHBOARD_BACKFILL, DETAIL_COLUMNS, RESULT_COLUMNS
 from autoresearchd.models import sha256_text
 
 ORG = "bench"
@@ -253,7 +249,7 @@ async def run_sqlite(folder: Path, data: tuple[list[tuple[Any, ...]], ...], repe
 
 
 async def run_postgres(data: tuple[list[tuple[Any, ...]], ...], repeat: int) -> bool:
-    from autoresearchd.hub.pg import migrate_database
+    from autoresearchd.hub.storage.postgres_migrations import migrate_database
     from autoresearchd.testing.pgcluster import start_cluster
 
     cluster = start_cluster()

@@ -8,13 +8,15 @@ when it was due, so a hub that falls behind shows it in p99 instead of slowing t
 1. **Record.** ``--agents`` verified agents run ``--ops`` logical operations through our
    real client (:class:`~autoresearchd.memory.ensue_client.EnsueMemory`) against an in-process
    hub on a scratch SQLite file: a mix of claim (20%), publish of a keep result (20%),
-   best read (30%), a list of 50 claims (15%) and a search (15%). Every HTTP request is
-   recorded; requests per logical operation are counted here.
+   best read (30%), a list of 50 claims (15%) and a search (15%), or with ``--write-heavy``
+   claims and publishes (40% each) among fewer reads. Every HTTP request is recorded;
+   requests per logical operation are counted here.
 2. **Ceiling.** A trivial Starlette endpoint (it reads the body and answers a fixed
    JSON-RPC reply) under the same uvicorn settings as ``hub serve``, loaded closed-loop
    to find its top rate, then paced at the request rate the hub will be offered, for its
    CPU per request.
-3. **Hub.** For each setup (SQLite with one process; PostgreSQL with one and with
+3. **Hub.** For each setup (SQLite with one process, committing with ``synchronous =
+   FULL`` as a hub does and, for comparison, ``NORMAL``; PostgreSQL with one and with
    ``--replicas`` processes on one database; each a fresh database in the recording's
    starting state), ``hub serve`` gets the recording at ``--rate`` operations per second.
    The hub's CPU time is read from ``/proc`` before and after.
@@ -25,9 +27,11 @@ errors and printed, with the recording's own count beside it).
 
     python benchmarks/hub_load.py --rate 2000 --ops 8000 --replicas 2
     python benchmarks/hub_load.py --skip-postgres --rate 1000
+    python benchmarks/hub_load.py --skip-postgres --write-heavy --rate 300 --ops 3000
 
 Last, as ratios: the hub's CPU per operation against the trivial endpoint's per request,
-and each PostgreSQL setup's throughput against SQLite's.
+each PostgreSQL setup's throughput against SQLite's, and what durable SQLite commits
+(``FULL``) cost against ``NORMAL``: throughput and p99.
 """
 
 from __future__ import annotations
@@ -55,8 +59,8 @@ import psycopg
 from autoresearchd.config import HubConfig
 from autoresearchd.hub.app import build_app
 from autoresearchd.hub.credentials import hash_key
-from autoresearchd.hub.store import Agent
-from autoresearchd.hub.store_auto import open_store
+from autoresearchd.hub.storage.auto import open_store
+from autoresearchd.hub.storage.rows import Agent
 from autoresearchd.logs import configure_logging
 from autoresearchd.memory.ensue_client import EnsueMemory
 from autoresearchd.models import Result, Status, sha256_text
@@ -66,6 +70,13 @@ ORG = "bench"
 TRACK = "synthetic"
 URL = "http://hub.bench/"
 MIX = (("claim", 0.20), ("publish", 0.20), ("best", 0.30), ("list", 0.15), ("search", 0.15))
+WRITE_HEAVY = (("claim", 0.4), ("publish", 0.4), ("best", 0.1), ("list", 0.05), ("search", 0.05))
+#: Runs ``hub serve`` with the SQLite store's commits at ``synchronous = NORMAL``, for the
+#: comparison only: a hub itself always commits with ``FULL``.
+NORMAL_SYNC_HUB = (
+    "import runpy, sys; import autoresearchd.hub.storage.sqlite as s; s.SYNCHRONOUS = 'NORMAL';"
+    " sys.argv[0] = 'autoresearchd'; runpy.run_module('autoresearchd', run_name='__main__')"
+)
 UNLIMITED = {
     "rate_limit_per_s": 1e9,
     "rate_limit_burst": 10**9,
@@ -290,7 +301,9 @@ async def prepare(database: str | Path, agents: int, *, migrate: bool = False) -
         await store.close()
 
 
-async def record(folder: Path, agents: int, ops: int, seed: int) -> Recording:
+async def record(
+    folder: Path, agents: int, ops: int, seed: int, mix: tuple[tuple[str, float], ...]
+) -> Recording:
     database = folder / "record.sqlite"
     await prepare(database, agents)
     store = await open_store(database)
@@ -298,8 +311,8 @@ async def record(folder: Path, agents: int, ops: int, seed: int) -> Recording:
     rng = random.Random(seed)
     counts: Counter[str] = Counter()
     requests: Counter[str] = Counter()
-    kinds = [kind for kind, _ in MIX]
-    weights = [weight for _, weight in MIX]
+    kinds = [kind for kind, _ in mix]
+    weights = [weight for _, weight in mix]
     async with contextlib.AsyncExitStack() as stack:
         memories = [
             await stack.enter_async_context(
@@ -401,7 +414,9 @@ def servers(commands: list[list[str]], ports: list[int]) -> Iterator[list[int]]:
             proc.wait()
 
 
-def hub_commands(folder: Path, database: str, replicas: int) -> tuple[list[list[str]], list[int]]:
+def hub_commands(
+    folder: Path, database: str, replicas: int, synchronous: str = "FULL"
+) -> tuple[list[list[str]], list[int]]:
     commands, ports = [], []
     for i in range(replicas):
         port = free_port()
@@ -412,9 +427,8 @@ def hub_commands(folder: Path, database: str, replicas: int) -> tuple[list[list[
             f'listen_port = {port}\norg = "{ORG}"\ndatabase = "{database}"\n{limits}'
             "require_email = false\nreplicates = 0\n"
         )
-        commands.append(
-            [sys.executable, "-m", "autoresearchd", "hub", "serve", "--config", str(config)]
-        )
+        start = ["-c", NORMAL_SYNC_HUB] if synchronous == "NORMAL" else ["-m", "autoresearchd"]
+        commands.append([sys.executable, *start, "hub", "serve", "--config", str(config)])
         ports.append(port)
     return commands, ports
 
@@ -484,7 +498,8 @@ def fresh_schema(url: str, name: str) -> str:
 
 def benchmark(folder: Path, args: argparse.Namespace, pg_url: str) -> None:
     started = time.monotonic()
-    recording = anyio.run(record, folder, args.agents, args.ops, args.seed)
+    mix = WRITE_HEAVY if args.write_heavy else MIX
+    recording = anyio.run(record, folder, args.agents, args.ops, args.seed, mix)
     print(
         f"recorded {len(recording.requests)} requests for {recording.ops} operations"
         f" ({args.agents} agents) in {time.monotonic() - started:.1f} s;"
@@ -507,22 +522,26 @@ def benchmark(folder: Path, args: argparse.Namespace, pg_url: str) -> None:
         ceiling = wrk("trivial, closed loop", requests, [port], pids, 1e9, args.connections, total)
         paced = wrk("trivial, paced", requests, [port], pids, request_rate, args.connections, total)
     loads = []
-    setups: list[tuple[str, str, int]] = [("SQLite, 1 process", str(folder / "hub.sqlite"), 1)]
+    setups: list[tuple[str, str, int, str]] = [
+        ("SQLite, 1 process", str(folder / "hub.sqlite"), 1, "FULL"),
+        ("SQLite NORMAL, 1 process", str(folder / "hub_normal.sqlite"), 1, "NORMAL"),
+    ]
     if pg_url:
         tag = uuid.uuid4().hex[:8]
-        setups.append(("PostgreSQL, 1 process", fresh_schema(pg_url, f"b1_{tag}"), 1))
+        setups.append(("PostgreSQL, 1 process", fresh_schema(pg_url, f"b1_{tag}"), 1, ""))
         setups.append(
             (
                 f"PostgreSQL, {args.replicas} replicas",
                 fresh_schema(pg_url, f"b{args.replicas}_{tag}"),
                 args.replicas,
+                "",
             )
         )
-    for label, database, replicas in setups:
+    for label, database, replicas, synchronous in setups:
         anyio.run(_prepare, database, args.agents)
         place = folder / f"setup{len(loads)}"
         place.mkdir(parents=True)
-        commands, ports = hub_commands(place, database, replicas)
+        commands, ports = hub_commands(place, database, replicas, synchronous)
         with servers(commands, ports) as pids:
             loads.append(wrk(label, requests, ports, pids, request_rate, args.connections, total))
 
@@ -532,12 +551,17 @@ def benchmark(folder: Path, args: argparse.Namespace, pg_url: str) -> None:
     for load in loads:
         print(load.line(per_op["all"]))
     trivial_cpu = paced.cpu_s / max(1, paced.completed)
-    for load in loads[1:]:
+    for load in loads[2:]:
         print(f"{load.label} / SQLite throughput: {load.rate / loads[0].rate:.3f}")
     for load in loads:
         hub_cpu = load.cpu_s * per_op["all"] / max(1, load.completed)
         ratio = hub_cpu / trivial_cpu
         print(f"{load.label}: hub CPU per operation / trivial CPU per request: {ratio:.2f}")
+    full, normal = loads[0], loads[1]
+    print(
+        f"SQLite synchronous FULL / NORMAL: throughput {full.rate / normal.rate:.3f},"
+        f" p99 {full.p99_ms / normal.p99_ms:.2f}"
+    )
 
 
 async def _prepare(database: str, agents: int) -> None:
@@ -555,6 +579,7 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=2, help="PostgreSQL hub processes")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--write-heavy", action="store_true", help="claims and publishes, 80%%")
     parser.add_argument(
         "--database", default="", help="a postgresql:// URL (default: a throwaway cluster)"
     )

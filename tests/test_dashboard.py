@@ -284,7 +284,7 @@ async def test_a_schema_2_sqlite_hub_gets_its_standings_when_it_is_opened(tmp_pa
 async def served_again(path: Path, config: HubConfig) -> tuple[httpx.AsyncClient, None]:
     """A second hub app over an existing database."""
     from autoresearchd.hub.app import build_app
-    from autoresearchd.hub.store_auto import open_store
+    from autoresearchd.hub.storage.auto import open_store
 
     app = build_app(await open_store(path), config)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=URL), None

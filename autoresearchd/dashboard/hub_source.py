@@ -1,7 +1,7 @@
 """The dashboard's reads of a hub's database: one org's results, bests, notes and claims.
 
 :class:`HubSource` implements :class:`~autoresearchd.dashboard.model.DashboardSource` over
-a :class:`~autoresearchd.hub.store.HubStore` with read-only queries (``HubStore.select``),
+a ``HubStore`` with read-only queries (``HubStore.select``),
 the same SQL for SQLite and PostgreSQL. Lists read the columns schema 3 copied into the
 ``results`` table, through its indexes, newest first with a keyset cursor; only a result's
 own page reads the stored record (its source, metrics and device). Claims are found among
@@ -31,7 +31,9 @@ from autoresearchd.dashboard.model import (
 )
 from autoresearchd.ensue.keys import slug
 from autoresearchd.ensue.records import claim_times
-from autoresearchd.hub.store import HubStore, SqliteStore, decode_text
+from autoresearchd.hub.storage.protocol import HubStore
+from autoresearchd.hub.storage.rows import decode_text
+from autoresearchd.hub.storage.sqlite import SqliteStore
 from autoresearchd.models import sha256_text
 
 ROW_COLUMNS = (

@@ -17,7 +17,7 @@ from autoresearchd.dashboard.hub_source import HubSource
 from autoresearchd.dashboard.web import Settings, dashboard_routes
 from autoresearchd.errors import ConfigError
 from autoresearchd.hub.ratelimit import RateLimiter
-from autoresearchd.hub.store import HubStore
+from autoresearchd.hub.storage.protocol import HubStore
 
 KEY_FILE = "hub.dashboard_key_file"
 

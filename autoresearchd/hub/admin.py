@@ -17,8 +17,9 @@ from autoresearchd.config import SQLITE_URL, Config
 from autoresearchd.ensue import values
 from autoresearchd.errors import ConfigError, HubError
 from autoresearchd.hub.credentials import hash_key, new_api_key, new_verification_code
-from autoresearchd.hub.store import SCHEMA_VERSION, Agent, HubStore, NewMemory, is_postgres_url
-from autoresearchd.hub.store_auto import open_store
+from autoresearchd.hub.storage.auto import is_postgres_url, migrate_store, open_store
+from autoresearchd.hub.storage.protocol import HubStore
+from autoresearchd.hub.storage.rows import Agent, NewMemory
 from autoresearchd.models import sha256_text
 from autoresearchd.statedir import StateDir
 
@@ -66,22 +67,13 @@ async def revoke_agent(config: Config, name: str) -> bool:
 
 
 async def migrate_hub(config: Config) -> str:
-    """Bring the hub's database schema up to date; one line that says what was done.
+    """Bring the hub's database schema up to date; one line that says what was applied.
 
-    A SQLite database migrates itself whenever it is opened, so this only opens it.
+    A SQLite database migrates itself whenever it is opened, so for it this only opens it.
     """
-    database = database_path(config)
-    if not is_postgres_url(database):
-        store = await open_store(database)
-        await store.close()
-        return f"{database}: SQLite schema {SCHEMA_VERSION}"
-    from autoresearchd.hub.pg import migrate_database  # psycopg only where it is used
-
-    before, after = await migrate_database(str(database))
-    log.info("hub_migrated", before=before, after=after)
-    if before == after:
-        return f"PostgreSQL schema {after}: already current"
-    return f"PostgreSQL schema {before} -> {after}"
+    report = await migrate_store(database_path(config))
+    log.info("hub_migrated", report=report)
+    return report
 
 
 async def _init(store: HubStore, org: str, baseline: Path | None, now: float) -> str:

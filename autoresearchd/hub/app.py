@@ -1,6 +1,6 @@
 """The hub's HTTP side: a Starlette app with the JSON-RPC endpoint and the ``/auth`` routes.
 
-:func:`build_app` wires a :class:`~autoresearchd.hub.store.HubStore` into routes:
+:func:`build_app` wires a :class:`~autoresearchd.hub.storage.protocol.HubStore` into routes:
 ``POST /`` (and ``/mcp``) for JSON-RPC, which also answers the MCP handshake without a
 key (``initialize``, ``ping``, ``tools/list``: :mod:`~autoresearchd.hub.mcp`; any
 notification gets 202); ``POST /auth/agent-register`` ``{"name", "email"}``, which
@@ -72,7 +72,8 @@ from autoresearchd.hub.jsonrpc import (
 from autoresearchd.hub.mail import Mailer, verification_message
 from autoresearchd.hub.policy import Rules
 from autoresearchd.hub.ratelimit import RateLimit, RateLimiter, client_ip, too_many_requests
-from autoresearchd.hub.store import Agent, HubStore
+from autoresearchd.hub.storage.protocol import HubStore
+from autoresearchd.hub.storage.rows import Agent
 from autoresearchd.hub.strictjson import JsonRefused
 from autoresearchd.hub.tools import Tools
 

@@ -25,7 +25,7 @@ falls back to the plain tools when a hub answers "unknown tool"), does it all in
 Every write goes through the same policies (:func:`~autoresearchd.hub.policy.create_policy`,
 :func:`~autoresearchd.hub.policy.write_policy`, :func:`~autoresearchd.hub.policy.index_result`)
 as the plain tools, run by the store on the rows its transaction sees: a refusal there is
-a refusal here. The steps are a :data:`~autoresearchd.hub.store.Plan`, so SQLite and
+a refusal here. The steps are a :data:`~autoresearchd.hub.storage.protocol.Plan`, so SQLite and
 PostgreSQL run the same code.
 """
 
@@ -49,20 +49,17 @@ from autoresearchd.hub.policy import (
     record_of,
     write_policy,
 )
-from autoresearchd.hub.store import (
+from autoresearchd.hub.storage.protocol import (
     REASON_EXISTS,
     REASON_REFUSED,
-    Agent,
     CreateKey,
-    Memory,
-    NewMemory,
+    KeyWrite,
     Plan,
     ReadKeys,
     UpdateKey,
-    Write,
     WriteOutcome,
-    decode_text,
 )
+from autoresearchd.hub.storage.rows import Agent, Memory, NewMemory, decode_text
 from autoresearchd.hub.strictjson import JsonRefused
 from autoresearchd.hub.tools import Tools, audit_detail
 
@@ -173,7 +170,7 @@ def _publish(
     for key, marker in markers:
         text = json.dumps({**marker, "result_key": placed.key})
         policy = create_policy(agent, key, text, rules)
-        done = yield CreateKey(Write(agent, _encoded(key, text), now, policy, None, ""))
+        done = yield CreateKey(KeyWrite(agent, _encoded(key, text), now, policy, None, ""))
         status = "created" if done.version is not None else done.reason
         marked.append({"key_name": key, "status": status})
     sent = decode_text(candidates[0].value, candidates[0].is_base64)
@@ -216,7 +213,7 @@ def _place(
             if row is None:
                 return Placed(refusal=refusal)
             policy = create_policy(agent, item.key_name, text, rules)
-            outcome: WriteOutcome = yield CreateKey(Write(agent, item, now, policy, row, ""))
+            outcome: WriteOutcome = yield CreateKey(KeyWrite(agent, item, now, policy, row, ""))
             if outcome.version is not None:
                 return Placed(item.key_name, created=True)
             if outcome.reason == REASON_REFUSED:
@@ -283,10 +280,10 @@ def _write(
     item, detail = _encoded(key, text), audit_detail(key, text)
     if stored is None:
         policy = create_policy(agent, key, text, rules)
-        outcome: WriteOutcome = yield CreateKey(Write(agent, item, now, policy, None, detail))
+        outcome: WriteOutcome = yield CreateKey(KeyWrite(agent, item, now, policy, None, detail))
         if outcome.reason == REASON_EXISTS:
             return WriteOutcome(reason="lost")
         return outcome
     policy = write_policy(agent, key, text, stored.version, now, rules)
-    outcome = yield UpdateKey(Write(agent, item, now, policy, None, detail), stored.version)
+    outcome = yield UpdateKey(KeyWrite(agent, item, now, policy, None, detail), stored.version)
     return outcome

@@ -22,7 +22,8 @@ from autoresearchd.ensue.keys import SHAREABLE
 from autoresearchd.errors import HubError
 from autoresearchd.hub.credentials import hash_key
 from autoresearchd.hub.policy import record_of
-from autoresearchd.hub.store import Agent, HubStore, Memory, NewMemory, WritePolicy
+from autoresearchd.hub.storage.protocol import HubStore, WritePolicy
+from autoresearchd.hub.storage.rows import Agent, Memory, NewMemory
 
 RESERVED = ".hub/"
 PUBLIC = RESERVED + "public"

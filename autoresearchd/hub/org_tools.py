@@ -16,7 +16,8 @@ from autoresearchd.ensue.keys import SHAREABLE
 from autoresearchd.hub import invites
 from autoresearchd.hub.arguments import arg, invalid
 from autoresearchd.hub.jsonrpc import RpcFault
-from autoresearchd.hub.store import REASON_NOT_FOUND, Agent, HubStore
+from autoresearchd.hub.storage.protocol import REASON_NOT_FOUND, HubStore
+from autoresearchd.hub.storage.rows import Agent
 
 
 class OrgTools:

@@ -1,7 +1,7 @@
 """The hub's write policies: who may write which key, and what a result or a best must hold.
 
 The write policies are pure: given the stored row and the
-:class:`~autoresearchd.hub.store.Evidence` the store read in the write's own transaction,
+:class:`~autoresearchd.hub.storage.protocol.Evidence` the store read in the write's own transaction,
 they say why a write is refused. The rules:
 
 - An agent may update only keys it created; ``results/`` records are write-once and must
@@ -58,7 +58,8 @@ from typing import Any, Literal
 
 from autoresearchd.ensue.keys import PERSONAL, SHARED_BEST, slug, split_key
 from autoresearchd.hub import strictjson
-from autoresearchd.hub.store import Agent, Evidence, Memory, Needs, ResultRow, WritePolicy
+from autoresearchd.hub.storage.protocol import Evidence, Needs, WritePolicy
+from autoresearchd.hub.storage.rows import Agent, Memory, ResultRow
 from autoresearchd.hub.strictjson import JsonRefused
 from autoresearchd.judging import implausible
 from autoresearchd.models import sha256_text

@@ -22,7 +22,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-from autoresearchd.hub.store import Hit, Memory
+from autoresearchd.hub.storage.rows import Hit, Memory
 
 #: A leading ``[tag]`` and ``Label:``, as community descriptions carry them.
 _TAG = re.compile(r"^\s*(\[[^\]]{0,64}\]\s*)?([A-Za-z][A-Za-z ]{0,30}:\s+)?")

@@ -26,7 +26,7 @@ from autoresearchd.errors import ConfigError
 from autoresearchd.hub.admin import database_path
 from autoresearchd.hub.app import build_app
 from autoresearchd.hub.mail import Mailer, SmtpMailer
-from autoresearchd.hub.store_auto import open_store
+from autoresearchd.hub.storage.auto import open_store
 
 if TYPE_CHECKING:
     import uvicorn

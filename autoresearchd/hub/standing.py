@@ -16,7 +16,7 @@ import dataclasses
 import math
 
 from autoresearchd.hub.policy import Rules
-from autoresearchd.hub.store import HubStore
+from autoresearchd.hub.storage.protocol import HubStore
 from autoresearchd.models import Status
 from autoresearchd.standing import Run, Standing, standing
 

@@ -49,14 +49,16 @@ from autoresearchd.hub.jsonrpc import Call, RpcFault
 from autoresearchd.hub.org_tools import OrgTools
 from autoresearchd.hub.policy import RESULT, Rules, create_policy, index_result, write_policy
 from autoresearchd.hub.standing import rules_for
-from autoresearchd.hub.store import (
+from autoresearchd.hub.storage.protocol import (
     REASON_EXISTS,
     REASON_NOT_FOUND,
     REASON_VERSION,
+    HubStore,
+)
+from autoresearchd.hub.storage.rows import (
     Agent,
     AuditEntry,
     Hit,
-    HubStore,
     Memory,
     NewMemory,
     ResultRow,

@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from autoresearchd.hub.pg import migrate_database
+from autoresearchd.hub.storage.postgres_migrations import migrate_database
 from autoresearchd.testing.pgcluster import Cluster, start_cluster
 
 _schemas = itertools.count()

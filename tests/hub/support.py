@@ -23,8 +23,9 @@ from autoresearchd.config import HubConfig
 from autoresearchd.hub.app import build_app
 from autoresearchd.hub.credentials import hash_key, new_api_key
 from autoresearchd.hub.mail import Mailer
-from autoresearchd.hub.store import Agent, HubStore
-from autoresearchd.hub.store_auto import open_store
+from autoresearchd.hub.storage.auto import open_store
+from autoresearchd.hub.storage.protocol import HubStore
+from autoresearchd.hub.storage.rows import Agent
 from autoresearchd.memory.ensue_client import EnsueMemory
 from tests.daemon_process import cli as cli  # re-exported: the hub tests drive the CLI too
 

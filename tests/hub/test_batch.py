@@ -14,7 +14,7 @@ import pytest
 
 from autoresearchd.config import HubConfig
 from autoresearchd.errors import MemoryBackendError
-from autoresearchd.hub.store import Agent, NewMemory
+from autoresearchd.hub.storage.rows import Agent, NewMemory
 from autoresearchd.memory.ensue_client import EnsueMemory
 from autoresearchd.models import Result, Status
 from tests.hub.support import ORG, TEST_HUB, TRACK, URL, InProcessHub, in_process_hub

@@ -19,8 +19,8 @@ import pytest
 
 from autoresearchd.errors import HubError
 from autoresearchd.hub.credentials import hash_key
-from autoresearchd.hub.store import Agent, NewMemory, ResultRow
-from autoresearchd.hub.store_auto import open_store
+from autoresearchd.hub.storage.auto import open_store
+from autoresearchd.hub.storage.rows import Agent, NewMemory, ResultRow
 from autoresearchd.hub.strictjson import MAX_DEPTH, JsonRefused, loads
 from tests.hub.support import ORG, InProcessHub, in_process_hub
 

@@ -11,8 +11,13 @@ import psycopg
 import pytest
 
 from autoresearchd.errors import HubError
-from autoresearchd.hub.pg import SCHEMA_VERSION, PostgresStore, migrate_database
-from autoresearchd.hub.store import Agent, NewMemory
+from autoresearchd.hub.storage.postgres import PostgresStore
+from autoresearchd.hub.storage.postgres_migrations import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    migrate_database,
+)
+from autoresearchd.hub.storage.rows import Agent, NewMemory
 from autoresearchd.models import sha256_text
 from autoresearchd.testing.pgcluster import Cluster, start_cluster
 from tests.hub.support import InProcessHub, cli, free_port, in_process_hub, write_hub_config
@@ -112,7 +117,8 @@ def test_hub_migrate_and_init_on_a_postgresql_url(postgres: Cluster, tmp_path: P
     config = write_hub_config(tmp_path, free_port(), database=url)
     first = cli("hub", "migrate", "--config", str(config))
     assert first.returncode == 0, first.stderr
-    assert first.stdout.strip() == f"PostgreSQL schema 0 -> {SCHEMA_VERSION}"
+    applied = "; ".join(f"{version} ({what})" for version, what, _ in MIGRATIONS)
+    assert first.stdout.strip() == f"PostgreSQL schema 0 -> {SCHEMA_VERSION}: applied {applied}"
     again = cli("hub", "migrate", "--config", str(config))
     assert again.stdout.strip() == f"PostgreSQL schema {SCHEMA_VERSION}: already current"
     init = cli("hub", "init", "--config", str(config))

@@ -15,7 +15,7 @@ import anyio
 import httpx
 import pytest
 
-from autoresearchd.hub.store import SqliteStore
+from autoresearchd.hub.storage.sqlite import SqliteStore
 from autoresearchd.models import sha256_text
 from tests.hub.support import (
     ORG,

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from autoresearchd.hub.credentials import hash_key
-from autoresearchd.hub.store import Agent
-from autoresearchd.hub.store_auto import open_store
+from autoresearchd.hub.storage.auto import open_store
+from autoresearchd.hub.storage.rows import Agent
 from autoresearchd.testing.pgcluster import Cluster
 from tests.hub.support import cli, free_port, hub_process, serve_hub, write_hub_config
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from autoresearchd.hub.search import normalise, rank, score, similarity
-from autoresearchd.hub.store import Hit, Memory
+from autoresearchd.hub.storage.rows import Hit, Memory
 
 IDEA = "Raise the matrix learning rate from 0.04 to 0.05 with warmup 200"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from autoresearchd.hub.store import SqliteStore
+from autoresearchd.hub.storage.sqlite import SqliteStore
 
 pytestmark = pytest.mark.anyio
 

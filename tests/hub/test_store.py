@@ -1,7 +1,7 @@
 """The store conformance suite: every HubStore guarantee, on SQLite and on PostgreSQL.
 
 Each test runs once per store (the ``database`` fixture) and speaks only the
-:class:`~autoresearchd.hub.store.HubStore` Protocol, except where it opens the database
+:class:`~autoresearchd.hub.storage.protocol.HubStore` Protocol, except where it opens the database
 itself to try to rewrite the audit log behind the store's back.
 """
 
@@ -17,24 +17,20 @@ import psycopg
 import pytest
 
 from autoresearchd.hub.policy import Rules, write_policy
-from autoresearchd.hub.store import (
-    MAX_QUERY_WORDS,
+from autoresearchd.hub.storage.auto import is_postgres_url, open_store
+from autoresearchd.hub.storage.protocol import (
     REASON_EXISTS,
     REASON_NOT_FOUND,
     REASON_REFUSED,
     REASON_VERSION,
-    Agent,
     Evidence,
     HubStore,
-    Memory,
     Needs,
-    NewMemory,
-    ResultRow,
     WriteOutcome,
     WritePolicy,
-    is_postgres_url,
 )
-from autoresearchd.hub.store_auto import open_store
+from autoresearchd.hub.storage.rows import Agent, Memory, NewMemory, ResultRow
+from autoresearchd.hub.storage.shared_sql import MAX_QUERY_WORDS
 
 pytestmark = pytest.mark.anyio
 
