@@ -62,7 +62,7 @@ from autoresearchd.runner import prune_runs
 from autoresearchd.sandbox import open_sandbox
 from autoresearchd.statedir import StateDir
 from autoresearchd.tracks.prepare import prepare_track
-from autoresearchd.worker import Worker, WorkerContext
+from autoresearchd.worker.loop import Worker, WorkerContext
 
 log = structlog.get_logger(__name__)
 

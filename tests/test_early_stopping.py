@@ -35,7 +35,7 @@ from autoresearchd.outbox import Outbox
 from autoresearchd.publisher import Publisher
 from autoresearchd.report import results_table, status_text
 from autoresearchd.testing import FakeNvml, curve_script, write_workspace
-from autoresearchd.worker import Worker, WorkerContext
+from autoresearchd.worker.loop import Worker, WorkerContext
 from tests.memory.conformance import make_result
 
 # -- the progress parser ---------------------------------------------------------------------

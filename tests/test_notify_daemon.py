@@ -27,7 +27,7 @@ from autoresearchd.outbox import Outbox
 from autoresearchd.publisher import Publisher
 from autoresearchd.testing import FakeNvml, plan_script, write_plan
 from autoresearchd.tracks.prepare import prepare_track
-from autoresearchd.worker import Worker, WorkerContext
+from autoresearchd.worker.loop import Worker, WorkerContext
 
 from .daemon_process import DaemonProcess, wait_for, write_config
 

@@ -18,7 +18,6 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from autoresearchd import worker
 from autoresearchd.config import parse_config
 from autoresearchd.daemon import Daemon
 from autoresearchd.gpus import Gpus
@@ -29,7 +28,8 @@ from autoresearchd.outbox import Outbox
 from autoresearchd.publisher import Publisher
 from autoresearchd.testing import ok_script
 from autoresearchd.tracks.prepare import prepare_track
-from autoresearchd.worker import Prepared, Worker, WorkerContext
+from autoresearchd.worker import loop as worker
+from autoresearchd.worker.loop import Prepared, Worker, WorkerContext
 from tests.memory.conformance import make_result
 
 pytestmark = pytest.mark.anyio

@@ -20,7 +20,7 @@ from autoresearchd.models import Best, Device
 from autoresearchd.outbox import Outbox
 from autoresearchd.publisher import Publisher
 from autoresearchd.testing import ok_script, plan_script
-from autoresearchd.worker import Prepared, Worker, WorkerContext
+from autoresearchd.worker.loop import Prepared, Worker, WorkerContext
 
 from .hub.support import free_port
 

@@ -23,7 +23,7 @@ from autoresearchd.outbox import Outbox
 from autoresearchd.publisher import Publisher
 from autoresearchd.sandbox import probe
 from autoresearchd.testing import FakeNvml, ok_script, write_workspace
-from autoresearchd.worker import Worker, WorkerContext
+from autoresearchd.worker.loop import Worker, WorkerContext
 
 pytestmark = pytest.mark.anyio
 

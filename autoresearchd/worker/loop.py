@@ -31,7 +31,6 @@ import structlog
 
 from autoresearchd import compile_cache
 from autoresearchd.config import Config
-from autoresearchd.confirming import Confirming
 from autoresearchd.early_stopping import EarlyStopping
 from autoresearchd.errors import AutoresearchdError, MemoryBackendError, ProposalError
 from autoresearchd.gpus import Gpus
@@ -68,6 +67,7 @@ from autoresearchd.runner import RunReport, RunSpec, run_experiment
 from autoresearchd.sandbox import Sandbox, environment_failure
 from autoresearchd.sharing import Sharing
 from autoresearchd.standby import Key, Standby, opts_in
+from autoresearchd.worker.confirming import Confirming
 
 log = structlog.get_logger(__name__)
 
