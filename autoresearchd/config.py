@@ -52,7 +52,7 @@ DEFAULT_HUB_IP_RATE_BURST = 400
 DEFAULT_HUB_AUTH_RATE_PER_S = 0.2
 DEFAULT_HUB_AUTH_RATE_BURST = 10
 DEFAULT_HUB_REPLICATES = 2
-#: The most confirmations by other agents a claim is looked at with (autoresearchd/confirming.py).
+#: The most confirmations by other agents a claim is looked at with (worker/confirming.py).
 DEFAULT_HUB_MAX_CONFIRMATIONS = 6
 #: The chance that other agents' confirmations of a claim no better than the best move it.
 DEFAULT_HUB_SIGNIFICANCE = 1e-3
@@ -107,7 +107,7 @@ class ExperimentConfig:
     min_replicates: int = DEFAULT_MIN_REPLICATES
     incumbent_runs: int = DEFAULT_INCUMBENT_RUNS
     significance: float = DEFAULT_SIGNIFICANCE
-    # Rerunning other agents' claims (autoresearchd/confirming.py): the share of runs spent
+    # Rerunning other agents' claims (autoresearchd/worker/confirming.py): the share of runs spent
     # so while claims wait, raised toward confirm_share_max by those still short of
     # `confirmations` confirmations; none is confirmed more than max_confirmations times.
     confirm_share: float = DEFAULT_CONFIRM_SHARE

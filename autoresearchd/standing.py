@@ -8,7 +8,7 @@ agrees. One liar among several agents so costs the honest nothing; between two, 
 costs both. An agent with :data:`TRUSTED_AFTER` agreements and no disagreement is trusted;
 any disagreement loses standing.
 
-A pure rule over a history, shared by the daemon (:mod:`autoresearchd.confirming`) and the
+A pure rule over a history, shared by the daemon (:mod:`autoresearchd.worker.confirming`) and the
 hub (:mod:`autoresearchd.hub.standing`), so both judge an agent alike.
 """
 

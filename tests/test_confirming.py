@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 from autoresearchd.config_loader import parse_config
-from autoresearchd.confirming import (
+from autoresearchd.models import Best, Result, Status, sha256_text
+from autoresearchd.standing import RESTATED, TRUSTED_AFTER, Standing, flags, standing
+from autoresearchd.worker.confirming import (
     Claim,
     choose,
     claims,
@@ -17,8 +19,6 @@ from autoresearchd.confirming import (
     restatement,
     share,
 )
-from autoresearchd.models import Best, Result, Status, sha256_text
-from autoresearchd.standing import RESTATED, TRUSTED_AFTER, Standing, flags, standing
 from tests.memory.conformance import TRACK, make_result
 
 EXPERIMENT = parse_config({"experiment": {"confirm_share": 0.1, "confirm_share_max": 0.5}})

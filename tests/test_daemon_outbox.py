@@ -17,11 +17,13 @@ from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import TaskStatus
 from structlog.testing import capture_logs
 
 from autoresearchd import daemon as daemon_module
 from autoresearchd.daemon import Daemon
 from autoresearchd.report import status_line, status_text
+from autoresearchd.runtime import Runtime
 from autoresearchd.testing import plan_script, write_plan
 from autoresearchd.tracks.prepare import prepare_track
 from tests.memory.conformance import make_result
@@ -100,13 +102,12 @@ async def until(check: Callable[[], Any], what: str) -> None:
         raise AssertionError(f"timed out after {WAIT_S} s waiting for {what}") from None
 
 
-async def held_result(daemon: Daemon, disk: SmallFilesystem, go: Path) -> dict[str, Any]:
+async def held_result(runtime: Runtime, disk: SmallFilesystem, go: Path) -> dict[str, Any]:
     """Let the daemon's first run finish onto a full disk; its status once it holds it."""
 
     async def running() -> bool:
-        worker = daemon.workers[0] if daemon.workers else None
-        run_id = worker.run_id if worker else None
-        log = daemon.config.run_dir / str(run_id) / "run.log"
+        run_id = runtime.workers[0].running.run_id
+        log = runtime.ctx.config.run_dir / str(run_id) / "run.log"
         return run_id is not None and log.exists() and log.read_bytes() != b""
 
     await until(running, "the first run to start")
@@ -114,14 +115,19 @@ async def held_result(daemon: Daemon, disk: SmallFilesystem, go: Path) -> dict[s
     await anyio.Path(go).touch()
 
     async def holding() -> bool:
-        return bool((await daemon.snapshot())["outbox_held"])
+        return bool((await runtime.snapshot())["outbox_held"])
 
     await until(holding, "the finished result to be held in memory")
-    return await daemon.snapshot()
+    return await runtime.snapshot()
 
 
-async def serve(daemon: Daemon, codes: list[int]) -> None:
-    codes.append(await daemon.serve())
+async def serve(
+    daemon: Daemon,
+    codes: list[int],
+    *,
+    task_status: TaskStatus[Runtime] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    codes.append(await daemon.serve(task_status=task_status))
 
 
 async def test_a_full_disk_holds_the_result_and_writes_it_when_space_returns(
@@ -133,19 +139,19 @@ async def test_a_full_disk_holds_the_result_and_writes_it_when_space_returns(
         outbox_dir = daemon.config.outbox_dir
         codes: list[int] = []
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(serve, daemon, codes)
-            snapshot = await held_result(daemon, disk, tmp_path / "go")
+            runtime: Runtime = await tasks.start(serve, daemon, codes)
+            snapshot = await held_result(runtime, disk, tmp_path / "go")
             assert snapshot["state"] == "running" and snapshot["outbox_depth"] >= 1
             assert snapshot["outbox_error"] == "No space left on device"
             assert "held in memory (No space left on device)" in status_line(snapshot)
             assert "held in memory: the disk refused them" in status_text(snapshot)
             assert not list(outbox_dir.glob("*.tmp")), "no empty temporary file left behind"
-            held_id = daemon.ctx.outbox.held()[0].id if daemon.ctx else ""
+            held_id = runtime.ctx.outbox.held()[0].id
 
             disk.free()
 
             async def written() -> bool:
-                return bool((await daemon.snapshot())["outbox_held"] == 0)
+                return bool((await runtime.snapshot())["outbox_held"] == 0)
 
             await until(written, "the held result to reach the disk")
             assert (outbox_dir / f"{held_id}.json").is_file()
@@ -167,8 +173,8 @@ async def test_stopping_with_a_result_only_in_memory_says_so_and_logs_the_record
         daemon = Daemon(write_config(tmp_path, disk.path / "state", data_dir))
         codes: list[int] = []
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(serve, daemon, codes)
-            await held_result(daemon, disk, tmp_path / "go")
+            runtime: Runtime = await tasks.start(serve, daemon, codes)
+            await held_result(runtime, disk, tmp_path / "go")
             daemon.drain("test")  # the disk is still full
         assert codes == [1], "a result that exists nowhere but the log is a failure"
     stopped = [e for e in logs if e["event"] == "daemon_stopped"]

@@ -1,7 +1,6 @@
 """SIGHUP reload: a valid file applies live settings; identity and track wait for a restart."""
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from structlog.testing import capture_logs
@@ -13,7 +12,6 @@ def daemon_with(tmp_path: Path, text: str) -> tuple[Daemon, Path]:
     path = tmp_path / "config.toml"
     path.write_text(text)
     daemon = Daemon(path)
-    daemon.ctx = SimpleNamespace(config=daemon.config)  # type: ignore[assignment]
     return daemon, path
 
 
@@ -24,11 +22,11 @@ async def test_reload_applies_the_budget_but_keeps_agent_and_track(tmp_path: Pat
         '[daemon]\nagent = "bob"\n[experiment]\ntrack = "shakespeare"\ntime_budget_s = 42.0\n'
     )
     with capture_logs() as logs:
-        await daemon.reload()
+        applied = await daemon.reload()
     assert daemon.config.experiment.time_budget_s == 42.0
     assert daemon.config.daemon.agent == "alice"
     assert daemon.config.experiment.track == "synthetic"
-    assert daemon.ctx is not None and daemon.ctx.config is daemon.config
+    assert applied is daemon.config, "the workers get the config now running"
     waiting = [e for e in logs if e["event"] == "config_restart_needed"]
     assert waiting[0]["keys"] == ["daemon.agent", "experiment.track"]
 
@@ -39,7 +37,7 @@ async def test_an_invalid_file_keeps_the_running_config(tmp_path: Path) -> None:
     running = daemon.config
     path.write_text("[experiment]\ntime_budgt_s = 42.0\n")
     with capture_logs() as logs:
-        await daemon.reload()
-    assert daemon.config is running
+        applied = await daemon.reload()
+    assert daemon.config is running and applied is running
     failed = [e for e in logs if e["event"] == "config_reload_failed"]
     assert "time_budgt_s" in failed[0]["error"]

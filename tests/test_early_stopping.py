@@ -35,7 +35,8 @@ from autoresearchd.outbox import Outbox
 from autoresearchd.publisher import Publisher
 from autoresearchd.report import results_table, status_text
 from autoresearchd.testing import FakeNvml, curve_script, write_workspace
-from autoresearchd.worker import Worker, WorkerContext
+from autoresearchd.worker.context import WorkerContext
+from autoresearchd.worker.loop import Worker
 from tests.memory.conformance import make_result
 
 # -- the progress parser ---------------------------------------------------------------------
@@ -324,7 +325,7 @@ async def calibrated_worker(tmp_path: Path) -> AsyncIterator[Worker]:
         calibration = await ctx.stopping.refresh(memory, config.experiment, "cpu", limit=500)
         assert calibration.on, calibration.reason
         worker = Worker(Device.cpu(0), ctx, rng=random.Random(7))
-        worker._best = Best(
+        worker.best.known = Best(
             track="synthetic",
             tier=None,
             val_bpb=1.0,
@@ -342,7 +343,8 @@ async def calibrated_worker(tmp_path: Path) -> AsyncIterator[Worker]:
 @pytest.mark.anyio
 async def test_a_hopeless_subprocess_is_stopped_early_and_recorded(tmp_path: Path) -> None:
     async with calibrated_worker(tmp_path) as worker:
-        candidate = Candidate(HOPELESS, parent_sha256=worker._best.train_py_sha256, description="x")  # type: ignore[union-attr]
+        parent = worker.best.known.train_py_sha256  # type: ignore[union-attr]
+        candidate = Candidate(HOPELESS, parent_sha256=parent, description="x")
         result = await worker.run(candidate, stoppable=True)
         assert result is not None
         assert result.status is Status.DISCARD and result.val_bpb is None
@@ -357,15 +359,15 @@ async def test_a_hopeless_subprocess_is_stopped_early_and_recorded(tmp_path: Pat
         assert stored[0].stopped_early == result.stopped_early and stored[0].curve == result.curve
         table = results_table(stored, track="synthetic")
         assert "stopped_early" in table.splitlines()[1]
-        snapshot = worker.snapshot(0.0)
-        assert snapshot["last_stopped_early"] == result.stopped_early
-        assert snapshot["early_stopping"]["on"] is True
+        status = worker.status(0.0)
+        assert status.last_stopped_early == result.stopped_early
+        assert status.early_stopping["on"] is True
 
 
 @pytest.mark.anyio
 async def test_replicates_and_baselines_run_to_the_end(tmp_path: Path) -> None:
     async with calibrated_worker(tmp_path) as worker:
-        parent = worker._best.train_py_sha256  # type: ignore[union-attr]
+        parent = worker.best.known.train_py_sha256  # type: ignore[union-attr]
         candidate = Candidate(HOPELESS, parent_sha256=parent, description="x")
         replicate = await worker.run(candidate)  # how replicates and re-measures run
         assert replicate is not None and replicate.stopped_early is None

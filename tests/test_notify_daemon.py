@@ -18,16 +18,18 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from autoresearchd.daemon import Daemon, State
+from autoresearchd.daemon import Daemon
 from autoresearchd.gpus import Gpus
 from autoresearchd.memory import SqliteMemory
 from autoresearchd.models import Candidate, Device
 from autoresearchd.notify import Notifier
 from autoresearchd.outbox import Outbox
 from autoresearchd.publisher import Publisher
+from autoresearchd.runtime import Runtime, State
 from autoresearchd.testing import FakeNvml, plan_script, write_plan
 from autoresearchd.tracks.prepare import prepare_track
-from autoresearchd.worker import Worker, WorkerContext
+from autoresearchd.worker.context import WorkerContext
+from autoresearchd.worker.loop import Worker
 
 from .daemon_process import DaemonProcess, wait_for, write_config
 
@@ -122,8 +124,8 @@ def test_daemon_process_notifies_systemd_in_order(
 # -- health, in-process --------------------------------------------------------------
 
 
-def make_daemon(tmp_path: Path, data_dir: Path, notify_path: str) -> Daemon:
-    """A daemon with its context and two CPU workers built, but not serving."""
+def make_daemon(tmp_path: Path, data_dir: Path, notify_path: str) -> tuple[Daemon, Runtime]:
+    """A daemon and a runtime of two CPU workers, built but not serving."""
     config_path = write_config(tmp_path, plan_script(), data_dir)
     notifier = Notifier({"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "200000"})
     daemon = Daemon(config_path, notifier=notifier)
@@ -131,69 +133,70 @@ def make_daemon(tmp_path: Path, data_dir: Path, notify_path: str) -> Daemon:
     outbox = Outbox(config.outbox_dir)
     outbox.open()
     memory = SqliteMemory(config.memory.path)
-    daemon.ctx = WorkerContext(
+    ctx = WorkerContext(
         config=config,
         memory=memory,
         outbox=outbox,
         publisher=Publisher(outbox, memory),
         gpus=Gpus(FakeNvml()),
     )
-    daemon.workers = [Worker(Device.cpu(i), daemon.ctx) for i in range(2)]
-    daemon.state = State.RUNNING
-    daemon.publisher_alive = True
-    return daemon
+    workers = [Worker(Device.cpu(i), ctx) for i in range(2)]
+    daemon.lifecycle.state = State.RUNNING
+    runtime = Runtime(ctx, workers, daemon.lifecycle, daemon.connectivity)
+    runtime.publisher_alive = True
+    return daemon, runtime
 
 
 def wedge(worker: Worker) -> None:
     """Make ``worker`` look stuck in a run that started long ago."""
     worker.current = Candidate(source="LR = 1\n", parent_sha256=None, description="stuck")
-    worker.run_started_at = time.time() - 100_000
+    worker.running.started_at = time.time() - 100_000
 
 
-async def notify_for(daemon: Daemon, seconds: float) -> None:
+async def notify_for(daemon: Daemon, runtime: Runtime, seconds: float) -> None:
     with anyio.move_on_after(seconds):
-        await daemon._notify_loop()
+        await daemon._notify_loop(runtime)
 
 
 def test_healthy_daemon_has_no_problem(tmp_path: Path, data_dir: Path) -> None:
-    daemon = make_daemon(tmp_path, data_dir, str(tmp_path / "unused.sock"))
-    assert daemon.unhealthy() is None
-    wedge(daemon.workers[0])
-    assert daemon.unhealthy() is None, "one wedged worker of two is not a dead daemon"
+    _, runtime = make_daemon(tmp_path, data_dir, str(tmp_path / "unused.sock"))
+    assert runtime.unhealthy() is None
+    wedge(runtime.workers[0])
+    assert runtime.unhealthy() is None, "one wedged worker of two is not a dead daemon"
 
 
 def test_unhealthy_reasons(tmp_path: Path, data_dir: Path) -> None:
     """Wedged workers, a dead publisher, a stalled loop or a stopped daemon are unhealthy."""
-    daemon = make_daemon(tmp_path, data_dir, str(tmp_path / "unused.sock"))
-    for worker in daemon.workers:
+    daemon, runtime = make_daemon(tmp_path, data_dir, str(tmp_path / "unused.sock"))
+    for worker in runtime.workers:
         wedge(worker)
-    assert "wedged" in (daemon.unhealthy() or "")
-    daemon.workers[0].run_started_at = time.time()
-    daemon.publisher_alive = False
-    assert "publisher" in (daemon.unhealthy() or "")
-    daemon.publisher_alive = True
-    assert "stalled" in (daemon.unhealthy(lag_s=12.0, interval_s=10.0) or "")
-    daemon.state = State.STOPPED
-    assert "stopped" in (daemon.unhealthy() or "")
+    assert "wedged" in (runtime.unhealthy() or "")
+    runtime.workers[0].running.started_at = time.time()
+    runtime.publisher_alive = False
+    assert "publisher" in (runtime.unhealthy() or "")
+    runtime.publisher_alive = True
+    assert "stalled" in (runtime.unhealthy(lag_s=12.0, interval_s=10.0) or "")
+    daemon.lifecycle.state = State.STOPPED
+    assert "stopped" in (runtime.unhealthy() or "")
 
 
 @pytest.mark.anyio
 async def test_watchdog_pings_stop_while_unhealthy_and_resume_after(
     tmp_path: Path, data_dir: Path, listener: Listener
 ) -> None:
-    daemon = make_daemon(tmp_path, data_dir, listener.path)
-    for worker in daemon.workers:
+    daemon, runtime = make_daemon(tmp_path, data_dir, listener.path)
+    for worker in runtime.workers:
         wedge(worker)
     with capture_logs() as logs:
-        await notify_for(daemon, 0.7)
+        await notify_for(daemon, runtime, 0.7)
     assert listener.count("WATCHDOG") == 0
     assert listener.count("STATUS") >= 1, "the status line still goes out"
     withheld = [e for e in logs if e["event"] == "watchdog_withheld"]
     assert len(withheld) == 1, "said once per episode, not every tick"
     assert "wedged" in withheld[0]["reason"]
 
-    daemon.workers[1].run_started_at = None
-    daemon.workers[1].current = None
-    await notify_for(daemon, 0.5)
+    runtime.workers[1].running.started_at = None
+    runtime.workers[1].current = None
+    await notify_for(daemon, runtime, 0.5)
     await anyio.sleep(0.1)  # let the listener thread catch up
     assert listener.count("WATCHDOG") >= 2

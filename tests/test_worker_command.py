@@ -18,18 +18,19 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from autoresearchd import worker
 from autoresearchd.config_loader import parse_config
 from autoresearchd.daemon import Daemon
 from autoresearchd.gpus import Gpus
-from autoresearchd.judging import best_from
 from autoresearchd.memory.sqlite import SqliteMemory
 from autoresearchd.models import Candidate, Device, Result, Status, sha256_text
 from autoresearchd.outbox import Outbox
 from autoresearchd.publisher import Publisher
 from autoresearchd.testing import ok_script
 from autoresearchd.tracks.prepare import prepare_track
-from autoresearchd.worker import Prepared, Worker, WorkerContext
+from autoresearchd.worker import loop
+from autoresearchd.worker.claims import Prepared
+from autoresearchd.worker.context import WorkerContext
+from autoresearchd.worker.loop import Worker
 from tests.memory.conformance import make_result
 
 pytestmark = pytest.mark.anyio
@@ -108,7 +109,7 @@ async def test_a_deterministic_agents_candidate_runs_and_no_question_is_asked_tw
     tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A short idle pause makes a worker that keeps asking show it within the test.
-    monkeypatch.setattr(worker, "IDLE_PAUSE_S", 0.2)
+    monkeypatch.setattr(loop, "IDLE_PAUSE_S", 0.2)
     questions = tmp_path / "questions.txt"
     daemon = Daemon(write_config(tmp_path, data_dir, questions))
     wanted = sha256_text(ok_script(sleep_s=0.5, lr=0.02))
@@ -164,11 +165,12 @@ async def test_a_candidate_dropped_when_the_best_moved_can_be_proposed_again_at_
         ctx = WorkerContext(config, memory, outbox, Publisher(outbox, memory), Gpus())
         cpu = Worker(Device.cpu(0), ctx)
         stale = Candidate(answer, sha256_text("an older best"), "LR 0.01 -> 0.03", "command")
-        assert await cpu.claim(stale)
-        cpu._next = Prepared(stale)  # prepared while the run that kept the baseline went on
-        cpu._moved_best, cpu._own_best = True, best_from(kept)
+        assert await cpu.claims.claim(stale)
+        # Prepared while the run that kept the baseline went on.
+        cpu.claims.prepared = Prepared(stale)
+        cpu.best.kept(kept)
         with anyio.fail_after(60):
             await cpu.cycle()
     ran = [r for r in outbox.pending() if r.train_py_sha256 == stale.sha256]
     assert ran and {r.parent_sha256 for r in ran} == {kept.train_py_sha256}
-    assert stale.sha256 not in ctx.in_flight
+    assert not ctx.ledger.in_flight(stale.sha256)

@@ -4,16 +4,18 @@ publishing one crash record after another."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import TaskStatus
 from structlog.testing import capture_logs
 
 from autoresearchd.daemon import Daemon
 from autoresearchd.memory.sqlite import SqliteMemory
+from autoresearchd.runtime import Runtime
 from autoresearchd.sandbox import environment_failure
 from autoresearchd.tracks.prepare import prepare_track
+from autoresearchd.worker.status import DaemonStatus
 
 pytestmark = pytest.mark.anyio
 
@@ -21,20 +23,21 @@ pytestmark = pytest.mark.anyio
 MISSING_PACKAGE = "import autoresearchd_no_such_package\nLR = 0.01  # search: log 0.001..0.1\n"
 
 
-async def serve_briefly(daemon: Daemon, seconds: float) -> dict[str, Any]:
-    """Serve ``daemon`` for ``seconds``; its status snapshot just before draining."""
-    seen: dict[str, Any] = {}
+async def serve_briefly(daemon: Daemon, seconds: float) -> DaemonStatus:
+    """Serve ``daemon`` for ``seconds`` once ready; its status just before draining."""
+    codes: list[int] = []
 
-    async def stop_soon() -> None:
-        await anyio.sleep(seconds)
-        seen.update(await daemon.snapshot())
-        daemon.drain("test")
+    async def serve(*, task_status: TaskStatus[Runtime] = anyio.TASK_STATUS_IGNORED) -> None:
+        codes.append(await daemon.serve(task_status=task_status))
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(stop_soon)
-        with anyio.fail_after(60):
-            assert await daemon.serve() == 0
-    return seen
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            runtime: Runtime = await tg.start(serve)
+            await anyio.sleep(seconds)
+            status = await runtime.status()
+            daemon.drain("test")
+    assert codes == [0]
+    return status
 
 
 @pytest.mark.parametrize("workers", [1, 3])
@@ -64,8 +67,8 @@ async def test_baseline_that_cannot_import_halts_the_workers(tmp_path: Path, wor
     assert all(e["log_level"] == "error" for e in halted)
     started = [e for e in logs if e["event"] == "run_started"]
     assert len(started) <= 2 * workers - 1, "ran on past the halt"
-    assert [d["state"] for d in status["devices"]] == ["halted"] * workers
-    assert all("ModuleNotFoundError" in d["halted"] for d in status["devices"])
+    assert [d.state for d in status.devices] == ["halted"] * workers
+    assert all("ModuleNotFoundError" in (d.halted or "") for d in status.devices)
 
 
 @pytest.mark.parametrize(

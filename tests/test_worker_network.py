@@ -20,7 +20,9 @@ from autoresearchd.models import Best, Device
 from autoresearchd.outbox import Outbox
 from autoresearchd.publisher import Publisher
 from autoresearchd.testing import ok_script, plan_script
-from autoresearchd.worker import Prepared, Worker, WorkerContext
+from autoresearchd.worker.claims import Prepared
+from autoresearchd.worker.context import WorkerContext, baseline
+from autoresearchd.worker.loop import Worker
 
 from .hub.support import free_port
 
@@ -79,8 +81,8 @@ async def test_a_worker_that_cannot_reach_the_hub_runs_the_baseline_once(tmp_pat
         ctx = WorkerContext(config, memory, outbox, Publisher(outbox, memory), Gpus())
         worker = Worker(Device.cpu(0), ctx)
         with capture_logs() as logs:
-            first = await worker.propose(await worker.read_best())
-            later = [await worker.propose(await worker.read_best()) for _ in range(3)]
+            first = await worker.proposing.propose(await worker.best.read())
+            later = [await worker.proposing.propose(await worker.best.read()) for _ in range(3)]
     assert "best_unavailable" in [entry["event"] for entry in logs]
     assert first is not None
     assert first.description == "baseline"
@@ -179,12 +181,12 @@ async def test_a_pause_after_a_resume_really_waits(tmp_path: Path) -> None:
     """Resuming once must not leave the next pause (or finish) spinning without waiting."""
     async with SqliteMemory(tmp_path / "memory.sqlite") as memory:
         worker = a_worker(tmp_path, memory)
-        worker.resume()
-        worker.current = worker.baseline()
-        worker.finish()  # during a run: it pauses once the run is over
+        worker.command("resume")
+        worker.current = baseline(worker.config)
+        worker.command("finish")  # during a run: it pauses once the run is over
         worker.current = None
         with anyio.move_on_after(0.3) as waited:
-            await worker._hold_while_paused()
+            await worker.control.hold_while_paused(worker.claims.release_all)
         assert waited.cancelled_caught, "a paused worker waits for resume"
 
 
@@ -199,17 +201,17 @@ async def test_a_finish_while_nothing_runs_starts_no_run_only_to_stop_it(
 
         async def finished_meanwhile() -> Prepared | None:
             ready = await prepare()
-            worker.finish()  # the control socket's finish lands while the claim is made
+            worker.command("finish")  # the control socket's finish lands while the claim is made
             return ready
 
         monkeypatch.setattr(worker, "prepare", finished_meanwhile)
         with capture_logs() as logs:
             await worker.cycle()
-        assert worker.paused and worker.state == "paused"
+        assert worker.control.paused and worker.state == "paused"
         assert "run_finished" not in [e["event"] for e in logs], "no run was started"
-        held = worker._next
+        held = worker.claims.prepared
         assert held is not None and held.candidate.description == "baseline"
-        worker.resume()
+        worker.command("resume")
         with capture_logs() as logs:
             await worker.cycle()
         (run,) = [e for e in logs if e["event"] == "run_finished"]

@@ -39,8 +39,8 @@ async def test_the_context_names_the_workers_device_kind(
     """With and without history: a GPU worker says cuda and its tier, a CPU worker cpu."""
     async with SqliteMemory(tmp_path / "memory.sqlite") as memory:
         gpu = await a_gpu()
-        on_gpu = await a_worker(tmp_path, memory, gpu).proposal_context(proposer)
-        on_cpu = await a_worker(tmp_path, memory, Device.cpu(0)).proposal_context(proposer)
+        on_gpu = await a_worker(tmp_path, memory, gpu).proposing.context(proposer)
+        on_cpu = await a_worker(tmp_path, memory, Device.cpu(0)).proposing.context(proposer)
     assert (on_gpu.device, on_cpu.device) == ("cuda", "cpu")
     assert (on_gpu.tier, on_cpu.tier) == (gpu.tier, "cpu") and gpu.tier != "cpu"
 
@@ -52,7 +52,7 @@ async def test_the_context_keeps_the_device_kind_when_the_history_is_out_of_reac
     memory = EnsueMemory(url, "test", "key", primary_track="synthetic", attempts=1)
     async with memory:
         with capture_logs() as logs:
-            context = await a_worker(tmp_path, memory, await a_gpu()).proposal_context(
+            context = await a_worker(tmp_path, memory, await a_gpu()).proposing.context(
                 HypothesisProposer()
             )
     assert "history_unavailable" in [entry["event"] for entry in logs]

@@ -23,7 +23,8 @@ from autoresearchd.outbox import Outbox
 from autoresearchd.publisher import Publisher
 from autoresearchd.sandbox_probe import probe
 from autoresearchd.testing import FakeNvml, ok_script, write_workspace
-from autoresearchd.worker import Worker, WorkerContext
+from autoresearchd.worker.context import WorkerContext
+from autoresearchd.worker.loop import Worker
 
 pytestmark = pytest.mark.anyio
 
@@ -77,7 +78,7 @@ def lr_of(candidate: Candidate) -> float:
 async def test_best_with_new_values_in_space_becomes_the_parent(tmp_path: Path) -> None:
     best = best_of(ok_script(lr=0.02))
     async with make_worker(tmp_path) as worker:
-        child = await worker.propose(best)
+        child = await worker.proposing.propose(best)
         assert child is not None
         assert child.parent_sha256 == best.train_py_sha256
         assert worker.ctx.outbox.pending() == []
@@ -88,8 +89,8 @@ async def test_best_with_changed_code_is_refused_once_and_never_a_parent(tmp_pat
     baseline_sha = sha256_text(BASELINE)
     async with make_worker(tmp_path) as worker:
         with capture_logs() as logs:
-            first = await worker.propose(best_of(hostile))
-            second = await worker.propose(best_of(hostile))
+            first = await worker.proposing.propose(best_of(hostile))
+            second = await worker.proposing.propose(best_of(hostile))
         assert first is not None and second is not None
         assert first.parent_sha256 == second.parent_sha256 == baseline_sha
         pending = worker.ctx.outbox.pending()
@@ -107,7 +108,7 @@ async def test_best_with_changed_code_is_refused_once_and_never_a_parent(tmp_pat
 
 async def test_value_outside_the_baseline_space_is_refused(tmp_path: Path) -> None:
     async with make_worker(tmp_path) as worker:
-        await worker.propose(best_of(ok_script(lr=0.5)))
+        await worker.proposing.propose(best_of(ok_script(lr=0.5)))
         pending = worker.ctx.outbox.pending()
     assert len(pending) == 1
     assert "LR: 0.5 is outside log 0.001..0.1" in pending[0].error
@@ -116,8 +117,8 @@ async def test_value_outside_the_baseline_space_is_refused(tmp_path: Path) -> No
 async def test_refused_best_falls_back_to_the_last_trusted_parent(tmp_path: Path) -> None:
     trusted = best_of(ok_script(lr=0.02))
     async with make_worker(tmp_path) as worker:
-        await worker.propose(trusted)
-        child = await worker.propose(best_of(BASELINE + "\nprint('extra')\n"))
+        await worker.proposing.propose(trusted)
+        child = await worker.proposing.propose(best_of(BASELINE + "\nprint('extra')\n"))
     assert child is not None
     assert child.parent_sha256 == trusted.train_py_sha256
 
@@ -126,7 +127,7 @@ async def test_sandboxed_and_any_accept_changed_code_as_parent(tmp_path: Path) -
     changed = best_of(BASELINE + "\nprint('extra')\n")
     for trust in ("sandboxed", "any"):
         async with make_worker(tmp_path / trust, trust=trust, sandbox="auto") as worker:
-            child = await worker.propose(changed)
+            child = await worker.proposing.propose(changed)
             assert child is not None
             assert child.parent_sha256 == changed.train_py_sha256
             assert worker.ctx.outbox.pending() == []
@@ -137,26 +138,26 @@ async def test_network_best_cannot_widen_its_own_search_space(tmp_path: Path) ->
     widened = ok_script(lr=0.1).replace(LR_SPACE, "# search: log 0.001..100")
     best = best_of(widened)
     async with make_worker(tmp_path / "trusted") as worker:
-        children = [await worker.propose(best) for _ in range(20)]
+        children = [await worker.proposing.propose(best) for _ in range(20)]
         assert worker.ctx.outbox.pending() == []
     lrs = [lr_of(c) for c in children if c is not None and c.parent_sha256 == best.train_py_sha256]
     assert len(lrs) > 5
     assert max(lrs) <= 0.1
     # Without the baseline's spaces (trust = "any") the same parent does widen them.
     async with make_worker(tmp_path / "any", trust="any") as worker:
-        children = [await worker.propose(best) for _ in range(20)]
+        children = [await worker.proposing.propose(best) for _ in range(20)]
     assert max(lr_of(c) for c in children if c is not None) > 0.1
 
 
 async def test_runs_are_wrapped_by_the_sandbox_unless_off(tmp_path: Path) -> None:
     async with make_worker(tmp_path) as worker:
         candidate = Candidate(source=BASELINE, parent_sha256=None, description="baseline")
-        assert worker.spec("r1", candidate, 1).wrap is None
+        assert worker.running.spec("r1", candidate, 1).wrap is None
         worker.ctx.sandbox = probe(worker.config)
-        assert worker.spec("r2", candidate, 1).wrap is None, "experiment.sandbox is off"
+        assert worker.running.spec("r2", candidate, 1).wrap is None, "experiment.sandbox is off"
     async with make_worker(tmp_path / "auto", sandbox="auto") as worker:
         worker.ctx.sandbox = probe(worker.config)
-        spec = worker.spec("r3", candidate, 1)
+        spec = worker.running.spec("r3", candidate, 1)
         assert spec.wrap is not None
         assert spec.command[-2:] == [spec.python, "train.py"]
         assert spec.command[0].endswith("prlimit")

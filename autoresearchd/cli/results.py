@@ -134,7 +134,7 @@ def _best_history(config: Config, track: str, *, as_json: bool) -> int:
     if not changes:
         print(f"{track}: the best has not moved yet")
         return EXIT_OK
-    # Claims by an agent whose runs disagree with other agents' are flagged (confirming.py).
+    # Claims by an agent whose runs disagree with other agents' are flagged (worker/confirming.py).
     flag = any(c.agent_id in flagged for c in changes)
     rows: list[tuple[str, ...]] = [
         ("TIME", "AGENT", "VAL_BPB", "SHA", "DESCRIPTION", *(("FLAG",) * flag))

@@ -44,38 +44,21 @@ import statistics
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import anyio
 import structlog
 
-from autoresearchd.config import ExperimentConfig
+from autoresearchd.config import Config, ExperimentConfig
 from autoresearchd.errors import MemoryBackendError
 from autoresearchd.judging import best_from, delta_vs_best
-from autoresearchd.models import Best, Candidate, Result, Status
+from autoresearchd.models import Best, Candidate, Device, Result, Status
+from autoresearchd.parents import Parents
 from autoresearchd.records import new_run_id
 from autoresearchd.standing import RESTATED, Standing, standing
-
-if TYPE_CHECKING:
-    from autoresearchd.config import Config
-    from autoresearchd.memory.protocol import CollectiveMemory
-    from autoresearchd.models import Device
-    from autoresearchd.outbox import Outbox
-    from autoresearchd.parents import Parents
-    from autoresearchd.publisher import Publisher
-
-
-class Shared(Protocol):
-    """What a confirmation needs of the daemon's shared state (the worker's context)."""
-
-    @property
-    def memory(self) -> CollectiveMemory: ...
-    @property
-    def outbox(self) -> Outbox: ...
-    @property
-    def publisher(self) -> Publisher: ...
-    @property
-    def in_flight(self) -> dict[str, str]: ...
+from autoresearchd.worker.best import BestView
+from autoresearchd.worker.context import WorkerContext, baseline
+from autoresearchd.worker.modes import DeviceControl
 
 
 class Worker(Protocol):
@@ -84,12 +67,11 @@ class Worker(Protocol):
     import circle (``docs/architecture.md``, the layering)."""
 
     current: Candidate | None
-    paused: bool
 
     @property
     def config(self) -> Config: ...
     @property
-    def ctx(self) -> Shared: ...
+    def ctx(self) -> WorkerContext: ...
     @property
     def rng(self) -> random.Random: ...
     @property
@@ -97,9 +79,9 @@ class Worker(Protocol):
     @property
     def parents(self) -> Parents: ...
     @property
-    def known_best(self) -> Best | None: ...
-    def baseline(self) -> Candidate: ...
-    async def read_best(self) -> Best | None: ...
+    def best(self) -> BestView: ...
+    @property
+    def control(self) -> DeviceControl: ...
     async def run(self, candidate: Candidate, *, stoppable: bool = False) -> Result | None: ...
     async def queue(self, result: Result) -> None: ...
 
@@ -258,11 +240,11 @@ class Confirming:
         track, agent, tier = w.config.experiment.track, w.config.daemon.agent, w.device.tier
         try:
             history = await w.ctx.memory.results(track, limit=None)
-            await w.read_best()
+            await w.best.read()
         except MemoryBackendError as exc:
             log.warning("confirmation_check_failed", error=str(exc))
             return False
-        best = w.known_best
+        best = w.best.known
         await self.follow_up(history, best)
         experiment = w.config.experiment
         waiting = claims(
@@ -274,7 +256,7 @@ class Confirming:
             experiment.max_confirmations,
             refute_after=experiment.confirmations,
         )
-        waiting = [c for c in waiting if c.sha256 not in w.ctx.in_flight]
+        waiting = [c for c in waiting if not w.ctx.ledger.in_flight(c.sha256)]
         standings = standing(history)
         chance = share(waiting, experiment, standings)
         if not waiting or self.rng.random() >= chance:
@@ -285,11 +267,11 @@ class Confirming:
     async def confirm(self, claim: Claim, best: Best | None) -> bool:
         """Rerun ``claim``'s source with a fresh seed and queue it as its confirmation."""
         w, keep = self.worker, claim.keep
-        parent, _ = w.parents.choose(best_from(keep), w.baseline(), w.config.experiment.trust)
+        parent, _ = w.parents.choose(best_from(keep), baseline(w.config), w.config.experiment.trust)
         if parent.sha256 != keep.train_py_sha256:
             log.info("confirmation_refused", claim=keep.id, reason="trust policy")
             return False
-        if w.paused:
+        if w.control.paused:
             return True  # paused while it looked: the next step holds, and nothing is stopped
         candidate = Candidate(
             source=keep.train_py,
@@ -304,13 +286,12 @@ class Confirming:
             sha=keep.train_py_sha256[:12],
         )
         # Shown as the worker's experiment, and finished (not stopped) by ``finish``.
-        w.ctx.in_flight[candidate.sha256] = candidate.source
         w.current = candidate
         try:
-            result = await w.run(candidate)
+            with w.ctx.ledger.running(candidate):
+                result = await w.run(candidate)
         finally:
             w.current = None
-            w.ctx.in_flight.pop(candidate.sha256, None)
         if result is None:
             return True
         if result.status is Status.DISCARD:
