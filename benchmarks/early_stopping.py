@@ -61,17 +61,10 @@ from dataclasses import dataclass, field
 import powerlaw_curves  # a sibling script of this one
 import structlog
 
-from autoresearchd.early_stopping import (
-    BINS,
-    Calibration,
-    Judge,
-    LearningCurve,
-    Progress,
-    Sample,
-    bins_of,
-    calibrate,
-    make_judge,
-)
+from autoresearchd.calibration import Calibration, calibrate
+from autoresearchd.curves import BINS, Sample, bins_of
+from autoresearchd.early_stopping import Judge, LearningCurve, make_judge
+from autoresearchd.progress import Progress
 
 BUDGET_S = 300.0
 STARTUP_S = 30.0
@@ -237,6 +230,7 @@ class Arm:
     gpu_s: float = 0.0
     runs: int = 0
     stops: int = 0
+    stopped_at: list[float] = field(default_factory=list)  # the fraction of each stop
     real_improvements: int = 0
     offered: int = 0  # true improvements offered as candidates
     lost: int = 0  # ... of which stopped early
@@ -249,7 +243,6 @@ class Arm:
 def search(arm: Arm, seed: int, candidates: int, family: Family) -> None:
     rng = random.Random(seed)
     best_theta = dict(family.baseline)
-    best_runs: list[tuple[tuple[float, float], ...]] = []
     best_true = family.true_final(best_theta)
     clock = 0
 
@@ -257,23 +250,25 @@ def search(arm: Arm, seed: int, candidates: int, family: Family) -> None:
         nonlocal clock
         judge = None
         if stoppable and arm.early_stopping and arm.calibration is not None:
-            incumbent = [bins_of(c) for c in best_runs]
-            judge = make_judge(arm.calibration, incumbent, rng)
+            incumbent = statistics.fmean(best_finals)
+            judge = make_judge(arm.calibration, incumbent, len(best_finals), rng)
         result = family.simulate(theta, rng, judge)
         arm.runs, arm.gpu_s, clock = arm.runs + 1, arm.gpu_s + result.gpu_s, clock + 1
         arm.stops += result.stopped
+        if result.stopped:
+            arm.stopped_at.append(result.fraction)
         if result.final is not None:
             key = repr(sorted(theta.items()))
             arm.samples.append(Sample(key, bins_of(result.curve), result.final, clock))
             arm.completed_since += 1
             if arm.completed_since >= RECALIBRATE_EVERY:
-                arm.calibration = calibrate(arm.samples, min_improvement=MIN_IMPROVEMENT)
+                arm.calibration = calibrate(arm.samples)
                 arm.samples = arm.samples[-400:]
                 arm.completed_since = 0
         return result
 
+    best_finals: list[float] = []
     baseline = [run(best_theta, False) for _ in range(2)]
-    best_runs = [r.curve for r in baseline]
     best_finals = [r.final for r in baseline if r.final is not None]
     for _ in range(candidates):
         space = family.space
@@ -294,7 +289,6 @@ def search(arm: Arm, seed: int, candidates: int, family: Family) -> None:
         if incumbent - statistics.fmean(finals) > max(MIN_IMPROVEMENT, 2.5 * se):
             arm.real_improvements += true < best_true
             best_theta, best_true = theta, true
-            best_runs = [first.curve, *(r.curve for r in fresh)]
             best_finals = [first.final, *finals]
     arm.final_true = best_true
 
@@ -346,6 +340,14 @@ def report(family: Family, seeds: list[dict[str, Arm]]) -> tuple[float, float]:
             f"{improvements} real improvements ({hours / max(1, improvements):.2f} GPU-hours "
             f"each), final true val_bpb {statistics.fmean(a.final_true for a in arms):.4f} "
             f"(mean of {len(arms)})"
+        )
+    stopped_at = [f for arms in seeds for f in arms["auto"].stopped_at]
+    if stopped_at:
+        quarters = [sum(1 for f in stopped_at if q / 4 < f <= (q + 1) / 4) for q in range(4)]
+        shares = ", ".join(f"{n / len(stopped_at):.0%}" for n in quarters)
+        print(
+            f"{tag} stops by quarter of the budget: {shares}; "
+            f"mean fraction used {statistics.fmean(stopped_at):.2f}"
         )
     per_off, per_auto, ratio, lost = figures(seeds)
     (r_low, r_high), (l_low, l_high) = bootstrap(seeds)
