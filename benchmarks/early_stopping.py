@@ -39,10 +39,13 @@ its first run was stopped early.
 Both arms (``off`` and ``auto``) see the same number of candidates from the same seeds, each
 arm starting with no stored curves (so early stopping stays off until its calibration
 allows it). Printed per family: per arm, runs, stops, GPU-hours, real improvements and the
-final incumbent's true value; then the share of true improvements lost, the ratio of
-GPU-hours spent, and the ratio of GPU-hours per real improvement, each with a 90 % bootstrap
-interval over the seeds (both arms of a seed resampled together). Last, the worst family's
-ratio and loss share. Goal: ratio >= 1.5 with <= 5 % of true improvements lost, on every
+final incumbent's true value; where in the budget the stops fell; then the share of true
+improvements lost, the ratio of GPU-hours spent, and the ratio of GPU-hours per real
+improvement, each with a 90 % bootstrap interval over the seeds (both arms of a seed
+resampled together); and a bound, from a third arm that knows each candidate's true val_bpb
+and stops, at the rule's first judged bin, every one truly worse than the incumbent's by 2
+seed deviations, once the rule could first be on: what no rule that reads curves can beat
+by much. Last, the worst family's ratio and loss share. Goal: ratio >= 1.5 with <= 5 % of true improvements lost, on every
 family.
 Usage: ``python benchmarks/early_stopping.py [--seeds N] [--candidates N]
 [--family all|scaling|powerlaw]`` (about four minutes on one core).
@@ -61,7 +64,7 @@ from dataclasses import dataclass, field
 import powerlaw_curves  # a sibling script of this one
 import structlog
 
-from autoresearchd.calibration import Calibration, calibrate
+from autoresearchd.calibration import FIRST_BIN, MIN_CURVES, Calibration, calibrate
 from autoresearchd.curves import BINS, Sample, bins_of
 from autoresearchd.early_stopping import Judge, LearningCurve, make_judge
 from autoresearchd.progress import Progress
@@ -227,6 +230,7 @@ FAMILIES = {
 @dataclass
 class Arm:
     early_stopping: bool
+    oracle: bool = False  # stops by the truth, not the rule: a bound on what a rule saves
     gpu_s: float = 0.0
     runs: int = 0
     stops: int = 0
@@ -275,7 +279,7 @@ def search(arm: Arm, seed: int, candidates: int, family: Family) -> None:
         theta = perturb(best_theta, rng, space) if rng.random() < 0.7 else sample_theta(rng, space)
         true = family.true_final(theta)
         offered = true < best_true - MIN_IMPROVEMENT
-        first = run(theta, True)
+        first = oracle_stop(arm, family, true, best_true) or run(theta, True)
         arm.offered += offered
         arm.lost += offered and first.stopped
         incumbent = statistics.fmean(best_finals)
@@ -293,6 +297,22 @@ def search(arm: Arm, seed: int, candidates: int, family: Family) -> None:
     arm.final_true = best_true
 
 
+#: The oracle stops, at this fraction of the budget (the rule's first judged bin), every
+#: candidate whose true val_bpb is worse than the incumbent's by this many seed deviations,
+#: once the rule could first be on: what no rule that reads curves can beat by much.
+ORACLE_FRACTION = (FIRST_BIN + 1) / BINS
+ORACLE_SD = 2.0
+
+
+def oracle_stop(arm: Arm, family: Family, true: float, best_true: float) -> Run | None:
+    """The oracle arm's stop of a candidate it knows to be worse; None: it runs as usual."""
+    if not arm.oracle or arm.runs < MIN_CURVES or true <= best_true + ORACLE_SD * family.seed_sd:
+        return None
+    stopped = Run(None, ORACLE_FRACTION, (), stopped=True)
+    arm.runs, arm.gpu_s, arm.stops = arm.runs + 1, arm.gpu_s + stopped.gpu_s, arm.stops + 1
+    return stopped
+
+
 COUNTS = ("gpu_s", "runs", "stops", "real_improvements", "offered", "lost")
 BOOTSTRAP = 2000
 
@@ -302,7 +322,8 @@ def figures(seeds: list[dict[str, Arm]]) -> tuple[float, float, float, float]:
     and the share of true improvements the auto arm stopped."""
     total = {name: Arm(name == "auto") for name in ("off", "auto")}
     for arms in seeds:
-        for name, arm in arms.items():
+        for name in total:
+            arm = arms[name]
             for attr in COUNTS:
                 setattr(total[name], attr, getattr(total[name], attr) + getattr(arm, attr))
     per = {n: a.gpu_s / 3600 / max(1, a.real_improvements) for n, a in total.items()}
@@ -362,6 +383,17 @@ def report(family: Family, seeds: list[dict[str, Arm]]) -> tuple[float, float]:
         f"{tag} GPU-hours per real improvement: off {per_off:.2f}, auto {per_auto:.2f}; "
         f"off / auto {ratio:.2f}x (90% CI {r_low:.2f}..{r_high:.2f}, goal 1.5x)"
     )
+    oracle = [
+        sum(getattr(arms[n], a) for arms in seeds)
+        for n in ("off", "oracle")
+        for a in ("gpu_s", "real_improvements")
+    ]
+    per_oracle = oracle[2] / 3600 / max(1, oracle[3])
+    print(
+        f"{tag} bound: an oracle that stops at {ORACLE_FRACTION:.0%} of the budget every "
+        f"candidate truly worse than the incumbent by {ORACLE_SD:g} seed sd, from run "
+        f"{MIN_CURVES}: GPU-hours per real improvement off / oracle {per_off / per_oracle:.2f}x"
+    )
     return ratio, lost
 
 
@@ -379,7 +411,7 @@ def main() -> None:
     for family in families:
         seeds = []
         for seed in range(args.seeds):
-            arms = {"off": Arm(False), "auto": Arm(True)}
+            arms = {"off": Arm(False), "auto": Arm(True), "oracle": Arm(False, oracle=True)}
             for arm in arms.values():
                 search(arm, seed, args.candidates, family)
             seeds.append(arms)
