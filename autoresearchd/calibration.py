@@ -17,9 +17,10 @@ quantile of each stored top run's largest standardised error over the bins used,
 stored runs like an improvement at most that share would have been stopped at any bin,
 whatever the schedule did to their shape on the way.
 
-A bin is used only where stored curves predict the end: the loss there must rise with the
-final and, at the calibrated ``z``, the bin must stop at least :data:`MIN_POWER` of the
-stored runs outside the top share (a bin that stops nothing only widens ``z`` for the rest).
+A bin is used only where stored curves predict the end and a stop there earns its keep: the
+loss there must rise with the final and, at the calibrated ``z``, stopping there must save
+at least :data:`MIN_POWER` of the budget of the stored runs outside the top share (a bin
+that stops little, or too late to matter, only widens ``z`` for the rest).
 A warm-down tied to the budget, which makes high-LR runs look worse mid-run and better at the
 end, shows as wide errors at those fractions: they stop little and drop out, or the whole
 track is off.
@@ -46,7 +47,7 @@ MIN_CURVES = 100
 MIN_SOURCES = 10
 #: Newest finished curves a calibration rests on.
 MAX_CURVES = 300
-#: The share of stored runs outside the top a bin must stop for the bin to be used.
+#: The share of the budget of stored runs outside the top a bin's stops must save to be used.
 MIN_POWER = 0.1
 #: The share of the best stored finals below which the power check places the incumbent.
 INCUMBENT_SHARE = 0.1
@@ -149,7 +150,11 @@ def calibrate(samples: Sequence[Sample]) -> Calibration:
         if not math.isfinite(z):
             break
         threshold = reference + SEED_Z * seed_sd
-        powered = [k for k in used if _power(rest, fits, k, threshold, z) >= MIN_POWER]
+        powered = [
+            k
+            for k in used
+            if _power(rest, fits, k, threshold, z) * (1 - (k + 1) / BINS) >= MIN_POWER
+        ]
         if powered == used:
             break
         used = powered
