@@ -2,9 +2,9 @@
 
 Simulated training runs whose learning curve depends on their hyperparameters, fed report by
 report through the daemon's own :class:`autoresearchd.early_stopping.LearningCurve`, judged
-by its own rule (:func:`~autoresearchd.early_stopping.calibrate` on the curves stored so far,
-:func:`~autoresearchd.early_stopping.make_judge` against the incumbent's runs). Nothing here
-reimplements the rule.
+by its own rule (:func:`~autoresearchd.calibration.calibrate` on the curves stored so far,
+:func:`~autoresearchd.early_stopping.make_judge` against the incumbent's mean val_bpb).
+Nothing here reimplements the rule.
 
 Two landscape families, each reported on its own: ``scaling`` (below), and ``powerlaw``
 (``benchmarks/powerlaw_curves.py``: mixtures of the parametric learning-curve shapes of the
@@ -12,7 +12,8 @@ curve-extrapolation literature under ``train.py``'s own schedule, with heavy-tai
 autocorrelated report noise, loss spikes and crashes; its formula was fixed before the rule
 was first run on it). The rule must meet its goal on every family.
 
-The ``scaling`` landscape (a loss model in the spirit of scaling laws, written alongside the rule):
+The ``scaling`` landscape (a loss model in the spirit of scaling laws, written alongside the
+rule's first version):
 
 - ``lr`` (1e-4..1e-1, log), ``warmdown`` (0.05..0.9), ``width`` (64..1024, log) and ``batch``
   (2**14..2**21 tokens, log). The schedule warms up over 2 % of the budget, holds, and decays
@@ -45,10 +46,10 @@ improvement, each with a 90 % bootstrap interval over the seeds (both arms of a 
 resampled together); and a bound, from a third arm that knows each candidate's true val_bpb
 and stops, at the rule's first judged bin, every one truly worse than the incumbent's by 2
 seed deviations, once the rule could first be on: what no rule that reads curves can beat
-by much. Last, the worst family's ratio and loss share. Goal: ratio >= 1.5 with <= 5 % of true improvements lost, on every
-family.
+by much. Last, the worst family's ratio and loss share. Goal: ratio >= 1.5 with <= 5 % of
+true improvements lost, on every family.
 Usage: ``python benchmarks/early_stopping.py [--seeds N] [--candidates N]
-[--family all|scaling|powerlaw]`` (about four minutes on one core).
+[--family all|scaling|powerlaw]`` (about three minutes on one core).
 """
 
 from __future__ import annotations
