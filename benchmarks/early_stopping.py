@@ -2,9 +2,9 @@
 
 Simulated training runs whose learning curve depends on their hyperparameters, fed report by
 report through the daemon's own :class:`autoresearchd.early_stopping.LearningCurve`, judged
-by its own rule (:func:`~autoresearchd.early_stopping.calibrate` on the curves stored so far,
-:func:`~autoresearchd.early_stopping.make_judge` against the incumbent's runs). Nothing here
-reimplements the rule.
+by its own rule (:func:`~autoresearchd.calibration.calibrate` on the curves stored so far,
+:func:`~autoresearchd.early_stopping.make_judge` against the incumbent's mean val_bpb).
+Nothing here reimplements the rule.
 
 Two landscape families, each reported on its own: ``scaling`` (below), and ``powerlaw``
 (``benchmarks/powerlaw_curves.py``: mixtures of the parametric learning-curve shapes of the
@@ -12,7 +12,8 @@ curve-extrapolation literature under ``train.py``'s own schedule, with heavy-tai
 autocorrelated report noise, loss spikes and crashes; its formula was fixed before the rule
 was first run on it). The rule must meet its goal on every family.
 
-The ``scaling`` landscape (a loss model in the spirit of scaling laws, written alongside the rule):
+The ``scaling`` landscape (a loss model in the spirit of scaling laws, written alongside the
+rule's first version):
 
 - ``lr`` (1e-4..1e-1, log), ``warmdown`` (0.05..0.9), ``width`` (64..1024, log) and ``batch``
   (2**14..2**21 tokens, log). The schedule warms up over 2 % of the budget, holds, and decays
@@ -39,13 +40,16 @@ its first run was stopped early.
 Both arms (``off`` and ``auto``) see the same number of candidates from the same seeds, each
 arm starting with no stored curves (so early stopping stays off until its calibration
 allows it). Printed per family: per arm, runs, stops, GPU-hours, real improvements and the
-final incumbent's true value; then the share of true improvements lost, the ratio of
-GPU-hours spent, and the ratio of GPU-hours per real improvement, each with a 90 % bootstrap
-interval over the seeds (both arms of a seed resampled together). Last, the worst family's
-ratio and loss share. Goal: ratio >= 1.5 with <= 5 % of true improvements lost, on every
-family.
+final incumbent's true value; where in the budget the stops fell; then the share of true
+improvements lost, the ratio of GPU-hours spent, and the ratio of GPU-hours per real
+improvement, each with a 90 % bootstrap interval over the seeds (both arms of a seed
+resampled together); and a bound, from a third arm that knows each candidate's true val_bpb
+and stops, at the rule's first judged bin, every one truly worse than the incumbent's by 2
+seed deviations, once the rule could first be on: what no rule that reads curves can beat
+by much. Last, the worst family's ratio and loss share. Goal: ratio >= 1.5 with <= 5 % of
+true improvements lost, on every family.
 Usage: ``python benchmarks/early_stopping.py [--seeds N] [--candidates N]
-[--family all|scaling|powerlaw]`` (about four minutes on one core).
+[--family all|scaling|powerlaw]`` (about three minutes on one core).
 """
 
 from __future__ import annotations
@@ -61,17 +65,10 @@ from dataclasses import dataclass, field
 import powerlaw_curves  # a sibling script of this one
 import structlog
 
-from autoresearchd.early_stopping import (
-    BINS,
-    Calibration,
-    Judge,
-    LearningCurve,
-    Progress,
-    Sample,
-    bins_of,
-    calibrate,
-    make_judge,
-)
+from autoresearchd.calibration import FIRST_BIN, MIN_CURVES, Calibration, calibrate
+from autoresearchd.curves import BINS, Sample, bins_of
+from autoresearchd.early_stopping import Judge, LearningCurve, make_judge
+from autoresearchd.progress import Progress
 
 BUDGET_S = 300.0
 STARTUP_S = 30.0
@@ -234,9 +231,11 @@ FAMILIES = {
 @dataclass
 class Arm:
     early_stopping: bool
+    oracle: bool = False  # stops by the truth, not the rule: a bound on what a rule saves
     gpu_s: float = 0.0
     runs: int = 0
     stops: int = 0
+    stopped_at: list[float] = field(default_factory=list)  # the fraction of each stop
     real_improvements: int = 0
     offered: int = 0  # true improvements offered as candidates
     lost: int = 0  # ... of which stopped early
@@ -249,7 +248,6 @@ class Arm:
 def search(arm: Arm, seed: int, candidates: int, family: Family) -> None:
     rng = random.Random(seed)
     best_theta = dict(family.baseline)
-    best_runs: list[tuple[tuple[float, float], ...]] = []
     best_true = family.true_final(best_theta)
     clock = 0
 
@@ -257,30 +255,32 @@ def search(arm: Arm, seed: int, candidates: int, family: Family) -> None:
         nonlocal clock
         judge = None
         if stoppable and arm.early_stopping and arm.calibration is not None:
-            incumbent = [bins_of(c) for c in best_runs]
-            judge = make_judge(arm.calibration, incumbent, rng)
+            incumbent = statistics.fmean(best_finals)
+            judge = make_judge(arm.calibration, incumbent, len(best_finals), rng)
         result = family.simulate(theta, rng, judge)
         arm.runs, arm.gpu_s, clock = arm.runs + 1, arm.gpu_s + result.gpu_s, clock + 1
         arm.stops += result.stopped
+        if result.stopped:
+            arm.stopped_at.append(result.fraction)
         if result.final is not None:
             key = repr(sorted(theta.items()))
             arm.samples.append(Sample(key, bins_of(result.curve), result.final, clock))
             arm.completed_since += 1
             if arm.completed_since >= RECALIBRATE_EVERY:
-                arm.calibration = calibrate(arm.samples, min_improvement=MIN_IMPROVEMENT)
+                arm.calibration = calibrate(arm.samples)
                 arm.samples = arm.samples[-400:]
                 arm.completed_since = 0
         return result
 
+    best_finals: list[float] = []
     baseline = [run(best_theta, False) for _ in range(2)]
-    best_runs = [r.curve for r in baseline]
     best_finals = [r.final for r in baseline if r.final is not None]
     for _ in range(candidates):
         space = family.space
         theta = perturb(best_theta, rng, space) if rng.random() < 0.7 else sample_theta(rng, space)
         true = family.true_final(theta)
         offered = true < best_true - MIN_IMPROVEMENT
-        first = run(theta, True)
+        first = oracle_stop(arm, family, true, best_true) or run(theta, True)
         arm.offered += offered
         arm.lost += offered and first.stopped
         incumbent = statistics.fmean(best_finals)
@@ -294,9 +294,24 @@ def search(arm: Arm, seed: int, candidates: int, family: Family) -> None:
         if incumbent - statistics.fmean(finals) > max(MIN_IMPROVEMENT, 2.5 * se):
             arm.real_improvements += true < best_true
             best_theta, best_true = theta, true
-            best_runs = [first.curve, *(r.curve for r in fresh)]
             best_finals = [first.final, *finals]
     arm.final_true = best_true
+
+
+#: The oracle stops, at this fraction of the budget (the rule's first judged bin), every
+#: candidate whose true val_bpb is worse than the incumbent's by this many seed deviations,
+#: once the rule could first be on: what no rule that reads curves can beat by much.
+ORACLE_FRACTION = (FIRST_BIN + 1) / BINS
+ORACLE_SD = 2.0
+
+
+def oracle_stop(arm: Arm, family: Family, true: float, best_true: float) -> Run | None:
+    """The oracle arm's stop of a candidate it knows to be worse; None: it runs as usual."""
+    if not arm.oracle or arm.runs < MIN_CURVES or true <= best_true + ORACLE_SD * family.seed_sd:
+        return None
+    stopped = Run(None, ORACLE_FRACTION, (), stopped=True)
+    arm.runs, arm.gpu_s, arm.stops = arm.runs + 1, arm.gpu_s + stopped.gpu_s, arm.stops + 1
+    return stopped
 
 
 COUNTS = ("gpu_s", "runs", "stops", "real_improvements", "offered", "lost")
@@ -308,7 +323,8 @@ def figures(seeds: list[dict[str, Arm]]) -> tuple[float, float, float, float]:
     and the share of true improvements the auto arm stopped."""
     total = {name: Arm(name == "auto") for name in ("off", "auto")}
     for arms in seeds:
-        for name, arm in arms.items():
+        for name in total:
+            arm = arms[name]
             for attr in COUNTS:
                 setattr(total[name], attr, getattr(total[name], attr) + getattr(arm, attr))
     per = {n: a.gpu_s / 3600 / max(1, a.real_improvements) for n, a in total.items()}
@@ -347,6 +363,14 @@ def report(family: Family, seeds: list[dict[str, Arm]]) -> tuple[float, float]:
             f"each), final true val_bpb {statistics.fmean(a.final_true for a in arms):.4f} "
             f"(mean of {len(arms)})"
         )
+    stopped_at = [f for arms in seeds for f in arms["auto"].stopped_at]
+    if stopped_at:
+        quarters = [sum(1 for f in stopped_at if q / 4 < f <= (q + 1) / 4) for q in range(4)]
+        shares = ", ".join(f"{n / len(stopped_at):.0%}" for n in quarters)
+        print(
+            f"{tag} stops by quarter of the budget: {shares}; "
+            f"mean fraction used {statistics.fmean(stopped_at):.2f}"
+        )
     per_off, per_auto, ratio, lost = figures(seeds)
     (r_low, r_high), (l_low, l_high) = bootstrap(seeds)
     offered = sum(arms["auto"].offered for arms in seeds)
@@ -359,6 +383,17 @@ def report(family: Family, seeds: list[dict[str, Arm]]) -> tuple[float, float]:
     print(
         f"{tag} GPU-hours per real improvement: off {per_off:.2f}, auto {per_auto:.2f}; "
         f"off / auto {ratio:.2f}x (90% CI {r_low:.2f}..{r_high:.2f}, goal 1.5x)"
+    )
+    oracle = [
+        sum(getattr(arms[n], a) for arms in seeds)
+        for n in ("off", "oracle")
+        for a in ("gpu_s", "real_improvements")
+    ]
+    per_oracle = oracle[2] / 3600 / max(1, oracle[3])
+    print(
+        f"{tag} bound: an oracle that stops at {ORACLE_FRACTION:.0%} of the budget every "
+        f"candidate truly worse than the incumbent by {ORACLE_SD:g} seed sd, from run "
+        f"{MIN_CURVES}: GPU-hours per real improvement off / oracle {per_off / per_oracle:.2f}x"
     )
     return ratio, lost
 
@@ -377,7 +412,7 @@ def main() -> None:
     for family in families:
         seeds = []
         for seed in range(args.seeds):
-            arms = {"off": Arm(False), "auto": Arm(True)}
+            arms = {"off": Arm(False), "auto": Arm(True), "oracle": Arm(False, oracle=True)}
             for arm in arms.values():
                 search(arm, seed, args.candidates, family)
             seeds.append(arms)

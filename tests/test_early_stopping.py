@@ -5,33 +5,21 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
+from autoresearchd.calibration import MIN_CURVES, TARGET_LOSS, Calibration, calibrate
 from autoresearchd.config_loader import parse_config
-from autoresearchd.early_stopping import (
-    BINS,
-    MAX_LINE,
-    Bins,
-    Calibration,
-    EarlyStopping,
-    Judge,
-    LearningCurve,
-    Progress,
-    Sample,
-    bins_of,
-    calibrate,
-    make_judge,
-    parse_progress,
-    reference_of,
-)
+from autoresearchd.curves import BINS, Sample, bins_of
+from autoresearchd.early_stopping import EarlyStopping, Judge, LearningCurve, make_judge
 from autoresearchd.gpus import Gpus
 from autoresearchd.memory import open_memory
 from autoresearchd.models import Best, Candidate, Device, Result, Status
 from autoresearchd.outbox import Outbox
+from autoresearchd.progress import MAX_LINE, Progress, parse_progress
 from autoresearchd.publisher import Publisher
 from autoresearchd.report import results_table, status_text
 from autoresearchd.testing import FakeNvml, curve_script, write_workspace
@@ -150,91 +138,143 @@ def test_stored_curves_of_any_resolution_bin_alike() -> None:
 # -- the rule --------------------------------------------------------------------------------
 
 
-def curve_bins(final: float, *, bloom: float = 0.0, offset: float = 0.0) -> tuple[float, ...]:
-    """A curve that falls toward ``final``; a late bloomer sits ``bloom`` higher mid-run."""
+def curve_bins(
+    final: float, *, bloom: float = 0.0, offset: float = 0.0, amplitude: float = 1.0
+) -> tuple[float, ...]:
+    """A curve that falls toward ``final`` from ``amplitude`` above it; a late bloomer sits
+    ``bloom`` higher mid-run."""
     return tuple(
-        final + offset + 1.0 * (1 - (k + 0.5) / BINS) + bloom * math.sin(math.pi * k / BINS)
+        final + offset + amplitude * (1 - (k + 0.5) / BINS) + bloom * math.sin(math.pi * k / BINS)
         for k in range(BINS)
     )
 
 
-def track_history(*, bloomers: bool, seed: int = 3) -> list[Sample]:
-    """30 sources run twice each, seed noise 0.01; every fifth source a late bloomer."""
+def track_history(*, bloomers: bool, seed: int = 3, sources: int = 60) -> list[Sample]:
+    """``sources`` sources run twice each, seed noise 0.01, each its own rate of descent;
+    every fifth source a late bloomer."""
     rng = random.Random(seed)
     samples = []
-    for s in range(30):
-        quality = 1.0 + 0.02 * s
+    for s in range(sources):
+        quality, amplitude = 1.0 + 0.01 * s, rng.uniform(0.5, 1.5)
         bloom = 0.3 if bloomers and s % 5 == 0 else 0.0
         for run in range(2):
             noise = rng.gauss(0, 0.01)
-            bins = curve_bins(quality, bloom=bloom, offset=noise)
+            bins = tuple(
+                loss + rng.gauss(0, 0.005)
+                for loss in curve_bins(quality, bloom=bloom, offset=noise, amplitude=amplitude)
+            )
             samples.append(Sample(f"src{s}", bins, quality + noise, completed_at=s * 2 + run))
     return samples
 
 
-def judge_of(calibration: Calibration, incumbent: list[Bins]) -> Judge:
-    judge = make_judge(calibration, incumbent, random.Random(1))
+def judge_of(calibration: Calibration, incumbent: float) -> Judge:
+    judge = make_judge(calibration, incumbent, 2, random.Random(1))
     assert judge is not None
-    return Judge(judge.calibration, judge.reference, judge.runs, audit=False)
+    return Judge(judge.calibration, judge.incumbent, judge.runs, audit=False)
 
 
-def first_stop(judge: Judge, bins: tuple[float, ...]) -> int | None:
-    for k, loss in enumerate(bins):
-        if judge.verdict(k, loss, (k + 1) / BINS) is not None:
+def first_stop(judge: Judge, bins: Sequence[float | None]) -> int | None:
+    """The first bin the judge stops a run with this curve at (it sees bins up to there)."""
+    for k in range(BINS):
+        seen = (*bins[: k + 1], *(None,) * (BINS - k - 1))
+        if judge.verdict(seen, k, (k + 1) / BINS) is not None:
             return k
     return None
 
 
 def test_a_hopeless_run_is_stopped_on_a_calibrated_track() -> None:
-    history = track_history(bloomers=False)
-    calibration = calibrate(history, min_improvement=0.001)
+    calibration = calibrate(track_history(bloomers=False))
     assert calibration.on, calibration.reason
-    incumbent = [s.bins for s in history if s.sha256 == "src0"]
-    judge = judge_of(calibration, incumbent)
+    judge = judge_of(calibration, 1.0)
     stopped_at = first_stop(judge, curve_bins(2.5))
     assert stopped_at is not None and stopped_at <= 2
-    # A run as good as the incumbent, with its noise, is never stopped.
-    assert first_stop(judge, curve_bins(1.0, offset=0.01)) is None
+    verdict = judge.verdict(curve_bins(2.5), stopped_at, 0.15)
+    # Fitted on the best half, the prediction of a far worse run is conservative: still far
+    # behind.
+    assert verdict is not None and verdict.predicted > 1.3
+    assert verdict.lowest > verdict.threshold > 1.0
+    # A run as good as the incumbent, with its noise, runs on, whatever its descent.
+    for amplitude in (0.5, 1.0, 1.5):
+        assert first_stop(judge, curve_bins(1.0, offset=0.01, amplitude=amplitude)) is None
+    # One clearly worse is stopped, later or sooner.
+    assert first_stop(judge, curve_bins(1.3)) is not None
 
 
 def test_a_late_bloomer_on_a_calibrated_track_is_not_stopped() -> None:
-    history = track_history(bloomers=True)
-    calibration = calibrate(history, min_improvement=0.001)
+    calibration = calibrate(track_history(bloomers=True))
     assert calibration.on, calibration.reason
-    incumbent = [s.bins for s in history if s.sha256 == "src1"]
-    judge = judge_of(calibration, incumbent)
-    # Better than the incumbent at the end, 0.25 behind it mid-run: it runs on.
+    judge = judge_of(calibration, 1.05)
+    # Better than the incumbent at the end, 0.25 above its curve mid-run: it runs on.
     bloomer = curve_bins(1.0, bloom=0.3)
-    reference = [r or 0.0 for r in reference_of(incumbent)]
-    assert max(b - r for b, r in zip(bloomer, reference, strict=True)) > 0.2
+    incumbent = curve_bins(1.05)
+    assert max(b - i for b, i in zip(bloomer, incumbent, strict=True)) > 0.2
     assert first_stop(judge, bloomer) is None
     assert first_stop(judge, curve_bins(2.5)) is not None  # the hopeless still stop
 
 
+def test_at_most_the_target_share_of_fresh_improvements_is_stopped() -> None:
+    """The calibration's promise, checked on runs it never saw: of fresh runs drawn like the
+    stored ones that end below the incumbent, about TARGET_LOSS at most are stopped, even
+    with heavy-tailed noise on the curve."""
+    rng = random.Random(11)
+
+    def draw(n: int) -> list[Sample]:
+        samples = []
+        for i in range(0, n, 2):  # each source run twice
+            quality, amplitude = rng.uniform(1.0, 1.6), rng.uniform(0.5, 1.5)
+            for run in range(2):
+                final = quality + rng.gauss(0, 0.003)
+                bins = tuple(
+                    loss + 0.01 * rng.gauss(0, 1) / max(0.3, abs(rng.gauss(0, 1)))
+                    for loss in curve_bins(final, amplitude=amplitude)
+                )
+                samples.append(Sample(f"s{i}", bins, final, i + run))
+        return samples
+
+    calibration = calibrate(draw(300))
+    assert calibration.on, calibration.reason
+    incumbent = 1.15
+    judge = judge_of(calibration, incumbent)
+    fresh = draw(4000)
+    better = [s for s in fresh if s.final < incumbent]
+    stopped = sum(1 for s in better if first_stop(judge, s.bins) is not None)
+    assert len(better) > 500 and stopped / len(better) <= 2 * TARGET_LOSS
+    # And it earns its keep: most runs far behind are stopped.
+    worse = [s for s in fresh if s.final > 1.4]
+    assert sum(first_stop(judge, s.bins) is not None for s in worse) > 0.5 * len(worse)
+
+
 def test_a_track_whose_curves_do_not_predict_the_end_is_off() -> None:
     """Half the runs sit far behind until their warm-down, by more than the finals spread:
-    ranks before the end say nothing about it, so no bin is used."""
+    the curve before the end says nothing about it, so no bin is used."""
     rng = random.Random(5)
     history = []
-    for s in range(40):
+    for s in range(60):
         quality = 1.0 + 0.005 * s
-        behind = 1.0 if s % 2 else 0.0
+        behind = 1.0 if rng.random() < 0.5 else 0.0
         for run in range(2):
             noise = rng.gauss(0, 0.01)
             bins = tuple(
-                loss + (behind if k < BINS - 1 else 0.0)
+                loss + rng.gauss(0, 0.005) + (behind if k < BINS - 1 else 0.0)
                 for k, loss in enumerate(curve_bins(quality, offset=noise))
             )
             history.append(Sample(f"s{s}", bins, quality + noise, completed_at=2 * s + run))
-    calibration = calibrate(history, min_improvement=0.001)
+    calibration = calibrate(history)
     assert not calibration.on
     assert "do not predict" in calibration.reason
 
 
-def test_too_few_curves_leave_it_off() -> None:
-    calibration = calibrate(track_history(bloomers=False)[:20], min_improvement=0.001)
+def test_too_few_curves_or_no_seed_noise_leave_it_off() -> None:
+    history = track_history(bloomers=False)
+    calibration = calibrate(history[: MIN_CURVES - 2])
     assert not calibration.on and "needs" in calibration.reason
-    assert make_judge(calibration, [curve_bins(1.0)], random.Random(0)) is None
+    assert make_judge(calibration, 1.0, 1, random.Random(0)) is None
+    # Every run its own source: nothing measures the seed noise a stop must allow for.
+    lone = [
+        Sample(f"{s.sha256}-{i}", s.bins, s.final, s.completed_at) for i, s in enumerate(history)
+    ]
+    calibration = calibrate(lone)
+    assert not calibration.on and "seed noise" in calibration.reason
 
 
 def test_baselines_and_off_never_get_a_judge() -> None:

@@ -124,7 +124,8 @@ def test_reports_and_seed_spread_are_as_documented(curves: ModuleType) -> None:
 
 @pytest.mark.timeout(120)
 def test_the_benchmark_runs_the_powerlaw_family_through_the_rule() -> None:
-    tiny = ("--family", "powerlaw", "--seeds", "2", "--candidates", "80")
+    # Enough runs for the calibration to come on (100 finished curves) and stop some.
+    tiny = ("--family", "powerlaw", "--seeds", "2", "--candidates", "250")
     done = subprocess.run(
         [sys.executable, str(BENCHMARK), *tiny],
         capture_output=True,
@@ -143,5 +144,7 @@ def test_the_benchmark_runs_the_powerlaw_family_through_the_rule() -> None:
         r"\[powerlaw\] true improvements lost: \d+ of \d+ offered .*90% CI", done.stdout
     )
     assert re.search(r"off / auto \d+\.\d\dx \(90% CI \d+\.\d\d\.\.\d+\.\d\d", done.stdout)
+    assert re.search(r"\[powerlaw\] bound: an oracle .* off / oracle \d+\.\d\dx", done.stdout)
+    assert re.search(r"\[powerlaw\] stops by quarter of the budget: (\d+%, ){3}\d+%", done.stdout)
     assert lines[-1].startswith("worst family: GPU-hours per real improvement off / auto")
     assert "(powerlaw, goal 1.5x)" in lines[-1] and "scaling" not in done.stdout
