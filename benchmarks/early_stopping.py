@@ -6,11 +6,14 @@ by its own rule (:func:`~autoresearchd.calibration.calibrate` on the curves stor
 :func:`~autoresearchd.early_stopping.make_judge` against the incumbent's mean val_bpb).
 Nothing here reimplements the rule.
 
-Two landscape families, each reported on its own: ``scaling`` (below), and ``powerlaw``
+Three landscape families, each reported on its own: ``scaling`` (below); ``powerlaw``
 (``benchmarks/powerlaw_curves.py``: mixtures of the parametric learning-curve shapes of the
 curve-extrapolation literature under ``train.py``'s own schedule, with heavy-tailed,
 autocorrelated report noise, loss spikes and crashes; its formula was fixed before the rule
-was first run on it). The rule must meet its goal on every family.
+was first run on it); and ``heldout`` (``benchmarks/heldout_curves.py``: a compute-bound
+Chinchilla loss with a critical batch size under a cosine schedule, kept out of the rule's
+development and first run on the rule after it was fixed). The rule must meet its goal on
+every family.
 
 The ``scaling`` landscape (a loss model in the spirit of scaling laws, written alongside the
 rule's first version):
@@ -49,20 +52,23 @@ seed deviations, once the rule could first be on: what no rule that reads curves
 by much. Last, the worst family's ratio and loss share. Goal: ratio >= 1.5 with <= 5 % of
 true improvements lost, on every family.
 Usage: ``python benchmarks/early_stopping.py [--seeds N] [--candidates N]
-[--family all|scaling|powerlaw]`` (about three minutes on one core).
+[--family all|scaling|powerlaw|heldout]`` (about three minutes on one core).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import random
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 
-import powerlaw_curves  # a sibling script of this one
+import heldout_curves  # sibling scripts of this one
+import powerlaw_curves
 import structlog
 
 from autoresearchd.calibration import FIRST_BIN, MIN_CURVES, Calibration, calibrate
@@ -180,8 +186,11 @@ def simulate(landscape: Landscape, rng: random.Random, judge: Judge | None) -> R
     return Run(truth[-1] + offset, 1.0, curve.points())
 
 
-def simulate_powerlaw(theta: dict[str, float], rng: random.Random, judge: Judge | None) -> Run:
-    trace = powerlaw_curves.run(theta, rng)
+def simulate_traced(
+    family: ModuleType, theta: dict[str, float], rng: random.Random, judge: Judge | None
+) -> Run:
+    """One run of a family module that draws whole traces (``powerlaw``, ``heldout``)."""
+    trace = family.run(theta, rng)
     curve = LearningCurve(BUDGET_S, (lambda: judge) if judge is not None else None)
     fraction = 0.0
     for fraction, loss in trace.points:
@@ -189,8 +198,19 @@ def simulate_powerlaw(theta: dict[str, float], rng: random.Random, judge: Judge 
         if curve.stopped:
             return Run(None, fraction, curve.points(), stopped=True)
     if trace.final is None:  # crashed after its last report
-        return Run(None, min(1.0, fraction + 1 / powerlaw_curves.REPORTS), curve.points())
+        return Run(None, min(1.0, fraction + 1 / family.REPORTS), curve.points())
     return Run(trace.final, 1.0, curve.points())
+
+
+def traced(family: ModuleType) -> Family:
+    return Family(
+        family.NAME,
+        family.SPACE,
+        family.BASELINE,
+        family.SEED_SD,
+        family.true_final,
+        functools.partial(simulate_traced, family),
+    )
 
 
 @dataclass(frozen=True)
@@ -214,14 +234,8 @@ FAMILIES = {
         lambda t: math.inf if Landscape(t).diverges else Landscape(t).final(),
         lambda t, rng, judge: simulate(Landscape(t), rng, judge),
     ),
-    "powerlaw": Family(
-        "powerlaw",
-        powerlaw_curves.SPACE,
-        powerlaw_curves.BASELINE,
-        powerlaw_curves.SEED_SD,
-        powerlaw_curves.true_final,
-        simulate_powerlaw,
-    ),
+    "powerlaw": traced(powerlaw_curves),
+    "heldout": traced(heldout_curves),
 }
 
 
