@@ -66,7 +66,7 @@ PROBE_NAME = "sandbox_probe.py"
 PROBE_RESULT = "result.json"
 MAX_LINE_CHARS = 300
 GPU_NODES = "/dev/nvidia*"
-#: The runner's log file in the run directory (``runner.LOG_NAME``).
+#: The runner's log file in the run directory (``run_spec.LOG_NAME``).
 LOG_NAME = "run.log"
 #: Environment names that may hold credentials; they never reach a child.
 SECRET_ENV = re.compile(
@@ -75,7 +75,7 @@ SECRET_ENV = re.compile(
 
 Tool = Literal["bwrap", "unshare", "none"]
 Filesystem = Literal["read-only", "uid-permissions", "none"]
-#: Turns ``[python, script]`` into the command actually run (``runner.Wrap``).
+#: Turns ``[python, script]`` into the command actually run (``run_spec.Wrap``).
 Wrap = Callable[[Sequence[str]], list[str]]
 
 

@@ -64,7 +64,8 @@ from autoresearchd.promotion import (
 from autoresearchd.proposers import ProposalContext, Proposer, make_proposer
 from autoresearchd.publisher import Publisher
 from autoresearchd.records import Origin, build_result, failed_proposal, invalid_result, new_run_id
-from autoresearchd.runner import RunReport, RunSpec, run_experiment
+from autoresearchd.run_spec import RunSpec
+from autoresearchd.runner import RunReport, run_experiment
 from autoresearchd.sandbox import Sandbox, environment_failure
 from autoresearchd.sharing import Sharing
 from autoresearchd.standby import Key, Standby, opts_in

@@ -24,7 +24,8 @@ from structlog.testing import capture_logs
 from autoresearchd.config import Config, parse_config
 from autoresearchd.errors import ConfigError
 from autoresearchd.models import Candidate, Device
-from autoresearchd.runner import RunReport, RunSpec, run_experiment
+from autoresearchd.run_spec import RunSpec
+from autoresearchd.runner import RunReport, run_experiment
 from autoresearchd.sandbox import (
     Isolation,
     Sandbox,
