@@ -169,6 +169,7 @@ def breakdown(results: list[Result]) -> list[str]:
             f"  wall {wall:6.2f} s = gap {gap:5.2f} + run {b.duration_s:6.2f}: start-up waited"
             f" {startup:4.2f}, warm-up {warmup:4.2f}, training {training:6.2f},"
             f" eval {evaluation:4.2f}, other {other:4.2f}"
+            + (f"; {m['tokens_per_s']:,.0f} tokens/s" if "tokens_per_s" in m else "")
         )
     return lines
 
