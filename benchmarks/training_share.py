@@ -154,8 +154,8 @@ def spread(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
 def breakdown(results: list[Result]) -> list[str]:
     """Where each of runs 2..n spent the wall time since the previous run ended: the daemon's
     gap (one run's end to the next's go), the start-up it waited for, the script's own time
-    beyond training (warm-up, evaluation) and the rest of the run (the steps' printing, the
-    summary, the process's exit, the runner's reading of it)."""
+    beyond training (warm-up, evaluation) and the rest of the run ("other": a warm-up after
+    go, the steps' printing, the summary, the process's exit, the runner's reading of it)."""
     lines = []
     for a, b in itertools.pairwise(results):
         m = b.metrics
@@ -164,9 +164,11 @@ def breakdown(results: list[Result]) -> list[str]:
         startup = m.get("startup_seconds", 0.0)
         training = m.get("training_seconds", 0.0)
         warmup, evaluation = m.get("warmup_seconds", 0.0), m.get("eval_seconds", 0.0)
-        other = b.duration_s - startup - warmup - training - evaluation
+        # Holds the warm-up too where it ran after go (not train.py's on a CPU, done before).
+        other = b.duration_s - startup - training - evaluation
         lines.append(
-            f"  wall {wall:6.2f} s = gap {gap:5.2f} + run {b.duration_s:6.2f}: start-up waited"
+            f"  wall {wall:6.2f} s = gap {gap:5.2f} + run {b.duration_s:6.2f}: standby up"
+            f" {m.get('standby_seconds', 0.0):5.2f} before go, start-up waited"
             f" {startup:4.2f}, warm-up {warmup:4.2f}, training {training:6.2f},"
             f" eval {evaluation:4.2f}, other {other:4.2f}"
             + (f"; {m['tokens_per_s']:,.0f} tokens/s" if "tokens_per_s" in m else "")
