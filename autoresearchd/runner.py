@@ -10,7 +10,8 @@ outcome is read with :mod:`autoresearchd.summary` and judged here as ok, crash, 
 stopped; deciding keep/discard and publishing belong to the worker.
 
 Each run also gets a go socket (:mod:`autoresearchd.go_signal`). A run's time starts at go:
-at once for a process started here, or, for a standby that :func:`spawn` started earlier
+at once for a process started here, or, for a standby that
+:func:`~autoresearchd.run_process.spawn` started earlier
 (:mod:`autoresearchd.standby`), when it is handed to :func:`run_experiment`. The report
 gives the start-up the device waited for (``startup_s``, spawn or go to the script's ready)
 and how long a standby was started before its go (``standby_s``). :func:`prune_runs` keeps
