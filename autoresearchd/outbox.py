@@ -1,9 +1,13 @@
 """The durable outbox: every result lands on disk here before anything is sent.
 
-One JSON file per result, written to a temporary name, fsynced and renamed, so a
-result is either wholly in the outbox or not at all, across kill -9 and power loss.
-A file leaves the outbox only after the memory has acknowledged it; publishing is
-idempotent by result id, so a crash between the two only causes a harmless replay.
+One JSON file per result, written to a temporary name and renamed, so a result is
+either wholly in the outbox or not at all. :meth:`Outbox.put` returns once the file is in
+place, which already survives kill -9; the fsyncs that make it survive power loss too run
+in :meth:`Outbox.sync`, which the publisher calls at once beside the worker's next run
+(they are off the path between one run and the next) and which :meth:`Outbox.pending`
+runs first, so no result is sent before it is on disk. A file leaves the outbox only
+after the memory has acknowledged it; publishing is idempotent by result id, so a crash
+between the two only causes a harmless replay.
 Results the memory refuses for good move to ``failed/`` with the reason, never deleted;
 at start-up, those whose reason was transient (a full disk, a busy database) come back.
 
@@ -21,6 +25,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import secrets
 import threading
 import types
 import typing
@@ -82,6 +87,8 @@ class Outbox:
         # Entries that could be moved neither into failed/ nor read: skipped until restart.
         self._set_aside: dict[str, str] = {}
         self._lock = threading.RLock()
+        #: Files put in place whose fsyncs have not run yet.
+        self._unsynced: set[Path] = set()
         #: The latest reason the disk refused a write, while any result is held.
         self.last_error = ""
 
@@ -104,7 +111,7 @@ class Outbox:
         data = json.dumps(result.to_record(), sort_keys=True).encode()
         with self._lock:
             try:
-                write_atomically(path, data)
+                _write_unsynced(path, data)
             except OSError as exc:
                 self._held[result.id] = _Held(result)
                 self.last_error = _why(exc)
@@ -117,7 +124,47 @@ class Outbox:
                 )
                 return False
             self._held.pop(result.id, None)
+            self._unsynced.add(path)
         return True
+
+    def sync(self) -> int:
+        """Make what :meth:`put` wrote survive power loss (the files, then the folder);
+        returns how many files could not be synced yet (kept for the next call)."""
+        with self._lock:
+            paths, self._unsynced = self._unsynced, set()
+        if not paths:
+            return 0
+        failed: dict[Path, str] = {}
+        synced = []
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # published and removed meanwhile
+            except OSError as exc:
+                failed[path] = _why(exc)
+                continue
+            try:
+                os.fsync(fd)
+                synced.append(path)
+            except OSError as exc:
+                failed[path] = _why(exc)
+            finally:
+                os.close(fd)
+        try:
+            fsync_dir(self.root)
+        except OSError as exc:
+            failed.update((path, _why(exc)) for path in synced)
+        if failed:
+            with self._lock:
+                self._unsynced.update(failed)
+            log.warning("outbox_sync_failed", files=len(failed), error=next(iter(failed.values())))
+        return len(failed)
+
+    def unsynced(self) -> int:
+        """How many files :meth:`sync` still has to make durable."""
+        with self._lock:
+            return len(self._unsynced)
 
     def spill(self) -> int:
         """Write held results to disk, oldest first; returns how many are still held."""
@@ -136,7 +183,9 @@ class Outbox:
         return remaining
 
     def pending(self) -> list[Result]:
-        """Every queued result, oldest completion first; unreadable files move to failed/."""
+        """Every queued result, oldest completion first; unreadable files move to failed/.
+        Synced first: what the caller sends is on disk."""
+        self.sync()
         results = []
         for path in sorted(self.root.glob(f"*{_SUFFIX}")):
             if path.name in self._set_aside:
@@ -175,11 +224,13 @@ class Outbox:
         path = self._path(result_id)
         with self._lock:
             self._held.pop(result_id, None)
-            try:
-                path.unlink(missing_ok=True)
-                fsync_dir(self.root)
-            except OSError as exc:  # it stays, and is replayed: publishing is idempotent
-                log.warning("outbox_remove_failed", file=str(path), error=_why(exc))
+            self._unsynced.discard(path)
+        try:
+            path.unlink(missing_ok=True)
+            # Outside the lock: a worker's put must not wait for this fsync.
+            fsync_dir(self.root)
+        except OSError as exc:  # it stays, and is replayed: publishing is idempotent
+            log.warning("outbox_remove_failed", file=str(path), error=_why(exc))
 
     def fail(self, result_id: str, reason: str) -> None:
         """Park a result the memory refused for good, with the reason beside it."""
@@ -244,6 +295,25 @@ class Outbox:
         if not _safe_id(result_id):
             raise RunError("result id is not a safe file name", run_id=result_id)
         return self.root / f"{result_id}{_SUFFIX}"
+
+
+def _write_unsynced(path: Path, data: bytes) -> None:
+    """``data`` at ``path`` whole or not at all (a temporary name, then a rename), left
+    for :meth:`Outbox.sync` to make durable."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):  # the folder is gone or unwritable: no file left
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def _safe_id(result_id: str) -> bool:

@@ -6,7 +6,9 @@ the outbox and call :meth:`Publisher.notify`. Only transient failures are retrie
 capped exponential backoff that honours a server's ``Retry-After``. Every retry is
 logged; a permanent refusal parks the result in ``outbox/failed`` instead of losing it.
 Alongside, it keeps trying to write results the disk refused (held in memory by the
-outbox) every ``SPILL_S``, so they are safe on disk again soon after space returns.
+outbox) every ``SPILL_S``, so they are safe on disk again soon after space returns, and it
+runs the outbox's fsyncs as soon as a worker queues a result, even while a publish is
+retrying: the worker's next run starts meanwhile instead of waiting for the disk.
 """
 
 from __future__ import annotations
@@ -54,18 +56,21 @@ class Publisher:
         self.memory = memory
         self._wait = jittered_wait(min_backoff_s, max_backoff_s)
         self._wake = anyio.Event()
+        self._sync_wake = anyio.Event()
         # One drain at a time: the final flush must not race the serving loop's drain.
         self._draining = anyio.Lock()
         self.best_bpb: float | None = None
 
     def notify(self) -> None:
-        """A worker queued a result: drain soon."""
+        """A worker queued a result: make it durable now, and drain soon."""
         self._wake.set()
+        self._sync_wake.set()
 
     async def serve(self) -> None:
         """Drain forever; the caller cancels this task to stop it."""
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self._spill_forever)
+            tasks.start_soon(self._sync_forever)
             while True:
                 await self.drain()
                 with anyio.move_on_after(POLL_S):
@@ -79,11 +84,18 @@ class Publisher:
                 await anyio.to_thread.run_sync(self.outbox.spill)
             await anyio.sleep(SPILL_S)
 
+    async def _sync_forever(self) -> None:
+        while True:
+            await self._sync_wake.wait()
+            self._sync_wake = anyio.Event()
+            await anyio.to_thread.run_sync(self.outbox.sync)
+
     async def flush(self, timeout_s: float) -> bool:
         """Drain within ``timeout_s``; True when nothing is left, on disk or in memory."""
         with anyio.move_on_after(timeout_s):
             await self.drain()
         await anyio.to_thread.run_sync(self.outbox.spill)
+        await anyio.to_thread.run_sync(self.outbox.sync)
         depth = await anyio.to_thread.run_sync(self.outbox.depth)
         return depth == 0 and not self.outbox.held_count()
 

@@ -48,7 +48,7 @@ UID_INSTANCES = 4096
 #: Where daemons on one host claim their uid blocks (root only: only root changes uid).
 UID_LOCK_DIR = Path("/run/autoresearchd/sandbox-uids")
 GPU_NODES = "/dev/nvidia*"
-#: The runner's log file in the run directory (``runner.LOG_NAME``).
+#: The runner's log file in the run directory (``run_spec.LOG_NAME``).
 LOG_NAME = "run.log"
 #: Environment names that may hold credentials; they never reach a child.
 SECRET_ENV = re.compile(
@@ -57,7 +57,7 @@ SECRET_ENV = re.compile(
 
 Tool = Literal["bwrap", "unshare", "none"]
 Filesystem = Literal["read-only", "uid-permissions", "none"]
-#: Turns ``[python, script]`` into the command actually run (``runner.Wrap``).
+#: Turns ``[python, script]`` into the command actually run (``run_spec.Wrap``).
 Wrap = Callable[[Sequence[str]], list[str]]
 
 

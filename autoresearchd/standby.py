@@ -33,7 +33,9 @@ import structlog
 from autoresearchd.config import ExperimentConfig
 from autoresearchd.errors import RunError
 from autoresearchd.models import Device
-from autoresearchd.runner import RunReport, RunSpec, Started, prepare_run_dir, spawn
+from autoresearchd.run_process import Started, prepare_run_dir, spawn
+from autoresearchd.run_spec import RunSpec
+from autoresearchd.runner import RunReport
 
 log = structlog.get_logger(__name__)
 

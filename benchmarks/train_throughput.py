@@ -249,8 +249,9 @@ def training_share(budget_s: float, runs: int, *, today_first: bool = False) -> 
         for name, script in variants.items():
             share, results = bench.measure(script, budget_s, runs, gpu=False, data_dir=data)
             bench.report(name, share, results)
-            evals = [r.metrics.get("eval_seconds", 0.0) for r in results[1:]]
-            print(f"         eval_seconds: {', '.join(f'{e:.2f}' for e in evals)}")
+            rates = [r.metrics.get("tokens_per_s", 0.0) for r in results[1:]]
+            # A standby that took cores from the run beside it would show here.
+            print(f"         tokens/s min / median / max: {bench.spread(rates, digits=0)}")
             shares[name] = share
     print(f"share_ratio = {shares['standby'].fraction / shares['today'].fraction:.3f}")
     return 0

@@ -134,6 +134,48 @@ def measure(
     return steady_share(results), results
 
 
+def per_run_shares(results: list[Result]) -> list[float]:
+    """Each of runs 2..n: its training seconds over the wall time since the previous run ended."""
+    return [
+        b.metrics.get("training_seconds", 0.0) / (b.completed_at - a.completed_at)
+        for a, b in itertools.pairwise(results)
+        if b.completed_at > a.completed_at
+    ]
+
+
+def spread(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    """``min / median / max`` of ``values``, each times ``scale``."""
+    if not values:
+        return "-"
+    shown = (min(values), statistics.median(values), max(values))
+    return " / ".join(f"{v * scale:.{digits}f}" for v in shown)
+
+
+def breakdown(results: list[Result]) -> list[str]:
+    """Where each of runs 2..n spent the wall time since the previous run ended: the daemon's
+    gap (one run's end to the next's go), the start-up it waited for, the script's own time
+    beyond training (warm-up, evaluation) and the rest of the run ("other": a warm-up after
+    go, the steps' printing, the summary, the process's exit, the runner's reading of it)."""
+    lines = []
+    for a, b in itertools.pairwise(results):
+        m = b.metrics
+        wall = b.completed_at - a.completed_at
+        gap = b.started_at - a.completed_at
+        startup = m.get("startup_seconds", 0.0)
+        training = m.get("training_seconds", 0.0)
+        warmup, evaluation = m.get("warmup_seconds", 0.0), m.get("eval_seconds", 0.0)
+        # Holds the warm-up too where it ran after go (not train.py's on a CPU, done before).
+        other = b.duration_s - startup - training - evaluation
+        lines.append(
+            f"  wall {wall:6.2f} s = gap {gap:5.2f} + run {b.duration_s:6.2f}: standby up"
+            f" {m.get('standby_seconds', 0.0):5.2f} before go, start-up waited"
+            f" {startup:4.2f}, warm-up {warmup:4.2f}, training {training:6.2f},"
+            f" eval {evaluation:4.2f}, other {other:4.2f}"
+            + (f"; {m['tokens_per_s']:,.0f} tokens/s" if "tokens_per_s" in m else "")
+        )
+    return lines
+
+
 def report(name: str, share: Share, results: list[Result]) -> None:
     startups = [r.metrics.get("startup_seconds") for r in results[1:]]
     shown = ", ".join("-" if s is None else f"{s:.2f}" for s in startups)
@@ -144,6 +186,9 @@ def report(name: str, share: Share, results: list[Result]) -> None:
         f" of {share.wall_s:8.2f} s over {share.runs} runs  (startup_seconds: {shown};"
         f" median gap {gap:.0f} ms)"
     )
+    print(f"         per run: share min / median / max {spread(per_run_shares(results), 100)} %")
+    for line in breakdown(results):
+        print(line)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 none to a full disk or a bad file."""
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,6 +53,34 @@ def test_put_then_pending_round_trips_every_field(outbox: Outbox) -> None:
     outbox.put(result)
     assert outbox.pending() == [result]
     assert outbox.depth() == 1
+
+
+def test_put_leaves_the_fsyncs_to_sync_and_pending_runs_them_first(outbox: Outbox) -> None:
+    outbox.put(make_result("r1"))
+    outbox.put(make_result("r2"))
+    assert outbox.unsynced() == 2
+    assert json.loads((outbox.root / "r1.json").read_text())["id"] == "r1"
+    assert outbox.sync() == 0 and outbox.unsynced() == 0
+    outbox.put(make_result("r3"))
+    assert [r.id for r in outbox.pending()] == ["r1", "r2", "r3"]
+    assert outbox.unsynced() == 0, "nothing is handed out for sending before it is on disk"
+
+
+def test_sync_skips_a_result_removed_before_it_and_keeps_what_it_could_not_sync(
+    outbox: Outbox,
+) -> None:
+    outbox.put(make_result("r1"))
+    outbox.remove("r1")
+    assert outbox.unsynced() == 0 and outbox.sync() == 0
+    outbox.put(make_result("r2"))
+    entry = outbox.root / "r2.json"
+    entry.unlink()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(entry))  # a path that open() refuses (ENXIO)
+        with capture_logs() as logs:
+            assert outbox.sync() == 1
+    assert outbox.unsynced() == 1, "kept for the next sync"
+    assert [e["event"] for e in logs] == ["outbox_sync_failed"]
 
 
 def test_pending_is_ordered_by_completion(outbox: Outbox) -> None:

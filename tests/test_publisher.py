@@ -101,6 +101,30 @@ async def test_a_full_database_is_retried_and_never_parked(
     assert outbox.depth() == 0 and not any(e["event"] == "publish_failed" for e in logs)
 
 
+async def test_a_queued_result_is_synced_at_once_while_a_publish_retries(
+    memory: SqliteMemory, tmp_path: Path
+) -> None:
+    outbox = opened_outbox(tmp_path / "outbox")
+    outbox.put(make_result(train_py=BIG_SOURCE))
+    cap(memory)  # every publish is refused as transient, and retried
+    publisher = quick(outbox, memory)
+    with capture_logs() as logs:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(publisher.serve)
+            with anyio.fail_after(30):
+                while not any(e["event"] == "publish_retry" for e in logs):  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+                second = make_result(train_py=BIG_SOURCE + "# two\n")
+                outbox.put(second)
+                assert outbox.unsynced() == 1
+                publisher.notify()
+                while outbox.unsynced():  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            tasks.cancel_scope.cancel()
+    uncap(memory)
+    assert outbox.depth() == 2
+
+
 async def test_flush_is_false_while_a_result_exists_only_in_memory(
     small_disk: SmallFilesystem, memory: SqliteMemory
 ) -> None:

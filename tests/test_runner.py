@@ -19,13 +19,9 @@ from structlog.testing import capture_logs
 from autoresearchd.config import ExperimentConfig
 from autoresearchd.errors import RunError
 from autoresearchd.models import KNOWN_METRICS, Candidate, Device
-from autoresearchd.runner import (
-    RunReport,
-    RunSpec,
-    last_error_line,
-    prune_runs,
-    run_experiment,
-)
+from autoresearchd.run_output import last_error_line
+from autoresearchd.run_spec import RunSpec
+from autoresearchd.runner import RunReport, prune_runs, run_experiment
 from autoresearchd.testing import (
     ENV_FILE,
     PIDS_FILE,

@@ -25,7 +25,8 @@ from autoresearchd.config import Config
 from autoresearchd.config_loader import parse_config
 from autoresearchd.errors import ConfigError
 from autoresearchd.models import Candidate, Device
-from autoresearchd.runner import RunReport, RunSpec, run_experiment
+from autoresearchd.run_spec import RunSpec
+from autoresearchd.runner import RunReport, run_experiment
 from autoresearchd.sandbox import Isolation, Sandbox, scrub_env
 from autoresearchd.sandbox_probe import open_sandbox, probe
 

@@ -19,8 +19,10 @@ from autoresearchd.daemon import Daemon
 from autoresearchd.memory.sqlite import SqliteMemory
 from autoresearchd.models import Device, Result
 from autoresearchd.records import Origin, build_result
-from autoresearchd.runner import RunReport, RunSpec, run_experiment, spawn
-from autoresearchd.runner import prepare_run_dir as prepare
+from autoresearchd.run_process import prepare_run_dir as prepare
+from autoresearchd.run_process import spawn
+from autoresearchd.run_spec import RunSpec
+from autoresearchd.runner import RunReport, run_experiment
 from autoresearchd.sandbox_probe import probe
 from autoresearchd.standby import STANDBY_NICENESS, Key, Standby, opts_in
 from autoresearchd.testing import ok_script

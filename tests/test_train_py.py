@@ -166,6 +166,34 @@ def train_module() -> ModuleType:
     return module
 
 
+def test_on_cpu_the_warm_up_is_done_before_the_go_wait(
+    train_module: ModuleType, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CPU holds no accelerator, so a standby warms up before its turn; the run after go
+    trains from the same restored weights as ever."""
+    calls: list[str] = []
+    warm_up = train_module.warm_up
+
+    def recorded_warm_up(trainer: object, steps: int) -> tuple[float, float]:
+        calls.append("warm_up")
+        return warm_up(trainer, steps)  # type: ignore[no-any-return]
+
+    def recorded_wait() -> float:
+        calls.append("wait_for_go")
+        return 0.0
+
+    monkeypatch.setattr(train_module, "warm_up", recorded_warm_up)
+    monkeypatch.setattr(train_module, "wait_for_go", recorded_wait)
+    env = {
+        "AUTORESEARCH_DEVICE": "cpu",
+        "AUTORESEARCH_TIME_BUDGET": "0.3",
+        "AUTORESEARCH_DATA_DIR": str(data_dir),
+    }
+    summary = train_module.run(train_module.read_settings(env))
+    assert calls == ["warm_up", "wait_for_go"]
+    assert summary["warmup_seconds"] > 0 and summary["num_steps"] >= 1
+
+
 def test_eager_adamw_matches_torch_adamw(train_module: ModuleType) -> None:
     import torch
 

@@ -3,7 +3,8 @@
 The daemon may start a run's process before the device is free (a standby) and tell it when
 to begin. It passes an inherited stream socket whose number is in ``AUTORESEARCH_GO_FD``. A
 script that wants its start-up hidden does its initialisation (imports, data, the device's
-context), then calls :func:`wait_for_go`: it says it is ready, blocks until the go byte
+context; on a CPU, where no accelerator is held, warm-up steps too), then calls
+:func:`wait_for_go`: it says it is ready, blocks until the go byte
 arrives and returns the seconds it waited. Without the variable, or with a socket that is
 no longer there, it returns at once, so the same script runs alone as it always did. When
 the daemon drops the standby instead (the best moved, the config changed, it is shutting

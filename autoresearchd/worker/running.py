@@ -26,7 +26,8 @@ from autoresearchd.health import FlapDetector
 from autoresearchd.judging import plausible
 from autoresearchd.models import Candidate, Result
 from autoresearchd.records import build_result, new_run_id
-from autoresearchd.runner import RunReport, RunSpec, run_experiment
+from autoresearchd.run_spec import RunSpec
+from autoresearchd.runner import RunReport, run_experiment
 from autoresearchd.sandbox import environment_failure
 from autoresearchd.standby import Key, Standby, opts_in
 from autoresearchd.worker.best import BestView
