@@ -10,6 +10,10 @@ it can forget the rename itself. The outbox, which must never lose a result, nee
 the few other files written this way (prepared data, an API key) are written rarely
 enough that the cost does not matter, and a truncated ``meta.json`` or key would be as
 bad there. Any failure removes the temporary file and raises the :class:`OSError`.
+
+With ``durable=False`` it skips both fsyncs: the file is still whole or absent across a
+kill -9, and the caller makes it survive power loss later (the outbox does, off the path
+between runs, before it sends anything) with :func:`fsync_file` and :func:`fsync_dir`.
 """
 
 from __future__ import annotations
@@ -23,11 +27,14 @@ from pathlib import Path
 TMP_SUFFIX = ".tmp"
 
 
-def write_atomically(path: Path, data: bytes, *, mode: int = 0o644, replace: bool = True) -> None:
+def write_atomically(
+    path: Path, data: bytes, *, mode: int = 0o644, replace: bool = True, durable: bool = True
+) -> None:
     """``data`` at ``path`` whole or not at all, and durable once this returns.
 
     ``mode`` is the new file's permissions (before the umask); with ``replace=False`` an
-    existing ``path`` is left alone and :class:`FileExistsError` raised.
+    existing ``path`` is left alone and :class:`FileExistsError` raised; with
+    ``durable=False`` the fsyncs are left to the caller.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
     try:
@@ -36,7 +43,8 @@ def write_atomically(path: Path, data: bytes, *, mode: int = 0o644, replace: boo
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         if replace:
@@ -44,11 +52,21 @@ def write_atomically(path: Path, data: bytes, *, mode: int = 0o644, replace: boo
         else:
             os.link(tmp, path)
             tmp.unlink()
-        fsync_dir(path.parent)
+        if durable:
+            fsync_dir(path.parent)
     except OSError:
         with contextlib.suppress(OSError):  # the folder is gone or unwritable: no file left
             tmp.unlink(missing_ok=True)
         raise
+
+
+def fsync_file(path: Path) -> None:
+    """Persist the contents of the file at ``path``."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:

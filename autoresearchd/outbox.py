@@ -25,7 +25,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import secrets
 import threading
 import types
 import typing
@@ -37,7 +36,7 @@ from typing import Any
 import structlog
 
 from autoresearchd.errors import RunError
-from autoresearchd.fsutil import TMP_SUFFIX, fsync_dir, write_atomically
+from autoresearchd.fsutil import TMP_SUFFIX, fsync_dir, fsync_file, write_atomically
 from autoresearchd.models import Result, Status
 
 log = structlog.get_logger(__name__)
@@ -111,7 +110,7 @@ class Outbox:
         data = json.dumps(result.to_record(), sort_keys=True).encode()
         with self._lock:
             try:
-                _write_unsynced(path, data)
+                write_atomically(path, data, durable=False)
             except OSError as exc:
                 self._held[result.id] = _Held(result)
                 self.last_error = _why(exc)
@@ -138,19 +137,12 @@ class Outbox:
         synced = []
         for path in paths:
             try:
-                fd = os.open(path, os.O_RDONLY)
+                fsync_file(path)
+                synced.append(path)
             except FileNotFoundError:
                 continue  # published and removed meanwhile
             except OSError as exc:
                 failed[path] = _why(exc)
-                continue
-            try:
-                os.fsync(fd)
-                synced.append(path)
-            except OSError as exc:
-                failed[path] = _why(exc)
-            finally:
-                os.close(fd)
         try:
             fsync_dir(self.root)
         except OSError as exc:
@@ -295,25 +287,6 @@ class Outbox:
         if not _safe_id(result_id):
             raise RunError("result id is not a safe file name", run_id=result_id)
         return self.root / f"{result_id}{_SUFFIX}"
-
-
-def _write_unsynced(path: Path, data: bytes) -> None:
-    """``data`` at ``path`` whole or not at all (a temporary name, then a rename), left
-    for :meth:`Outbox.sync` to make durable."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):  # the folder is gone or unwritable: no file left
-            tmp.unlink(missing_ok=True)
-        raise
 
 
 def _safe_id(result_id: str) -> bool:

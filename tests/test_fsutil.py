@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearchd.fsutil import TMP_SUFFIX, write_atomically
+from autoresearchd.fsutil import TMP_SUFFIX, fsync_file, write_atomically
 from autoresearchd.outbox import Outbox
 
 
@@ -55,6 +55,12 @@ def test_data_and_then_the_new_name_reach_the_disk_before_it_returns(
     monkeypatch.setattr(os, "replace", replace)
     write_atomically(tmp_path / "r.json", b"{}")
     assert events == ["fsync-file", "rename", "fsync-dir"]
+    events.clear()
+    write_atomically(tmp_path / "s.json", b"{}", durable=False)
+    assert events == ["rename"], "the caller syncs later"
+    fsync_file(tmp_path / "s.json")
+    assert events == ["rename", "fsync-file"]
+    assert (tmp_path / "s.json").read_bytes() == b"{}"
 
 
 def test_the_outbox_clears_a_write_that_a_kill_interrupted(tmp_path: Path) -> None:
