@@ -62,15 +62,15 @@ def write_atomically(
 
 def fsync_file(path: Path) -> None:
     """Persist the contents of the file at ``path``."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync(path)
 
 
 def fsync_dir(path: Path) -> None:
     """Persist the names in folder ``path``: without this, a power cut can forget a rename."""
+    _fsync(path)
+
+
+def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
