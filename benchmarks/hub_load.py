@@ -9,8 +9,8 @@ when it was due, so a hub that falls behind shows it in p99 instead of slowing t
    real client (:class:`~autoresearchd.memory.ensue_client.EnsueMemory`) against an in-process
    hub on a scratch SQLite file: a mix of claim (20%), publish of a keep result (20%),
    best read (30%), a list of 50 claims (15%) and a search (15%), or with ``--write-heavy``
-   claims and publishes (40% each) among fewer reads. Every HTTP request is recorded;
-   requests per logical operation are counted here.
+   claims and publishes (40% each) among fewer reads, or with ``--writes-only`` nothing
+   else. Every HTTP request is recorded; requests per logical operation are counted here.
 2. **Ceiling.** A trivial Starlette endpoint (it reads the body and answers a fixed
    JSON-RPC reply) under the same uvicorn settings as ``hub serve``, loaded closed-loop
    to find its top rate, then paced at the request rate the hub will be offered, for its
@@ -76,6 +76,8 @@ TRACK = "synthetic"
 URL = "http://hub.bench/"
 MIX = (("claim", 0.20), ("publish", 0.20), ("best", 0.30), ("list", 0.15), ("search", 0.15))
 WRITE_HEAVY = (("claim", 0.4), ("publish", 0.4), ("best", 0.1), ("list", 0.05), ("search", 0.05))
+#: Only the writes, so what a commit costs is not hidden behind what a search does.
+WRITES_ONLY = (("claim", 0.5), ("publish", 0.5))
 #: Runs ``hub serve`` with the package first found in ``paths`` (none: this one) and the
 #: SQLite store's settings patched, for the comparisons only: ``synchronous = NORMAL``
 #: (a hub itself always commits with ``FULL``), or a commit per write instead of groups.
@@ -510,7 +512,7 @@ def fresh_schema(url: str, name: str) -> str:
 
 def benchmark(folder: Path, args: argparse.Namespace, pg_url: str) -> None:
     started = time.monotonic()
-    mix = WRITE_HEAVY if args.write_heavy else MIX
+    mix = WRITES_ONLY if args.writes_only else WRITE_HEAVY if args.write_heavy else MIX
     recording = anyio.run(record, folder, args.agents, args.ops, args.seed, mix)
     print(
         f"recorded {len(recording.requests)} requests for {recording.ops} operations"
@@ -607,6 +609,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--write-heavy", action="store_true", help="claims and publishes, 80%%")
+    parser.add_argument("--writes-only", action="store_true", help="claims and publishes only")
     parser.add_argument(
         "--compare-tree",
         default="",
