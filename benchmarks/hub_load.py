@@ -9,17 +9,19 @@ when it was due, so a hub that falls behind shows it in p99 instead of slowing t
    real client (:class:`~autoresearchd.memory.ensue_client.EnsueMemory`) against an in-process
    hub on a scratch SQLite file: a mix of claim (20%), publish of a keep result (20%),
    best read (30%), a list of 50 claims (15%) and a search (15%), or with ``--write-heavy``
-   claims and publishes (40% each) among fewer reads. Every HTTP request is recorded;
-   requests per logical operation are counted here.
+   claims and publishes (40% each) among fewer reads, or with ``--writes-only`` nothing
+   else. Every HTTP request is recorded; requests per logical operation are counted here.
 2. **Ceiling.** A trivial Starlette endpoint (it reads the body and answers a fixed
    JSON-RPC reply) under the same uvicorn settings as ``hub serve``, loaded closed-loop
    to find its top rate, then paced at the request rate the hub will be offered, for its
    CPU per request.
 3. **Hub.** For each setup (SQLite with one process, committing with ``synchronous =
-   FULL`` as a hub does and, for comparison, ``NORMAL``; PostgreSQL with one and with
-   ``--replicas`` processes on one database; each a fresh database in the recording's
-   starting state), ``hub serve`` gets the recording at ``--rate`` operations per second.
-   The hub's CPU time is read from ``/proc`` before and after.
+   FULL`` in groups as a hub does and, for comparison, with ``NORMAL``, with a commit per
+   write, and with the package of ``--compare-tree`` (a checkout of another commit);
+   PostgreSQL with one and with ``--replicas`` processes on one database; each a fresh
+   database in the recording's starting state), ``hub serve`` gets the recording at
+   ``--rate`` operations per second. The hub's CPU time is read from ``/proc`` before and
+   after.
 
 A replay is not a client: the requests of one publish do not wait on each other's
 replies, so a compare-and-set can miss where the recording won (counted as JSON-RPC
@@ -28,10 +30,13 @@ errors and printed, with the recording's own count beside it).
     python benchmarks/hub_load.py --rate 2000 --ops 8000 --replicas 2
     python benchmarks/hub_load.py --skip-postgres --rate 1000
     python benchmarks/hub_load.py --skip-postgres --write-heavy --rate 300 --ops 3000
+    git worktree add /tmp/before HEAD~1 && python benchmarks/hub_load.py --skip-postgres \
+        --write-heavy --compare-tree /tmp/before
 
 Last, as ratios: the hub's CPU per operation against the trivial endpoint's per request,
-each PostgreSQL setup's throughput against SQLite's, and what durable SQLite commits
-(``FULL``) cost against ``NORMAL``: throughput and p99.
+each PostgreSQL setup's throughput against SQLite's, what durable SQLite commits
+(``FULL``) cost against ``NORMAL``, and group commit against a commit per write (and against
+``--compare-tree``): throughput and p99.
 """
 
 from __future__ import annotations
@@ -71,12 +76,18 @@ TRACK = "synthetic"
 URL = "http://hub.bench/"
 MIX = (("claim", 0.20), ("publish", 0.20), ("best", 0.30), ("list", 0.15), ("search", 0.15))
 WRITE_HEAVY = (("claim", 0.4), ("publish", 0.4), ("best", 0.1), ("list", 0.05), ("search", 0.05))
-#: Runs ``hub serve`` with the SQLite store's commits at ``synchronous = NORMAL``, for the
-#: comparison only: a hub itself always commits with ``FULL``.
-NORMAL_SYNC_HUB = (
-    "import runpy, sys; import autoresearchd.hub.storage.sqlite as s; s.SYNCHRONOUS = 'NORMAL';"
-    " sys.argv[0] = 'autoresearchd'; runpy.run_module('autoresearchd', run_name='__main__')"
+#: Only the writes, so what a commit costs is not hidden behind what a search does.
+WRITES_ONLY = (("claim", 0.5), ("publish", 0.5))
+#: Runs ``hub serve`` with the package first found in ``paths`` (none: this one) and the
+#: SQLite store's settings patched, for the comparisons only: ``synchronous = NORMAL``
+#: (a hub itself always commits with ``FULL``), or a commit per write instead of groups.
+PATCHED_HUB = (
+    "import runpy, sys; sys.path[:0] = {paths!r}; import autoresearchd.hub.storage.sqlite as s;"
+    " {patch}; sys.argv[0] = 'autoresearchd';"
+    " runpy.run_module('autoresearchd', run_name='__main__')"
 )
+NORMAL_SYNC = "s.SYNCHRONOUS = 'NORMAL'"
+COMMIT_PER_WRITE = "s.GROUP_LIMIT = 1"
 UNLIMITED = {
     "rate_limit_per_s": 1e9,
     "rate_limit_burst": 10**9,
@@ -415,7 +426,7 @@ def servers(commands: list[list[str]], ports: list[int]) -> Iterator[list[int]]:
 
 
 def hub_commands(
-    folder: Path, database: str, replicas: int, synchronous: str = "FULL"
+    folder: Path, database: str, replicas: int, patch: str = "", tree: str = ""
 ) -> tuple[list[list[str]], list[int]]:
     commands, ports = [], []
     for i in range(replicas):
@@ -427,7 +438,10 @@ def hub_commands(
             f'listen_port = {port}\norg = "{ORG}"\ndatabase = "{database}"\n{limits}'
             "require_email = false\nreplicates = 0\n"
         )
-        start = ["-c", NORMAL_SYNC_HUB] if synchronous == "NORMAL" else ["-m", "autoresearchd"]
+        start = ["-m", "autoresearchd"]
+        if patch or tree:
+            paths = [tree] if tree else []
+            start = ["-c", PATCHED_HUB.format(paths=paths, patch=patch or "pass")]
         commands.append([sys.executable, *start, "hub", "serve", "--config", str(config)])
         ports.append(port)
     return commands, ports
@@ -498,7 +512,7 @@ def fresh_schema(url: str, name: str) -> str:
 
 def benchmark(folder: Path, args: argparse.Namespace, pg_url: str) -> None:
     started = time.monotonic()
-    mix = WRITE_HEAVY if args.write_heavy else MIX
+    mix = WRITES_ONLY if args.writes_only else WRITE_HEAVY if args.write_heavy else MIX
     recording = anyio.run(record, folder, args.agents, args.ops, args.seed, mix)
     print(
         f"recorded {len(recording.requests)} requests for {recording.ops} operations"
@@ -521,27 +535,32 @@ def benchmark(folder: Path, args: argparse.Namespace, pg_url: str) -> None:
         # Closed loop (everything due at once) finds the ceiling; then the same pace as the hub.
         ceiling = wrk("trivial, closed loop", requests, [port], pids, 1e9, args.connections, total)
         paced = wrk("trivial, paced", requests, [port], pids, request_rate, args.connections, total)
-    loads = []
-    setups: list[tuple[str, str, int, str]] = [
-        ("SQLite, 1 process", str(folder / "hub.sqlite"), 1, "FULL"),
-        ("SQLite NORMAL, 1 process", str(folder / "hub_normal.sqlite"), 1, "NORMAL"),
+    loads: list[Load] = []
+    setups: list[tuple[str, str, int, str, str]] = [
+        ("SQLite, 1 process", str(folder / "hub.sqlite"), 1, "", ""),
+        ("SQLite NORMAL, 1 process", str(folder / "hub_normal.sqlite"), 1, NORMAL_SYNC, ""),
+        ("SQLite, a commit per write", str(folder / "hub_single.sqlite"), 1, COMMIT_PER_WRITE, ""),
     ]
+    if args.compare_tree:
+        tree = str(Path(args.compare_tree).resolve())
+        setups.append((f"SQLite, code of {tree}", str(folder / "hub_tree.sqlite"), 1, "", tree))
     if pg_url:
         tag = uuid.uuid4().hex[:8]
-        setups.append(("PostgreSQL, 1 process", fresh_schema(pg_url, f"b1_{tag}"), 1, ""))
+        setups.append(("PostgreSQL, 1 process", fresh_schema(pg_url, f"b1_{tag}"), 1, "", ""))
         setups.append(
             (
                 f"PostgreSQL, {args.replicas} replicas",
                 fresh_schema(pg_url, f"b{args.replicas}_{tag}"),
                 args.replicas,
                 "",
+                "",
             )
         )
-    for label, database, replicas, synchronous in setups:
+    for label, database, replicas, patch, tree in setups:
         anyio.run(_prepare, database, args.agents)
         place = folder / f"setup{len(loads)}"
         place.mkdir(parents=True)
-        commands, ports = hub_commands(place, database, replicas, synchronous)
+        commands, ports = hub_commands(place, database, replicas, patch, tree)
         with servers(commands, ports) as pids:
             loads.append(wrk(label, requests, ports, pids, request_rate, args.connections, total))
 
@@ -551,16 +570,26 @@ def benchmark(folder: Path, args: argparse.Namespace, pg_url: str) -> None:
     for load in loads:
         print(load.line(per_op["all"]))
     trivial_cpu = paced.cpu_s / max(1, paced.completed)
-    for load in loads[2:]:
-        print(f"{load.label} / SQLite throughput: {load.rate / loads[0].rate:.3f}")
+    for load in loads:
+        if load.label.startswith("PostgreSQL"):
+            print(f"{load.label} / SQLite throughput: {load.rate / loads[0].rate:.3f}")
     for load in loads:
         hub_cpu = load.cpu_s * per_op["all"] / max(1, load.completed)
         ratio = hub_cpu / trivial_cpu
         print(f"{load.label}: hub CPU per operation / trivial CPU per request: {ratio:.2f}")
-    full, normal = loads[0], loads[1]
+    full, normal, single = loads[0], loads[1], loads[2]
     print(
         f"SQLite synchronous FULL / NORMAL: throughput {full.rate / normal.rate:.3f},"
         f" p99 {full.p99_ms / normal.p99_ms:.2f}"
+    )
+    if args.compare_tree:
+        print(
+            f"SQLite group commit / {loads[3].label}: throughput {full.rate / loads[3].rate:.3f},"
+            f" p99 {full.p99_ms / loads[3].p99_ms:.2f}"
+        )
+    print(
+        f"SQLite group commit / a commit per write: throughput {full.rate / single.rate:.3f},"
+        f" p99 {full.p99_ms / single.p99_ms:.2f}"
     )
 
 
@@ -580,6 +609,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--write-heavy", action="store_true", help="claims and publishes, 80%%")
+    parser.add_argument("--writes-only", action="store_true", help="claims and publishes only")
+    parser.add_argument(
+        "--compare-tree",
+        default="",
+        help="also serve SQLite with the package in this folder (a checkout of another commit)",
+    )
     parser.add_argument(
         "--database", default="", help="a postgresql:// URL (default: a throwaway cluster)"
     )

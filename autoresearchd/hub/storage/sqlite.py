@@ -3,14 +3,16 @@ SQLite dialect.
 
 The file runs in WAL mode with ``synchronous = FULL``, so a write the hub acknowledged has
 reached the disk and survives a power loss, not only a crash of the process. Writes run on
-one writer connection on the event loop, one at a time, each commit one fsync of the WAL (a
-write lock held by another process is waited for in a thread instead);
-reads by key run inline too, while scans and searches, whose cost grows with the data, run
-in worker threads with a connection each, and a serving hub checkpoints the WAL in a
-thread. The statements themselves are :mod:`~autoresearchd.hub.storage.sqlite_statements`;
-the file brings its schema up to date on open (:mod:`~autoresearchd.hub.storage.sqlite_migrations`).
-Each process caches the agent of an API key (:mod:`~autoresearchd.hub.keycache`), kept true
-across processes by the ``auth_epoch`` row every change of an agent bumps.
+one writer connection in one writer thread, which commits the writes that queued during its
+last commit together, one fsync of the WAL for the group
+(:mod:`~autoresearchd.hub.storage.sqlite_writer`; a write lock held by another process is
+waited for there); reads by key run inline on the event loop, while scans and searches, whose
+cost grows with the data, run in worker threads with a connection each, and a serving hub
+checkpoints the WAL in a thread. The statements themselves are
+:mod:`~autoresearchd.hub.storage.sqlite_statements`; the file brings its schema up to date on
+open (:mod:`~autoresearchd.hub.storage.sqlite_migrations`). Each process caches the agent of
+an API key (:mod:`~autoresearchd.hub.keycache`), kept true across processes by the
+``auth_epoch`` row every change of an agent bumps.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from autoresearchd.hub.storage.protocol import KeyWrite, Plan, WriteOutcome, Wri
 from autoresearchd.hub.storage.rows import Agent, AuditEntry, Hit, Memory, NewMemory, ResultRow
 from autoresearchd.hub.storage.shared_sql import unstorable
 from autoresearchd.hub.storage.sqlite_migrations import migrate
+from autoresearchd.hub.storage.sqlite_writer import GroupWriter
 
 BUSY_TIMEOUT_S = 30.0
 #: ``FULL``: a WAL commit waits until the log is on the disk, so an acknowledged result
@@ -40,6 +43,8 @@ SYNCHRONOUS = "FULL"
 #: SQLite does it itself at a commit when no hub serves.
 CHECKPOINT_EVERY_S = 2.0
 AUTOCHECKPOINT_PAGES = 1000
+#: The most writes one commit holds (1: a commit per write, for comparison only).
+GROUP_LIMIT = 64
 
 
 T = TypeVar("T")
@@ -48,7 +53,9 @@ T = TypeVar("T")
 class SqliteStore:
     """The hub's data in one SQLite file (see the module docstring)."""
 
-    def __init__(self, path: Path, *, synchronous: str | None = None) -> None:
+    def __init__(
+        self, path: Path, *, synchronous: str | None = None, group_limit: int | None = None
+    ) -> None:
         self.path = Path(path)
         #: ``FULL`` unless told (:data:`SYNCHRONOUS`, read when the store opens).
         self.synchronous = synchronous or SYNCHRONOUS
@@ -57,10 +64,10 @@ class SqliteStore:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()  # guards the list of connections, not the data
-        self._writer: sqlite3.Connection | None = None  # never waits for the write lock
-        self._patient: sqlite3.Connection | None = None  # waits for it, in a thread
-        self._write_turn: anyio.CapacityLimiter | None = None
         self._checkpointing = False
+        #: The writer thread; ``group_limit`` (:data:`GROUP_LIMIT` unless told) caps a commit.
+        self.writer = GroupWriter(self._connect, self._error, limit=group_limit or GROUP_LIMIT)
+        self.writer.autocheckpoint = AUTOCHECKPOINT_PAGES
         self._keys: KeyCache[Agent] = KeyCache()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,16 +98,13 @@ class SqliteStore:
         return conn
 
     @contextmanager
-    def _translate(self, *, busy: bool = False) -> Iterator[None]:
-        """Database errors as HubErrors; with ``busy``, a write lock held elsewhere stays
-        :class:`sql.Busy`, for the caller to wait for it in a thread."""
+    def _translate(self) -> Iterator[None]:
+        """Database errors as HubErrors (a write lock held elsewhere too long: 503)."""
         try:
             yield
         except (UnicodeEncodeError, OverflowError) as exc:  # raised binding a parameter
             raise unstorable(exc) from None
         except sql.Busy:
-            if busy:
-                raise
             raise HubError(f"{self.path}: the database stays locked", status=503) from None
         except sqlite3.Error as exc:
             raise HubError(f"{self.path}: database error: {exc}", status=503) from None
@@ -120,52 +124,40 @@ class SqliteStore:
         with self._translate():
             return func(self._conn())
 
-    async def _write(self, func: Callable[[sqlite3.Connection], T]) -> T:
-        """A write on the one writer connection, on the calling thread, so writes never
-        queue on each other's locks; its commit waits for one fsync of the WAL (``FULL``).
-        When another process holds the write lock, the write waits for it in a thread,
-        one at a time, instead of blocking the event loop."""
-        if self._writer is None:
-            self._writer = self._connect(timeout_s=0.0)
+    def _error(self, exc: BaseException) -> BaseException:
+        """What a caller gets for what its write raised: database errors as HubErrors."""
         try:
-            with self._translate(busy=True):
-                return func(self._writer)
-        except sql.Busy:
-            pass
-        if self._write_turn is None:
-            self._write_turn = anyio.CapacityLimiter(1)
-
-        def work() -> T:
-            if self._patient is None:
-                self._patient = self._connect()
             with self._translate():
-                return func(self._patient)
+                raise exc
+        except BaseException as out:  # handed to the caller, who raises it
+            return out
 
-        return await anyio.to_thread.run_sync(work, limiter=self._write_turn)
+    async def _write(self, func: Callable[[sqlite3.Connection], T]) -> T:
+        """A write on the one writer connection, in the writer thread's next group commit;
+        it returns once that commit (one fsync of the WAL, ``FULL``) has."""
+        return await self.writer.run(func)
 
     async def watch(self) -> None:
         """Checkpoint the WAL in a worker thread while the hub serves, so that no commit on
         the event loop does it (and waits for the disk)."""
         self._checkpointing = True
-        if self._writer is not None:
-            self._writer.execute("PRAGMA wal_autocheckpoint = 0")
+        self.writer.autocheckpoint = 0
         try:
             while True:
                 await anyio.sleep(CHECKPOINT_EVERY_S)
                 await anyio.to_thread.run_sync(self._checkpoint)
         finally:
             self._checkpointing = False
-            if self._writer is not None:
-                self._writer.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
+            self.writer.autocheckpoint = AUTOCHECKPOINT_PAGES
 
     def _checkpoint(self) -> None:
         with self._translate():
             self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def close(self) -> None:
+        await anyio.to_thread.run_sync(self.writer.stop)
         with self._all_lock:
             conns, self._all = self._all, []
-        self._writer = self._patient = None
         for conn in conns:
             conn.close()
 
