@@ -1,8 +1,9 @@
 """One worker per device: pull the best, propose, claim, run, judge, queue the result.
 
 The loop never waits on the network to start its next run: results go to the durable
-outbox for the publisher, the next candidate is prepared while the current one trains,
-and a memory that cannot be reached degrades to the last known best and unclaimed runs.
+outbox for the publisher, beside the next run (:mod:`~autoresearchd.worker.afterrun`), the
+next candidate is prepared while the current one trains, and a memory that cannot be
+reached degrades to the last known best and unclaimed runs.
 The worker orchestrates the cycle; each concern it builds on owns its own state beside
 it: its claims (:mod:`~autoresearchd.worker.claims`), its view of the best
 (:mod:`~autoresearchd.worker.best`), proposing, running, replication, confirmations of
@@ -28,6 +29,7 @@ from autoresearchd.judging import delta_vs_best
 from autoresearchd.models import Best, Candidate, Device, Result, Status
 from autoresearchd.parents import Parents
 from autoresearchd.sharing import Sharing
+from autoresearchd.worker.afterrun import AfterRun
 from autoresearchd.worker.best import BestView
 from autoresearchd.worker.claims import Claims, Prepared
 from autoresearchd.worker.confirming import Confirming
@@ -72,6 +74,8 @@ class Worker:
         #: The candidate being evaluated (with its replicates), or a confirmation.
         self.current: Candidate | None = None
         self.results_queued = 0
+        #: Queueing results durably and sharing notes, beside the next run.
+        self.after_run = AfterRun()
         self._background: anyio.abc.TaskGroup | None = None
         self._prefetched: anyio.Event | None = None
 
@@ -88,8 +92,11 @@ class Worker:
         log.info("worker_started", name=self.device.name, tier=self.device.tier)
         # The next candidate is prepared in this group, so a run never waits for it.
         async with anyio.create_task_group() as self._background:
+            self.after_run.attach(self._background)
             while not self.ctx.draining.is_set():
                 await self._guarded(self._step)
+            await self.after_run.settled()  # every result queued before the daemon drains
+            self.after_run.attach(None)
             self._background.cancel_scope.cancel()
         await self._release_all()
         log.info("worker_stopped")
@@ -139,7 +146,10 @@ class Worker:
             self.claims.prepared = ready
             return
         await self._evaluate(ready)
-        await self.sharing.share(self.config, ready.candidate, ready.parent_best)
+        config = self.config
+        await self.after_run.then(
+            lambda: self.sharing.share(config, ready.candidate, ready.parent_best)
+        )
         await self._maybe_back_off()
 
     async def _evaluate(self, ready: Prepared) -> None:
@@ -240,16 +250,23 @@ class Worker:
         return await self.running.run(candidate, stoppable=stoppable)
 
     async def queue(self, result: Result) -> None:
-        """Durably queue a result for the publisher, then wake it."""
-        with anyio.CancelScope(shield=True):  # a result half-handled is a result lost
-            await anyio.to_thread.run_sync(self.ctx.outbox.put, result)
-            self.results_queued += 1
-            self.ctx.ledger.record(result)
+        """Take a result into account at once (what ran, its score, a keep's new best), and
+        queue it durably for the publisher beside the next run."""
+        self.ctx.ledger.record(result)
         self.ctx.stopping.remember(result)
-        self.ctx.publisher.notify()
         if result.status is Status.KEEP:
+            # The share of an earlier candidate must not see this keep as its own.
+            await self.after_run.settled()
             self.best.kept(result)
             self.sharing.kept(result)
+        # Shielded: a result half-handled is a result lost.
+        await self.after_run.then(lambda: self._put(result), shielded=True)
+
+    async def _put(self, result: Result) -> None:
+        """Write a result to the outbox, then wake the publisher."""
+        await anyio.to_thread.run_sync(self.ctx.outbox.put, result)
+        self.results_queued += 1
+        self.ctx.publisher.notify()
         log.info(
             "result_queued",
             result_id=result.id,
