@@ -15,7 +15,8 @@ from autoresearchd.memory.protocol import Note
 from autoresearchd.proposers.base import ProposalContext
 from autoresearchd.proposers.command import CommandProposer
 
-from .test_search import SMALL, never, parent, result, variant
+from .proposer_support import never, result
+from .test_search import SMALL, parent, variant
 
 #: A stand-in research agent: reads its context, then acts as its first argument says.
 AGENT = """\

@@ -11,7 +11,8 @@ from autoresearchd.proposers.auto import make_proposer
 from autoresearchd.proposers.base import ProposalContext
 from autoresearchd.proposers.hypotheses import HypothesisProposer, give_back, suggested_changes
 
-from .test_search import SMALL, never, parent, variant
+from .proposer_support import never
+from .test_search import SMALL, parent, variant
 
 
 def hypothesis(key: str, config: dict[str, object], status: str = "open") -> Note:

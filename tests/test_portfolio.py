@@ -13,12 +13,14 @@ import pytest
 from autoresearchd.config import ProposerConfig
 from autoresearchd.config_loader import parse_config
 from autoresearchd.hyperparams import parse_params
-from autoresearchd.models import Candidate, Result, Status, sha256_text
+from autoresearchd.models import Candidate, Status, sha256_text
 from autoresearchd.mutation import apply_changes
 from autoresearchd.proposers import portfolio
 from autoresearchd.proposers.auto import make_proposer
 from autoresearchd.proposers.base import ProposalContext
 from autoresearchd.proposers.portfolio import Axis, Density, PortfolioProposer, good_count
+
+from .proposer_support import never, result
 
 SMALL = """\
 LR = 0.01  # search: log 0.001..0.1
@@ -34,34 +36,8 @@ def parent(source: str = SMALL) -> Candidate:
     return Candidate(source=source, parent_sha256=None, description="baseline")
 
 
-def result(source: str, val: float | None, status: Status = Status.DISCARD, n: int = 0) -> Result:
-    return Result(
-        id=f"run-{n}",
-        agent_id="someone",
-        track="t",
-        status=status,
-        val_bpb=val,
-        description="",
-        train_py=source,
-        train_py_sha256=sha256_text(source),
-        parent_sha256=None,
-        seed=n,
-        device_name="cpu",
-        device_uuid="cpu-0",
-        memory_gb=0.0,
-        vram_tier="cpu",
-        started_at=0.0,
-        completed_at=0.0,
-        duration_s=1.0,
-    )
-
-
 def variant(**changes: Any) -> str:
     return apply_changes(SMALL, changes)
-
-
-async def never(sha256: str) -> bool:
-    return False
 
 
 def values(candidate: Candidate) -> dict[str, object]:

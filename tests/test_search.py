@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from autoresearchd.config import ProposerConfig
 from autoresearchd.hyperparams import parse_params
-from autoresearchd.models import Candidate, Result, Status, sha256_text
+from autoresearchd.models import Candidate, Status
 from autoresearchd.mutation import apply_changes
 from autoresearchd.proposers import history as history_module
 from autoresearchd.proposers.auto import make_proposer
@@ -21,6 +21,8 @@ from autoresearchd.proposers.base import ProposalContext
 from autoresearchd.proposers.history import HistoryReader
 from autoresearchd.proposers.perturb import PerturbProposer
 from autoresearchd.proposers.tpe import SearchSpace, TpeProposer, import_optuna
+
+from .proposer_support import never, result
 
 ANNOTATED = (Path(__file__).parent / "fixtures" / "annotated_train.py").read_text()
 SMALL = """\
@@ -39,34 +41,8 @@ def parent(source: str = SMALL) -> Candidate:
     return Candidate(source=source, parent_sha256=None, description="baseline")
 
 
-def result(source: str, val: float | None, status: Status = Status.DISCARD, n: int = 0) -> Result:
-    return Result(
-        id=f"run-{n}",
-        agent_id="someone",
-        track="t",
-        status=status,
-        val_bpb=val,
-        description="",
-        train_py=source,
-        train_py_sha256=sha256_text(source),
-        parent_sha256=None,
-        seed=n,
-        device_name="cpu",
-        device_uuid="cpu-0",
-        memory_gb=0.0,
-        vram_tier="cpu",
-        started_at=0.0,
-        completed_at=0.0,
-        duration_s=1.0,
-    )
-
-
 def variant(**changes: Any) -> str:
     return apply_changes(SMALL, changes)
-
-
-async def never(sha256: str) -> bool:
-    return False
 
 
 def test_history_maps_sources_back_to_values_and_skips_other_code() -> None:

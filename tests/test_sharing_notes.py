@@ -5,7 +5,8 @@ from __future__ import annotations
 from autoresearchd.models import Status
 from autoresearchd.sharing import crash_insights, follow_up
 
-from .test_search import SMALL, result, variant
+from .proposer_support import result
+from .test_search import SMALL, variant
 
 
 def test_follow_up_continues_an_improving_direction_until_the_space_ends() -> None:
