@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
+import random
+import re
+from collections import Counter
 
-from autoresearchd.hub.search import normalise, rank, score, similarity
+import pytest
+
+from autoresearchd.hub.search import Profiles, normalise, rank, score, similarity
 from autoresearchd.hub.storage.rows import Hit, Memory
 
 IDEA = "Raise the matrix learning rate from 0.04 to 0.05 with warmup 200"
@@ -49,3 +55,60 @@ def test_rank_orders_by_score_then_key_and_ignores_the_stores_own_rank() -> None
     ]
     ranked = rank(IDEA, hits, 2)
     assert [(h.memory.key_name, h.score) for h in ranked] == [("@o/a", 1.0), ("@o/b", 1.0)]
+
+
+def _slow_similarity(query: str, text: str) -> float:
+    """The definition, written plainly: the mean of a word cosine and a trigram cosine."""
+
+    def cosine(a: Counter[str], b: Counter[str]) -> float:
+        if not a or not b:
+            return 0.0
+        dot = sum(count * b[token] for token, count in a.items())
+        norm = math.sqrt(sum(c * c for c in a.values()))
+        return dot / (norm * math.sqrt(sum(c * c for c in b.values())))
+
+    def trigrams(text: str) -> Counter[str]:
+        padded = f"  {text} "
+        return Counter(padded[i : i + 3] for i in range(len(padded) - 2))
+
+    q, t = normalise(query), normalise(text)
+    if not q or not t:
+        return 0.0
+    if q == t:
+        return 1.0
+    word = r"[0-9]+(?:\.[0-9]+)*|[^\W\d_]+"
+    words = cosine(Counter(re.findall(word, q)), Counter(re.findall(word, t)))
+    return min(1.0, max(0.0, (words + cosine(trigrams(q), trigrams(t))) / 2))
+
+
+def test_the_fast_scoring_agrees_with_the_plain_definition() -> None:
+    rng = random.Random(7)
+    alphabet = "aab ba.0123 xyzé\n\t"  # repeats, so trigrams overlap themselves ("aaa")
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 60))) for _ in range(300)]
+    texts += [IDEA, IDEA.replace("0.05", "0.06"), "aaaa aaaa", "ababab"]
+    for query, text in zip(texts, reversed(texts), strict=True):
+        assert similarity(query, text) == pytest.approx(_slow_similarity(query, text), abs=1e-12)
+
+
+def test_a_record_is_scored_on_its_prose_not_its_identifiers() -> None:
+    record = json.dumps({"agent_id": "nova", "status": "claimed", "description": IDEA})
+    claim = memory("@o/claims/a", record)
+    assert score("claimed", claim) < 0.5
+    assert score(IDEA, claim) == 1.0
+    assert score("learning rate notes", memory("@o/n", "learning rate notes")) == 1.0
+
+
+def test_a_changed_value_is_scored_afresh_under_the_same_key() -> None:
+    before = memory("@o/claims/a", json.dumps({"description": IDEA}))
+    after = memory("@o/claims/a", json.dumps({"description": "Use rotary embeddings"}))
+    assert score(IDEA, before) == 1.0
+    assert score(IDEA, after) < 0.5
+
+
+def test_the_profile_cache_holds_no_more_than_its_character_budget() -> None:
+    profiles = Profiles(max_chars=100)
+    texts = [f"text number {i:04d} of the cache test" for i in range(50)]
+    for text in texts:
+        profiles.text(text)
+    assert len(profiles) == 100 // len(texts[0]) == 2
+    assert profiles.text("text number 0049 of the cache test").text.endswith("cache test")
