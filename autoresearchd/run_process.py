@@ -27,6 +27,7 @@ from autoresearchd.errors import RunError
 from autoresearchd.go_signal import GoLine
 from autoresearchd.procgroup import stop_group
 from autoresearchd.run_spec import RunSpec, child_env
+from autoresearchd.yielding import Yielded, idle_prefix, yield_cores
 
 log = structlog.get_logger(__name__)
 
@@ -42,29 +43,20 @@ class Started:
     read_fd: int
     line: GoLine
     spawned_at: float = field(default_factory=time.monotonic)
-    #: The niceness the group ran at before a standby was made to yield (None: untouched).
-    yielded_from: int | None = None
+    #: Whether it was started under ``SCHED_IDLE`` (:func:`~autoresearchd.yielding.idle_prefix`).
+    idle: bool = False
+    #: What a standby gave up while it started up (None: nothing, it runs as usual).
+    yielded: Yielded | None = None
 
-    def yield_cores(self, niceness: int) -> None:
-        """Let the running run have the cores while this standby starts up; only where the
-        daemon may give the priority back at go (root), or the run would train niced."""
-        if os.geteuid() != 0:
-            return
-        try:
-            before = os.getpriority(os.PRIO_PGRP, self.process.pid)
-            os.setpriority(os.PRIO_PGRP, self.process.pid, niceness)
-        except OSError:
-            return
-        object.__setattr__(self, "yielded_from", before)
+    def yield_cores(self) -> None:
+        """Let the running run have the cores while this standby starts up."""
+        object.__setattr__(self, "yielded", yield_cores(self.process.pid, idle=self.idle))
 
     def reclaim_cores(self) -> None:
-        """Back to the priority it had, for every process and thread in its group."""
-        if self.yielded_from is None:
-            return
-        try:
-            os.setpriority(os.PRIO_PGRP, self.process.pid, self.yielded_from)
-        except OSError as exc:
-            log.warning("standby_priority_not_restored", pid=self.process.pid, error=str(exc))
+        """Back to the priority it had, from its go on."""
+        if self.yielded is not None:
+            self.yielded.reclaim()
+            object.__setattr__(self, "yielded", None)
 
     async def discard(self, spec: RunSpec) -> None:
         """End a standby that will not run: its group, its pipe and its socket."""
@@ -117,8 +109,11 @@ def _ignore(spec: RunSpec) -> Callable[[str, list[str]], set[str]]:
     return ignore
 
 
-async def spawn(spec: RunSpec) -> Started:
+async def spawn(spec: RunSpec, *, standby: bool = False) -> Started:
     """Start ``spec``'s process in its prepared run directory; its time starts at go.
+
+    A ``standby`` starts under ``SCHED_IDLE`` where the daemon may give the usual policy
+    back (:mod:`autoresearchd.yielding`).
 
     Raises :class:`RunError` when the interpreter (or the sandbox's wrapper) cannot start.
     """
@@ -128,7 +123,8 @@ async def spawn(spec: RunSpec) -> Started:
     line = GoLine()
     try:
         os.set_blocking(read_fd, False)
-        process = await _start(spec, write_fd, line)
+        prefix = idle_prefix() if standby else ()
+        process = await _start(spec, write_fd, line, prefix)
     except BaseException:
         os.close(read_fd)
         line.close()
@@ -136,13 +132,13 @@ async def spawn(spec: RunSpec) -> Started:
     finally:
         os.close(write_fd)
         line.handed_over()
-    return Started(process, read_fd, line)
+    return Started(process, read_fd, line, idle=bool(prefix))
 
 
-async def _start(spec: RunSpec, output_fd: int, line: GoLine) -> Process:
+async def _start(spec: RunSpec, output_fd: int, line: GoLine, prefix: tuple[str, ...]) -> Process:
     try:
         process = await anyio.open_process(
-            spec.command,
+            [*prefix, *spec.command],
             cwd=spec.run_dir,
             env={**child_env(spec), **line.env()},
             stdin=subprocess.DEVNULL,

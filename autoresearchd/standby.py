@@ -7,13 +7,16 @@ device, then blocks in ``autoresearchd.harness.go.wait_for_go()`` holding no acc
 time. When that candidate's turn comes, the runner sends go and the run's time starts
 there, so the device waits for start-up only when the standby was not ready yet.
 
-When to start it: on a GPU at once (its start-up is tens of seconds, and initialising costs
-the running job nothing it needs); on a CPU-only host so that it is ready as the current run
-is expected to end (learned from this worker's last runs), which places its start-up over
-the run's evaluation, and over the end of its training only by what start-up takes beyond
-evaluation; it starts up at a low priority (given back at go, where the daemon may), so the
-run holding the cores keeps them. Only scripts whose code calls ``wait_for_go()`` are
-started early: any other script would begin training at once.
+It starts up yielding the CPU (:mod:`autoresearchd.yielding`: ``SCHED_IDLE`` where the
+daemon may undo it, the autogroup's and the group's nice), given back at go. When to start
+it: on a GPU at once (its start-up is tens of seconds, and initialising costs the running
+job nothing it needs), and on a CPU-only host at once too where it starts under
+``SCHED_IDLE``, since it then takes only the cycles the run leaves idle. Elsewhere on a CPU
+(a daemon not running as root), a niced process still slows the run beside it, so it is
+started so that it is ready as the current run is expected to end (learned from this
+worker's last runs): its start-up then overlaps the run's evaluation and, by what start-up
+takes beyond evaluation, the end of its training. Only scripts whose code calls
+``wait_for_go()`` are started early: any other script would begin training at once.
 
 A standby is dropped cleanly (the socket closed, so the script exits; then its group
 killed, as a run's) when the candidate it holds will not run next (the best moved, its claim
@@ -36,14 +39,12 @@ from autoresearchd.models import Device
 from autoresearchd.run_process import Started, prepare_run_dir, spawn
 from autoresearchd.run_spec import RunSpec
 from autoresearchd.runner import RunReport
+from autoresearchd.yielding import idle_prefix
 
 log = structlog.get_logger(__name__)
 
 #: A script opts in to standbys by calling this (``autoresearchd.harness.go``).
 OPT_IN = "wait_for_go"
-#: The niceness a standby starts up at, so the run holding the device keeps the cores; the
-#: priority is given back at go (where the daemon may: as root).
-STANDBY_NICENESS = 15
 #: On a CPU, start this much earlier than the learned start-up needs, for jitter.
 LEAD_FACTOR = 1.2
 LEAD_MARGIN_S = 0.25
@@ -104,7 +105,7 @@ class Standby:
 
     def delay_s(self, device: Device, budget_s: float) -> float:
         """How long after a run's go its successor's standby should start."""
-        if device.is_gpu:
+        if device.is_gpu or idle_prefix():
             return 0.0
         run_s = self._run_s if self._run_s is not None else budget_s
         lead = (self._startup_s or 0.0) * LEAD_FACTOR + LEAD_MARGIN_S
@@ -131,8 +132,8 @@ class Standby:
         with anyio.CancelScope(shield=True):  # a process started is a process tracked
             try:
                 await anyio.to_thread.run_sync(prepare_run_dir, spec)
-                started = await spawn(spec)
-                started.yield_cores(STANDBY_NICENESS)
+                started = await spawn(spec, standby=True)
+                started.yield_cores()
             except RunError as exc:
                 log.warning("standby_failed", run_id=spec.run_id, error=str(exc))
                 return

@@ -12,6 +12,9 @@ With ``--share``, it measures instead the training share of the real train.py on
 the real daemon (``benchmarks/training_share.py``'s method): its training seconds over the
 device's wall time for runs 2..n, with standbys (train.py as it is) against a copy whose
 ``wait_for_go()`` call is removed (every run started from scratch, as before standbys).
+Both copies have the model's and the batch's sizes pinned (their ``# search:`` marks
+removed), so every run does the same work: a candidate twice the size also evaluates for
+twice as long, which would measure the search's draw rather than the daemon and train.py.
 The last line is then ``share_ratio``; the goal is a share of at least 92% at 20 s.
 
     python benchmarks/train_throughput.py [--seconds 1] [--rounds 8] [--threads N]
@@ -223,6 +226,27 @@ def load_share_benchmark() -> ModuleType:
     return module
 
 
+#: The sizes of the model and the batch: what a run's work, training and evaluation, scales with.
+SHAPES = (
+    "DEPTH", "ASPECT_RATIO", "HEAD_DIM", "MLP_RATIO", "TOTAL_BATCH_SIZE", "DEVICE_BATCH_SIZE",
+    "CPU_DEPTH", "CPU_WIDTH", "CPU_BATCH_SIZE",
+)  # fmt: skip
+
+
+def pin_shapes(source: str) -> str:
+    """``source`` with the search marks of :data:`SHAPES` removed: only the optimiser's
+    settings are searched, so every run trains and evaluates the same model."""
+    lines = source.splitlines(keepends=True)
+    pinned = 0
+    for i, line in enumerate(lines):
+        name, _, rest = line.partition(" = ")
+        if name in SHAPES and "  # search:" in rest:
+            lines[i] = f"{name} = {rest.split('  # search:')[0]}\n"
+            pinned += 1
+    assert pinned == len(SHAPES), "train.py's shape parameters moved: update SHAPES"
+    return "".join(lines)
+
+
 def training_share(budget_s: float, runs: int, *, today_first: bool = False) -> int:
     """The real train.py's training share on CPU, with standbys against without."""
     import tempfile
@@ -232,7 +256,7 @@ def training_share(budget_s: float, runs: int, *, today_first: bool = False) -> 
 
     bench = load_share_benchmark()
     configure_logging("console", "warning", sys.stderr)
-    source = (ROOT / "train.py").read_text(encoding="utf-8")
+    source = pin_shapes((ROOT / "train.py").read_text(encoding="utf-8"))
     call = "    waited = wait_for_go()\n"
     assert call in source, "train.py no longer waits for go where this benchmark expects"
     variants = {

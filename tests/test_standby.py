@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -24,9 +25,10 @@ from autoresearchd.run_process import spawn
 from autoresearchd.run_spec import RunSpec
 from autoresearchd.runner import RunReport, run_experiment
 from autoresearchd.sandbox_probe import probe
-from autoresearchd.standby import STANDBY_NICENESS, Key, Standby, opts_in
+from autoresearchd.standby import Key, Standby, opts_in
 from autoresearchd.testing import ok_script
 from autoresearchd.tracks.prepare import prepare_track
+from autoresearchd.yielding import AUTOGROUP_NICENESS, NICENESS, group_threads, idle_prefix
 
 from .test_runner import make_spec
 from .test_sandbox import spec_for
@@ -147,7 +149,10 @@ def test_a_discarded_standby_exits_without_running(tmp_path: Path) -> None:
     assert not (spec.run_dir / "times.json").exists()
 
 
-def test_standby_timing_is_learned_on_a_cpu() -> None:
+def test_standby_timing_is_learned_on_a_cpu_without_an_idle_policy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("autoresearchd.standby.idle_prefix", lambda: ())  # not root
     standby, cpu = Standby(), Device.cpu(0)
     gpu = Device(kind="cuda", index=0, uuid="GPU-1", name="H100", memory_total_mb=81559.0)
     assert standby.delay_s(gpu, 300.0) == 0.0  # a GPU's start-up overlaps the whole run
@@ -155,6 +160,11 @@ def test_standby_timing_is_learned_on_a_cpu() -> None:
     fresh = RunReport("r", Path("r"), "ok", None, 0, 0.0, 23.0, 23.0, startup_s=2.0)
     standby.learn(fresh)  # 21 s of run after a 2 s start-up: start 2.65 s before its end
     assert standby.delay_s(cpu, 20.0) == pytest.approx(21.0 - 2.0 * 1.2 - 0.25)
+
+
+def test_a_standby_under_sched_idle_starts_at_once_on_a_cpu() -> None:
+    assert idle_prefix(), "root with util-linux's chrt: a standby can start under SCHED_IDLE"
+    assert Standby().delay_s(Device.cpu(0), 20.0) == 0.0
 
 
 def test_a_standby_gets_its_go_through_the_sandbox(
@@ -282,7 +292,31 @@ def niceness(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
 
 
-async def niced_standby(spec: RunSpec) -> tuple[int, RunReport]:
+def autogroup_nice(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/autogroup").read_text().split(" nice ")[1])
+
+
+#: Starts a thread and a child process before it waits, so that "every thread" is tested.
+THREADED_GO_SCRIPT = """\
+import json, os, subprocess, sys, threading, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+stop = threading.Event()
+worker = threading.Thread(target=stop.wait)
+worker.start()
+from autoresearchd.harness.go import wait_for_go
+wait_for_go()
+tasks = [(int(t), os.sched_getscheduler(int(t))) for t in os.listdir("/proc/self/task")]
+tasks += [(child.pid, os.sched_getscheduler(child.pid))]
+with open("times.json", "w") as file:
+    json.dump({"policies": tasks, "nice": os.nice(0)}, file)
+stop.set()
+child.kill()
+print("---")
+print("val_bpb: 1.0")
+"""
+
+
+async def yielding_standby(spec: RunSpec) -> tuple[dict[str, Any], RunReport]:
     standby = Standby()
     key = Key(spec.candidate.sha256, "cpu-0", ExperimentConfig(), sandboxed=False)
     await standby.start(key, spec, seed=3)
@@ -290,14 +324,26 @@ async def niced_standby(spec: RunSpec) -> tuple[int, RunReport]:
     assert held is not None
     with anyio.fail_after(10):
         assert await held.started.line.wait_ready()
-    waiting = niceness(held.started.process.pid)
+    pid = held.started.process.pid
+    threads = group_threads(pid)
+    waiting = {
+        "nice": niceness(pid),
+        "autogroup": autogroup_nice(pid),
+        "threads": len(threads),
+        "policies": {os.sched_getscheduler(tid) for tid in threads},
+    }
     return waiting, await run_experiment(spec, standby=held.started)
 
 
 def test_a_standby_yields_the_cores_until_its_go(tmp_path: Path) -> None:
     assert os.geteuid() == 0, "the daemon gives the priority back only as root"
-    spec = make_spec(tmp_path, GO_SCRIPT)
-    waiting, report = anyio.run(niced_standby, spec)
+    spec = make_spec(tmp_path, THREADED_GO_SCRIPT)
+    waiting, report = anyio.run(yielding_standby, spec)
     assert report.outcome == "ok", report.error
-    assert waiting == STANDBY_NICENESS  # starting up beside a run, it yields the cores
-    assert times(report)["nice"] == 0  # from its go on it runs at the usual priority
+    # Starting up beside a run, every thread of the script and of its child is idle-only.
+    assert waiting["policies"] == {os.SCHED_IDLE} and waiting["threads"] >= 3, waiting
+    assert waiting["nice"] == NICENESS and waiting["autogroup"] == AUTOGROUP_NICENESS
+    seen: dict[str, Any] = json.loads((report.run_dir / "times.json").read_text())
+    # From its go on, all of them run at the usual policy and priority.
+    assert {policy for _, policy in seen["policies"]} == {os.SCHED_OTHER}, seen
+    assert seen["nice"] == 0
