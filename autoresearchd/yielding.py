@@ -3,7 +3,8 @@
 torch's threads on a CPU wait on each other at every operation, so a run whose cores are
 shared with a second busy process slows many times over, however niced the second one is
 (a two-thread matmul loop on 2 cores: 12x slower beside a plain process, 11x beside one
-at autogroup nice 15, 1.1x beside one under ``SCHED_IDLE`` at autogroup nice 19). A
+at autogroup nice 15, 1.5x at autogroup nice 19, 5.9x under ``SCHED_IDLE`` alone and 1.1x
+under both). A
 standby therefore yields with every lever the host allows, and all of them are undone at
 its go for every thread of every process in its group:
 
