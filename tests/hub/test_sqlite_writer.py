@@ -27,7 +27,7 @@ from autoresearchd.hub.storage.protocol import (
 )
 from autoresearchd.hub.storage.rows import Agent, NewMemory
 from autoresearchd.hub.storage.sqlite import SqliteStore
-from autoresearchd.hub.storage.sqlite_writer import GroupWriter
+from autoresearchd.hub.storage.sqlite_writer import GroupWriter, Turns
 
 pytestmark = pytest.mark.anyio
 
@@ -58,6 +58,39 @@ async def test_a_write_waits_for_a_lock_held_elsewhere_without_blocking_reads(
                 await done.wait()
         assert await store.org_exists("second")
         assert await store.create_org("third", 2.0)  # and the writer goes on
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_the_writers_of_several_processes_take_turns_before_the_write_lock(
+    tmp_path: Path,
+) -> None:
+    """While another process's writer has its turn, this one waits for the turn (woken by
+    the kernel as it ends) rather than in SQLite's poll for the write lock."""
+    path = tmp_path / "hub.sqlite"
+    store = SqliteStore(path)
+    other = Turns(path)  # its own open file, as another process's: the two exclude each other
+    try:
+        assert await store.create_org("first", 0.0)
+        done = anyio.Event()
+
+        async def write() -> None:
+            assert await store.create_org("second", 1.0)
+            done.set()
+
+        async with anyio.create_task_group() as tasks:
+            with other.turn():
+                tasks.start_soon(write)
+                await anyio.sleep(0.3)
+                assert not done.is_set()
+                probe = sqlite3.connect(path, isolation_level=None, timeout=0)
+                probe.execute("BEGIN IMMEDIATE")  # SQLite's lock is free: the writer waits
+                probe.execute("ROLLBACK")  # for its turn, not for SQLite
+                probe.close()
+            with anyio.fail_after(10):
+                await done.wait()
+        assert await store.org_exists("second")
     finally:
         other.close()
         await store.close()
