@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 from autoresearchd.errors import HubError
 from autoresearchd.hub.storage.protocol import (
@@ -93,6 +94,22 @@ async def test_the_writers_of_several_processes_take_turns_before_the_write_lock
         assert await store.org_exists("second")
     finally:
         other.close()
+        await store.close()
+
+
+async def test_a_writer_whose_turns_file_cannot_be_opened_writes_without_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "hub.sqlite"
+    (tmp_path / "hub.sqlite-writer").mkdir()  # in the way: open() fails, as for mode 0600
+    store = SqliteStore(path)
+    try:
+        with capture_logs() as logs:
+            assert await store.create_org("first", 0.0)
+            assert await store.create_org("second", 1.0)
+        assert [e["event"] for e in logs] == ["sqlite_writer_turns_off"]  # said once
+        assert await store.org_exists("second")
+    finally:
         await store.close()
 
 
