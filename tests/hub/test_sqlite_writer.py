@@ -3,6 +3,7 @@ event loop, and committing the writes that queue meanwhile in groups, each with 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -109,6 +110,21 @@ async def test_a_writer_whose_turns_file_cannot_be_opened_writes_without_it(
             assert await store.create_org("second", 1.0)
         assert [e["event"] for e in logs] == ["sqlite_writer_turns_off"]  # said once
         assert await store.org_exists("second")
+    finally:
+        await store.close()
+
+
+async def test_the_turns_file_belongs_to_the_database_s_owner(tmp_path: Path) -> None:
+    """As root (an admin's ``hub revoke``) the file gets the owner of the database, so the
+    hub's own user can still open it; anyone else owns both already."""
+    path = tmp_path / "hub.sqlite"
+    store = SqliteStore(path)
+    try:
+        if os.geteuid() == 0:
+            os.chown(path, 54321, 54321)  # the hub's user
+        assert await store.create_org("first", 0.0)
+        owner, turns = path.stat(), (tmp_path / "hub.sqlite-writer").stat()
+        assert (turns.st_uid, turns.st_gid) == (owner.st_uid, owner.st_gid)
     finally:
         await store.close()
 

@@ -233,11 +233,14 @@ class Turns:
     Holding an ``flock`` on ``<database>-writer`` around each group's transaction instead
     queues them in the kernel, which wakes the next writer as soon as a commit ends. The
     lock is taken before SQLite's and never while waiting for it, so no two writers wait
-    on each other; a writer outside the hub (``sqlite3``) still gets SQLite's poll. Where
-    the file cannot be opened (another user's, mode 0600) the writer goes without it.
+    on each other; a writer outside the hub (``sqlite3``) still gets SQLite's poll. As
+    SQLite does for its ``-wal`` file, root gives the file the database's owner, so that an
+    admin's ``hub revoke`` cannot lock the hub out of it. Where the file cannot be opened
+    or locked anyway, the writer goes without it (SQLite's poll alone), with a warning.
     """
 
     def __init__(self, database: Path) -> None:
+        self.database = database
         self.path = database.with_name(database.name + "-writer")
         self._fd: int | None = None
         self._unusable = False
@@ -245,14 +248,17 @@ class Turns:
     @contextlib.contextmanager
     def turn(self) -> Iterator[None]:
         fd = self._open()
-        if fd is None:
-            yield
-            return
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:  # a sandbox that forbids it: SQLite's poll still serves
+                self._give_up(exc)
+                fd = None
         try:
             yield
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _open(self) -> int | None:
         if self._fd is None and not self._unusable:
@@ -260,9 +266,18 @@ class Turns:
                 # Read-only is enough for flock, so a file another user made still serves.
                 self._fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except OSError as exc:
-                self._unusable = True
-                log.warning("sqlite_writer_turns_off", path=str(self.path), error=str(exc))
+                self._give_up(exc)
+                return None
+            if os.geteuid() == 0:
+                with contextlib.suppress(OSError):  # the lock serves this process anyway
+                    owner = os.stat(self.database)
+                    os.fchown(self._fd, owner.st_uid, owner.st_gid)
         return self._fd
+
+    def _give_up(self, exc: OSError) -> None:
+        self.close()
+        self._unusable = True
+        log.warning("sqlite_writer_turns_off", path=str(self.path), error=str(exc))
 
     def close(self) -> None:
         if self._fd is not None:
