@@ -32,9 +32,9 @@ CONTESTED = 24  # keys every agent tries to create
 OWN = 12  # keys of its own each agent creates
 COUNTER_TASKS = 6  # tasks moving one counter by compare-and-set
 INCREMENTS = 8  # each
-#: CPU seconds each process must spend on the load, so that both served it (an idle hub
-#: spends a few milliseconds in that time).
-SERVED_CPU_S = 0.2
+#: CPU seconds each process must spend on the load (about 0.25 each), so that both served
+#: it (an idle hub spends a few milliseconds in that time).
+SERVED_CPU_S = 0.05
 #: Requests, each on a new connection, that reach both processes but for a chance of 2^-19.
 SPREAD = 20
 
