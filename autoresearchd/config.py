@@ -173,7 +173,7 @@ class HubConfig:
     max_confirmations: int = DEFAULT_HUB_MAX_CONFIRMATIONS
     significance: float = DEFAULT_HUB_SIGNIFICANCE
     pool_size: int = DEFAULT_HUB_POOL_SIZE  # PostgreSQL connections per hub process
-    workers: int = 1  # hub processes sharing listen_port (more than one: PostgreSQL only)
+    workers: int = 1  # hub processes sharing listen_port and the database (SQLite or PostgreSQL)
     track: str = "synthetic"  # the org's primary track: the one its bare best/ keys hold
     smtp_host: str = ""  # empty: the hub sends no email
     smtp_port: int = DEFAULT_SMTP_PORT

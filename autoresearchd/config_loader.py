@@ -170,13 +170,7 @@ def parse_config(raw: Mapping[str, Any], *, source: Path = Path("<defaults>")) -
 
 def _check_hub_mail(config: Config) -> None:
     """A hub that requires email needs a server to send the verification links through;
-    several worker processes need a database they can share and a port they agree on."""
-    if config.hub.workers > 1 and not config.hub.database.startswith(POSTGRES_URLS):
-        raise ConfigError(
-            "expected a postgresql:// database for hub.workers > 1 (a SQLite hub is one process)",
-            path=str(config.source),
-            key="hub.workers",
-        )
+    several worker processes need a port they agree on."""
     if config.hub.workers > 1 and config.hub.listen_port == 0:
         raise ConfigError(
             "expected a fixed hub.listen_port for hub.workers > 1, not 0",

@@ -17,8 +17,9 @@ when it was due, so a hub that falls behind shows it in p99 instead of slowing t
    CPU per request.
 3. **Hub.** For each setup (SQLite with one process, committing with ``synchronous =
    FULL`` in groups as a hub does and, for comparison, with ``NORMAL``, with a commit per
-   write, and with the package of ``--compare-tree`` (a checkout of another commit);
-   PostgreSQL with one and with ``--replicas`` processes on one database; each a fresh
+   write, and with the package of ``--compare-tree`` (a checkout of another commit); SQLite
+   with ``hub.workers = 2``, one config and one port as a user runs it; PostgreSQL with
+   one and with ``--replicas`` processes on one database; each a fresh
    database in the recording's starting state), ``hub serve`` gets the recording at
    ``--rate`` operations per second. The hub's CPU time is read from ``/proc`` before and
    after.
@@ -34,7 +35,8 @@ errors and printed, with the recording's own count beside it).
         --write-heavy --compare-tree /tmp/before
 
 Last, as ratios: the hub's CPU per operation against the trivial endpoint's per request,
-each PostgreSQL setup's throughput against SQLite's, what durable SQLite commits
+each PostgreSQL setup's throughput against SQLite's, SQLite's two workers against its one
+process (throughput and p99), what durable SQLite commits
 (``FULL``) cost against ``NORMAL``, and group commit against a commit per write (and against
 ``--compare-tree``): throughput and p99.
 """
@@ -70,6 +72,7 @@ from autoresearchd.logs import configure_logging
 from autoresearchd.memory.ensue_client import EnsueMemory
 from autoresearchd.models import Result, Status, sha256_text
 from autoresearchd.testing.pgcluster import start_cluster
+from autoresearchd.testing.processes import cpu_seconds, worker_pids
 
 ORG = "bench"
 TRACK = "synthetic"
@@ -96,7 +99,6 @@ UNLIMITED = {
     "auth_rate_limit_per_s": 1e9,
     "auth_rate_limit_burst": 10**9,
 }
-TICKS = os.sysconf("SC_CLK_TCK")
 WORDS = ("warmup", "cosine", "rope", "muon", "lr", "depth", "window", "norm", "batch", "swiglu")
 
 # The replay: one connection per wrk thread, so a thread's state is its connection's.
@@ -390,14 +392,6 @@ def _lua_string(text: str) -> str:
     return f"[{'=' * level}[{text}]{'=' * level}]"
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / TICKS
-
-
 def wait_healthy(port: int, proc: subprocess.Popen[bytes]) -> None:
     for _ in range(600):
         if proc.poll() is not None:
@@ -411,13 +405,17 @@ def wait_healthy(port: int, proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def servers(commands: list[list[str]], ports: list[int]) -> Iterator[list[int]]:
+def servers(commands: list[list[str]], ports: list[int], workers: int = 1) -> Iterator[list[int]]:
+    """Run ``commands`` until the block ends; every process's pid, ``workers`` per command
+    (a ``hub serve`` and the other workers it starts, once they listen)."""
     procs: list[subprocess.Popen[bytes]] = []
+    pids: list[int] = []
     try:
         for command, port in zip(commands, ports, strict=True):
             procs.append(subprocess.Popen(command))
             wait_healthy(port, procs[-1])
-        yield [proc.pid for proc in procs]
+            pids += [procs[-1].pid, *worker_pids(procs[-1].pid, port, workers - 1)]
+        yield pids
     finally:
         for proc in procs:
             proc.terminate()
@@ -426,7 +424,7 @@ def servers(commands: list[list[str]], ports: list[int]) -> Iterator[list[int]]:
 
 
 def hub_commands(
-    folder: Path, database: str, replicas: int, patch: str = "", tree: str = ""
+    folder: Path, database: str, replicas: int, patch: str = "", tree: str = "", workers: int = 1
 ) -> tuple[list[list[str]], list[int]]:
     commands, ports = [], []
     for i in range(replicas):
@@ -436,7 +434,7 @@ def hub_commands(
         config.write_text(
             f'[daemon]\nstate_dir = "{folder}"\nlog_level = "warning"\n[hub]\n'
             f'listen_port = {port}\norg = "{ORG}"\ndatabase = "{database}"\n{limits}'
-            "require_email = false\nreplicates = 0\n"
+            f"require_email = false\nreplicates = 0\nworkers = {workers}\n"
         )
         start = ["-m", "autoresearchd"]
         if patch or tree:
@@ -536,17 +534,26 @@ def benchmark(folder: Path, args: argparse.Namespace, pg_url: str) -> None:
         ceiling = wrk("trivial, closed loop", requests, [port], pids, 1e9, args.connections, total)
         paced = wrk("trivial, paced", requests, [port], pids, request_rate, args.connections, total)
     loads: list[Load] = []
-    setups: list[tuple[str, str, int, str, str]] = [
-        ("SQLite, 1 process", str(folder / "hub.sqlite"), 1, "", ""),
-        ("SQLite NORMAL, 1 process", str(folder / "hub_normal.sqlite"), 1, NORMAL_SYNC, ""),
-        ("SQLite, a commit per write", str(folder / "hub_single.sqlite"), 1, COMMIT_PER_WRITE, ""),
+    # (label, database, replicas, patch, tree, workers)
+    setups: list[tuple[str, str, int, str, str, int]] = [
+        ("SQLite, 1 process", str(folder / "hub.sqlite"), 1, "", "", 1),
+        ("SQLite NORMAL, 1 process", str(folder / "hub_normal.sqlite"), 1, NORMAL_SYNC, "", 1),
+        (
+            "SQLite, a commit per write",
+            str(folder / "hub_single.sqlite"),
+            1,
+            COMMIT_PER_WRITE,
+            "",
+            1,
+        ),
+        ("SQLite, 2 processes", str(folder / "hub_workers.sqlite"), 1, "", "", 2),
     ]
     if args.compare_tree:
         tree = str(Path(args.compare_tree).resolve())
-        setups.append((f"SQLite, code of {tree}", str(folder / "hub_tree.sqlite"), 1, "", tree))
+        setups.append((f"SQLite, code of {tree}", str(folder / "hub_tree.sqlite"), 1, "", tree, 1))
     if pg_url:
         tag = uuid.uuid4().hex[:8]
-        setups.append(("PostgreSQL, 1 process", fresh_schema(pg_url, f"b1_{tag}"), 1, "", ""))
+        setups.append(("PostgreSQL, 1 process", fresh_schema(pg_url, f"b1_{tag}"), 1, "", "", 1))
         setups.append(
             (
                 f"PostgreSQL, {args.replicas} replicas",
@@ -554,14 +561,15 @@ def benchmark(folder: Path, args: argparse.Namespace, pg_url: str) -> None:
                 args.replicas,
                 "",
                 "",
+                1,
             )
         )
-    for label, database, replicas, patch, tree in setups:
+    for label, database, replicas, patch, tree, workers in setups:
         anyio.run(_prepare, database, args.agents)
         place = folder / f"setup{len(loads)}"
         place.mkdir(parents=True)
-        commands, ports = hub_commands(place, database, replicas, patch, tree)
-        with servers(commands, ports) as pids:
+        commands, ports = hub_commands(place, database, replicas, patch, tree, workers)
+        with servers(commands, ports, workers) as pids:
             loads.append(wrk(label, requests, ports, pids, request_rate, args.connections, total))
 
     print(f"offered: {args.rate:.0f} ops/s = {request_rate:.0f} requests/s")
@@ -577,19 +585,24 @@ def benchmark(folder: Path, args: argparse.Namespace, pg_url: str) -> None:
         hub_cpu = load.cpu_s * per_op["all"] / max(1, load.completed)
         ratio = hub_cpu / trivial_cpu
         print(f"{load.label}: hub CPU per operation / trivial CPU per request: {ratio:.2f}")
-    full, normal, single = loads[0], loads[1], loads[2]
+    full, normal, single, two = loads[0], loads[1], loads[2], loads[3]
     print(
         f"SQLite synchronous FULL / NORMAL: throughput {full.rate / normal.rate:.3f},"
         f" p99 {full.p99_ms / normal.p99_ms:.2f}"
     )
     if args.compare_tree:
+        tree_load = loads[4]
         print(
-            f"SQLite group commit / {loads[3].label}: throughput {full.rate / loads[3].rate:.3f},"
-            f" p99 {full.p99_ms / loads[3].p99_ms:.2f}"
+            f"SQLite group commit / {tree_load.label}: throughput"
+            f" {full.rate / tree_load.rate:.3f}, p99 {full.p99_ms / tree_load.p99_ms:.2f}"
         )
     print(
         f"SQLite group commit / a commit per write: throughput {full.rate / single.rate:.3f},"
         f" p99 {full.p99_ms / single.p99_ms:.2f}"
+    )
+    print(
+        f"{two.label} / {full.label}: throughput {two.rate / full.rate:.3f},"
+        f" p99 {two.p99_ms / full.p99_ms:.2f}"
     )
 
 

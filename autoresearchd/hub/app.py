@@ -16,11 +16,11 @@ except reads of what an org made public; a key that is sent is checked first; bo
 over ``max_body_bytes`` are refused before they are parsed. Requests are rate limited per
 client IP (the ``/auth`` routes more tightly: :class:`~autoresearchd.hub.ratelimit.RateLimit`
 wraps each route) and per key; a limited request gets 429 with ``Retry-After``. The limits
-live in each hub process, so they apply per replica. Errors are JSON, never tracebacks:
-storage or mail trouble is 503 so that clients retry it, while bodies go through
+live in each hub process, so they apply per worker and per replica. Errors are JSON, never
+tracebacks: storage or mail trouble is 503 so that clients retry it, while bodies go through
 :mod:`~autoresearchd.hub.strictjson` (hostile JSON is a parse error or a 400) and a value a
 store cannot hold is invalid params, not an outage to retry. Nothing a guarantee rests on
-is kept in process memory: only the rate limits (per replica, as above), a cache of orgs
+is kept in process memory: only the rate limits (per process, as above), a cache of orgs
 seen to exist (orgs are never dropped) and the store's cache of keys, which every change
 of an agent empties (:mod:`~autoresearchd.hub.keycache`). :mod:`~autoresearchd.hub.serve`
 runs the app; :mod:`~autoresearchd.hub.admin` initialises, migrates and revokes.

@@ -1,9 +1,10 @@
 """The hub's rate limits: token buckets, and the middleware that applies them per client IP.
 
-The buckets live in process memory: a limit per hub replica, not a global guarantee, so
-they need no shared state. :class:`RateLimit` wraps one route (Starlette runs a route's
-middleware once the route and its method matched), so only requests a handler would serve
-take a token; a refused one gets 429 with ``Retry-After`` before its body is read. The
+The buckets live in process memory: a limit per hub process (each of ``hub.workers``,
+each replica), not a global guarantee, so they need no shared state. :class:`RateLimit`
+wraps one route (Starlette runs a route's middleware once the route and its method
+matched), so only requests a handler would serve take a token; a refused one gets 429
+with ``Retry-After`` before its body is read. The
 limit per API key needs the key's agent, so the handlers apply it once they have it
 (:func:`too_many_requests` is their reply).
 """

@@ -3,7 +3,7 @@
 :func:`serve` runs the app (:func:`~autoresearchd.hub.app.build_app`) over a SQLite file or
 ``sqlite:///`` URL, or a ``postgresql://`` URL that any number of replicas may share, until
 SIGTERM, which is a clean stop (exit 0). With ``hub.workers`` above one it starts the other
-workers, all listening on one port.
+workers, on either store, all listening on one port.
 """
 
 from __future__ import annotations

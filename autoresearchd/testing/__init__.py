@@ -7,6 +7,8 @@
   benchmarks.
 - :mod:`~autoresearchd.testing.pgcluster`: a throwaway PostgreSQL cluster for the hub's
   tests and benchmarks (imported on its own: it needs PostgreSQL's binaries).
+- :mod:`~autoresearchd.testing.processes`: a served hub's other workers, once they listen,
+  and the CPU time of processes, read from ``/proc`` (imported on its own).
 
 Nothing in the daemon, the CLI or the hub imports this package.
 """

@@ -37,7 +37,6 @@ def test_hub_example_documents_the_defaults() -> None:
         ("pool_size", 0, "> 0"),
         ("pool_size", 2.5, "integer"),
         ("workers", 0, "> 0"),
-        ("workers", 2, "postgresql:// database for hub.workers > 1"),
         ("replication", "others", "other-agent"),
         ("require_email", "yes", "true or false"),
         ("name_only_registration", 1, "true or false"),
@@ -61,6 +60,16 @@ def test_bad_hub_values_name_their_key(key: str, value: object, expected: str) -
     with pytest.raises(ConfigError, match=rf"hub\.{key}: expected .*{expected}") as refused:
         parse_config({"hub": {"require_email": False, key: value}})
     assert "secret" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "database", ["", "hub.sqlite", "sqlite:///hub.sqlite", "postgresql://db/h"]
+)
+def test_several_hub_workers_share_any_database_on_a_fixed_port(database: str) -> None:
+    hub = {"require_email": False, "database": database, "workers": 2}
+    assert parse_config({"hub": hub}).hub.workers == 2
+    with pytest.raises(ConfigError, match=r"hub\.workers: expected a fixed hub\.listen_port"):
+        parse_config({"hub": hub | {"listen_port": 0}})
 
 
 def test_new_hub_keys_have_safe_defaults() -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -134,3 +137,37 @@ def test_hub_migrate_reports_what_it_applied_to_an_old_sqlite_file(tmp_path: Pat
     assert first.stdout.strip() == expected
     again = cli("hub", "migrate", "--config", str(config))
     assert again.stdout.strip() == f"{database}: SQLite schema {SCHEMA_VERSION}: already current"
+
+
+#: Opens the store at a moment given in the future, so that the processes start together.
+OPEN_AT = """
+import sys, time
+from pathlib import Path
+import anyio
+from autoresearchd.hub.storage.sqlite import SqliteStore
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+store = SqliteStore(Path(sys.argv[1]))
+anyio.run(store.close)
+print(*store.schema_change)
+"""
+RACERS = 4
+
+
+@pytest.mark.parametrize("aged", [False, True], ids=["fresh", "schema_3"])
+def test_processes_opening_one_file_at_once_migrate_it_once(tmp_path: Path, aged: bool) -> None:
+    """The workers of a hub start together: one of them migrates, the others wait for its
+    write lock and find the file current."""
+    path = old_file(tmp_path) if aged else tmp_path / "hub.sqlite"
+    at = str(time.time() + 3.0)  # after every interpreter has imported the store
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_AT, str(path), at], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(RACERS)
+    ]
+    changes = sorted(racer.communicate(timeout=60)[0] for racer in racers)
+    assert [racer.returncode for racer in racers] == [0] * RACERS
+    before = 3 if aged else 0
+    current = f"{SCHEMA_VERSION} {SCHEMA_VERSION}\n"
+    assert changes == sorted([f"{before} {SCHEMA_VERSION}\n"] + [current] * (RACERS - 1))
+    assert shape(path)["version"] == [(SCHEMA_VERSION,)]

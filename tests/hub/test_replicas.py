@@ -1,8 +1,10 @@
-"""Several ``hub serve`` processes on one PostgreSQL database, requests spread across them.
+"""Several ``hub serve`` processes on one database, requests spread across them.
 
-The client conformance suite runs with every request sent to the next replica in turn;
-the race tests give each agent its own replica, so the only thing the writers share is
-the database.
+Each test runs twice: over two replicas on one PostgreSQL database, each on its own port,
+and over a SQLite hub's two workers (``hub.workers = 2``), which share its file and one
+port. The client conformance suite runs with every request sent to the next replica in
+turn (for the workers, the kernel picks one per connection); the race tests give each agent
+its own replica (its own connections), so the only thing the writers share is the database.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import pytest
 
 from autoresearchd.memory.ensue_client import EnsueMemory
 from autoresearchd.models import sha256_text
-from autoresearchd.testing.pgcluster import Cluster
+from autoresearchd.testing.processes import worker_pids
 from tests.hub.support import (
     TRACK,
     HubProcess,
     cli,
     free_port,
+    hub_process,
     new_org,
     serve_hub,
     write_hub_config,
@@ -49,12 +52,18 @@ class RoundRobin(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["postgresql", "sqlite_workers"])
 def replicas(
-    postgres: Cluster, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[HubProcess]]:
-    """``REPLICAS`` hub processes, each on its own port, sharing one database."""
-    database = postgres.create_schema("hub_replicas")
+    """``REPLICAS`` hub processes sharing one database: PostgreSQL replicas, each on its own
+    port, or a SQLite hub's workers, both on its port (each entry names the same hub)."""
+    if request.param == "sqlite_workers":
+        with hub_process(tmp_path_factory.mktemp("workers"), workers=REPLICAS) as hub:
+            worker_pids(hub.proc.pid, httpx.URL(hub.url).port or 0, REPLICAS - 1)
+            yield [hub] * REPLICAS
+        return
+    database = request.getfixturevalue("postgres").create_schema("hub_replicas")
     folder = tmp_path_factory.mktemp("replicas")
     configs = []
     for index in range(REPLICAS):

@@ -19,6 +19,7 @@ from autoresearchd.hub.credentials import hash_key
 from autoresearchd.hub.storage.auto import open_store
 from autoresearchd.hub.storage.rows import Agent
 from autoresearchd.testing.pgcluster import Cluster
+from autoresearchd.testing.processes import worker_pids
 from tests.hub.support import cli, free_port, hub_process, serve_hub, write_hub_config
 
 NOTIFIED_WITHIN_S = 2.0
@@ -143,8 +144,7 @@ def test_workers_share_one_port_and_stop_with_the_first(postgres: Cluster, tmp_p
     assert cli("hub", "init", "--config", str(config)).returncode == 0
     url = f"http://127.0.0.1:{port}/"
     with serve_hub(config, tmp_path / "hub.log") as proc:
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        assert len(children) == 1
+        children = worker_pids(proc.pid, port, 1)
         worker = Path(f"/proc/{children[0]}/cmdline").read_bytes().split(b"\0")
         assert b"--worker" in worker
         reply = httpx.post(f"{url}auth/agent-register", json={"name": "gina"}, timeout=10)

@@ -3,6 +3,7 @@ event loop, and committing the writes that queue meanwhile in groups, each with 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -12,6 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 from autoresearchd.errors import HubError
 from autoresearchd.hub.storage.protocol import (
@@ -27,7 +29,7 @@ from autoresearchd.hub.storage.protocol import (
 )
 from autoresearchd.hub.storage.rows import Agent, NewMemory
 from autoresearchd.hub.storage.sqlite import SqliteStore
-from autoresearchd.hub.storage.sqlite_writer import GroupWriter
+from autoresearchd.hub.storage.sqlite_writer import GroupWriter, Turns
 
 pytestmark = pytest.mark.anyio
 
@@ -60,6 +62,70 @@ async def test_a_write_waits_for_a_lock_held_elsewhere_without_blocking_reads(
         assert await store.create_org("third", 2.0)  # and the writer goes on
     finally:
         other.close()
+        await store.close()
+
+
+async def test_the_writers_of_several_processes_take_turns_before_the_write_lock(
+    tmp_path: Path,
+) -> None:
+    """While another process's writer has its turn, this one waits for the turn (woken by
+    the kernel as it ends) rather than in SQLite's poll for the write lock."""
+    path = tmp_path / "hub.sqlite"
+    store = SqliteStore(path)
+    other = Turns(path)  # its own open file, as another process's: the two exclude each other
+    try:
+        assert await store.create_org("first", 0.0)
+        done = anyio.Event()
+
+        async def write() -> None:
+            assert await store.create_org("second", 1.0)
+            done.set()
+
+        async with anyio.create_task_group() as tasks:
+            with other.turn():
+                tasks.start_soon(write)
+                await anyio.sleep(0.3)
+                assert not done.is_set()
+                probe = sqlite3.connect(path, isolation_level=None, timeout=0)
+                probe.execute("BEGIN IMMEDIATE")  # SQLite's lock is free: the writer waits
+                probe.execute("ROLLBACK")  # for its turn, not for SQLite
+                probe.close()
+            with anyio.fail_after(10):
+                await done.wait()
+        assert await store.org_exists("second")
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_a_writer_whose_turns_file_cannot_be_opened_writes_without_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "hub.sqlite"
+    (tmp_path / "hub.sqlite-writer").mkdir()  # in the way: open() fails, as for mode 0600
+    store = SqliteStore(path)
+    try:
+        with capture_logs() as logs:
+            assert await store.create_org("first", 0.0)
+            assert await store.create_org("second", 1.0)
+        assert [e["event"] for e in logs] == ["sqlite_writer_turns_off"]  # said once
+        assert await store.org_exists("second")
+    finally:
+        await store.close()
+
+
+async def test_the_turns_file_belongs_to_the_database_s_owner(tmp_path: Path) -> None:
+    """As root (an admin's ``hub revoke``) the file gets the owner of the database, so the
+    hub's own user can still open it; anyone else owns both already."""
+    path = tmp_path / "hub.sqlite"
+    store = SqliteStore(path)
+    try:
+        if os.geteuid() == 0:
+            os.chown(path, 54321, 54321)  # the hub's user
+        assert await store.create_org("first", 0.0)
+        owner, turns = path.stat(), (tmp_path / "hub.sqlite-writer").stat()
+        assert (turns.st_uid, turns.st_gid) == (owner.st_uid, owner.st_gid)
+    finally:
         await store.close()
 
 

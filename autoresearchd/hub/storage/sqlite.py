@@ -5,14 +5,16 @@ The file runs in WAL mode with ``synchronous = FULL``, so a write the hub acknow
 reached the disk and survives a power loss, not only a crash of the process. Writes run on
 one writer connection in one writer thread, which commits the writes that queued during its
 last commit together, one fsync of the WAL for the group
-(:mod:`~autoresearchd.hub.storage.sqlite_writer`; a write lock held by another process is
-waited for there); reads by key run inline on the event loop, while scans and searches, whose
-cost grows with the data, run in worker threads with a connection each, and a serving hub
-checkpoints the WAL in a thread. The statements themselves are
+(:mod:`~autoresearchd.hub.storage.sqlite_writer`, where the writers of several processes on
+the file, a hub's workers, take turns at its write lock); reads by key run inline on the
+event loop, while scans and searches, whose cost grows with the data, run in worker threads
+with a connection each, and a serving hub checkpoints the WAL in a thread (a checkpoint of
+another process's in progress is skipped, not waited for). The statements themselves are
 :mod:`~autoresearchd.hub.storage.sqlite_statements`; the file brings its schema up to date on
-open (:mod:`~autoresearchd.hub.storage.sqlite_migrations`). Each process caches the agent of
-an API key (:mod:`~autoresearchd.hub.keycache`), kept true across processes by the
-``auth_epoch`` row every change of an agent bumps.
+open (:mod:`~autoresearchd.hub.storage.sqlite_migrations`) in a write transaction, so of
+several processes opening it at once one migrates and the others find it current. Each
+process caches the agent of an API key (:mod:`~autoresearchd.hub.keycache`), kept true
+across processes by the ``auth_epoch`` row every change of an agent bumps.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from autoresearchd.hub.storage.protocol import KeyWrite, Plan, WriteOutcome, Wri
 from autoresearchd.hub.storage.rows import Agent, AuditEntry, Hit, Memory, NewMemory, ResultRow
 from autoresearchd.hub.storage.shared_sql import unstorable
 from autoresearchd.hub.storage.sqlite_migrations import migrate
-from autoresearchd.hub.storage.sqlite_writer import GroupWriter
+from autoresearchd.hub.storage.sqlite_writer import GroupWriter, Turns
 
 BUSY_TIMEOUT_S = 30.0
 #: ``FULL``: a WAL commit waits until the log is on the disk, so an acknowledged result
@@ -66,7 +68,9 @@ class SqliteStore:
         self._all_lock = threading.Lock()  # guards the list of connections, not the data
         self._checkpointing = False
         #: The writer thread; ``group_limit`` (:data:`GROUP_LIMIT` unless told) caps a commit.
-        self.writer = GroupWriter(self._connect, self._error, limit=group_limit or GROUP_LIMIT)
+        self.writer = GroupWriter(
+            self._connect, self._error, limit=group_limit or GROUP_LIMIT, turns=Turns(self.path)
+        )
         self.writer.autocheckpoint = AUTOCHECKPOINT_PAGES
         self._keys: KeyCache[Agent] = KeyCache()
         try:

@@ -6,20 +6,27 @@ takes every write that queued while its last commit was in flight (at most
 together, so a group costs one fsync of the WAL (``synchronous = FULL``) instead of one per
 write. A write whose own statements raise is rolled back to its savepoint alone and its
 neighbours commit; what a write returns (a refusal, a conflict) is its caller's only. Every
-caller is answered after the commit that holds its write has returned, never before.
+caller is answered after the commit that holds its write has returned, never before. The
+writers of several processes on one file (a hub's workers) take turns at its write lock
+(:class:`Turns`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import structlog
 
 from autoresearchd.hub.storage.sqlite_statements import Busy
 
@@ -28,6 +35,8 @@ from autoresearchd.hub.storage.sqlite_statements import Busy
 GROUP_LIMIT = 64
 
 T = TypeVar("T")
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(eq=False)
@@ -61,12 +70,14 @@ class GroupWriter:
         translate: Callable[[BaseException], BaseException],
         *,
         limit: int = GROUP_LIMIT,
+        turns: Turns | None = None,
     ) -> None:
         if limit < 1:
             raise ValueError(f"group limit: {limit} is below 1")
         self._connect = connect
         self._translate = translate
         self._limit = limit
+        self._turns = turns
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -106,6 +117,8 @@ class GroupWriter:
         if thread is not None and thread.is_alive():
             self._queue.put(None)
             thread.join()
+        if self._turns is not None:
+            self._turns.close()
 
     def _serve(self) -> None:
         conn = self._connect()
@@ -134,8 +147,9 @@ class GroupWriter:
 
     def _group(self, conn: sqlite3.Connection, group: Sequence[_Job]) -> None:
         try:
-            self._pragmas(conn)
-            self._commit(conn, group)
+            with self._turns.turn() if self._turns else contextlib.nullcontext():
+                self._pragmas(conn)
+                self._commit(conn, group)
         except BaseException as exc:  # the writer itself failed: no caller waits forever
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -208,3 +222,64 @@ def _apply(conn: sqlite3.Connection, job: _Job) -> None:
                 conn.execute("ROLLBACK")
         return
     conn.execute("RELEASE write")
+
+
+class Turns:
+    """The writers of every process on one database file, taking turns at its write lock.
+
+    SQLite's own wait for a lock another process holds is a poll (sleeps of up to 100 ms
+    between tries, :data:`~autoresearchd.hub.storage.sqlite.BUSY_TIMEOUT_S` in all), so a
+    writer that commits group after group can keep another process's writer waiting long.
+    Holding an ``flock`` on ``<database>-writer`` around each group's transaction instead
+    queues them in the kernel, which wakes the next writer as soon as a commit ends. The
+    lock is taken before SQLite's and never while waiting for it, so no two writers wait
+    on each other; a writer outside the hub (``sqlite3``) still gets SQLite's poll. As
+    SQLite does for its ``-wal`` file, root gives the file the database's owner, so that an
+    admin's ``hub revoke`` cannot lock the hub out of it. Where the file cannot be opened
+    or locked anyway, the writer goes without it (SQLite's poll alone), with a warning.
+    """
+
+    def __init__(self, database: Path) -> None:
+        self.database = database
+        self.path = database.with_name(database.name + "-writer")
+        self._fd: int | None = None
+        self._unusable = False
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        fd = self._open()
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:  # a sandbox that forbids it: SQLite's poll still serves
+                self._give_up(exc)
+                fd = None
+        try:
+            yield
+        finally:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _open(self) -> int | None:
+        if self._fd is None and not self._unusable:
+            try:
+                # Read-only is enough for flock, so a file another user made still serves.
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                self._give_up(exc)
+                return None
+            if os.geteuid() == 0:
+                with contextlib.suppress(OSError):  # the lock serves this process anyway
+                    owner = os.stat(self.database)
+                    os.fchown(self._fd, owner.st_uid, owner.st_gid)
+        return self._fd
+
+    def _give_up(self, exc: OSError) -> None:
+        self.close()
+        self._unusable = True
+        log.warning("sqlite_writer_turns_off", path=str(self.path), error=str(exc))
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
