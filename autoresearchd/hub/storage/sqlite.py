@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,7 +87,7 @@ class SqliteStore:
         conn = sqlite3.connect(
             self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False
         )
-        conn.execute("PRAGMA journal_mode = WAL")
+        _enter_wal(conn, timeout_s)
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         if self._checkpointing:
             conn.execute("PRAGMA wal_autocheckpoint = 0")
@@ -239,3 +240,23 @@ class SqliteStore:
 
     async def select(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         return await self._run(lambda c: sql.select(c, query, params))
+
+
+#: Between tries of switching a file to WAL that another process is switching too.
+WAL_RETRY_S = 0.01
+
+
+def _enter_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
+    """``PRAGMA journal_mode = WAL``, tried again while another process holds the lock: the
+    switch answers "database is locked" at once, without the busy timeout, when several
+    processes (a hub's workers) open a new file together."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() >= deadline:
+                raise
+        time.sleep(WAL_RETRY_S)
