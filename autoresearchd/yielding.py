@@ -6,7 +6,7 @@ shared with a second busy process slows many times over, however niced the secon
 at autogroup nice 15, 1.5x at autogroup nice 19, 5.9x under ``SCHED_IDLE`` alone and 1.1x
 under both). A
 standby therefore yields with every lever the host allows, and all of them are undone at
-its go for every thread of every process in its group:
+its go for every thread of its processes:
 
 - ``SCHED_IDLE``: the standby starts under ``chrt --idle 0``, so it runs only on a core that
   nobody else wants. Only a root daemon uses it, since leaving the policy needs
@@ -87,10 +87,10 @@ def yield_cores(pid: int, *, idle: bool) -> Yielded:
     return Yielded(pid, idle, autogroup, niceness)
 
 
-def _leave_idle(pgid: int) -> None:
+def _leave_idle(leader: int) -> None:
     for _ in range(RECLAIM_PASSES):
         changed = 0
-        for tid in group_threads(pgid):
+        for tid in group_threads(leader):
             try:
                 if os.sched_getscheduler(tid) != os.SCHED_IDLE:
                     continue
@@ -105,19 +105,27 @@ def _leave_idle(pgid: int) -> None:
             return
 
 
-def group_threads(pgid: int) -> list[int]:
-    """Every thread of every process in process group ``pgid``."""
+def group_threads(leader: int) -> list[int]:
+    """Every thread of ``leader`` and of all its descendants (orphans in a sandbox's PID
+    namespace are reparented to a descendant too), found through ``/proc``'s children lists
+    rather than a scan of every process on the host, since this runs at each go."""
     threads: list[int] = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+    todo, seen = [leader], set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
             continue
+        seen.add(pid)
         try:
-            stat = (proc / "stat").read_text(encoding="ascii", errors="replace")
-            if int(stat.rsplit(")", 1)[1].split()[2]) != pgid:
+            tasks = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        threads += tasks
+        for tid in tasks:
+            try:
+                todo += map(int, Path(f"/proc/{pid}/task/{tid}/children").read_text().split())
+            except (OSError, ValueError):
                 continue
-            threads += [int(task.name) for task in (proc / "task").iterdir()]
-        except (OSError, ValueError, IndexError):
-            continue  # gone meanwhile, or not ours to read
     return threads
 
 

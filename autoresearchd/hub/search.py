@@ -99,7 +99,8 @@ def _cosine(a: Mapping[str, int], a_norm: float, b: Mapping[str, int], b_norm: f
 class Profiles:
     """The profiles of texts and memories seen lately, least recently used out first,
     bounded by the characters they hold: the same claims and results are candidates search
-    after search, and a memory's content is its key, so no stale profile is ever used."""
+    after search, and a memory's content is its key, so no stale profile is ever used.
+    The hub ranks on its event loop's thread alone, so the cache takes no lock."""
 
     def __init__(self, max_chars: int = PROFILE_CACHE_CHARS) -> None:
         self.max_chars = max_chars
