@@ -124,6 +124,11 @@ class Tools:
         from outside it rather than being imported here."""
         self._tools[name] = self._agent(lambda agent, args: tool(self, agent, args))
 
+    @property
+    def names(self) -> frozenset[str]:
+        """The tools served, extensions included."""
+        return frozenset(self._tools)
+
     async def call(self, agent: Agent | None, call: Call) -> dict[str, Any]:
         tool = self._tools.get(call.tool)
         if tool is None:
