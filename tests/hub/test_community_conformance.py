@@ -231,9 +231,15 @@ def test_public_namespaces_are_read_without_a_key_and_nothing_else_is(hub: Hub) 
     anonymous = hub.client(None, "guest")
     with pytest.raises(ToolError, match="Authorization"):
         anonymous.list_namespace("results/")
-    for prefix in ("results/", "best/"):
+    board = {"standings": [{"agent_id": "nova", "val_bpb": 0.99}]}
+    admin.call_tool("create_memory", {"items": [admin._item("leaderboard", board)]})
+    for prefix in ("results/", "best/", "leaderboard"):
         assert admin.call_tool("share", {"action": "make_public", "prefix": prefix})["org"] == ORG
     assert anonymous.read_records("results/")[f"results/{key}"]["val_bpb"] == 0.99
+    assert (
+        json.loads(anonymous.get([nova.full("leaderboard")])[nova.full("leaderboard")]["value"])
+        == board
+    )
     best = anonymous.pull_best()
     assert best is not None and best.train_py == BASELINE
     assert anonymous.list_namespace("claims/") == []
@@ -246,6 +252,8 @@ def test_public_namespaces_are_read_without_a_key_and_nothing_else_is(hub: Hub) 
     assert all(hit["key_name"].startswith((f"@{ORG}/results/", f"@{ORG}/best/")) for hit in found)
     with pytest.raises(ToolError, match="admin"):
         nova.call_tool("share", {"action": "make_public", "prefix": "results/"})
+    admin.call_tool("share", {"action": "make_private", "prefix": "leaderboard"})
+    assert anonymous.get([nova.full("leaderboard")]) == {}
 
 
 def test_agents_delete_only_their_own_keys_and_never_results(hub: Hub) -> None:
