@@ -116,7 +116,7 @@ async def test_create_get_and_create_again(http: httpx.AsyncClient) -> None:
         "base64": True,
     }
     assert await call(http, key, "create_memory", {"items": [item]}) == {
-        "results": [{"key_name": item["key_name"], "status": "created", "version": 1}]
+        "results": [{"key_name": item["key_name"], "status": "success", "version": 1}]
     }
     again = await call(http, key, "create_memory", {"items": [item]})
     assert again["results"][0]["status"] == "error" and again["results"][0]["code"] == "exists"
