@@ -31,11 +31,11 @@ PostgreSQL run the same code.
 
 from __future__ import annotations
 
-import base64
 import json
 from dataclasses import dataclass
 from typing import Any
 
+from autoresearchd.ensue import values
 from autoresearchd.ensue.keys import split_key
 from autoresearchd.ensue.records import best_track_confirmed
 from autoresearchd.hub.arguments import arg, invalid
@@ -135,8 +135,7 @@ def _object(tools: Tools, item: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def _encoded(key: str, text: str, description: str = "") -> NewMemory:
-    value = base64.b64encode(text.encode("utf-8")).decode("ascii")
-    return NewMemory(key, value, True, description)
+    return NewMemory(key, values.encode(text), True, description)
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,6 +113,52 @@ TOOLS: tuple[dict[str, Any], ...] = (
         "inputSchema": _schema({"key_name": _KEY, "limit": _LIMIT}, ("key_name",)),
     },
     {
+        "name": "publish_result",
+        "description": (
+            "Publish a result, its markers and the bests it beats in one transaction"
+            " (an extension: without it, publish with create_memory and update_memory)."
+        ),
+        "inputSchema": _schema(
+            {
+                "result": _schema(
+                    {
+                        "key_names": {
+                            "type": "array",
+                            "items": _KEY,
+                            "minItems": 1,
+                            "maxItems": 4,
+                            "description": "results/ keys; the record lands at the first free",
+                        },
+                        "value": _ITEM["properties"]["value"],
+                        "base64": {"type": "boolean"},
+                        "description": _TEXT,
+                    },
+                    ("key_names", "value"),
+                ),
+                "markers": {"type": "array", "items": _ITEM, "maxItems": 8},
+                "bests": {
+                    "type": "array",
+                    "maxItems": 8,
+                    "items": _schema(
+                        {
+                            "metadata_key": _KEY,
+                            "value": _ITEM["properties"]["value"],
+                            "base64": {"type": "boolean"},
+                            "train_py_key": _KEY,
+                            "train_py": {"type": "string", "description": "base64 with base64"},
+                            "org_track": {
+                                "type": "boolean",
+                                "description": "the org's own track is this result's",
+                            },
+                        },
+                        ("metadata_key", "value"),
+                    ),
+                },
+            },
+            ("result",),
+        ),
+    },
+    {
         "name": "share",
         "description": "Make results/, best/ or leaderboard public (readable without a key).",
         "inputSchema": _schema(

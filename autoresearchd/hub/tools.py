@@ -14,8 +14,11 @@ with ``create_memory``, ``get_memory``, ``update_memory``, ``delete_memory``,
   decoded: a value written as base64 comes back as its text (``base64: false``), unless
   it is binary.
 - Key names may be org-relative (``results/x``, in the hub's ``hub.org``) or full
-  (``@org/results/x``); ``get_memory`` answers each key as it was asked for, listings and
-  search name keys relative to the org listed. ``.hub/`` is the hub's own, never listed.
+  (``@org/results/x``). Replies name keys org-relative, as the public network does:
+  ``get_memory``, ``create_memory`` (whose items say ``"status": "success"``),
+  ``update_memory`` and ``delete_memory`` relative to ``hub.org``, listings and search
+  to the org listed; a key of another org keeps its full name. ``.hub/`` is the hub's
+  own, never listed.
 - A tool that fails answers an MCP ``isError`` result whose JSON text carries the
   ``code``, ``error`` and ``data`` (a ``create_memory`` whose every item failed too, with
   the per-item ``results``), so a client that reads no per-item status still sees it.
@@ -124,6 +127,11 @@ class Tools:
         from outside it rather than being imported here."""
         self._tools[name] = self._agent(lambda agent, args: tool(self, agent, args))
 
+    @property
+    def names(self) -> frozenset[str]:
+        """The tools served, extensions included."""
+        return frozenset(self._tools)
+
     async def call(self, agent: Agent | None, call: Call) -> dict[str, Any]:
         tool = self._tools.get(call.tool)
         if tool is None:
@@ -167,6 +175,11 @@ class Tools:
         if isinstance(value, str) and not value.startswith("@") and self.default_org:
             value = full_name(self.default_org, value)
         return key_name(value)
+
+    def shown(self, key: str) -> str:
+        """A full key name as replies give it: relative to the hub's org when it lies in
+        it (the community's clients build ``@{org}/{key_name}`` from it), else full."""
+        return relative(key, self.default_org) if self.default_org else key
 
     def _prefix(self, args: Mapping[str, Any]) -> tuple[str, str]:
         """A listing's full prefix and the org its names are relative to."""
@@ -254,7 +267,7 @@ class Tools:
         if RESULT.match(_rest(key)):
             result, refusal = index_result(agent, key, text)
             if result is None:
-                return _create_error(given, "refused", f"refused: {refusal}")
+                return _create_error(self.shown(key), "refused", f"refused: {refusal}")
         outcome = await self.store.create(
             agent,
             new,
@@ -264,10 +277,10 @@ class Tools:
             detail=audit_detail(key, text),
         )
         if outcome.version is not None:
-            return {"key_name": given, "status": "created", "version": outcome.version}
+            return {"key_name": self.shown(key), "status": "success", "version": outcome.version}
         if outcome.reason == REASON_EXISTS:
-            return _create_error(given, "exists", "key exists")
-        return _create_error(given, "refused", f"refused: {outcome.detail}")
+            return _create_error(self.shown(key), "exists", "key exists")
+        return _create_error(self.shown(key), "refused", f"refused: {outcome.detail}")
 
     async def update_memory(self, agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
         given = args.get("key_name")
@@ -282,7 +295,7 @@ class Tools:
             agent, new, if_match, policy, now, detail=audit_detail(key, text)
         )
         if outcome.version is not None:
-            return {"key_name": given, "status": "updated", "version": outcome.version}
+            return {"key_name": self.shown(key), "status": "updated", "version": outcome.version}
         if outcome.reason == REASON_NOT_FOUND:
             raise RpcFault(NOT_FOUND, f"{given} does not exist", {"reason": REASON_NOT_FOUND})
         if outcome.reason == REASON_VERSION:
@@ -301,7 +314,7 @@ class Tools:
             raise RpcFault(NOT_FOUND, f"{given} does not exist", {"reason": REASON_NOT_FOUND})
         if current.owner != agent.name or not await self.store.delete(agent, key, self.clock()):
             raise RpcFault(FORBIDDEN, f"{given} belongs to {current.owner}", {"reason": "owner"})
-        return {"key_name": given, "status": "deleted"}
+        return {"key_name": self.shown(key), "status": "deleted"}
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -315,8 +328,8 @@ class Tools:
         visible = {memory.key_name for memory in shown}
         return {
             "results": [
-                _found(given, memory if memory and memory.key_name in visible else None)
-                for given, memory in zip(keys, found, strict=True)
+                _found(self.shown(name), memory if memory and memory.key_name in visible else None)
+                for name, memory in zip(names, found, strict=True)
             ]
         }
 
@@ -437,8 +450,8 @@ def _value_of(memory: Memory) -> dict[str, Any]:
     return {"value": text, "base64": False}
 
 
-def _found(name: Any, memory: Memory | None) -> dict[str, Any]:
-    """One ``get_memory`` entry, named as the caller named the key."""
+def _found(name: str, memory: Memory | None) -> dict[str, Any]:
+    """One ``get_memory`` entry, its key named ``name``."""
     if memory is None:
         return {"key_name": name, "status": "not_found"}
     return {**_summary(memory), **_value_of(memory), "key_name": name, "status": "success"}

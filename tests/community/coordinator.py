@@ -7,7 +7,8 @@ our daemon can be tested against its habits without its code:
 - It speaks JSON-RPC ``tools/call`` over HTTP (httpx), bare JSON or SSE replies, and
   reads ``result.content[0].text`` as JSON. A JSON-RPC error or an ``isError`` result
   raises :class:`ToolError`; a per-item error inside a successful result does not.
-- It tests ``status == "success"`` on every ``get_memory`` entry, and ``json.loads`` the
+- It tests ``status == "success"`` on every ``get_memory`` entry and on the item a claim
+  creates, finds entries by their org-relative ``key_name``, and ``json.loads`` the
   value as read: it never decodes base64 itself, although it writes with
   ``"base64": true``.
 - It lists keys and builds ``@{org}/{key_name}`` from the names it got.
@@ -184,9 +185,10 @@ class Coordinator:
         listed = self.call_tool("list_keys", {"prefix": prefix, "limit": limit})
         return [str(k["key_name"]) for k in listed.get("keys", [])]
 
-    def get(self, key_names: list[str]) -> dict[str, dict[str, Any]]:
-        """The entries whose ``status`` is ``"success"``, by the name asked for."""
-        reply = self.call_tool("get_memory", {"key_names": key_names})
+    def get(self, names: list[str]) -> dict[str, dict[str, Any]]:
+        """The entries whose ``status`` is ``"success"``: asked for as ``@{org}/{name}``,
+        found by the org-relative ``key_name`` the reply gives."""
+        reply = self.call_tool("get_memory", {"key_names": [self.full(name) for name in names]})
         return {
             entry["key_name"]: entry
             for entry in reply.get("results", [])
@@ -198,10 +200,10 @@ class Coordinator:
         names = self.list_namespace(prefix)
         if not names:
             return {}
-        found = self.get([self.full(name) for name in names])
+        found = self.get(names)
         records = {}
         for name in names:
-            entry = found.get(self.full(name))
+            entry = found.get(name)
             if entry is not None:
                 records[name] = json.loads(entry["value"])
         return records
@@ -222,10 +224,10 @@ class Coordinator:
         """Why ``description`` must not run now, or None: the same key claimed or done, or
         an active claim (or a result) that scores as the same experiment."""
         key = self.experiment_key(description)
-        found = self.get([self.full(f"claims/{key}"), self.full(f"results/{key}")])
-        if self.full(f"results/{key}") in found:
+        found = self.get([f"claims/{key}", f"results/{key}"])
+        if f"results/{key}" in found:
             return f"already done: results/{key}"
-        claim = found.get(self.full(f"claims/{key}"))
+        claim = found.get(f"claims/{key}")
         if claim is not None and self._active(json.loads(claim["value"])):
             return f"already claimed: claims/{key}"
         for hit in self.search(description, "claims/", 10):
@@ -274,7 +276,7 @@ class Coordinator:
             self.say(f"CLAIM FAILED: {exc}")
             return None
         status = reply.get("results", [{}])[0].get("status")
-        if status not in ("created", "success"):
+        if status != "success":
             self.say(f"CLAIM FAILED: {status}")
             return None
         self.say(f"CLAIMED: {key}")
@@ -283,9 +285,9 @@ class Coordinator:
     # --- results and bests -------------------------------------------------------------
 
     def pull_best(self, prefix: str = "best/") -> Best | None:
-        found = self.get([self.full(f"{prefix}metadata"), self.full(f"{prefix}train_py")])
-        meta = found.get(self.full(f"{prefix}metadata"))
-        source = found.get(self.full(f"{prefix}train_py"))
+        found = self.get([f"{prefix}metadata", f"{prefix}train_py"])
+        meta = found.get(f"{prefix}metadata")
+        source = found.get(f"{prefix}train_py")
         if meta is None or source is None:
             return None
         return Best(json.loads(meta["value"]), str(source["value"]))
@@ -294,7 +296,7 @@ class Coordinator:
         """An agent's best, found the client's way: list ``best/agent/``, build the name."""
         for name in self.list_namespace("best/agent/"):
             if name == f"best/agent/{agent}":
-                entry = self.get([self.full(name)]).get(self.full(name))
+                entry = self.get([name]).get(name)
                 return json.loads(entry["value"]) if entry else None
         return None
 

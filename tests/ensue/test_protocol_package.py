@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
+import autoresearchd
 from autoresearchd.ensue import envelope, keys, values
 from autoresearchd.ensue.errors import CONFLICT, FORBIDDEN, NOT_FOUND, TOOL_FAILED
 
@@ -119,3 +122,17 @@ def test_public_namespaces() -> None:
     shared = ("results/", "leaderboard")
     assert keys.is_public("results/a--b--c", shared) and keys.is_public("leaderboard", shared)
     assert not keys.is_public("claims/a", shared) and not keys.is_public("resultsx", shared)
+
+
+def test_the_hub_and_the_client_build_no_envelope_or_value_of_their_own() -> None:
+    """The package is the protocol's one owner: the hub and our client import it."""
+    root = Path(autoresearchd.__file__).parent
+    # A dict literal (the comma) builds an envelope; a message quoting one does not.
+    owned = re.compile(r'b64encode\(|b64decode\(|"jsonrpc": "2\.0",|"method": "tools/call",')
+    found = [
+        f"{path.relative_to(root)}: {match.group()}"
+        for folder in ("hub", "memory")
+        for path in sorted((root / folder).rglob("*.py"))
+        for match in owned.finditer(path.read_text(encoding="utf-8"))
+    ]
+    assert found == []

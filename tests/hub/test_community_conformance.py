@@ -124,7 +124,7 @@ def test_claim_writes_the_community_record(hub: Hub) -> None:
     nova = hub.agent("nova")
     key = nova.claim_experiment(IDEA, expected_duration_s=420)
     assert key is not None and "CLAIMED: " + key in nova.said
-    entry = nova.get([nova.full(f"claims/{key}")])[nova.full(f"claims/{key}")]
+    entry = nova.get([f"claims/{key}"])[f"claims/{key}"]
     assert entry["description"] == f"[autoresearch] Claim: {IDEA}"
     record = json.loads(entry["value"])  # decoded by the hub, although sent as base64
     assert record == {
@@ -217,10 +217,10 @@ def test_org_relative_names_are_accepted_in_writes(hub: Hub) -> None:
     )
     assert created["results"][0] == {
         "key_name": "insights/nova--plain",
-        "status": "created",
+        "status": "success",
         "version": 1,
     }
-    assert nova.full("insights/nova--plain") in nova.get([nova.full("insights/nova--plain")])
+    assert "insights/nova--plain" in nova.get(["insights/nova--plain"])
 
 
 def test_public_namespaces_are_read_without_a_key_and_nothing_else_is(hub: Hub) -> None:
@@ -231,13 +231,16 @@ def test_public_namespaces_are_read_without_a_key_and_nothing_else_is(hub: Hub) 
     anonymous = hub.client(None, "guest")
     with pytest.raises(ToolError, match="Authorization"):
         anonymous.list_namespace("results/")
-    for prefix in ("results/", "best/"):
+    board = {"standings": [{"agent_id": "nova", "val_bpb": 0.99}]}
+    admin.call_tool("create_memory", {"items": [admin._item("leaderboard", board)]})
+    for prefix in ("results/", "best/", "leaderboard"):
         assert admin.call_tool("share", {"action": "make_public", "prefix": prefix})["org"] == ORG
     assert anonymous.read_records("results/")[f"results/{key}"]["val_bpb"] == 0.99
+    assert json.loads(anonymous.get(["leaderboard"])["leaderboard"]["value"]) == board
     best = anonymous.pull_best()
     assert best is not None and best.train_py == BASELINE
     assert anonymous.list_namespace("claims/") == []
-    assert anonymous.get([nova.full(f"claims/{key}")]) == {}
+    assert anonymous.get([f"claims/{key}"]) == {}
     with pytest.raises(ToolError, match="Authorization"):
         anonymous.call_tool("create_memory", {"items": [{"key_name": "results/x", "value": "{}"}]})
     found = anonymous.call_tool("discover_memories", {"query": IDEA})["results"]
@@ -246,6 +249,8 @@ def test_public_namespaces_are_read_without_a_key_and_nothing_else_is(hub: Hub) 
     assert all(hit["key_name"].startswith((f"@{ORG}/results/", f"@{ORG}/best/")) for hit in found)
     with pytest.raises(ToolError, match="admin"):
         nova.call_tool("share", {"action": "make_public", "prefix": "results/"})
+    admin.call_tool("share", {"action": "make_private", "prefix": "leaderboard"})
+    assert anonymous.get(["leaderboard"]) == {}
 
 
 def test_agents_delete_only_their_own_keys_and_never_results(hub: Hub) -> None:

@@ -211,7 +211,7 @@ async def test_hostile_values_in_every_argument_of_every_tool_never_get_a_500(
     key = await hub.agent("alice")
     note = {"key_name": f"@{ORG}/notes/a", "value": "v"}  # so updates reach the store
     created = payload(await tool_call(http, key, rpc_body("create_memory", {"items": [note]}, "")))
-    assert created["results"][0]["status"] == "created"
+    assert created["results"][0]["status"] == "success"
     for tool, arguments in tool_cases():
         for name, hostile in HOSTILE.items():
             message = await tool_call(http, key, rpc_body(tool, arguments, hostile))
@@ -236,7 +236,7 @@ async def test_hostile_records_in_results_and_bests_never_get_a_500(
                 body = rpc_body("create_memory", {"items": [item]}, "")
                 reply = payload(await tool_call(http, key, body))["results"][0]
                 kept = name == "val_bpb beyond a float" and rest.startswith("results/")
-                assert reply["status"] == ("created" if kept else "error"), (name, rest, reply)
+                assert reply["status"] == ("success" if kept else "error"), (name, rest, reply)
                 assert kept or reply["error"].startswith("refused: "), reply
 
 
@@ -289,7 +289,7 @@ async def test_a_seed_past_64_bits_refuses_the_result_and_keeps_nothing(
     assert await hub.store.get([item["key_name"]]) == [None]
     ok = {"key_name": f"@{ORG}/results/alice--x--2", "value": '{"agent_id": "alice", "seed": 7}'}
     reply = payload(await tool_call(http, key, rpc_body("create_memory", {"items": [ok]}, "")))
-    assert reply["results"][0]["status"] == "created"
+    assert reply["results"][0]["status"] == "success"
 
 
 async def test_a_crash_record_with_nan_metrics_is_still_stored(
@@ -300,7 +300,7 @@ async def test_a_crash_record_with_nan_metrics_is_still_stored(
     record = '{"agent_id": "alice", "status": "crash", "val_bpb": NaN, "seed": 1}'
     item = {"key_name": f"@{ORG}/results/alice--crash--1", "value": record}
     reply = payload(await tool_call(http, key, rpc_body("create_memory", {"items": [item]}, "")))
-    assert reply["results"][0]["status"] == "created"
+    assert reply["results"][0]["status"] == "success"
 
 
 async def test_stores_refuse_values_they_cannot_hold_as_the_requests_fault(
@@ -336,7 +336,7 @@ async def test_a_base64_value_that_decodes_to_a_nul_is_stored_and_found(
     value = base64.b64encode(b"needle\x00haystack").decode()
     item = {"key_name": f"@{ORG}/notes/nul", "value": value, "base64": True}
     reply = payload(await tool_call(http, key, rpc_body("create_memory", {"items": [item]}, "")))
-    assert reply["results"][0]["status"] == "created"
+    assert reply["results"][0]["status"] == "success"
     body = rpc_body("search_memories", {"query": "needle"}, "")
     hits = payload(await tool_call(http, key, body))["results"]
     assert [hit["key_name"] for hit in hits] == [item["key_name"]]

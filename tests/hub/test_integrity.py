@@ -56,7 +56,7 @@ class Swarm:
         name = f"@{ORG}/results/{result.agent_id}--{result.id}"
         item = {"key_name": name, "value": json.dumps(result.to_record())}
         reply = await self.call(agent, "create_memory", {"items": [item]})
-        assert reply["results"][0]["status"] == "created", reply
+        assert reply["results"][0]["status"] == "success", reply
         return name
 
     async def replicated(self, agent: str, values: tuple[float, ...], source: str) -> str:
@@ -164,7 +164,7 @@ async def test_a_verified_replicated_result_moves_the_best_and_then_its_source(
     source = "LR = 0.05\n"
     key = await swarm.replicated("alice", (1.92, 1.90, 1.92), source)
     reply = await swarm.write_best("alice", metadata(key, source, 1.91))
-    assert reply["status"] == "created", reply
+    assert reply["status"] == "success", reply
     wrong = await swarm.call(
         "alice", "create_memory", {"items": [{"key_name": SOURCE, "value": "LR = 9\n"}]}
     )
@@ -172,7 +172,7 @@ async def test_a_verified_replicated_result_moves_the_best_and_then_its_source(
     right = await swarm.call(
         "alice", "create_memory", {"items": [{"key_name": SOURCE, "value": source}]}
     )
-    assert right["results"][0]["status"] == "created"
+    assert right["results"][0]["status"] == "success"
 
 
 async def test_a_result_must_carry_the_key_agents_own_name(swarm: Swarm) -> None:
@@ -271,7 +271,7 @@ async def test_replicates_with_the_same_seed_count_once(swarm: Swarm) -> None:
 async def test_the_new_best_must_beat_the_old_by_value_and_by_mean(swarm: Swarm) -> None:
     first = "LR = 0.05\n"
     key = await swarm.replicated("alice", (1.92, 1.90, 1.92), first)
-    assert (await swarm.write_best("alice", metadata(key, first, 1.91)))["status"] == "created"
+    assert (await swarm.write_best("alice", metadata(key, first, 1.91)))["status"] == "success"
     lucky = "LR = 0.06\n"
     key = await swarm.replicated("alice", (1.80, 1.95, 1.96), lucky)
     worse = await swarm.write_best("alice", metadata(key, lucky, 1.92), if_match=1)
@@ -317,7 +317,7 @@ async def test_other_agent_replication_counts_only_other_agents_confirmations(
     lucky = await swarm.write_best("alice", metadata(key, source, 1.80))
     assert refused(lucky, "better than the replicates' mean 1.91"), lucky
     reply = await swarm.write_best("alice", metadata(key, source, 1.91))
-    assert reply["status"] == "created", reply
+    assert reply["status"] == "success", reply
 
 
 async def test_every_change_of_the_best_is_audited_and_readable(swarm: Swarm) -> None:
@@ -446,7 +446,7 @@ async def test_an_agent_creates_keys_only_in_its_own_namespace(swarm: Swarm, squ
     assert refused(reply["results"][0], f"{key} is not in alice's namespace"), reply
     own = json.dumps(make_result(agent_id="bob").to_record())
     mine = await swarm.call("bob", "create_memory", {"items": [{"key_name": key, "value": own}]})
-    assert mine["results"][0]["status"] == "created", mine
+    assert mine["results"][0]["status"] == "success", mine
 
 
 @pytest.mark.parametrize(
@@ -463,7 +463,7 @@ async def test_own_keys_and_keys_that_name_no_one_may_be_created(swarm: Swarm, o
     reply = await swarm.call(
         "alice", "create_memory", {"items": [{"key_name": key, "value": "{}"}]}
     )
-    assert reply["results"][0]["status"] == "created", reply
+    assert reply["results"][0]["status"] == "success", reply
 
 
 @pytest.mark.parametrize("claimed", [1.80, 0.502])
@@ -507,7 +507,7 @@ async def test_the_first_publisher_may_name_its_source_after_others_reran_it(
     by_bob = await swarm.write_best("bob", metadata(first, source, 1.91, agent="bob"))
     assert refused(by_bob, "is not by bob")
     reply = await swarm.write_best("alice", metadata(first, source, 1.91))
-    assert reply["status"] == "created", reply
+    assert reply["status"] == "success", reply
 
 
 async def test_the_selecting_run_never_counts_toward_the_hubs_mean(swarm: Swarm) -> None:
@@ -515,7 +515,7 @@ async def test_the_selecting_run_never_counts_toward_the_hubs_mean(swarm: Swarm)
     (1.91); the confirmations alone (1.92) do not beat it."""
     first = "LR = 0.05\n"
     key = await swarm.replicated("alice", (1.92, 1.90, 1.92), first)
-    assert (await swarm.write_best("alice", metadata(key, first, 1.91)))["status"] == "created"
+    assert (await swarm.write_best("alice", metadata(key, first, 1.91)))["status"] == "success"
     lucky = "LR = 0.06\n"
     key = await swarm.replicated("alice", (1.80, 1.92, 1.92), lucky)
     reply = await swarm.write_best("alice", metadata(key, lucky, 1.88), if_match=1)
@@ -595,4 +595,4 @@ async def test_an_agent_whose_runs_agree_with_others_needs_one_confirmation_fewe
     key = await swarm.replicated("alice", (1.80, 1.80, 1.80), claim)
     await confirm(swarm, "bob", claim, (1.801,))
     reply = await swarm.write_best("alice", metadata(key, claim, 1.801))
-    assert reply["status"] == "created", reply
+    assert reply["status"] == "success", reply

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import random
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ import anyio
 import httpx
 import pytest
 
+from autoresearchd.hub import batch
+from autoresearchd.hub.app import Hub
 from autoresearchd.hub.storage.sqlite import SqliteStore
 from autoresearchd.models import sha256_text
 from tests.hub.support import (
@@ -113,7 +116,7 @@ async def test_create_get_and_create_again(http: httpx.AsyncClient) -> None:
         "base64": True,
     }
     assert await call(http, key, "create_memory", {"items": [item]}) == {
-        "results": [{"key_name": item["key_name"], "status": "created", "version": 1}]
+        "results": [{"key_name": item["key_name"], "status": "success", "version": 1}]
     }
     again = await call(http, key, "create_memory", {"items": [item]})
     assert again["results"][0]["status"] == "error" and again["results"][0]["code"] == "exists"
@@ -224,6 +227,26 @@ async def test_search_ranks_by_text_relevance_with_scores_in_0_1(http: httpx.Asy
     assert all(0 <= s <= 1 for s in scores) and scores == sorted(scores, reverse=True)
     odd = await call(http, key, "search_memories", {"query": 'AND OR "( NEAR', "limit": 5})
     assert odd == {"results": []}
+
+
+@SQLITE_ONLY
+async def test_tools_list_describes_every_tool_the_hub_serves(
+    http: httpx.AsyncClient, hub: InProcessHub
+) -> None:
+    """A standard MCP client learns the tools from tools/list: none may be missing."""
+    reply = await http.post("/", json={"jsonrpc": "2.0", "method": "tools/list", "id": 1})
+    listed = {tool["name"]: tool for tool in reply.json()["result"]["tools"]}
+    assert set(listed) == Hub(hub.store, TEST_HUB, time.time).tools.names
+    for name, tool in listed.items():
+        schema = tool["inputSchema"]
+        assert schema["type"] == "object" and set(schema["required"]) <= set(schema["properties"])
+        assert tool["description"], name
+    publish = listed["publish_result"]["inputSchema"]["properties"]
+    assert publish["result"]["properties"]["key_names"]["maxItems"] == batch.MAX_CANDIDATES
+    assert (publish["markers"]["maxItems"], publish["bests"]["maxItems"]) == (
+        batch.MAX_MARKERS,
+        batch.MAX_BESTS,
+    )
 
 
 def tool_call(params: bytes) -> bytes:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import httpx
 
@@ -191,9 +191,13 @@ def contains(actual: Any, expected: Any) -> bool:
     return bool(actual == expected)
 
 
-def replay(
-    client_for: Callable[[str], httpx.Client], steps: list[dict[str, Any]] | None = None
-) -> None:
+class Poster(Protocol):
+    """What :func:`replay` sends with: an ``httpx.Client``, or anything posting alike."""
+
+    def post(self, url: str, /, *, json: Any) -> httpx.Response: ...
+
+
+def replay(client_for: Callable[[str], Poster], steps: list[dict[str, Any]] | None = None) -> None:
     """Send the recorded session; every reply must hold what the recording relies on."""
     for number, step in enumerate(steps or load_session()["steps"]):
         response = client_for(step["agent"]).post("/", json=request_of(step))

@@ -20,7 +20,7 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from autoresearchd.backoff import jittered_wait
-from autoresearchd.ensue.envelope import Reply
+from autoresearchd.ensue.envelope import Reply, tool_request
 from autoresearchd.ensue.envelope import parse_message as parse_reply
 from autoresearchd.ensue.envelope import read_reply as _payload
 from autoresearchd.errors import MemoryBackendError, TransientMemoryError
@@ -115,12 +115,7 @@ class EnsueRpc:
         tolerate: tuple[int, ...] = (),
     ) -> Reply:
         """Call ``tool``; a JSON-RPC error is returned only if its code is in ``tolerate``."""
-        body = {
-            "jsonrpc": "2.0",
-            "method": "tools/call",
-            "params": {"name": tool, "arguments": dict(arguments)},
-            "id": next(self._ids),
-        }
+        body = tool_request(tool, arguments, next(self._ids))
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientMemoryError),
             wait=self._wait,
