@@ -94,7 +94,7 @@ class Contest:
         if "code" in reply:
             assert reply["data"]["reason"] == REASON_EXISTS, reply
             return False
-        assert reply["results"][0]["status"] == "created", reply
+        assert reply["results"][0]["status"] == "success", reply
         return True
 
     async def creator(self, index: int) -> None:
