@@ -548,6 +548,11 @@ def build_trainer(settings: Settings) -> tuple[Trainer, TrackData]:
     shape = choose_shape(settings.device, prepared.seq_len)
     raw = GPT(shape).to(settings.device)
     model: nn.Module = raw
+    if settings.device.type == "cpu":
+        # Subnormal floats (Adam's second moments of tiny gradients, say) take the CPU's slow
+        # path, tens of times slower: flushed to zero, a run keeps its speed whatever its
+        # settings. Nothing a run could measure changes by it.
+        torch.set_flush_denormal(True)
     if settings.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         model = torch.compile(raw, dynamic=False)  # type: ignore[assignment]
