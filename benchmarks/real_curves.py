@@ -45,8 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 from landscapes import digits_split  # a sibling script of this one
+from threadpoolctl import threadpool_limits
 
 NAME = "real"
 STEPS = 200
