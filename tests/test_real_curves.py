@@ -28,7 +28,7 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
-        module.CACHE = tmp_path_factory.mktemp("real-curves")
+        module.__dict__["CACHE"] = tmp_path_factory.mktemp("real-curves")
         yield module
     finally:
         sys.path.remove(str(BENCHMARKS))
