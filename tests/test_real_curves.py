@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import random
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,3 +86,16 @@ def test_draws_snap_to_the_grid_within_the_space(real: ModuleType) -> None:
         "weight_decay": -2.0,
         "warmdown": 0.1,
     }
+
+
+def test_the_benchmark_offers_the_real_family() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "early_stopping.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "real" in done.stdout.split("--family", 1)[1]
