@@ -4,9 +4,10 @@ and how far a run like an improvement may beat it.
 A stop answers a test: could this run still end below the incumbent's val_bpb? Per bin ``k``
 (a twentieth of the budget), over the newest :data:`MAX_CURVES` finished runs whose final is
 among the best :data:`TOP_SHARE` (the runs an improvement resembles), :func:`calibrate` fits
-by least squares the final from the loss at ``k`` and its change since bin ``k // 2`` (how
-fast the run still falls), with each run's leave-one-out error (predicted by a fit without
-it) and the errors' spread ``s_k``.
+by least squares the final from the loss at ``k``, at ``k - 1`` and at ``k // 2``
+(:func:`features`: the two last bins average away some of the report noise, and with the
+half-way bin they show how fast the run still falls), with each run's leave-one-out error
+(predicted by a fit without it) and the errors' spread ``s_k``.
 
 A run stops at bin ``k`` when its predicted final minus ``z s_k`` is above the incumbent's
 val_bpb plus :data:`SEED_Z` seed deviations of the difference of two finals (the seed noise
@@ -17,10 +18,11 @@ quantile of each stored top run's largest standardised error over the bins used,
 stored runs like an improvement at most that share would have been stopped at any bin,
 whatever the schedule did to their shape on the way.
 
-A bin is used only where stored curves predict the end and a stop there earns its keep: the
-loss there must rise with the final and, at the calibrated ``z``, stopping there must save
-at least :data:`MIN_POWER` of the budget of the stored runs outside the top share (a bin
-that stops little, or too late to matter, only widens ``z`` for the rest).
+A bin is used only where stored curves predict the end and a stop there earns its keep: a
+curve shifted up everywhere must predict a worse final and, at the calibrated ``z``,
+stopping there must save at least :data:`MIN_POWER` of the budget of the stored runs outside
+the top share (a bin that stops little, or too late to matter, only widens ``z`` for the
+rest).
 A warm-down tied to the budget, which makes high-LR runs look worse mid-run and better at the
 end, shows as wide errors at those fractions: they stop little and drop out, or the whole
 track is off.
@@ -60,22 +62,29 @@ MIN_SEED_DOF = 5
 FIRST_BIN = 1
 
 
+def features(bins: Sequence[float | None], k: int) -> tuple[float, ...] | None:
+    """What bin ``k``'s fit reads of a curve: the loss there and at the bin before (their
+    mix smooths the report noise and shows how fast the run still falls) and at bin
+    ``k // 2`` (how far it came); None when a bin among them is missing."""
+    picked = [bins[j] for j in sorted({k, max(0, k - 1), k // 2}, reverse=True)]
+    if any(v is None for v in picked):
+        return None
+    return (1.0, *(v for v in picked if v is not None))
+
+
 @dataclass(frozen=True, slots=True)
 class Line:
-    """One bin's fit: the final predicted from the loss there and at bin ``back``, and the
-    spread of the prediction's leave-one-out errors."""
+    """One bin's fit: the final predicted from :func:`features` of a curve, and the spread
+    of the prediction's leave-one-out errors."""
 
-    intercept: float
-    slope: float
-    trend: float
-    back: int
+    coefficients: tuple[float, ...]
     spread: float
 
     def predict(self, bins: Sequence[float | None], k: int) -> float | None:
-        now, then = bins[k], bins[self.back]
-        if now is None or then is None:
+        x = features(bins, k)
+        if x is None:
             return None
-        return self.intercept + self.slope * now + self.trend * (now - then)
+        return sum(b * v for b, v in zip(self.coefficients, x, strict=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,31 +196,30 @@ _Fit = tuple[Line, dict[int, float]]  # the line, and each top run's standardise
 def _fit(top: Sequence[Sample], k: int) -> _Fit | None:
     """Bin ``k``'s prediction over the top runs, with leave-one-out errors (how much better
     each run ended than predicted without it); None when the bin has too few runs or the
-    loss there does not rise with the final."""
-    back = k // 2
-    rows = [
-        (i, (1.0, now, now - then), s.final)
-        for i, s in enumerate(top)
-        if (now := s.bins[k]) is not None and (then := s.bins[back]) is not None
-    ]
+    prediction does not rise with the loss (a whole curve shifted up must predict a worse
+    final)."""
+    rows = [(i, x, s.final) for i, s in enumerate(top) if (x := features(s.bins, k)) is not None]
     if len(rows) < MIN_TOP:
         return None
-    inverse = _inverse([[sum(x[a] * x[b] for _, x, _ in rows) for b in range(3)] for a in range(3)])
+    size = len(rows[0][1])
+    gram = [[sum(x[a] * x[b] for _, x, _ in rows) for b in range(size)] for a in range(size)]
+    inverse = _inverse(gram)
     if inverse is None:
         return None
-    xty = [sum(x[a] * y for _, x, y in rows) for a in range(3)]
-    beta = [sum(inverse[a][b] * xty[b] for b in range(3)) for a in range(3)]
-    if beta[1] <= 0:
+    xty = [sum(x[a] * y for _, x, y in rows) for a in range(size)]
+    beta = [sum(inverse[a][b] * xty[b] for b in range(size)) for a in range(size)]
+    if sum(beta[1:]) <= 0:
         return None
     loo: dict[int, float] = {}
     for i, x, y in rows:
-        leverage = sum(x[a] * inverse[a][b] * x[b] for a in range(3) for b in range(3))
+        hx = [sum(inverse[a][b] * x[b] for b in range(size)) for a in range(size)]
+        leverage = sum(x[a] * hx[a] for a in range(size))
         predicted = sum(b * v for b, v in zip(beta, x, strict=True))
         loo[i] = (predicted - y) / max(1e-9, 1 - leverage)
     spread = math.sqrt(sum(r * r for r in loo.values()) / len(loo))
     if not spread > 0:
         return None
-    line = Line(beta[0], beta[1], beta[2], back, spread)
+    line = Line(tuple(beta), spread)
     return line, {i: r / spread for i, r in loo.items()}
 
 

@@ -119,8 +119,8 @@ class ExperimentConfig:
     trust: Literal["params-only", "sandboxed", "any"] = "params-only"
     sandbox: Literal["auto", "off", "required"] = "auto"
     # "auto": stop hopeless runs where stored curves are calibrated (calibration.py). Off by
-    # default: benchmarks/early_stopping.py measures it short of its 1.5x goal on both curve
-    # families.
+    # default: benchmarks/early_stopping.py measures it short of its 1.5x goal on every curve
+    # family, the two held out from its development included.
     early_stopping: Literal["auto", "off"] = "off"
 
 

@@ -6,14 +6,16 @@ by its own rule (:func:`~autoresearchd.calibration.calibrate` on the curves stor
 :func:`~autoresearchd.early_stopping.make_judge` against the incumbent's mean val_bpb).
 Nothing here reimplements the rule.
 
-Three landscape families, each reported on its own: ``scaling`` (below); ``powerlaw``
+Four landscape families, each reported on its own: ``scaling`` (below); ``powerlaw``
 (``benchmarks/powerlaw_curves.py``: mixtures of the parametric learning-curve shapes of the
 curve-extrapolation literature under ``train.py``'s own schedule, with heavy-tailed,
 autocorrelated report noise, loss spikes and crashes; its formula was fixed before the rule
 was first run on it); and ``heldout`` (``benchmarks/heldout_curves.py``: a compute-bound
 Chinchilla loss with a critical batch size under a cosine schedule, kept out of the rule's
-development and first run on the rule after it was fixed). The rule must meet its goal on
-every family.
+development and first run on the rule after it was fixed); and ``real``
+(``benchmarks/real_curves.py``: the training curves of a real MLP on scikit-learn's bundled
+digits under a warm-down tied to the budget, held out likewise). The rule must meet its goal
+on every family.
 
 The ``scaling`` landscape (a loss model in the spirit of scaling laws, written alongside the
 rule's first version):
@@ -52,7 +54,8 @@ seed deviations, once the rule could first be on: what no rule that reads curves
 by much. Last, the worst family's ratio and loss share. Goal: ratio >= 1.5 with <= 5 % of
 true improvements lost, on every family.
 Usage: ``python benchmarks/early_stopping.py [--seeds N] [--candidates N]
-[--family all|scaling|powerlaw|heldout]`` (about three minutes on one core).
+[--family all|scaling|powerlaw|heldout|real]`` (about three minutes on one core for the first
+three; ``real`` trains each configuration it meets once, then reads it from its cache).
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from types import ModuleType
 
 import heldout_curves  # sibling scripts of this one
 import powerlaw_curves
+import real_curves
 import structlog
 
 from autoresearchd.calibration import FIRST_BIN, MIN_CURVES, Calibration, calibrate
@@ -236,6 +240,7 @@ FAMILIES = {
     ),
     "powerlaw": traced(powerlaw_curves),
     "heldout": traced(heldout_curves),
+    "real": traced(real_curves),
 }
 
 

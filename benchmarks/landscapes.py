@@ -257,7 +257,7 @@ ACTIVATION = "sigmoid"  # search: choice "relu" "tanh" "sigmoid"
 
 
 @functools.cache
-def _digits() -> tuple[object, object, object, object]:
+def digits_split() -> tuple[object, object, object, object]:
     import numpy as np
     from sklearn.datasets import load_digits  # type: ignore[import-untyped]
 
@@ -278,7 +278,7 @@ def train_mlp(values: Mapping[str, Value], seed: int) -> float | None:
     lr, momentum = float(values["LR"]), float(values["MOMENTUM"])  # type: ignore[arg-type]
     decay, scale = float(values["WEIGHT_DECAY"]), float(values["INIT_SCALE"])  # type: ignore[arg-type]
     act = str(values["ACTIVATION"])
-    x_train, y_train, x_val, y_val = _digits()
+    x_train, y_train, x_val, y_val = digits_split()
     xt, yt, xv, yv = (np.asarray(a) for a in (x_train, y_train, x_val, y_val))
     rng = np.random.default_rng(seed)
     w1 = rng.normal(0.0, scale / math.sqrt(64), (64, hidden))
