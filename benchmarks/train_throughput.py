@@ -12,8 +12,8 @@ With ``--share``, it measures instead the training share of the real train.py on
 the real daemon (``benchmarks/training_share.py``'s method): its training seconds over the
 device's wall time for runs 2..n, with standbys (train.py as it is) against a copy whose
 ``wait_for_go()`` call is removed (every run started from scratch, as before standbys).
-Both copies have the model's and the batch's sizes pinned (their ``# search:`` marks
-removed), so every run does the same work: a candidate twice the size also evaluates for
+Both copies have the model's and the batch's sizes pinned (marked ``# search:
+fixed``), so every run does the same work: a candidate twice the size also evaluates for
 twice as long, which would measure the search's draw rather than the daemon and train.py.
 The last line is then ``share_ratio``; the goal is a share of at least 92% at 20 s.
 
@@ -234,14 +234,15 @@ SHAPES = (
 
 
 def pin_shapes(source: str) -> str:
-    """``source`` with the search marks of :data:`SHAPES` removed: only the optimiser's
-    settings are searched, so every run trains and evaluates the same model."""
+    """``source`` with :data:`SHAPES` marked ``fixed``: only the optimiser's settings are
+    searched, so every run trains and evaluates the same model. (A parameter without a mark
+    is not fixed: its space is inferred from its value.)"""
     lines = source.splitlines(keepends=True)
     pinned = 0
     for i, line in enumerate(lines):
         name, _, rest = line.partition(" = ")
         if name in SHAPES and "  # search:" in rest:
-            lines[i] = f"{name} = {rest.split('  # search:')[0]}\n"
+            lines[i] = f"{name} = {rest.split('  # search:')[0]}  # search: fixed\n"
             pinned += 1
     assert pinned == len(SHAPES), "train.py's shape parameters moved: update SHAPES"
     return "".join(lines)
