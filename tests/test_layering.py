@@ -288,3 +288,17 @@ def test_nothing_imports_cli_or_daemon(graph: Graph) -> None:
         if source not in entry
     ]
     assert offenders == []
+
+
+def test_a_runs_harness_loads_no_network_client() -> None:
+    # Each run's start-up pays for what the harness imports; a run never downloads.
+    code = (
+        "import sys, autoresearchd.harness.data, autoresearchd.harness.evaluation\n"
+        "import autoresearchd.harness.go\n"
+        "loaded = sorted(m for m in ('httpx', 'tenacity', 'anyio') if m in sys.modules)\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
