@@ -140,6 +140,7 @@ class LearningCurve:
         self._judged = -1
         self._json = False
         self._stop: anyio.Event | None = None
+        self._trained: anyio.Event | None = None
         self.fraction = 0.0
         self.loss: float | None = None
         #: Why the run was (or, audited, would have been) stopped; None while it runs on.
@@ -173,6 +174,8 @@ class LearningCurve:
         # Bins are judged once complete, by the furthest point reached: a script that
         # reports out of order cannot make the rule look at a bin twice.
         self.fraction = max(self.fraction, fraction)
+        if self.trained and self._trained is not None:
+            self._trained.set()
         self._maybe_judge(min(BINS, int(self.fraction * BINS)) - 1)
 
     def _maybe_judge(self, complete: int) -> None:
@@ -207,6 +210,24 @@ class LearningCurve:
             for k, n in enumerate(self._counts)
             if n
         )
+
+    @property
+    def reporting(self) -> bool:
+        """Whether the script has reported any progress (so its training's end will show)."""
+        return self.loss is not None
+
+    @property
+    def trained(self) -> bool:
+        """Whether the run has reported its whole budget trained: evaluation comes next."""
+        return self.fraction >= 1.0
+
+    async def wait_trained(self) -> None:
+        """Return once the run reports its training done (never, for one that reports none)."""
+        if self._trained is None:
+            self._trained = anyio.Event()
+        if self.trained:
+            return
+        await self._trained.wait()
 
     async def wait_stopped(self) -> None:
         """Return once the judge has stopped the run (never, when it does not)."""

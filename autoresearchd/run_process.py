@@ -61,9 +61,13 @@ class Started:
     async def discard(self, spec: RunSpec) -> None:
         """End a standby that will not run: its group, its pipe and its socket."""
         with anyio.CancelScope(shield=True):
-            self.line.close()  # a script waiting for go exits on its own
-            with anyio.move_on_after(STANDBY_EXIT_S):
-                await self.process.wait()
+            # A script waiting for go exits on its own when the socket closes; one still
+            # starting up would only see it at its call, so its group ends at once.
+            waiting = self.line.poll_ready()
+            self.line.close()
+            if waiting:
+                with anyio.move_on_after(STANDBY_EXIT_S):
+                    await self.process.wait()
             await RunGroup(self.process, spec).end()
             await self.process.aclose()
             os.close(self.read_fd)

@@ -10,17 +10,17 @@ there, so the device waits for start-up only when the standby was not ready yet.
 It starts up yielding the CPU (:mod:`autoresearchd.yielding`: ``SCHED_IDLE`` where the
 daemon may undo it, the autogroup's and the group's nice), given back at go. When to start
 it: on a GPU at once (its start-up is tens of seconds, and initialising costs the running
-job nothing it needs), and on a CPU-only host at once too where it starts under
-``SCHED_IDLE``, since it then takes only the cycles the run leaves idle. Elsewhere on a CPU
-(a daemon not running as root), a niced process still slows the run beside it, so it is
-started so that it is ready as the current run is expected to end (learned from this
-worker's last runs): its start-up then overlaps the run's evaluation and, by what start-up
-takes beyond evaluation, the end of its training. Only scripts whose code calls
-``wait_for_go()`` are started early: any other script would begin training at once.
+job nothing it needs). On a CPU-only host the cores are the device, and even a yielding
+process beside training slows it (train.py's tokens/s fell 3 to 8% beside a standby), so it
+starts from the run's evaluation on: once the run's progress says its training is done, or,
+for a script that reports none, so that it is ready as the run is expected to end (learned
+from this worker's last runs). Only scripts whose code calls ``wait_for_go()`` are started
+early: any other script would begin training at once.
 
-A standby is dropped cleanly (the socket closed, so the script exits; then its group
-killed, as a run's) when the candidate it holds will not run next (the best moved, its claim
-expired), when the device, the experiment config or the sandbox changed, and when the worker
+A standby is dropped cleanly (the socket closed, so a script waiting for go exits; then its
+group killed, as a run's, at once for one still starting up) when the candidate it holds
+will not run next (the best moved, its claim expired), when the device, the experiment
+config or the sandbox changed (both beside the next run, not before it), and when the worker
 pauses or drains. Its run directory then stays behind like any other run's, for pruning.
 """
 
@@ -28,18 +28,20 @@ from __future__ import annotations
 
 import ast
 import functools
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import structlog
 
 from autoresearchd.config import ExperimentConfig
+from autoresearchd.early_stopping import LearningCurve
 from autoresearchd.errors import RunError
 from autoresearchd.models import Device
 from autoresearchd.run_process import Started, prepare_run_dir, spawn
 from autoresearchd.run_spec import RunSpec
 from autoresearchd.runner import RunReport
-from autoresearchd.yielding import idle_prefix
 
 log = structlog.get_logger(__name__)
 
@@ -103,9 +105,20 @@ class Standby:
         """The standby's run directory name: a live run for pruning."""
         return self.held.spec.run_id if self.held is not None else None
 
+    async def wait_until_due(self, device: Device, budget_s: float, run: LearningCurve) -> None:
+        """Return when the successor of the run whose curve is ``run`` should start: on a GPU
+        at once; on a CPU once the run reports its training done, or, for a script that
+        reports no progress, at the time learned from this worker's last runs."""
+        if device.is_gpu:
+            return
+        with anyio.move_on_after(self.delay_s(device, budget_s)):
+            await run.wait_trained()
+        if run.reporting and not run.trained:
+            await run.wait_trained()  # it says when it is done: its evaluation is the slot
+
     def delay_s(self, device: Device, budget_s: float) -> float:
-        """How long after a run's go its successor's standby should start."""
-        if device.is_gpu or idle_prefix():
+        """How long after a run's go its successor's standby should start, by the clock."""
+        if device.is_gpu:
             return 0.0
         run_s = self._run_s if self._run_s is not None else budget_s
         lead = (self._startup_s or 0.0) * LEAD_FACTOR + LEAD_MARGIN_S
@@ -148,13 +161,19 @@ class Standby:
         self.held = None
         return held
 
-    async def keep_only(self, key: Key | None) -> None:
-        """Drop the standby unless it is the one for ``key`` (the run that comes next)."""
+    def keep_only(self, key: Key | None) -> Callable[[], Coroutine[Any, Any, None]] | None:
+        """Let go of the standby unless it is the one for ``key`` (the run that comes next);
+        the ending of the one let go, for the caller to run beside the next run rather than
+        before it."""
         held = self.held
         if held is None or held.key == key:
-            return
+            return None
         same = key is not None and held.key.sha256 == key.sha256
-        await self.discard("stale" if same else "not next")
+        self.held = None
+        log.info(
+            "standby_discarded", run_id=held.spec.run_id, reason="stale" if same else "not next"
+        )
+        return functools.partial(held.started.discard, held.spec)
 
     async def discard(self, reason: str = "dropped") -> None:
         held, self.held = self.held, None

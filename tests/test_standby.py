@@ -17,6 +17,7 @@ import pytest
 
 from autoresearchd.config import ExperimentConfig
 from autoresearchd.daemon import Daemon
+from autoresearchd.early_stopping import LearningCurve
 from autoresearchd.memory.sqlite import SqliteMemory
 from autoresearchd.models import Device, Result
 from autoresearchd.records import Origin, build_result
@@ -28,7 +29,7 @@ from autoresearchd.sandbox_probe import probe
 from autoresearchd.standby import Key, Standby, opts_in
 from autoresearchd.testing import ok_script
 from autoresearchd.tracks.prepare import prepare_track
-from autoresearchd.yielding import AUTOGROUP_NICENESS, NICENESS, group_threads, idle_prefix
+from autoresearchd.yielding import AUTOGROUP_NICENESS, NICENESS, group_threads
 
 from .test_runner import make_spec
 from .test_sandbox import spec_for
@@ -149,10 +150,23 @@ def test_a_discarded_standby_exits_without_running(tmp_path: Path) -> None:
     assert not (spec.run_dir / "times.json").exists()
 
 
-def test_standby_timing_is_learned_on_a_cpu_without_an_idle_policy(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr("autoresearchd.standby.idle_prefix", lambda: ())  # not root
+async def discard_while_starting(spec: RunSpec) -> tuple[float, int | None]:
+    prepare(spec)
+    started = await spawn(spec, standby=True)
+    await anyio.sleep(0.3)  # in its start-up: it will not reach wait_for_go for seconds
+    begin = time.monotonic()
+    await started.discard(spec)
+    return time.monotonic() - begin, started.process.returncode
+
+
+def test_a_standby_dropped_while_starting_up_ends_at_once(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, GO_SCRIPT, extra_env={"INIT_S": "10"})
+    seconds, returncode = anyio.run(discard_while_starting, spec)
+    assert returncode is not None
+    assert seconds < 0.5  # not STANDBY_EXIT_S waiting for a call it would reach in 10 s
+
+
+def test_standby_timing_is_learned_on_a_cpu() -> None:
     standby, cpu = Standby(), Device.cpu(0)
     gpu = Device(kind="cuda", index=0, uuid="GPU-1", name="H100", memory_total_mb=81559.0)
     assert standby.delay_s(gpu, 300.0) == 0.0  # a GPU's start-up overlaps the whole run
@@ -162,9 +176,51 @@ def test_standby_timing_is_learned_on_a_cpu_without_an_idle_policy(
     assert standby.delay_s(cpu, 20.0) == pytest.approx(21.0 - 2.0 * 1.2 - 0.25)
 
 
-def test_a_standby_under_sched_idle_starts_at_once_on_a_cpu() -> None:
-    assert idle_prefix(), "root with util-linux's chrt: a standby can start under SCHED_IDLE"
-    assert Standby().delay_s(Device.cpu(0), 20.0) == 0.0
+def progress_line(fraction: float) -> bytes:
+    line = json.dumps({"fraction": fraction, "loss": 3.0, "step": 1})
+    return f"AUTORESEARCH_PROGRESS {line}\n".encode()
+
+
+async def due_after(standby: Standby, device: Device, feed: list[tuple[float, bytes]]) -> float:
+    """Seconds until a successor's standby is due, while ``feed`` arrives as the run's output
+    (each chunk that many seconds after the start)."""
+    curve, start = LearningCurve(20.0), time.monotonic()
+    async with anyio.create_task_group() as tg:
+
+        async def run_output() -> None:
+            for at, chunk in feed:
+                await anyio.sleep(max(0.0, start + at - time.monotonic()))
+                curve.feed(chunk)
+
+        tg.start_soon(run_output)
+        with anyio.fail_after(5):
+            await standby.wait_until_due(device, 20.0, curve)
+        tg.cancel_scope.cancel()
+    return time.monotonic() - start
+
+
+def short_runs() -> Standby:
+    """A worker whose runs last 0.3 s: the clock would start a CPU standby at once."""
+    standby = Standby()
+    standby.learn(RunReport("r", Path("r"), "ok", None, 0, 0.0, 0.3, 0.3, startup_s=0.0))
+    assert standby.delay_s(Device.cpu(0), 20.0) < 0.1
+    return standby
+
+
+def test_a_cpu_standby_starts_when_the_run_reports_its_training_done() -> None:
+    # On a CPU the cores are the device: a standby beside training slows it (train.py's
+    # tokens/s fell 6% beside a standby doing its warm-up), so it waits for evaluation.
+    feed = [(0.0, progress_line(0.5)), (0.6, progress_line(1.0))]
+    assert 0.5 < anyio.run(due_after, short_runs(), Device.cpu(0), feed) < 1.5
+
+
+def test_a_cpu_standby_beside_a_silent_script_starts_by_the_clock() -> None:
+    assert anyio.run(due_after, short_runs(), Device.cpu(0), []) < 0.5
+
+
+def test_a_gpu_standby_starts_at_once() -> None:
+    gpu = Device(kind="cuda", index=0, uuid="GPU-1", name="H100", memory_total_mb=81559.0)
+    assert anyio.run(due_after, Standby(), gpu, [(1.0, progress_line(1.0))]) < 0.5
 
 
 def test_a_standby_gets_its_go_through_the_sandbox(
@@ -276,8 +332,11 @@ async def held_then_changed(spec: RunSpec) -> tuple[bool, bool, int | None]:
     # The config changed (a reload): the same candidate's standby no longer matches.
     reloaded = dataclasses.replace(key, experiment=dataclasses.replace(experiment, grace_s=9.0))
     taken = standby.take(reloaded) is not None
-    await standby.keep_only(reloaded)
-    return taken, standby.held is None, process.returncode
+    ending = standby.keep_only(reloaded)
+    assert ending is not None, "a stale standby was kept"
+    let_go = standby.held is None  # at once: the next run need not wait for its end
+    await ending()
+    return taken, let_go, process.returncode
 
 
 def test_a_standby_whose_config_changed_is_dropped(tmp_path: Path) -> None:

@@ -131,7 +131,11 @@ class Worker:
             await self._prefetched.wait()  # the next candidate, if one is being prepared
         ready = await self.claims.renew(self._take_prepared())
         key = self.running.key(ready.candidate) if ready else None
-        await self.running.standby.keep_only(key)
+        ending = self.running.standby.keep_only(key)
+        if ending is not None and self._background is not None:
+            self.beside(ending)  # off the path to the next run
+        elif ending is not None:
+            await ending()
         if ready is None:
             # Claims of candidates dropped unrun still count as runs (``was_run`` sees live
             # claims): free them first, or a fresh proposal of the same source looks known.

@@ -22,6 +22,7 @@ import anyio
 import structlog
 
 from autoresearchd import compile_cache
+from autoresearchd.early_stopping import LearningCurve
 from autoresearchd.health import FlapDetector
 from autoresearchd.judging import plausible
 from autoresearchd.models import Candidate, Result
@@ -76,17 +77,21 @@ class Running:
         seed = held.seed if held else host.ctx.new_seed()
         run_id = held.spec.run_id if held else new_run_id(host.config.daemon.agent)
         spec = held.spec if held else self.spec(run_id, candidate, seed)
+        curve = None
         if stoppable:  # only a candidate's first run: never a replicate or a re-measure
             experiment, tier = host.config.experiment, host.device.tier
             curve = host.ctx.stopping.curve_for(experiment, tier, candidate, host.best.current())
-            spec = dataclasses.replace(spec, curve=curve)
             if curve is not None:
                 host.beside(self._refresh_stopping)
+        # Every run's curve is read: on a CPU, its successor's standby waits for its end.
+        curve = curve or LearningCurve(spec.time_budget_s)
+        spec = dataclasses.replace(spec, curve=curve)
         structlog.contextvars.bind_contextvars(run_id=run_id)
         try:
             self.started_at, self.run_id = time.time(), run_id
             self._clock = time.monotonic()
-            async with host.control.stop_signal() as stop, self._standby_alongside(candidate):
+            beside = self._standby_alongside(candidate, curve)
+            async with host.control.stop_signal() as stop, beside:
                 report = await run_experiment(
                     spec, stop=stop, standby=held.started if held else None
                 )
@@ -117,18 +122,21 @@ class Running:
         return Key(candidate.sha256, host.device.uuid, host.config.experiment, sandboxed)
 
     @asynccontextmanager
-    async def _standby_alongside(self, running: Candidate) -> AsyncIterator[None]:
+    async def _standby_alongside(
+        self, running: Candidate, curve: LearningCurve
+    ) -> AsyncIterator[None]:
         """While a run goes on, start the next candidate's process in time for its turn."""
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._start_standby, running)
+            tg.start_soon(self._start_standby, running, curve)
             try:
                 yield
             finally:
                 tg.cancel_scope.cancel()
 
-    async def _start_standby(self, running: Candidate) -> None:
+    async def _start_standby(self, running: Candidate, curve: LearningCurve) -> None:
         host = self._host
-        await anyio.sleep(self.standby.delay_s(host.device, host.config.experiment.time_budget_s))
+        budget = host.config.experiment.time_budget_s
+        await self.standby.wait_until_due(host.device, budget, curve)
         candidate = await host.up_next()
         if candidate is None or self.standby.held is not None:
             return
