@@ -169,15 +169,17 @@ class Standby:
         if held is None or held.key == key:
             return None
         same = key is not None and held.key.sha256 == key.sha256
-        self.held = None
-        log.info(
-            "standby_discarded", run_id=held.spec.run_id, reason="stale" if same else "not next"
-        )
-        return functools.partial(held.started.discard, held.spec)
+        return self._let_go("stale" if same else "not next")
 
     async def discard(self, reason: str = "dropped") -> None:
+        ending = self._let_go(reason)
+        if ending is not None:
+            await ending()
+
+    def _let_go(self, reason: str) -> Callable[[], Coroutine[Any, Any, None]] | None:
+        """Forget the standby; the ending of its process, None when there was none."""
         held, self.held = self.held, None
         if held is None:
-            return
+            return None
         log.info("standby_discarded", run_id=held.spec.run_id, reason=reason)
-        await held.started.discard(held.spec)
+        return functools.partial(held.started.discard, held.spec)

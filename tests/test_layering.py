@@ -224,6 +224,14 @@ def imports_harness(path: Path) -> bool:
     )
 
 
+def assert_runs(code: str) -> None:
+    """Run ``code`` in a fresh interpreter, where nothing is imported yet; it must pass."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
 def test_importing_the_package_and_cli_does_not_load_torch() -> None:
     code = (
         "import sys, pkgutil, importlib, autoresearchd, autoresearchd.cli\n"
@@ -232,10 +240,7 @@ def test_importing_the_package_and_cli_does_not_load_torch() -> None:
         "        importlib.import_module(m.name)\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
+    assert_runs(code)
 
 
 def test_only_the_harness_imports_torch() -> None:
@@ -298,7 +303,4 @@ def test_a_runs_harness_loads_no_network_client() -> None:
         "loaded = sorted(m for m in ('httpx', 'tenacity', 'anyio') if m in sys.modules)\n"
         "assert not loaded, loaded\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
+    assert_runs(code)
