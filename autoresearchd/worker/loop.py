@@ -2,8 +2,9 @@
 
 The loop never waits on the network to start its next run: results go to the durable
 outbox for the publisher, beside the next run (:mod:`~autoresearchd.worker.afterrun`), the
-next candidate is prepared while the current one trains, and a memory that cannot be
-reached degrades to the last known best and unclaimed runs.
+next candidate is prepared while the current one trains (and another from the running
+candidate, for a keep: :mod:`~autoresearchd.worker.speculating`), and a memory that cannot
+be reached degrades to the last known best and unclaimed runs.
 The worker orchestrates the cycle; each concern it builds on owns its own state beside
 it: its claims (:mod:`~autoresearchd.worker.claims`), its view of the best
 (:mod:`~autoresearchd.worker.best`), proposing, running, replication, confirmations of
@@ -38,6 +39,7 @@ from autoresearchd.worker.modes import DeviceControl
 from autoresearchd.worker.proposing import Proposing
 from autoresearchd.worker.replication import Replication
 from autoresearchd.worker.running import Running
+from autoresearchd.worker.speculating import Speculating
 from autoresearchd.worker.status import DeviceStatus, ExperimentStatus
 
 log = structlog.get_logger(__name__)
@@ -67,6 +69,7 @@ class Worker:
         self.best = BestView(self)
         self.claims = Claims(self)
         self.proposing = Proposing(self)
+        self.speculation = Speculating(self)
         self.running = Running(self)
         self.replication = Replication(self)
         self.confirming = Confirming(self)
@@ -129,7 +132,8 @@ class Worker:
             return
         if self._prefetched is not None:
             await self._prefetched.wait()  # the next candidate, if one is being prepared
-        ready = await self.claims.renew(self._take_prepared())
+        await self.speculation.settled()
+        ready = await self.claims.renew(self._take_next())
         key = self.running.key(ready.candidate) if ready else None
         ending = self.running.standby.keep_only(key)
         if ending is not None and self._background is not None:
@@ -184,6 +188,18 @@ class Worker:
                 return Prepared(candidate, best)
         return None
 
+    def _take_next(self) -> Prepared | None:
+        """The speculation after a keep of its parent, else the candidate prepared."""
+        ready, speculated = self._take_prepared(), self.speculation.take()
+        if speculated is None:
+            return ready
+        if ready is not None:
+            # Both build on the new best (rare: a prepared one built on it already). Free
+            # this one, as a stale one is freed, rather than hold two claims.
+            self.claims.drop(ready.candidate)
+            self.ctx.ledger.give_back(ready.candidate)
+        return speculated
+
     def _take_prepared(self) -> Prepared | None:
         ready, moved = self.claims.take(), self.best.take_moved()
         if ready is not None and moved and not self.best.builds_on_own(ready.candidate):
@@ -215,6 +231,7 @@ class Worker:
 
     async def _release_all(self) -> None:
         await self.running.standby.discard()
+        await self.speculation.release()
         await self.claims.release_all()
 
     def beside(self, task: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -242,6 +259,7 @@ class Worker:
         if alongside and self._background is not None:
             self._prefetched = anyio.Event()
             self._background.start_soon(self._alongside_run, self._prefetched)
+            self.speculation.begin(candidate, after=self._prefetched)
         result = await self.run(candidate, stoppable=stoppable)
         if result is None or result.status is not Status.DISCARD:
             return result, self.best.known  # no score to judge: queue it at once

@@ -3,12 +3,16 @@
 The baseline runs first, once per worker while no best exists; after that a proposer
 mutates the best (or, when the trust check refuses a network best, the last parent it
 accepted: ``docs/architecture.md``, contract 2). A refused best and a failed proposal are
-queued as results of their own, so the swarm sees them.
+queued as results of their own, so the swarm sees them. A speculation
+(:mod:`~autoresearchd.worker.speculating`) is proposed from our own run in progress instead,
+with the history the proposal just before it read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import time
 from typing import Protocol
 
 import structlog
@@ -25,6 +29,9 @@ log = structlog.get_logger(__name__)
 
 #: Hypotheses and insights a proposal reads; the newest matter most.
 NOTES_LIMIT = 100
+#: How long the history one proposal read may serve a speculation made after it: the two
+#: are made one after the other beside a run, and the history does not change between them.
+HISTORY_REUSE_S = 60.0
 
 
 class Proposes(Host, Protocol):
@@ -44,6 +51,8 @@ class Proposing:
         self._baselines: set[str] = set()
         self._proposer_for: object = None
         self._proposer: Proposer | None = None
+        #: The history the last proposal read, and when: what a speculation reuses.
+        self._history: tuple[float, ProposalContext] | None = None
 
     async def propose(self, best: Best | None) -> Candidate | None:
         """A candidate from ``best`` (the baseline while there is none), or None."""
@@ -64,6 +73,32 @@ class Proposing:
             )
             await self._host.queue(failed_proposal(origin(self._host), exc, parent))
             return None
+
+    async def propose_from(self, parent: Candidate) -> Candidate | None:
+        """A candidate from ``parent``, our own candidate running now, as if it were kept.
+
+        The parent is our proposer's own work from a trusted parent, so no trust check
+        applies. A failure is logged, not queued: it says nothing of a best the swarm holds.
+        """
+        proposer = self.proposer(baseline(self._host.config))
+        try:
+            return await proposer.propose(
+                parent, self.is_known, await self.recent_context(proposer)
+            )
+        except ProposalError as exc:
+            log.info("speculation_not_proposed", proposer=exc.proposer, error=str(exc))
+            return None
+
+    async def recent_context(self, proposer: Proposer) -> ProposalContext:
+        """The history the last proposal read, if recent, with what is in flight now; else
+        a fresh read. Reading it once per run spares the memory a second history read."""
+        held = self._history
+        if not proposer.uses_history or held is None:
+            return await self.context(proposer)
+        read_at, context = held
+        if time.monotonic() - read_at > HISTORY_REUSE_S:
+            return await self.context(proposer)
+        return dataclasses.replace(context, in_flight=self._host.ctx.ledger.sources())
 
     async def is_known(self, sha256: str) -> bool:
         if self._host.ctx.ledger.known(sha256):
@@ -106,7 +141,9 @@ class Proposing:
             log.warning("history_unavailable", error=str(exc))
             return ProposalContext(in_flight=in_flight, device=device, tier=tier)
         mine = [n for n in hypotheses if n.value.get("track", track) == track]
-        return ProposalContext(results, in_flight, mine, insights, device=device, tier=tier)
+        context = ProposalContext(results, in_flight, mine, insights, device=device, tier=tier)
+        self._history = (time.monotonic(), context)
+        return context
 
     async def trusted_parent(self, best: Best, root: Candidate) -> Candidate:
         """``best`` as a parent if the trust policy accepts it, else the last trusted parent.
