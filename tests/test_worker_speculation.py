@@ -312,3 +312,36 @@ def test_no_speculation_calls_an_outside_agent(proposer: dict[str, Any], asks: b
     """Each agent call may be a paid model call: a speculation is made only without one."""
     config = parse_config({"proposer": proposer})
     assert asks_an_agent(config.proposer) is asks
+
+
+async def test_a_speculation_reuses_the_history_just_read_with_what_is_in_flight_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Made right after the normal preparation, it costs the memory no second history read;
+    the history-aware proposer still sees every candidate in flight, the one just claimed too."""
+    async with SqliteMemory(tmp_path / "memory.sqlite") as memory:
+        worker = a_worker(tmp_path, memory)
+        await seed_best(memory, worker)
+        reads, results = [], memory.results
+
+        async def counted(track: str | None = None, limit: int | None = 100) -> list[Result]:
+            reads.append(track)
+            return await results(track, limit)
+
+        monkeypatch.setattr(memory, "results", counted)
+        prepared = await worker.prepare()
+        assert prepared is not None and reads == [TRACK]
+        proposer = worker.proposing.proposer(baseline(worker.config))
+        assert proposer.uses_history
+        seen, propose = [], proposer.propose
+
+        async def watched(parent: Candidate, is_known: Any, context: Any) -> Candidate | None:
+            seen.append(tuple(context.in_flight))
+            return await propose(parent, is_known, context)
+
+        monkeypatch.setattr(proposer, "propose", watched)
+        speculation = await worker.proposing.propose_from(prepared.candidate)
+    assert speculation is not None
+    assert speculation.parent_sha256 == prepared.candidate.sha256
+    assert reads == [TRACK], "no second history read"
+    assert seen == [(prepared.candidate.source,)]
