@@ -77,7 +77,7 @@ class Watch:
 
 
 def a_worker(
-    tmp_path: Path, memory: SqliteMemory, sleep_s: float = 0.3, **experiment: Any
+    tmp_path: Path, memory: SqliteMemory, sleep_s: float = 0.5, **experiment: Any
 ) -> Worker:
     workspace = tmp_path / "ws"
     workspace.mkdir(exist_ok=True)
@@ -135,6 +135,7 @@ async def serve_until(
             tg.start_soon(worker.ctx.publisher.serve)
             tg.start_soon(drain_when_done)
             await worker.serve()
+            await worker.ctx.publisher.drain()  # as the daemon flushes its outbox on the way out
             tg.cancel_scope.cancel()
 
 

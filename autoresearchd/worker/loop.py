@@ -194,8 +194,8 @@ class Worker:
         if speculated is None:
             return ready
         if ready is not None:
-            # Both build on the new best (rare: a prepared one built on it already). Free
-            # this one, as a stale one is freed, rather than hold two claims.
+            # Rarely left current too (another agent's keep of the speculation's parent, say):
+            # the speculation runs, and this one is freed as a stale one is.
             self.claims.drop(ready.candidate)
             self.ctx.ledger.give_back(ready.candidate)
         return speculated
