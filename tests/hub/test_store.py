@@ -229,6 +229,24 @@ async def test_search_ranks_by_relevance_with_scores_in_0_1(store: HubStore) -> 
     assert found == {"@o/n/a", "@o/n/c"}  # an update re-indexes the new text
 
 
+async def test_search_under_a_prefix_finds_its_hits_though_better_ones_lie_outside_it(
+    store: HubStore,
+) -> None:
+    """SQLite picks the best matches before it reads their keys: those it picks outside
+    the prefix must not hide the ones under it, nor be counted against the limit."""
+    await store.create_org("p", 0.0)
+    for i in range(6):
+        await store.create(ALICE, NewMemory(f"@p/n/{i}", "warmup " * 8, False), 0.0)
+    for name in ("a", "b", "c"):
+        await store.create(ALICE, NewMemory(f"@o/n/{name}", f"warmup {name}", False), 0.0)
+    outside = await store.search("warmup", "@p/", 2)
+    assert [hit.memory.key_name for hit in outside] == ["@p/n/0", "@p/n/1"]
+    under = await store.search("warmup", "@o/", 2)
+    assert [hit.memory.key_name for hit in under] == ["@o/n/a", "@o/n/b"]  # ties: oldest first
+    assert len(await store.search("warmup", "@o/", 10)) == 3
+    assert len(await store.search("warmup", "@", 10)) == 9
+
+
 async def test_search_reads_the_first_max_query_words_words_in_both_stores(
     store: HubStore,
 ) -> None:
