@@ -131,6 +131,28 @@ async def test_a_refused_create_stores_nothing(store: HubStore) -> None:
     assert await store.history("@o/insights/k", 10) == []
 
 
+async def test_a_create_of_a_stored_key_is_exists_at_its_version_before_any_refusal(
+    store: HubStore, database: Path | str
+) -> None:
+    """Whether or not its policy reads evidence, a create of a key that is there answers
+    ``exists`` at the key's version, even where the policy would refuse it, and writes
+    nothing (not even to the audit log)."""
+    await store.create(ALICE, text("a"), 0.0)
+    await store.update(ALICE, text("b"), 1, ANYONE, 1.0)
+    no = WritePolicy(lambda current, evidence: "no")
+    looks = WritePolicy(lambda current, evidence: None, Needs(sibling_key="@o/insights/s"))
+    refuses_after_looking = WritePolicy(no.check, looks.needs)
+    for policy in (None, ANYONE, no, looks, refuses_after_looking):
+        outcome = await store.create(BOB, text("c"), 2.0, policy=policy)
+        assert outcome == WriteOutcome(reason=REASON_EXISTS, current_version=2)
+    (stored,) = await store.get(["@o/insights/k"])
+    assert stored is not None and (stored.value, stored.owner) == ("b", "alice")
+    assert len(audit_rows(database, "@o/insights/k")) == 2
+    free = NewMemory("@o/insights/free", "x", False)
+    refused = await store.create(BOB, free, 2.0, policy=refuses_after_looking)
+    assert refused == WriteOutcome(reason=REASON_REFUSED, detail="no")
+
+
 def audit_rows(database: Path | str, key: str) -> list[tuple[object, ...]]:
     query = "SELECT agent, action, key_name, version FROM audit WHERE key_name = "
     if is_postgres_url(database):

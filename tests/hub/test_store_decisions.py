@@ -12,6 +12,7 @@ from autoresearchd.hub.storage.protocol import (
     REASON_VERSION,
     Evidence,
     KeyWrite,
+    Needs,
     WriteOutcome,
     WritePolicy,
 )
@@ -79,16 +80,42 @@ def test_the_policy_sees_the_row_and_evidence_and_its_reason_refuses(
 
 
 @pytest.mark.parametrize(
-    ("inserted", "expected"),
+    ("inserted", "existing_version", "expected"),
     [
-        (True, WriteOutcome(version=1)),
-        (False, WriteOutcome(reason=REASON_EXISTS, current_version=1)),  # lost the race
+        (True, None, WriteOutcome(version=1)),
+        (False, 4, WriteOutcome(reason=REASON_EXISTS, current_version=4)),  # it was there
+        (False, None, WriteOutcome(reason=REASON_EXISTS, current_version=1)),  # gone again
     ],
 )
-def test_a_guarded_insert_that_inserted_nothing_lost_to_a_concurrent_create(
-    inserted: bool, expected: WriteOutcome
+def test_a_guarded_insert_that_inserted_nothing_found_the_key_there(
+    inserted: bool, existing_version: int | None, expected: WriteOutcome
 ) -> None:
-    assert decisions.created(inserted) == expected
+    assert decisions.created(inserted, existing_version) == expected
+
+
+@pytest.mark.parametrize(
+    ("policy", "reads_first"),
+    [
+        (None, False),
+        (WritePolicy(lambda current, evidence: "no"), False),
+        (WritePolicy(lambda current, evidence: None, Needs(sibling_key="@o/k")), True),
+        (WritePolicy(lambda current, evidence: None, Needs(result_key="@o/results/r")), True),
+        (WritePolicy(lambda current, evidence: None, Needs(replicates_of=("o", "s"))), True),
+    ],
+)
+def test_only_a_create_whose_policy_needs_evidence_reads_its_key_first(
+    policy: WritePolicy | None, reads_first: bool
+) -> None:
+    assert decisions.reads_first(policy) is reads_first
+
+
+def test_a_policy_without_evidence_judges_a_create_on_nothing_read() -> None:
+    seen: list[tuple[Memory | None, Evidence]] = []
+    refused = decisions.refused_unread(_policy("no", seen))
+    assert refused == WriteOutcome(reason=REASON_REFUSED, detail="no")
+    assert seen == [(None, Evidence())]
+    assert decisions.refused_unread(_policy(None, seen)) is None
+    assert decisions.refused_unread(None) is None
 
 
 @pytest.mark.parametrize(

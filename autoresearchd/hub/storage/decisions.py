@@ -1,7 +1,8 @@
 """The write algorithm's decisions, as pure functions both dialects call.
 
 A create or an update is a few statements with a decision between each: is the key free
-(or there, at the version asked for)? Does the write policy refuse? Did the guarded
+(or there, at the version asked for; a create whose policy needs no evidence asks the
+``INSERT`` itself, :func:`reads_first`)? Does the write policy refuse? Did the guarded
 ``INSERT``/``UPDATE`` change a row, or did a concurrent writer get there first? Each
 answer is one function here, from what the transaction saw to the :class:`WriteOutcome`
 that ends the write (refused, or lost to a conflict), or None to go on and write. The
@@ -17,6 +18,7 @@ from autoresearchd.hub.storage.protocol import (
     REASON_VERSION,
     Evidence,
     KeyWrite,
+    Needs,
     WriteOutcome,
     WritePolicy,
 )
@@ -51,10 +53,25 @@ def policy_verdict(
     return WriteOutcome(reason=REASON_REFUSED, detail=refusal)
 
 
-def created(inserted: bool) -> WriteOutcome:
-    """After the guarded ``INSERT``: version 1, or the key a concurrent create took first."""
+def reads_first(policy: WritePolicy | None) -> bool:
+    """Whether a create reads its key before its guarded ``INSERT``: only under a policy
+    that needs evidence, which is not worth reading for a key that is there. Any other
+    create inserts at once, and reads the key's version only where the ``INSERT`` found
+    it there or the policy refused (:func:`refused_unread`): ``exists`` comes before a
+    refusal either way, so the outcome is the one a read first would have given."""
+    return policy is not None and policy.needs != Needs()
+
+
+def refused_unread(policy: WritePolicy | None) -> WriteOutcome | None:
+    """The verdict on a create of a policy that needs no evidence; None: allowed."""
+    return None if policy is None else policy_verdict(policy, None, Evidence())
+
+
+def created(inserted: bool, existing_version: int | None = None) -> WriteOutcome:
+    """After the guarded ``INSERT``: version 1, or ``exists`` at the version read after it
+    (1 when the row is gone again by then, removed by a concurrent delete)."""
     if not inserted:
-        return WriteOutcome(reason=REASON_EXISTS, current_version=1)
+        return WriteOutcome(reason=REASON_EXISTS, current_version=existing_version or 1)
     return WriteOutcome(version=1)
 
 

@@ -128,12 +128,28 @@ async def _policy_verdict(
     return decisions.policy_verdict(policy, current, await _evidence(conn, policy.needs))
 
 
+async def _version(conn: Conn, key_name: str) -> int | None:
+    cur = await conn.execute("SELECT version FROM memories WHERE key_name = %s", (key_name,))
+    row = await cur.fetchone()
+    return None if row is None else int(row[0])
+
+
+async def _create_blocked(conn: Conn, write: KeyWrite) -> WriteOutcome | None:
+    """What ends a create before its ``INSERT`` (the key read first only where
+    :func:`~autoresearchd.hub.storage.decisions.reads_first` says so)."""
+    key_name = write.item.key_name
+    if decisions.reads_first(write.policy):
+        blocked = decisions.create_blocked(await _version(conn, key_name))
+        return blocked or await _policy_verdict(conn, write.policy, None)
+    refused = decisions.refused_unread(write.policy)
+    if refused is None:
+        return None
+    return decisions.create_blocked(await _version(conn, key_name)) or refused
+
+
 async def create(conn: Conn, write: KeyWrite) -> WriteOutcome:
     item, agent, now = write.item, write.agent, write.now
-    cur = await conn.execute("SELECT version FROM memories WHERE key_name = %s", (item.key_name,))
-    row = await cur.fetchone()
-    blocked = decisions.create_blocked(None if row is None else int(row[0]))
-    blocked = blocked or await _policy_verdict(conn, write.policy, None)
+    blocked = await _create_blocked(conn, write)
     if blocked:
         return blocked
     cur = await conn.execute(
@@ -152,13 +168,12 @@ async def create(conn: Conn, write: KeyWrite) -> WriteOutcome:
             *_document(item, item.description),
         ),
     )
-    outcome = decisions.created(bool(cur.rowcount))
-    if outcome.version is None:  # a concurrent create committed first: it won
-        return outcome
+    if not cur.rowcount:  # the key is there, or a concurrent create committed it first
+        return decisions.created(False, await _version(conn, item.key_name))
     if write.result is not None:
         await _index_result(conn, write.result, now)
     await audit(conn, now, agent.name, "create", item.key_name, 1, write.detail)
-    return outcome
+    return decisions.created(True)
 
 
 async def _index_result(conn: Conn, row: ResultRow, now: float) -> None:

@@ -252,14 +252,28 @@ def _policy_verdict(
     return decisions.policy_verdict(policy, current, _evidence(conn, policy.needs))
 
 
+def _version(conn: sqlite3.Connection, key_name: str) -> int | None:
+    row = conn.execute("SELECT version FROM memories WHERE key_name = ?", (key_name,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _create_blocked(conn: sqlite3.Connection, write: KeyWrite) -> WriteOutcome | None:
+    """What ends a create before its ``INSERT`` (the key read first only where
+    :func:`~autoresearchd.hub.storage.decisions.reads_first` says so)."""
+    key_name = write.item.key_name
+    if decisions.reads_first(write.policy):
+        blocked = decisions.create_blocked(_version(conn, key_name))
+        return blocked or _policy_verdict(conn, write.policy, None)
+    refused = decisions.refused_unread(write.policy)
+    if refused is None:
+        return None
+    return decisions.create_blocked(_version(conn, key_name)) or refused
+
+
 def create(conn: sqlite3.Connection, write: KeyWrite) -> WriteOutcome:
     item, agent, now = write.item, write.agent, write.now
     with transaction(conn):
-        row = conn.execute(
-            "SELECT version FROM memories WHERE key_name = ?", (item.key_name,)
-        ).fetchone()
-        blocked = decisions.create_blocked(None if row is None else int(row[0]))
-        blocked = blocked or _policy_verdict(conn, write.policy, None)
+        blocked = _create_blocked(conn, write)
         if blocked:
             return blocked
         cur = conn.execute(
@@ -276,9 +290,8 @@ def create(conn: sqlite3.Connection, write: KeyWrite) -> WriteOutcome:
                 int(agent.verified),
             ),
         )
-        outcome = decisions.created(bool(cur.rowcount))
-        if outcome.version is None:  # a writer that does not lock on read got there first
-            return outcome
+        if not cur.rowcount:  # the key is there: at which version?
+            return decisions.created(False, _version(conn, item.key_name))
         if indexed(item.key_name):
             conn.execute(
                 "INSERT INTO memories_fts (rowid, key_name, description, body) VALUES (?, ?, ?, ?)",
@@ -287,7 +300,7 @@ def create(conn: sqlite3.Connection, write: KeyWrite) -> WriteOutcome:
         if write.result is not None:
             _index_result(conn, write.result, now)
         _audit(conn, now, agent.name, "create", item.key_name, 1, write.detail)
-        return outcome
+        return decisions.created(True)
 
 
 def _index_result(conn: sqlite3.Connection, row: ResultRow, now: float) -> None:
