@@ -67,6 +67,8 @@ def loads(data: bytes | str, *, allow_nan: bool = False) -> Any:
     except ValueError as exc:
         raise JsonRefused(f"invalid JSON: {exc}") from None
     strings = _may_hold_unstorable(data, text)
+    if not strings and not _may_nest_too_deep(text):
+        return value  # nothing left for the walk to find
     try:
         _walk(value, 0, strings)
     except _Unstorable as bad:
@@ -99,6 +101,12 @@ def _may_hold_unstorable(data: bytes | str, text: str) -> bool:
         except UnicodeEncodeError:
             return True
     return ESCAPED.search(text) is not None
+
+
+def _may_nest_too_deep(text: str) -> bool:
+    """Whether ``text`` could nest past :data:`MAX_DEPTH`: each level opens with a bracket,
+    so a text with no more brackets than that (strings' own counted too) cannot."""
+    return text.count("[") + text.count("{") > MAX_DEPTH
 
 
 def _no_constant(name: str) -> Any:

@@ -364,6 +364,8 @@ def test_strict_json_says_what_it_refused(text: str, problem: str) -> None:
 def test_strict_json_reads_what_is_fine() -> None:
     assert loads('{"ok": "\\ud83d\\ude00", "n": 2e3}') == {"ok": "\U0001f600", "n": 2000.0}
     assert loads("[" * 64 + "]" * 64) is not None
+    brackets = "[{" * 100  # inside a string, where they nest nothing
+    assert loads(f'[[{{"a": "{brackets}"}}]]') == [[{"a": brackets}]]
     assert loads('{"a": "\\\\ud800"}') == {"a": "\\ud800"}  # an escaped backslash, not a surrogate
     nan = loads('{"v": NaN, "w": 1e999}', allow_nan=True)
     assert nan["v"] != nan["v"] and nan["w"] == float("inf")
