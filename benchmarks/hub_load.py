@@ -355,10 +355,10 @@ async def run_op(kind: str, memory: EnsueMemory, agent: str, rng: random.Random)
         await memory.get_best(TRACK)
     elif kind == "list":
         # The client's own listings read every key; a bounded page is what a load sees.
-        await memory._rpc.call("list_keys", {"prefix": f"@{ORG}/claims/", "limit": 50})
+        await memory.keys.tool("list_keys", {"prefix": f"@{ORG}/claims/", "limit": 50}, key=ORG)
     else:
         query = f"{rng.choice(WORDS)} {rng.choice(WORDS)}"
-        await memory._rpc.call("search_memories", {"query": query, "limit": 10})
+        await memory.keys.tool("search_memories", {"query": query, "limit": 10}, key=ORG)
 
 
 def bench_config(**changes: object) -> HubConfig:

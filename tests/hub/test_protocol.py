@@ -387,7 +387,7 @@ async def test_concurrent_best_publishes_end_with_the_true_minimum_and_a_whole_p
     winner = min(results, key=lambda r: r.val_bpb or 3.0)
     async with hub.memory(keys[0]) as memory:
         best = await memory.get_best(TRACK)
-        pair = await memory._get([f"@{ORG}/best/metadata", f"@{ORG}/best/train_py"])
+        pair = await memory.keys.get([f"@{ORG}/best/metadata", f"@{ORG}/best/train_py"])
     assert best is not None and (best.val_bpb, best.result_id) == (winner.val_bpb, winner.id)
     meta, source = pair
     assert meta is not None and source is not None and source.text == winner.train_py

@@ -166,7 +166,7 @@ async def test_concurrent_best_moves_on_different_replicas_end_at_the_true_minim
     winner = min(results, key=lambda r: r.val_bpb or 3.0)
     async with EnsueMemory(replicas[1].url, org, agents[0][1], primary_track=TRACK) as memory:
         best = await memory.get_best(TRACK)
-        meta, source = await memory._get([f"@{org}/best/metadata", f"@{org}/best/train_py"])
+        meta, source = await memory.keys.get([f"@{org}/best/metadata", f"@{org}/best/train_py"])
         history = await memory.best_history(TRACK)
     assert best is not None and (best.val_bpb, best.result_id) == (winner.val_bpb, winner.id)
     assert meta is not None and source is not None and source.text == winner.train_py

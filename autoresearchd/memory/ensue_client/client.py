@@ -9,7 +9,7 @@ docstring.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -19,7 +19,7 @@ import structlog
 from autoresearchd.memory.ensue_client.bests import Bests, ForeignBests
 from autoresearchd.memory.ensue_client.claims import Claims
 from autoresearchd.memory.ensue_client.keyspace import Keyspace
-from autoresearchd.memory.ensue_client.kv import KeyValues, Stored
+from autoresearchd.memory.ensue_client.kv import KeyValues
 from autoresearchd.memory.ensue_client.notes import Notes
 from autoresearchd.memory.ensue_client.publishing import Publishing
 from autoresearchd.memory.ensue_client.results import Results
@@ -99,9 +99,11 @@ class EnsueMemory:
         await self._kv.close()
         log.debug("memory_closed", backend=BACKEND, url=self.url)
 
-    async def _get(self, names: Sequence[str]) -> list[Stored | None]:
-        """The raw keys ``names`` as stored, for checks of the layout itself."""
-        return await self._kv.get(names)
+    @property
+    def keys(self) -> KeyValues:
+        """The raw key-value tools beneath the records: for checks of the key layout
+        itself and for load tools, never for the daemon's own reads and writes."""
+        return self._kv
 
     async def claim(
         self, track: str, sha256: str, agent_id: str, ttl_s: float, description: str = ""
