@@ -3,15 +3,21 @@
 A result stores its curve compactly: the mean loss in each of :data:`BINS` equal parts of
 the budget, as (mean fraction, mean loss) points (``Result.curve``). Any daemon reads a stored
 curve back by bin (:func:`bins_of`), whatever resolution it was written at, and turns a
-finished run into a :class:`Sample` (:func:`sample_of`) for the calibration.
+finished run into a :class:`Sample` (:func:`sample_of`) for the calibration, with the
+run's hyperparameters read from its stored train.py (:func:`coordinates`): a result stored
+before any daemon read them carries its source all the same.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from autoresearchd.errors import MutationError
+from autoresearchd.hyperparams import parse_params
+from autoresearchd.literals import exponent_of, is_number
 from autoresearchd.models import Result, Status
 
 #: A run's curve is its mean loss in each of this many equal parts of the budget.
@@ -20,6 +26,8 @@ BINS = 20
 Curve = tuple[tuple[float, float], ...]
 #: A curve by bin: the mean loss in each, None where the run reported nothing.
 Bins = tuple[float | None, ...]
+#: A run's numeric hyperparameters by name, each on the scale its space moves on, sorted.
+Coordinates = tuple[tuple[str, float], ...]
 
 
 def bins_of(curve: Iterable[tuple[float, float]]) -> Bins:
@@ -32,14 +40,39 @@ def bins_of(curve: Iterable[tuple[float, float]]) -> Bins:
     return tuple(s / n if n else None for s, n in zip(sums, counts, strict=True))
 
 
+@functools.lru_cache(maxsize=1024)
+def coordinates(source: str) -> Coordinates:
+    """A train.py's movable numeric hyperparameters on the scale their space moves on (log10
+    of a ``log`` one, the exponent of a ``pow2`` one, the value of an ``int`` or ``float``
+    one); empty for a script that does not parse. Fixed and choice ones carry no scale."""
+    try:
+        params = parse_params(source)
+    except MutationError:
+        return ()
+    found = []
+    for name, param in params.items():
+        kind, value = param.space.kind, param.value
+        if kind == "pow2":
+            exponent = exponent_of(value)
+            if exponent is not None:
+                found.append((name, float(exponent)))
+        elif kind in ("int", "float") and is_number(value):
+            found.append((name, float(value)))
+        elif kind == "log" and is_number(value) and value > 0:
+            found.append((name, math.log10(value)))
+    return tuple(sorted((n, v) for n, v in found if math.isfinite(v)))
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One finished run as the calibration sees it: its source, curve and final val_bpb."""
+    """One finished run as the calibration sees it: its source, curve and final val_bpb, and
+    its hyperparameters (empty where its source is unknown)."""
 
     sha256: str
     bins: Bins
     final: float
     completed_at: float = 0.0
+    params: Coordinates = ()
 
 
 def sample_of(result: Result) -> Sample | None:
@@ -49,4 +82,10 @@ def sample_of(result: Result) -> Sample | None:
         return None
     if final is None or not math.isfinite(final) or not result.curve:
         return None
-    return Sample(result.train_py_sha256, bins_of(result.curve), final, result.completed_at)
+    return Sample(
+        result.train_py_sha256,
+        bins_of(result.curve),
+        final,
+        result.completed_at,
+        coordinates(result.train_py),
+    )
