@@ -9,6 +9,13 @@ by least squares the final from the loss at ``k``, at ``k - 1`` and at ``k // 2`
 half-way bin they show how fast the run still falls), with each run's leave-one-out error
 (predicted by a fit without it) and the errors' spread ``s_k``.
 
+A curve's shape depends on its hyperparameters (a high learning rate with a warm-down tied to
+the budget looks worse mid-run and ends better), so the fit may also read the run's numeric
+hyperparameters (``Sample.params``, those every top run carries), standardised, with a ridge
+penalty (:mod:`autoresearchd.ridge`) chosen among :data:`PENALTY_SHARES` by leave-one-out
+error. It does so only where that error is lower than the curve's alone; elsewhere, or when
+a top run carries none (a result stored without its source), the bin reads the curve alone.
+
 A run stops at bin ``k`` when its predicted final minus ``z s_k`` is above the incumbent's
 val_bpb plus :data:`SEED_Z` seed deviations of the difference of two finals (the seed noise
 is pooled over repeated runs of one source), so a stop holds against the incumbent's true
@@ -32,11 +39,12 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
-from autoresearchd.curves import BINS, Sample
+from autoresearchd import ridge
+from autoresearchd.curves import BINS, Coordinates, Sample
 
 #: The largest share of stored runs like an improvement the rule may stop.
 TARGET_LOSS = 0.02
@@ -60,6 +68,9 @@ SEED_Z = 2.0
 MIN_SEED_DOF = 5
 #: The first bin judged: the first twentieth (warm-up, compilation) says least of the end.
 FIRST_BIN = 1
+#: The ridge penalties a bin's fit tries on the standardised hyperparameters, as shares of
+#: the runs it is fitted on (each standardised column's squares sum to that number).
+PENALTY_SHARES = (0.01, 0.1, 1.0, 10.0)
 
 
 def features(bins: Sequence[float | None], k: int) -> tuple[float, ...] | None:
@@ -73,18 +84,54 @@ def features(bins: Sequence[float | None], k: int) -> tuple[float, ...] | None:
 
 
 @dataclass(frozen=True, slots=True)
+class Term:
+    """One hyperparameter's part of a prediction: its coefficient on the value standardised
+    over the fit's runs. Beyond the range they spanned a linear term is not trusted to
+    count against a run: there it counts as at the range's edge, or as extrapolated where
+    that predicts a lower final (a run that goes further the way the best went may bloom
+    later still)."""
+
+    name: str
+    centre: float
+    scale: float
+    low: float
+    high: float
+    coefficient: float
+
+    def value(self, params: Mapping[str, float]) -> float | None:
+        raw = params.get(self.name)
+        if raw is None:
+            return None
+        edge = self.coefficient * (min(self.high, max(self.low, raw)) - self.centre) / self.scale
+        return min(edge, self.coefficient * (raw - self.centre) / self.scale)
+
+
+@dataclass(frozen=True, slots=True)
 class Line:
-    """One bin's fit: the final predicted from :func:`features` of a curve, and the spread
-    of the prediction's leave-one-out errors."""
+    """One bin's fit: the final predicted from :func:`features` of a curve (and, where they
+    predict it better, the run's hyperparameters), and the spread of the prediction's
+    leave-one-out errors."""
 
     coefficients: tuple[float, ...]
     spread: float
+    terms: tuple[Term, ...] = ()
 
-    def predict(self, bins: Sequence[float | None], k: int) -> float | None:
+    def predict(
+        self, bins: Sequence[float | None], k: int, params: Coordinates = ()
+    ) -> float | None:
+        """The predicted final; None when a bin it reads, or a hyperparameter it reads, is
+        missing."""
         x = features(bins, k)
         if x is None:
             return None
-        return sum(b * v for b, v in zip(self.coefficients, x, strict=True))
+        base = sum(b * v for b, v in zip(self.coefficients, x, strict=True))
+        if not self.terms:
+            return base
+        by_name = dict(params)
+        parts = [term.value(by_name) for term in self.terms]
+        if any(part is None for part in parts):
+            return None
+        return base + sum(part for part in parts if part is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +149,13 @@ class Calibration:
     def on(self) -> bool:
         return math.isfinite(self.z) and any(line is not None for line in self.lines)
 
-    def bound(self, bins: Sequence[float | None], k: int) -> tuple[float, float] | None:
-        """A run's predicted final from its curve up to bin ``k``, and the lowest it may
-        still end at; None when bin ``k`` is not used."""
+    def bound(
+        self, bins: Sequence[float | None], k: int, params: Coordinates = ()
+    ) -> tuple[float, float] | None:
+        """A run's predicted final from its curve up to bin ``k`` (and its hyperparameters
+        ``params``), and the lowest it may still end at; None when bin ``k`` is not used."""
         line = self.lines[k] if self.on else None
-        predicted = line.predict(bins, k) if line is not None else None
+        predicted = line.predict(bins, k, params) if line is not None else None
         if line is None or predicted is None:
             return None
         return predicted, predicted - self.z * line.spread
@@ -150,7 +199,8 @@ def calibrate(samples: Sequence[Sample]) -> Calibration:
     top = ranked[: max(MIN_TOP + 1, math.ceil(TOP_SHARE * len(ranked)))]
     rest = ranked[len(top) :]
     reference = ranked[int(INCUMBENT_SHARE * len(ranked))].final
-    fits = [_fit(top, k) if FIRST_BIN <= k < BINS - 1 else None for k in range(BINS)]
+    names = _shared_names(top)
+    fits = [_fit(top, k, names) if FIRST_BIN <= k < BINS - 1 else None for k in range(BINS)]
     used = [k for k, fit in enumerate(fits) if fit is not None]
     z = math.inf
     # Dropping a bin lowers z, which can only raise the others' power: a few passes settle.
@@ -193,52 +243,59 @@ def _seed_noise(samples: Sequence[Sample]) -> tuple[float, int]:
 _Fit = tuple[Line, dict[int, float]]  # the line, and each top run's standardised error
 
 
-def _fit(top: Sequence[Sample], k: int) -> _Fit | None:
+def _fit(top: Sequence[Sample], k: int, names: Sequence[str]) -> _Fit | None:
     """Bin ``k``'s prediction over the top runs, with leave-one-out errors (how much better
     each run ended than predicted without it); None when the bin has too few runs or the
     prediction does not rise with the loss (a whole curve shifted up must predict a worse
-    final)."""
-    rows = [(i, x, s.final) for i, s in enumerate(top) if (x := features(s.bins, k)) is not None]
+    final). The hyperparameters ``names`` join the curve's features, ridge-penalised at the
+    penalty whose leave-one-out error is lowest, only where that beats the curve alone."""
+    rows = [(i, x, s) for i, s in enumerate(top) if (x := features(s.bins, k)) is not None]
     if len(rows) < MIN_TOP:
         return None
+    scales = _standardise([dict(s.params) for _, _, s in rows], names)
+    z = [[(dict(s.params)[t.name] - t.centre) / t.scale for t in scales] for _, _, s in rows]
+    penalties = [share * len(rows) for share in PENALTY_SHARES] if scales else []
+    y = [s.final for _, _, s in rows]
     size = len(rows[0][1])
-    gram = [[sum(x[a] * x[b] for _, x, _ in rows) for b in range(size)] for a in range(size)]
-    inverse = _inverse(gram)
-    if inverse is None:
+    candidates = [
+        fit
+        for fit in ridge.fits([x for _, x, _ in rows], z, y, penalties)
+        if sum(fit.coefficients[1:size]) > 0
+    ]
+    if not candidates:
         return None
-    xty = [sum(x[a] * y for _, x, y in rows) for a in range(size)]
-    beta = [sum(inverse[a][b] * xty[b] for b in range(size)) for a in range(size)]
-    if sum(beta[1:]) <= 0:
-        return None
-    loo: dict[int, float] = {}
-    for i, x, y in rows:
-        hx = [sum(inverse[a][b] * x[b] for b in range(size)) for a in range(size)]
-        leverage = sum(x[a] * hx[a] for a in range(size))
-        predicted = sum(b * v for b, v in zip(beta, x, strict=True))
-        loo[i] = (predicted - y) / max(1e-9, 1 - leverage)
-    spread = math.sqrt(sum(r * r for r in loo.values()) / len(loo))
+    fit = min(candidates, key=lambda f: f.loo_mse)  # the first, the curve alone, on a tie
+    spread = math.sqrt(fit.loo_mse)
     if not spread > 0:
         return None
-    line = Line(tuple(beta), spread)
-    return line, {i: r / spread for i, r in loo.items()}
+    terms: tuple[Term, ...] = ()
+    if math.isfinite(fit.penalty):
+        on_z = fit.coefficients[size:]
+        terms = tuple(replace(t, coefficient=b) for t, b in zip(scales, on_z, strict=True))
+    line = Line(fit.coefficients[:size], spread, terms)
+    return line, {i: r / spread for (i, _, _), r in zip(rows, fit.loo, strict=True)}
 
 
-def _inverse(m: list[list[float]]) -> list[list[float]] | None:
-    """The inverse of a small symmetric matrix by Gauss-Jordan; None when it is singular."""
-    size = len(m)
-    a = [row[:] + [1.0 if i == j else 0.0 for j in range(size)] for i, row in enumerate(m)]
-    for col in range(size):
-        pivot = max(range(col, size), key=lambda r: abs(a[r][col]))
-        if abs(a[pivot][col]) < 1e-12:
-            return None
-        a[col], a[pivot] = a[pivot], a[col]
-        scale = a[col][col]
-        a[col] = [v / scale for v in a[col]]
-        for r in range(size):
-            if r != col and a[r][col] != 0.0:
-                factor = a[r][col]
-                a[r] = [v - factor * w for v, w in zip(a[r], a[col], strict=True)]
-    return [row[size:] for row in a]
+def _standardise(params: Sequence[Mapping[str, float]], names: Sequence[str]) -> list[Term]:
+    """Per hyperparameter among ``names`` that varies over ``params``: its mean, standard
+    deviation and range (the coefficient is left to the fit)."""
+    terms = []
+    for name in names:
+        values = [p[name] for p in params]
+        centre = statistics.fmean(values)
+        scale = statistics.pstdev(values, centre)
+        if scale > 1e-9 * (1 + abs(centre)):
+            terms.append(Term(name, centre, scale, min(values), max(values), 0.0))
+    return terms
+
+
+def _shared_names(samples: Sequence[Sample]) -> list[str]:
+    """The hyperparameters every one of ``samples`` carries (none when one carries none:
+    a run whose source is unknown)."""
+    shared = set(dict(samples[0].params)) if samples else set()
+    for s in samples[1:]:
+        shared &= set(dict(s.params))
+    return sorted(shared)
 
 
 def _conformal_z(top: Sequence[Sample], fits: Sequence[_Fit | None], used: Sequence[int]) -> float:
@@ -266,7 +323,7 @@ def _power(
     if fit is None:
         return 0.0
     line = fit[0]
-    predicted = [p for s in rest if (p := line.predict(s.bins, k)) is not None]
+    predicted = [p for s in rest if (p := line.predict(s.bins, k, s.params)) is not None]
     if not predicted:
         return 0.0
     return sum(1 for p in predicted if p - z * line.spread > reference) / len(predicted)

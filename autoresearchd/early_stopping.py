@@ -29,7 +29,7 @@ import structlog
 
 from autoresearchd.calibration import MAX_CURVES, OFF, TARGET_LOSS, Calibration, calibrate
 from autoresearchd.config import ExperimentConfig
-from autoresearchd.curves import BINS, Bins, Curve, Sample, sample_of
+from autoresearchd.curves import BINS, Bins, Coordinates, Curve, Sample, coordinates, sample_of
 from autoresearchd.errors import MemoryBackendError
 from autoresearchd.memory.protocol import CollectiveMemory
 from autoresearchd.models import Best, Candidate, Result
@@ -77,16 +77,18 @@ class Verdict:
 
 @dataclass(frozen=True, slots=True)
 class Judge:
-    """The rule for one run: a calibration and the incumbent's val_bpb to beat."""
+    """The rule for one run: a calibration, the incumbent's val_bpb to beat and the run's
+    hyperparameters."""
 
     calibration: Calibration
     incumbent: float
     runs: int = 1
     audit: bool = False
+    params: Coordinates = ()
 
     def verdict(self, bins: Bins, k: int, fraction: float) -> Verdict | None:
         """A verdict when the curve up to bin ``k`` is sure to end above the incumbent."""
-        bound = self.calibration.bound(bins, k)
+        bound = self.calibration.bound(bins, k, self.params)
         threshold = self.calibration.threshold(self.incumbent, self.runs)
         if bound is None or bound[1] <= threshold:
             return None
@@ -104,13 +106,17 @@ class Judge:
 
 
 def make_judge(
-    calibration: Calibration, incumbent: float, runs: int, rng: random.Random
+    calibration: Calibration,
+    incumbent: float,
+    runs: int,
+    rng: random.Random,
+    params: Coordinates = (),
 ) -> Judge | None:
-    """The judge of one run against the incumbent's val_bpb, the mean of ``runs`` runs;
-    None when nothing can stop it."""
+    """The judge of one run (of hyperparameters ``params``) against the incumbent's
+    val_bpb, the mean of ``runs`` runs; None when nothing can stop it."""
     if not calibration.on or not math.isfinite(incumbent):
         return None
-    return Judge(calibration, incumbent, runs, rng.random() < AUDIT_SHARE)
+    return Judge(calibration, incumbent, runs, rng.random() < AUDIT_SHARE, params)
 
 
 class LearningCurve:
@@ -273,7 +279,7 @@ class EarlyStopping:
         must not be stopped (a baseline, or early stopping off)."""
         if experiment.early_stopping == "off" or candidate.parent_sha256 is None:
             return None
-        judge = self.judge_for(experiment.track, tier, best)
+        judge = self.judge_for(experiment.track, tier, best, coordinates(candidate.source))
         return LearningCurve(experiment.time_budget_s, judge)
 
     async def refresh(
@@ -310,8 +316,11 @@ class EarlyStopping:
         state.calibration = calibration
         return calibration
 
-    def judge_for(self, track: str, tier: str, best: Best | None) -> Callable[[], Judge | None]:
-        """What a run's curve asks at each bin: a judge against ``best``'s val_bpb."""
+    def judge_for(
+        self, track: str, tier: str, best: Best | None, params: Coordinates = ()
+    ) -> Callable[[], Judge | None]:
+        """What a run's curve (of hyperparameters ``params``) asks at each bin: a judge
+        against ``best``'s val_bpb."""
         chosen: dict[Calibration, Judge | None] = {}
 
         def judge() -> Judge | None:
@@ -320,7 +329,7 @@ class EarlyStopping:
                 return None
             if state.calibration not in chosen:  # one audit draw per run and calibration
                 runs = sum(1 for s in state.samples.values() if s.sha256 == best.train_py_sha256)
-                made = make_judge(state.calibration, best.val_bpb, runs, self._rng)
+                made = make_judge(state.calibration, best.val_bpb, runs, self._rng, params)
                 chosen[state.calibration] = made
             return chosen[state.calibration]
 
