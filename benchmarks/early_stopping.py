@@ -53,9 +53,16 @@ and stops, at the rule's first judged bin, every one truly worse than the incumb
 seed deviations, once the rule could first be on: what no rule that reads curves can beat
 by much. Last, the worst family's ratio and loss share. Goal: ratio >= 1.5 with <= 5 % of
 true improvements lost, on every family.
+Each stored curve carries its run's hyperparameters (each on 0..1 over its declared space, as
+a result's train.py gives them to the daemon), and each judged run its own. With
+``--compare-curve-only`` a fourth arm, ``curve``, runs the rule on curves stored without
+hyperparameters (the rule before it read them) against the same candidates, and its figures
+and the ratio of its saving to the ``auto`` arm's (with a 90 % interval, the arms of a seed
+resampled together) are printed beside them.
 Usage: ``python benchmarks/early_stopping.py [--seeds N] [--candidates N]
-[--family all|scaling|powerlaw|heldout|real]`` (about three minutes on one core for the first
-three; ``real`` trains each configuration it meets once, then reads it from its cache).
+[--family all|scaling|powerlaw|heldout|real] [--compare-curve-only]`` (about three minutes on
+one core for the first three; ``real`` trains each configuration it meets once, then reads it
+from its cache).
 """
 
 from __future__ import annotations
@@ -76,7 +83,7 @@ import real_curves
 import structlog
 
 from autoresearchd.calibration import FIRST_BIN, MIN_CURVES, Calibration, calibrate
-from autoresearchd.curves import BINS, Sample, bins_of
+from autoresearchd.curves import BINS, Coordinates, Sample, bins_of
 from autoresearchd.early_stopping import Judge, LearningCurve, make_judge
 from autoresearchd.progress import Progress
 
@@ -251,6 +258,7 @@ FAMILIES = {
 class Arm:
     early_stopping: bool
     oracle: bool = False  # stops by the truth, not the rule: a bound on what a rule saves
+    hyperparams: bool = True  # False: the rule reads the curve alone, as it did before
     gpu_s: float = 0.0
     runs: int = 0
     stops: int = 0
@@ -264,6 +272,13 @@ class Arm:
     final_true: float = math.nan
 
 
+def normalised(theta: dict[str, float], space: Space) -> Coordinates:
+    """A configuration as a result stores it: each value on 0..1 over its declared space."""
+    return tuple(
+        (name, (theta[name] - low) / (high - low)) for name, (low, high) in sorted(space.items())
+    )
+
+
 def search(arm: Arm, seed: int, candidates: int, family: Family) -> None:
     rng = random.Random(seed)
     best_theta = dict(family.baseline)
@@ -273,9 +288,10 @@ def search(arm: Arm, seed: int, candidates: int, family: Family) -> None:
     def run(theta: dict[str, float], stoppable: bool) -> Run:
         nonlocal clock
         judge = None
+        params = normalised(theta, family.space) if arm.hyperparams else ()
         if stoppable and arm.early_stopping and arm.calibration is not None:
             incumbent = statistics.fmean(best_finals)
-            judge = make_judge(arm.calibration, incumbent, len(best_finals), rng)
+            judge = make_judge(arm.calibration, incumbent, len(best_finals), rng, params)
         result = family.simulate(theta, rng, judge)
         arm.runs, arm.gpu_s, clock = arm.runs + 1, arm.gpu_s + result.gpu_s, clock + 1
         arm.stops += result.stopped
@@ -283,7 +299,7 @@ def search(arm: Arm, seed: int, candidates: int, family: Family) -> None:
             arm.stopped_at.append(result.fraction)
         if result.final is not None:
             key = repr(sorted(theta.items()))
-            arm.samples.append(Sample(key, bins_of(result.curve), result.final, clock))
+            arm.samples.append(Sample(key, bins_of(result.curve), result.final, clock, params))
             arm.completed_since += 1
             if arm.completed_since >= RECALIBRATE_EVERY:
                 arm.calibration = calibrate(arm.samples)
@@ -337,18 +353,18 @@ COUNTS = ("gpu_s", "runs", "stops", "real_improvements", "offered", "lost")
 BOOTSTRAP = 2000
 
 
-def figures(seeds: list[dict[str, Arm]]) -> tuple[float, float, float, float]:
-    """Over the seeds given: each arm's GPU-hours per real improvement, the ratio off / auto,
-    and the share of true improvements the auto arm stopped."""
-    total = {name: Arm(name == "auto") for name in ("off", "auto")}
+def figures(seeds: list[dict[str, Arm]], rule: str = "auto") -> tuple[float, float, float, float]:
+    """Over the seeds given: GPU-hours per real improvement of the ``off`` arm and of the
+    ``rule`` arm, the ratio off / rule, and the share of true improvements ``rule`` stopped."""
+    total = {name: Arm(name != "off") for name in ("off", rule)}
     for arms in seeds:
         for name in total:
             arm = arms[name]
             for attr in COUNTS:
                 setattr(total[name], attr, getattr(total[name], attr) + getattr(arm, attr))
     per = {n: a.gpu_s / 3600 / max(1, a.real_improvements) for n, a in total.items()}
-    lost = total["auto"].lost / max(1, total["auto"].offered)
-    return per["off"], per["auto"], per["off"] / per["auto"], lost
+    lost = total[rule].lost / max(1, total[rule].offered)
+    return per["off"], per[rule], per["off"] / per[rule], lost
 
 
 def interval(values: list[float]) -> tuple[float, float]:
@@ -356,22 +372,34 @@ def interval(values: list[float]) -> tuple[float, float]:
     return ordered[int(0.05 * len(ordered))], ordered[int(0.95 * len(ordered)) - 1]
 
 
-def bootstrap(seeds: list[dict[str, Arm]]) -> tuple[tuple[float, float], tuple[float, float]]:
-    """90 % intervals of the ratio and of the loss share, resampling seeds (both arms of a
-    seed together: they face the same candidates)."""
+def bootstrap(
+    seeds: list[dict[str, Arm]], rules: tuple[str, ...] = ("auto",)
+) -> dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float, float]]]:
+    """Per rule arm, 90 % intervals of the ratio off / rule, of its loss share, and of the
+    ratio of its ratio to the first rule's, resampling seeds (all arms of a seed together:
+    they face the same candidates)."""
     rng = random.Random(20261202)
-    ratios, losses = [], []
+    drawn: dict[str, list[tuple[float, float]]] = {rule: [] for rule in rules}
     for _ in range(BOOTSTRAP):
-        _, _, ratio, lost = figures([rng.choice(seeds) for _ in seeds])
-        ratios.append(ratio)
-        losses.append(lost)
-    return interval(ratios), interval(losses)
+        resampled = [rng.choice(seeds) for _ in seeds]
+        for rule in rules:
+            drawn[rule].append(figures(resampled, rule)[2:])
+    first = [ratio for ratio, _ in drawn[rules[0]]]
+    return {
+        rule: (
+            interval([ratio for ratio, _ in values]),
+            interval([lost for _, lost in values]),
+            interval([ratio / f for (ratio, _), f in zip(values, first, strict=True)]),
+        )
+        for rule, values in drawn.items()
+    }
 
 
 def report(family: Family, seeds: list[dict[str, Arm]]) -> tuple[float, float]:
-    """Print one family's figures; return its ratio and loss share."""
+    """Print one family's figures; return the rule's ratio and loss share."""
     tag = f"[{family.name}]"
-    for name in ("off", "auto"):
+    rules = tuple(name for name in ("auto", "curve") if name in seeds[0])
+    for name in ("off", *rules):
         arms = [arms[name] for arms in seeds]
         hours = sum(a.gpu_s for a in arms) / 3600
         improvements = sum(a.real_improvements for a in arms)
@@ -390,31 +418,46 @@ def report(family: Family, seeds: list[dict[str, Arm]]) -> tuple[float, float]:
             f"{tag} stops by quarter of the budget: {shares}; "
             f"mean fraction used {statistics.fmean(stopped_at):.2f}"
         )
-    per_off, per_auto, ratio, lost = figures(seeds)
-    (r_low, r_high), (l_low, l_high) = bootstrap(seeds)
-    offered = sum(arms["auto"].offered for arms in seeds)
-    print(
-        f"{tag} true improvements lost: {sum(arms['auto'].lost for arms in seeds)} of "
-        f"{offered} offered ({lost:.1%}, 90% CI {l_low:.1%}..{l_high:.1%}, goal <= 5%)"
-    )
-    spent = [sum(arms[n].gpu_s for arms in seeds) for n in ("off", "auto")]
-    print(f"{tag} GPU-hours for the same candidates, off / auto: {spent[0] / spent[1]:.2f}x")
-    print(
-        f"{tag} GPU-hours per real improvement: off {per_off:.2f}, auto {per_auto:.2f}; "
-        f"off / auto {ratio:.2f}x (90% CI {r_low:.2f}..{r_high:.2f}, goal 1.5x)"
-    )
+    intervals = bootstrap(seeds, rules)
+    for rule in rules:
+        per_off, per_rule, ratio, lost = figures(seeds, rule)
+        (r_low, r_high), (l_low, l_high), _ = intervals[rule]
+        offered = sum(arms[rule].offered for arms in seeds)
+        print(
+            f"{tag} true improvements lost{_by(rule)}: "
+            f"{sum(arms[rule].lost for arms in seeds)} of {offered} offered "
+            f"({lost:.1%}, 90% CI {l_low:.1%}..{l_high:.1%}, goal <= 5%)"
+        )
+        spent = [sum(arms[n].gpu_s for arms in seeds) for n in ("off", rule)]
+        print(f"{tag} GPU-hours for the same candidates, off / {rule}: {spent[0] / spent[1]:.2f}x")
+        print(
+            f"{tag} GPU-hours per real improvement: off {per_off:.2f}, {rule} {per_rule:.2f}; "
+            f"off / {rule} {ratio:.2f}x (90% CI {r_low:.2f}..{r_high:.2f}, goal 1.5x)"
+        )
+    if "curve" in rules:
+        low, high = intervals["curve"][2]
+        ratio = figures(seeds, "curve")[2] / figures(seeds)[2]
+        print(
+            f"{tag} the rule reading the curve alone against the rule: off / curve over "
+            f"off / auto {ratio:.2f} (90% CI {low:.2f}..{high:.2f}; below 1: auto saves more)"
+        )
     oracle = [
         sum(getattr(arms[n], a) for arms in seeds)
         for n in ("off", "oracle")
         for a in ("gpu_s", "real_improvements")
     ]
+    per_off = figures(seeds)[0]
     per_oracle = oracle[2] / 3600 / max(1, oracle[3])
     print(
         f"{tag} bound: an oracle that stops at {ORACLE_FRACTION:.0%} of the budget every "
         f"candidate truly worse than the incumbent by {ORACLE_SD:g} seed sd, from run "
         f"{MIN_CURVES}: GPU-hours per real improvement off / oracle {per_off / per_oracle:.2f}x"
     )
-    return ratio, lost
+    return figures(seeds)[2:]
+
+
+def _by(rule: str) -> str:
+    return "" if rule == "auto" else f" by {rule}"
 
 
 def main() -> None:
@@ -422,6 +465,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--candidates", type=int, default=600, help="per arm and seed")
     parser.add_argument("--family", choices=["all", *FAMILIES], default="all")
+    parser.add_argument(
+        "--compare-curve-only",
+        action="store_true",
+        help="also run the rule reading the curve alone (no hyperparameters), as before",
+    )
     args = parser.parse_args()
     # Each stop logs a line; a benchmark of thousands of runs wants only its figures.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -432,6 +480,8 @@ def main() -> None:
         seeds = []
         for seed in range(args.seeds):
             arms = {"off": Arm(False), "auto": Arm(True), "oracle": Arm(False, oracle=True)}
+            if args.compare_curve_only:
+                arms["curve"] = Arm(True, hyperparams=False)
             for arm in arms.values():
                 search(arm, seed, args.candidates, family)
             seeds.append(arms)

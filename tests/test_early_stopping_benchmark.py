@@ -125,7 +125,7 @@ def test_reports_and_seed_spread_are_as_documented(curves: ModuleType) -> None:
 @pytest.mark.timeout(120)
 def test_the_benchmark_runs_the_powerlaw_family_through_the_rule() -> None:
     # Enough runs for the calibration to come on (100 finished curves) and stop some.
-    tiny = ("--family", "powerlaw", "--seeds", "2", "--candidates", "250")
+    tiny = ("--family", "powerlaw", "--seeds", "2", "--candidates", "250", "--compare-curve-only")
     done = subprocess.run(
         [sys.executable, str(BENCHMARK), *tiny],
         capture_output=True,
@@ -140,6 +140,11 @@ def test_the_benchmark_runs_the_powerlaw_family_through_the_rule() -> None:
     auto = re.search(r"\[powerlaw\] auto: (\d+) runs, (\d+) stopped early", done.stdout)
     assert off is not None and auto is not None
     assert int(off[2]) == 0 and int(auto[2]) > 0  # the rule judged these curves and stopped some
+    # The rule reading the curve alone ran beside it, on the same candidates.
+    curve = re.search(r"\[powerlaw\] curve: (\d+) runs, (\d+) stopped early", done.stdout)
+    assert curve is not None and int(curve[2]) > 0
+    assert re.search(r"true improvements lost by curve: \d+ of \d+ offered", done.stdout)
+    assert re.search(r"off / curve over off / auto \d+\.\d\d \(90% CI", done.stdout)
     assert re.search(
         r"\[powerlaw\] true improvements lost: \d+ of \d+ offered .*90% CI", done.stdout
     )
