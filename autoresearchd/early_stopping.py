@@ -303,10 +303,9 @@ class EarlyStopping:
         except MemoryBackendError as exc:
             log.warning("early_stopping_history_unavailable", error=str(exc))
             history = []
-        for result in history:
-            sample = sample_of(result) if result.vram_tier == tier else None
-            if sample is not None:
-                state.samples[result.id] = sample
+        fresh = [r for r in history if r.vram_tier == tier and r.id not in state.samples]
+        # Reading a result's hyperparameters parses its train.py: off the event loop, once.
+        state.samples.update(await anyio.to_thread.run_sync(lambda: _samples(fresh)))
         kept = sorted(state.samples.items(), key=lambda item: item[1].completed_at)
         state.samples = dict(kept[-MAX_CURVES:])
         newest = list(state.samples.values())
@@ -337,3 +336,8 @@ class EarlyStopping:
 
     def describe(self, track: str, tier: str) -> dict[str, Any]:
         return self._track(track, tier).calibration.describe()
+
+
+def _samples(results: list[Result]) -> dict[str, Sample]:
+    """The calibration samples among ``results``, by result id."""
+    return {r.id: sample for r in results if (sample := sample_of(r)) is not None}

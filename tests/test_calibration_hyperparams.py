@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,8 @@ from autoresearchd.calibration import TARGET_LOSS, Calibration, Term, calibrate
 from autoresearchd.config_loader import parse_config
 from autoresearchd.curves import BINS, Coordinates, Sample, coordinates, sample_of
 from autoresearchd.early_stopping import EarlyStopping, Judge
-from autoresearchd.models import Best, Candidate
+from autoresearchd.memory import open_memory
+from autoresearchd.models import Best, Candidate, Status
 from tests.memory.conformance import make_result
 from tests.test_early_stopping import curve_bins, first_stop
 
@@ -203,3 +205,34 @@ def test_beyond_the_fitted_range_a_term_counts_against_a_run_no_more_than_at_its
     assert falls.value({"LR": -1.0}) == pytest.approx(0.2)  # held at the edge, 0.0
     assert falls.value({"LR": 0.75}) == pytest.approx(-0.1)  # inside: the line itself
     assert falls.value({}) is None
+
+
+@pytest.mark.anyio
+async def test_a_refresh_reads_the_hyperparameters_of_each_stored_results_source(
+    tmp_path: Path,
+) -> None:
+    """Stored results carry their train.py: the daemon's refresh reads each one's learning
+    rate from it, so the calibration it builds reads the rate beside the curve."""
+    raw = {
+        "daemon": {"state_dir": str(tmp_path / "state"), "agent": "tester"},
+        "experiment": {"early_stopping": "auto", "track": "synthetic"},
+    }
+    config = parse_config(raw, source=tmp_path / "config.toml")
+    async with open_memory(config) as memory:
+        for sample in hidden_rate_track(8):
+            rate = dict(sample.params)["LR"]
+            await memory.publish(
+                make_result(
+                    track="synthetic",
+                    vram_tier="cpu",
+                    status=Status.DISCARD,
+                    train_py=f"LR = {rate!r}  # search: float 0.0..1.0\n",
+                    val_bpb=sample.final,
+                    curve=tuple(((k + 0.5) / BINS, v) for k, v in enumerate(sample.bins)),
+                    completed_at=1_700_000_000.0 + sample.completed_at,
+                )
+            )
+        calibration = await EarlyStopping().refresh(memory, config.experiment, "cpu", limit=500)
+    assert calibration.on, calibration.reason
+    lines = [line for line in calibration.lines if line is not None]
+    assert lines and all([t.name for t in line.terms] == ["LR"] for line in lines)
