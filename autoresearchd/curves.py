@@ -40,7 +40,9 @@ def bins_of(curve: Iterable[tuple[float, float]]) -> Bins:
     return tuple(s / n if n else None for s, n in zip(sums, counts, strict=True))
 
 
-@functools.lru_cache(maxsize=256)
+# Each entry keeps a whole train.py alive, and a run's own source is parsed again only a
+# few times (its judge, then its sample): a small cache is enough.
+@functools.lru_cache(maxsize=32)
 def coordinates(source: str) -> Coordinates:
     """A train.py's movable numeric hyperparameters on the scale their space moves on (log10
     of a ``log`` one, the exponent of a ``pow2`` one, the value of an ``int`` or ``float``
