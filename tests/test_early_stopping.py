@@ -326,6 +326,9 @@ def history_results(best_sha: str) -> list[Result]:
                 track="synthetic",
                 vram_tier="cpu",
                 status=Status.DISCARD,
+                # No hyperparameters: make_result's default source numbers its results in
+                # the order tests make them, which the fit would read as one.
+                train_py=f"# {sample.sha256}\n",
                 train_py_sha256=sha,
                 val_bpb=sample.final,
                 curve=points,
