@@ -1,4 +1,4 @@
-"""The hub's HTTP side: a Starlette app with the JSON-RPC endpoint and the ``/auth`` routes.
+"""The hub's HTTP side: the JSON-RPC endpoint and a Starlette app with the ``/auth`` routes.
 
 :func:`build_app` wires a :class:`~autoresearchd.hub.storage.protocol.HubStore` into routes:
 ``POST /`` (and ``/mcp``) for JSON-RPC, which also answers the MCP handshake without a
@@ -23,14 +23,19 @@ store cannot hold is invalid params, not an outage to retry. Nothing a guarantee
 is kept in process memory: only the rate limits (per process, as above), a cache of orgs
 seen to exist (orgs are never dropped) and the store's cache of keys, which every change
 of an agent empties (:mod:`~autoresearchd.hub.keycache`). :mod:`~autoresearchd.hub.serve`
-runs the app; :mod:`~autoresearchd.hub.admin` initialises, migrates and revokes.
+runs the app; :mod:`~autoresearchd.hub.admin` initialises, migrates and revokes. A JSON-RPC
+POST, which every call is, goes straight to :class:`RpcEndpoint` (:class:`HubApp`), a plain
+ASGI app, past Starlette's middleware, router and request and response objects.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 from urllib.parse import quote
 
@@ -40,6 +45,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from autoresearchd.config import HubConfig
 from autoresearchd.ensue import envelope
@@ -116,33 +122,37 @@ class Hub:
         self.ip_limiter = RateLimiter(config.rate_limit_ip_per_s, config.rate_limit_ip_burst)
         self.auth_limiter = RateLimiter(config.auth_rate_limit_per_s, config.auth_rate_limit_burst)
 
-    async def rpc(self, request: Request) -> Response:
-        body = await _read_body(request, self.config.max_body_bytes)
-        if body is None:
+    async def answer(self, scope: Scope, receive: Receive) -> RpcReply | None:
+        """The reply to one JSON-RPC POST (None when the client went away before its body
+        arrived); the HTTP status says what a client should do (401, 413, 429, 503)."""
+        body = await _receive_body(scope, receive, self.config.max_body_bytes)
+        if body is Unread.GONE:
+            return None
+        if body is Unread.TOO_BIG:
             fault = RpcFault(TOO_LARGE, f"body exceeds {self.config.max_body_bytes} bytes")
-            return _reply(error_reply(None, fault), 413)
+            return RpcReply.json(error_reply(None, fault), 413)
         try:
-            return await self._rpc(request, body)
+            return await self._rpc(scope, body)
         except RpcFault as fault:
             status = {UNAUTHORISED: 401, RATE_LIMITED: 429, UNAVAILABLE: 503}.get(fault.rpc_code)
-            headers = _retry_after(fault)
-            return _reply(error_reply(request_id_of(body), fault), status or 200, headers)
+            wait = fault.data.get("retry_after")
+            return RpcReply.json(error_reply(request_id_of(body), fault), status or 200, wait)
         except HubError as exc:
             if 400 <= exc.status < 500:  # the store refused the value itself
                 refused = RpcFault(INVALID_PARAMS, f"invalid params: {exc}")
-                return _reply(error_reply(request_id_of(body), refused))
+                return RpcReply.json(error_reply(request_id_of(body), refused))
             log.error("hub_storage_failed", error=str(exc))
             unavailable = RpcFault(UNAVAILABLE, "storage unavailable, retry later")
-            return _reply(error_reply(request_id_of(body), unavailable), 503)
+            return RpcReply.json(error_reply(request_id_of(body), unavailable), 503)
 
-    async def _rpc(self, request: Request, body: bytes) -> Response:
+    async def _rpc(self, scope: Scope, body: bytes) -> RpcReply:
         # A key that is sent is checked first: a bad key is 401 whatever the body says.
-        agent, bucket = await self._authenticate(request, optional=True)
+        agent, bucket = await self._authenticate(_header(scope, b"authorization"), scope, True)
         message = parse_message(body)
         if message.notification:
-            return Response(status_code=202)  # notifications/initialized, and any other
+            return ACCEPTED  # notifications/initialized, and any other
         if message.method in mcp.OPEN_METHODS:
-            return _reply(envelope.result_reply(message.request_id, _open_method(message)))
+            return RpcReply.json(envelope.result_reply(message.request_id, _open_method(message)))
         call = tool_call(message)
         wait = self.limiter.retry_after(bucket)
         if wait > 0:
@@ -152,18 +162,17 @@ class Hub:
         except RpcFault as fault:
             if not fault.is_tool_error:
                 raise
-            return _reply(tool_error_reply(call.request_id, fault))
-        return _reply(result_reply(call.request_id, payload))
+            return RpcReply.json(tool_error_reply(call.request_id, fault))
+        return RpcReply.json(result_reply(call.request_id, payload))
 
     async def _authenticate(
-        self, request: Request, *, optional: bool = False
+        self, header: str, scope: Scope, optional: bool = False
     ) -> tuple[Agent | None, str]:
-        """The agent a request's key belongs to and its rate-limit bucket; with
-        ``optional``, a request without a key is anonymous (None), limited per IP."""
-        header = request.headers.get("authorization", "")
+        """The agent whose key the ``Authorization`` ``header`` holds and its rate-limit
+        bucket; with ``optional``, a request without one is anonymous (None), limited per IP."""
         scheme, _, token = header.partition(" ")
         if not header and optional:
-            return None, f"ip:{client_ip(request.scope)}"
+            return None, f"ip:{client_ip(scope)}"
         if scheme.lower() != "bearer" or not token.strip():
             raise RpcFault(UNAUTHORISED, "missing Authorization: Bearer <key>")
         key_hash = hash_key(token.strip())
@@ -258,7 +267,8 @@ class Hub:
 
     async def whoami(self, request: Request) -> Response:
         try:
-            agent, key_hash = await self._authenticate(request)
+            header = request.headers.get("authorization", "")
+            agent, key_hash = await self._authenticate(header, request.scope)
         except RpcFault as fault:
             return _error(401, str(fault))
         assert agent is not None  # a key is required here
@@ -282,23 +292,45 @@ def _open_method(message: Message) -> dict[str, Any]:
     return {}  # ping
 
 
-async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The body, or None when it is larger than ``limit`` (without reading all of it)."""
-    length = request.headers.get("content-length", "")
+class Unread(Enum):
+    """Why a request has no body to read: too large, or its client went away first."""
+
+    TOO_BIG = "too big"
+    GONE = "gone"
+
+
+async def _receive_body(scope: Scope, receive: Receive, limit: int) -> bytes | Unread:
+    """The body, or why there is none: TOO_BIG when it is larger than ``limit`` (found
+    without reading all of it), GONE when the client disconnected first."""
+    length = _header(scope, b"content-length")
     if length.isdigit() and int(length) > limit:
-        return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
+        return Unread.TOO_BIG
+    body: bytes = b""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return Unread.GONE  # http.disconnect: no one to answer
+        body += message.get("body", b"")
         if len(body) > limit:
-            return None
-    return bytes(body)
+            return Unread.TOO_BIG
+        if not message.get("more_body", False):
+            return body
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    """The first value of the header ``name`` (lower case, as ASGI gives names), or ''."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return ""
 
 
 async def _read_form(request: Request) -> dict[str, Any] | Response:
     """The JSON object an ``/auth`` body holds, or the 4xx reply saying why there is none."""
-    body = await _read_body(request, MAX_AUTH_BYTES)
-    if body is None:
+    body = await _receive_body(request.scope, request.receive, MAX_AUTH_BYTES)
+    if body is Unread.GONE:
+        return _error(400, "the client went away before its body arrived")
+    if body is Unread.TOO_BIG:
         return _error(413, f"the body exceeds {MAX_AUTH_BYTES} bytes")
     try:
         form = strictjson.loads(body)
@@ -311,15 +343,79 @@ def _error(status: int, message: str) -> Response:
     return JSONResponse({"error": message}, status)
 
 
-def _retry_after(fault: RpcFault) -> dict[str, str]:
-    wait = fault.data.get("retry_after")
-    return {"Retry-After": str(wait)} if wait is not None else {}
+#: Replies are encoded as Starlette's JSONResponse encodes them.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+_JSON_TYPE = (b"content-type", b"application/json")
 
 
-def _reply(
-    payload: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
-) -> Response:
-    return JSONResponse(payload, status_code=status, headers=headers)
+@dataclass(frozen=True, slots=True)
+class RpcReply:
+    """A JSON-RPC endpoint's reply, as its status, raw headers and body: sent straight as
+    ASGI messages, without a Starlette ``Response`` per request."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes = b""
+
+    @classmethod
+    def json(cls, payload: dict[str, Any], status: int = 200, retry_after: Any = None) -> RpcReply:
+        body = _ENCODE(payload).encode("utf-8")
+        headers = [(b"content-length", str(len(body)).encode()), _JSON_TYPE]
+        if retry_after is not None:
+            headers.insert(0, (b"retry-after", str(retry_after).encode("latin-1")))
+        return cls(status, headers, body)
+
+    async def send(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+#: A notification's reply: no body.
+ACCEPTED = RpcReply(202, [(b"content-length", b"0")])
+#: What Starlette answers an exception in the app, and the JSON-RPC endpoint too.
+SERVER_ERROR = PlainTextResponse("Internal Server Error", 500)
+
+
+class RpcEndpoint:
+    """The JSON-RPC endpoint as a plain ASGI app: its reply is sent as two ASGI messages,
+    with no Starlette request or response objects (it runs for every call). An exception
+    gets the 500 Starlette would send, and is raised on for the server to log."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            reply = await self.hub.answer(scope, receive)
+        except Exception:
+            await SERVER_ERROR(scope, receive, send)
+            raise
+        if reply is not None:
+            await reply.send(send)
+
+
+class HubApp:
+    """The hub's ASGI app: a POST to ``/`` or ``/mcp`` goes to ``rpc`` at once, past
+    Starlette's middleware and router, which serve every other request (their 404s and
+    405s too, and any request under a ``root_path``)."""
+
+    def __init__(self, rpc: ASGIApp, routes: Starlette) -> None:
+        self.rpc = rpc
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] in RPC_PATHS
+            and not scope.get("root_path")
+        ):
+            await self.rpc(scope, receive, send)
+        else:
+            await self.routes(scope, receive, send)
+
+
+RPC_PATHS = frozenset({"/", "/mcp"})
 
 
 def build_app(
@@ -328,14 +424,15 @@ def build_app(
     *,
     clock: Callable[[], float] = time.time,
     mailer: Mailer | None = None,
-) -> Starlette:
+) -> HubApp:
     """The hub as an ASGI app over an opened ``store``; ``mailer`` sends verification mail."""
     hub = Hub(store, config, clock, mailer)
     per_ip = [Middleware(RateLimit, hub.ip_limiter)]
     auth = [Middleware(RateLimit, hub.ip_limiter, hub.auth_limiter)]
+    rpc = RateLimit(RpcEndpoint(hub), hub.ip_limiter)
     routes = [
-        Route("/", hub.rpc, methods=["POST"], middleware=per_ip),
-        Route("/mcp", hub.rpc, methods=["POST"], middleware=per_ip),
+        Route("/", rpc, methods=["POST"]),
+        Route("/mcp", rpc, methods=["POST"]),
         Route("/auth/agent-register", hub.register, methods=["POST"], middleware=auth),
         Route("/auth/verify", hub.verify_link, methods=["GET"], middleware=auth),
         Route("/auth/claim", hub.verify_link, methods=["GET"], middleware=auth),
@@ -345,4 +442,4 @@ def build_app(
     ]
     from autoresearchd.dashboard.mount import hub_routes  # jinja2 only where it is served
 
-    return Starlette(routes=[*routes, *hub_routes(store, config)])
+    return HubApp(rpc, Starlette(routes=[*routes, *hub_routes(store, config)]))

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from starlette.applications import Starlette
 
 from autoresearchd.config import HubConfig
-from autoresearchd.hub.app import build_app
+from autoresearchd.hub.app import HubApp, build_app
 from autoresearchd.hub.credentials import hash_key, new_api_key
 from autoresearchd.hub.mail import Mailer
 from autoresearchd.hub.storage.auto import open_store
@@ -70,7 +69,7 @@ class InProcessHub:
     """A hub app over a fresh database, reached through ``httpx.ASGITransport``."""
 
     store: HubStore
-    app: Starlette
+    app: HubApp
 
     def transport(self) -> httpx.ASGITransport:
         return httpx.ASGITransport(app=self.app)
