@@ -18,7 +18,7 @@ import json
 import secrets
 from dataclasses import dataclass
 
-from autoresearchd.ensue.keys import SHAREABLE
+from autoresearchd.ensue.keys import SHAREABLE, rest_of
 from autoresearchd.errors import HubError
 from autoresearchd.hub.credentials import hash_key
 from autoresearchd.hub.policy import record_of
@@ -47,6 +47,12 @@ class Invite:
 
 def is_reserved(rest: str) -> bool:
     return rest.startswith(RESERVED)
+
+
+def is_reserved_key(key_name: str) -> bool:
+    """Whether a full key name lies in an org's ``.hub/``; a substring test settles it for
+    almost every key (listings and searches ask this of each key they return)."""
+    return RESERVED in key_name and is_reserved(rest_of(key_name))
 
 
 async def public_prefixes(store: HubStore, org: str) -> tuple[str, ...]:

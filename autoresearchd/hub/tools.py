@@ -208,7 +208,7 @@ class Tools:
     async def _readable(self, agent: Agent | None, memories: list[Memory]) -> list[Memory]:
         """What ``agent`` may see of ``memories``: never ``.hub/``; without a key, only the
         namespaces their orgs made public."""
-        shown = [m for m in memories if not invites.is_reserved(_rest(m.key_name))]
+        shown = [m for m in memories if not invites.is_reserved_key(m.key_name)]
         if agent is not None:
             return shown
         public: dict[str, tuple[str, ...]] = {}
