@@ -57,9 +57,8 @@ def loads(data: bytes | str, *, allow_nan: bool = False) -> Any:
     refusing them.
     """
     text = _text(data)
-    numbers: dict[str, Any] = {} if allow_nan else {"parse_constant": _no_constant}
     try:
-        value = json.loads(text, parse_float=float if allow_nan else _finite, **numbers)
+        value = _parse(text, _LENIENT if allow_nan else _STRICT)
     except RecursionError:
         raise JsonRefused(TOO_DEEP) from None
     except JsonRefused:
@@ -76,6 +75,13 @@ def loads(data: bytes | str, *, allow_nan: bool = False) -> Any:
     except _TooDeep:
         raise JsonRefused(TOO_DEEP) from None
     return value
+
+
+def _parse(text: str, decoder: json.JSONDecoder) -> Any:
+    """``json.loads(text)`` with ``decoder``'s hooks, without building a decoder per call."""
+    if text.startswith("\ufeff"):  # as json.loads refuses it
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    return decoder.decode(text)
 
 
 def _text(data: bytes | str) -> str:
@@ -118,6 +124,11 @@ def _finite(literal: str) -> float:
     if not math.isfinite(number):
         raise JsonRefused(f"the number {literal[:40]} is out of range")
     return number
+
+
+#: The decoders :func:`loads` uses, built once: refusing non-finite numbers, or reading them.
+_STRICT = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant)
+_LENIENT = json.JSONDecoder()
 
 
 def _walk(value: Any, depth: int, strings: bool) -> None:
