@@ -4,6 +4,8 @@ The client must not eat the cores it measures, so the load comes from ``wrk`` (c
 C) replaying recorded JSON-RPC requests, paced open-loop: request ``j`` is due at
 ``start + j / rate`` whatever the replies before it did, and its latency counts from
 when it was due, so a hub that falls behind shows it in p99 instead of slowing the load.
+``--threads`` wrk threads (2) share ``--connections`` connections (64): on a small machine a
+thread per connection took CPU from the hub (about 90 us a request against 50 for two).
 
 1. **Record.** ``--agents`` verified agents run ``--ops`` logical operations through our
    real client (:class:`~autoresearchd.memory.ensue_client.EnsueMemory`) against an in-process
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -101,7 +104,10 @@ UNLIMITED = {
 }
 WORDS = ("warmup", "cosine", "rope", "muon", "lr", "depth", "window", "norm", "batch", "swiglu")
 
-# The replay: one connection per wrk thread, so a thread's state is its connection's.
+# The replay: each wrk thread paces its share of the requests over its connections. A
+# connection about to send reserves the thread's next request in delay() (timers fire in
+# the order they are due, so request() takes the earliest reserved); a reply is matched to
+# its request by the JSON-RPC id, which the runner set to the request's index.
 LUA = r"""
 local ffi = require("ffi")
 ffi.cdef[[
@@ -130,43 +136,57 @@ end
 -- Each thread reads only its own requests: {global index, Authorization, body}.
 function init(args)
   reqs = dofile(folder .. "/req_" .. tid .. ".lua")
-  i, sent, lat, http_err, rpc_err, item_err, last = 1, 1, {}, 0, 0, 0, 0
+  nxt, head, tail, reserved = 1, 1, 0, {}
+  got, lat, http_err, rpc_err, item_err, last = 0, {}, 0, 0, 0, 0
+  idle, idle_out = wrk.format("GET", "/healthz"), 0  -- sent only once all requests are out
   verified = tid ~= 0
 end
 
 local function due(k) return t0 + k * 1000 / rate end
 
 function delay()
-  if i > #reqs then return 1000 end
-  local wait = due(reqs[i][1]) - now_ms()
+  if nxt > #reqs then return 1000 end
+  tail = tail + 1
+  reserved[tail] = nxt
+  nxt = nxt + 1
+  local wait = due(reqs[reserved[tail]][1]) - now_ms()
   if wait < 0 then return 0 end
   return math.floor(wait)
 end
 
 function request()
-  local r = reqs[math.min(i, #reqs)]
   if not verified then  -- wrk builds one request to check the script: not sent
     verified = true
-    return wrk.format("POST", "/", {["Authorization"] = r[2]}, r[3])
+    return idle
   end
-  sent = i
-  i = i + 1
+  if head > tail then  -- nothing left to send
+    idle_out = idle_out + 1
+    return idle
+  end
+  local r = reqs[reserved[head]]
+  reserved[head] = nil
+  head = head + 1
   return wrk.format("POST", "/", {["Authorization"] = r[2],
     ["Content-Type"] = "application/json"}, r[3])
 end
 
 function response(status, headers, body)
-  local t = now_ms()
-  if sent <= #reqs then
-    lat[#lat + 1] = t - due(reqs[sent][1])
-    last = t
-    if status ~= 200 then http_err = http_err + 1
-    elseif string.find(body, '"error":', 1, true) then rpc_err = rpc_err + 1
-    elseif string.find(body, '\\"status\\": \\"error\\"', 1, true) then
-      item_err = item_err + 1
-    end
+  local k = tonumber(string.match(body, '^{"jsonrpc":"2.0","id":(%d+)'))
+  if k == nil and idle_out > 0 then  -- the reply to an idle GET
+    idle_out = idle_out - 1
+    return
   end
-  if i > #reqs and not finished then  -- tell the runner, which stops wrk when all are done
+  k = k or -1  -- a reply that names no request: an HTTP error
+  local t = now_ms()
+  got = got + 1
+  if k >= 0 then lat[#lat + 1] = t - due(k) end
+  last = t
+  if status ~= 200 or k < 0 then http_err = http_err + 1
+  elseif string.find(body, '"error":', 1, true) then rpc_err = rpc_err + 1
+  elseif string.find(body, '\\"status\\": \\"error\\"', 1, true) then
+    item_err = item_err + 1
+  end
+  if got >= #reqs and not finished then  -- tell the runner, which stops wrk when all are done
     finished = true
     io.open(folder .. "/done_" .. tid, "w"):close()
   end
@@ -198,11 +218,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 from autoresearchd.hub.serve import uvicorn_server
 
-REPLY = b'{"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": "{}"}]}}'
+import re
+ID = re.compile(rb'"id":([0-9]+)}$')  # the replay's requests end with their index
+HEAD = b'{"jsonrpc":"2.0","id":'
+TAIL = b',"result":{"content":[{"type":"text","text":"{}"}]}}'
 
 async def endpoint(request):
-    await request.body()
-    return Response(REPLY, media_type="application/json")
+    found = ID.search(await request.body())
+    reply = HEAD + (found.group(1) if found else b"null") + TAIL
+    return Response(reply, media_type="application/json")
 
 async def health(request):
     return Response(b"ok")
@@ -369,13 +393,15 @@ def bench_config(**changes: object) -> HubConfig:
 
 
 def lua_requests(folder: Path, recording: Recording, threads: int) -> Path:
-    """The recording split for ``threads`` wrk threads: request ``j`` goes to ``j % threads``."""
+    """The recording split for ``threads`` wrk threads: request ``j`` goes to ``j % threads``,
+    its JSON-RPC id set to ``j`` (the replay matches replies to requests by it)."""
     folder.mkdir(parents=True, exist_ok=True)
     outs = [(folder / f"req_{t}.lua").open("w", encoding="utf-8") for t in range(threads)]
     try:
         for out in outs:
             out.write("return {\n")
         for j, (auth, body) in enumerate(recording.requests):
+            body = with_id(body, j)
             outs[j % threads].write(f"{{{j}, {_lua_string(auth)}, {_lua_string(body)}}},\n")
         for out in outs:
             out.write("}\n")
@@ -383,6 +409,21 @@ def lua_requests(folder: Path, recording: Recording, threads: int) -> Path:
         for out in outs:
             out.close()
     return folder
+
+
+def with_id(body: str, request_id: int) -> str:
+    """A recorded request with its id replaced, and nothing else changed: the client's
+    compact JSON, written again the same way, must give back the recorded text."""
+    message = json.loads(body)
+    if _compact(message) != body or "id" not in message:
+        raise SystemExit(f"a recorded request is not compact JSON with an id: {body[:200]}")
+    del message["id"]  # last, as the client writes it, so a reply's id is found by its end
+    message["id"] = request_id
+    return _compact(message)
+
+
+def _compact(message: object) -> str:
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
 
 
 def _lua_string(text: str) -> str:
@@ -451,7 +492,7 @@ def wrk(
     ports: list[int],
     pids: list[int],
     rate: float,
-    connections: int,
+    shape: tuple[int, int],
     total: int,
 ) -> Load:
     env = {
@@ -466,14 +507,15 @@ def wrk(
         stale.unlink()
     limit = total / min(rate, 500.0) + 10
     before = cpu_seconds(pids)
-    command = ["wrk", f"-t{connections}", f"-c{connections}", f"-d{limit:.0f}s"]
+    threads, connections = shape
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{limit:.0f}s"]
     command += ["--timeout", "30s", "-s", str(script), f"http://127.0.0.1:{ports[0]}/"]
     proc = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline and proc.poll() is None:
-        if len(list(requests.glob("done_*"))) >= connections:
+        if len(list(requests.glob("done_*"))) >= threads:
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)  # wrk stops its threads and reports
@@ -522,7 +564,8 @@ def benchmark(folder: Path, args: argparse.Namespace, pg_url: str) -> None:
         "requests per logical operation: "
         + ", ".join(f"{kind} {value:.2f}" for kind, value in per_op.items())
     )
-    requests = lua_requests(folder / "requests", recording, args.connections)
+    requests = lua_requests(folder / "requests", recording, args.threads)
+    shape = (args.threads, args.connections)
     total = len(recording.requests)
     request_rate = args.rate * per_op["all"]
 
@@ -531,8 +574,8 @@ def benchmark(folder: Path, args: argparse.Namespace, pg_url: str) -> None:
     trivial.write_text(TRIVIAL_APP)
     with servers([[sys.executable, str(trivial), str(port)]], [port]) as pids:
         # Closed loop (everything due at once) finds the ceiling; then the same pace as the hub.
-        ceiling = wrk("trivial, closed loop", requests, [port], pids, 1e9, args.connections, total)
-        paced = wrk("trivial, paced", requests, [port], pids, request_rate, args.connections, total)
+        ceiling = wrk("trivial, closed loop", requests, [port], pids, 1e9, shape, total)
+        paced = wrk("trivial, paced", requests, [port], pids, request_rate, shape, total)
     loads: list[Load] = []
     # (label, database, replicas, patch, tree, workers)
     setups: list[tuple[str, str, int, str, str, int]] = [
@@ -570,7 +613,7 @@ def benchmark(folder: Path, args: argparse.Namespace, pg_url: str) -> None:
         place.mkdir(parents=True)
         commands, ports = hub_commands(place, database, replicas, patch, tree, workers)
         with servers(commands, ports, workers) as pids:
-            loads.append(wrk(label, requests, ports, pids, request_rate, args.connections, total))
+            loads.append(wrk(label, requests, ports, pids, request_rate, shape, total))
 
     print(f"offered: {args.rate:.0f} ops/s = {request_rate:.0f} requests/s")
     print(ceiling.line(1.0) + "  [ceiling]")
@@ -617,7 +660,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000.0, help="offered operations/s")
     parser.add_argument("--ops", type=int, default=8000, help="logical operations recorded")
     parser.add_argument("--agents", type=int, default=200)
-    parser.add_argument("--connections", type=int, default=64, help="wrk connections (threads)")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="wrk threads (each paces its share of the load)"
+    )
     parser.add_argument("--replicas", type=int, default=2, help="PostgreSQL hub processes")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--skip-postgres", action="store_true")
