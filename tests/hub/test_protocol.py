@@ -429,3 +429,35 @@ def test_hub_init_without_an_org_is_a_one_line_config_error(tmp_path: Path) -> N
     config = write_hub_config(tmp_path, 0, org="")
     done = cli("hub", "init", "--config", str(config))
     assert done.returncode == 2 and "hub.org" in done.stderr and done.stderr.count("\n") == 1
+
+
+@SQLITE_ONLY
+async def test_json_rpc_replies_keep_their_http_shape(
+    hub: InProcessHub, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The JSON-RPC endpoint answers past Starlette; its replies are what Starlette sent:
+    compact JSON with its length and type, 202 with no body for a notification, 401 for a
+    bad key, and the 500 Starlette gives an exception, which is raised on to the server."""
+    ping = {"jsonrpc": "2.0", "method": "ping", "id": 7}
+    for path in ("/", "/mcp"):
+        reply = await http.post(path, json=ping)
+        assert reply.content == b'{"jsonrpc":"2.0","id":7,"result":{}}'
+        assert reply.headers["content-type"] == "application/json"
+        assert reply.headers["content-length"] == str(len(reply.content))
+    note = await http.post("/", json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+    assert (note.status_code, note.content, note.headers["content-length"]) == (202, b"", "0")
+    assert "content-type" not in note.headers
+    bad = await http.post("/mcp", json=ping, headers={"Authorization": "Bearer nope"})
+    assert bad.status_code == 401 and bad.json()["error"]["code"] == -32001
+    assert (await http.get("/mcp")).status_code == 405  # other methods are Starlette's
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(hub.app.rpc.app.hub, "_rpc", broken)  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="a bug"):
+        await http.post("/", json=ping)
+    transport = httpx.ASGITransport(app=hub.app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://hub.test") as quiet:
+        crashed = await quiet.post("/", json=ping)
+    assert (crashed.status_code, crashed.text) == (500, "Internal Server Error")
