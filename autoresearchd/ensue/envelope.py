@@ -45,6 +45,10 @@ _TEXT_CODES = (
 
 # --- building -----------------------------------------------------------------------------
 
+#: ``json.dumps(payload, allow_nan=False)``, with its encoder built once (a hub encodes
+#: every reply's payload).
+_ENCODE_PAYLOAD = json.JSONEncoder(allow_nan=False).encode
+
 
 def request(method: str, params: Mapping[str, Any] | None, request_id: Any) -> dict[str, Any]:
     """A JSON-RPC request; ``request_id`` None makes it a notification (no ``id``)."""
@@ -63,7 +67,7 @@ def tool_request(tool: str, arguments: Mapping[str, Any], request_id: Any) -> di
 
 def tool_result(payload: Mapping[str, Any], *, is_error: bool = False) -> dict[str, Any]:
     """The MCP result object of a tool: its payload as JSON text, flagged when it failed."""
-    text = json.dumps(payload, allow_nan=False)
+    text = _ENCODE_PAYLOAD(payload)
     return {"content": [{"type": "text", "text": text}], "isError": is_error}
 
 
