@@ -15,6 +15,9 @@ hyperparameters (``Sample.params``, those every top run carries), standardised, 
 penalty (:mod:`autoresearchd.ridge`) chosen among :data:`PENALTY_SHARES` by leave-one-out
 error. It does so only where that error is lower than the curve's alone; elsewhere, or when
 a top run carries none (a result stored without its source), the bin reads the curve alone.
+The fit may also read, in the same penalised block, each hyperparameter's square and its
+product with the loss at the bin (``shapes``; the daemon uses :data:`SHAPES`), for a
+benchmark to weigh against the linear terms.
 
 A run stops at bin ``k`` when its predicted final minus ``z s_k`` is above the incumbent's
 val_bpb plus :data:`SEED_Z` seed deviations of the difference of two finals (the seed noise
@@ -41,7 +44,7 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from autoresearchd import ridge
 from autoresearchd.curves import BINS, Coordinates, Sample
@@ -71,6 +74,10 @@ FIRST_BIN = 1
 #: The ridge penalties a bin's fit tries on the standardised hyperparameters, as shares of
 #: the runs it is fitted on (each standardised column's squares sum to that number).
 PENALTY_SHARES = (0.01, 0.1, 1.0, 10.0)
+#: The nonlinear terms a fit may read beside each hyperparameter's own: its square
+#: (``square``), and its product with the loss at the bin (``product``).
+Shape = Literal["square", "product"]
+SHAPES: tuple[Shape, ...] = ()
 
 
 def features(bins: Sequence[float | None], k: int) -> tuple[float, ...] | None:
@@ -86,10 +93,12 @@ def features(bins: Sequence[float | None], k: int) -> tuple[float, ...] | None:
 @dataclass(frozen=True, slots=True)
 class Term:
     """One hyperparameter's part of a prediction: its coefficient on the value standardised
-    over the fit's runs. Beyond the range they spanned a linear term is not trusted to
-    count against a run: there it counts as at the range's edge, or as extrapolated where
-    that predicts a lower final (a run that goes further the way the best went may bloom
-    later still)."""
+    over the fit's runs (``u``), or on ``u`` squared (``power`` 2: a rate too high or too low
+    both end worse), or on ``u`` times the loss at the bin standardised likewise (``loss``,
+    its centre and scale: how much the loss says of the end depends on the rate). Beyond the
+    range they spanned a term is not trusted to count against a run: there it counts as at
+    the range's edge, or as extrapolated where that predicts a lower final (a run that goes
+    further the way the best went may bloom later still)."""
 
     name: str
     centre: float
@@ -97,13 +106,23 @@ class Term:
     low: float
     high: float
     coefficient: float
+    power: int = 1
+    loss: tuple[float, float] | None = None
 
-    def value(self, params: Mapping[str, float]) -> float | None:
+    def column(self, raw: float, loss: float) -> float:
+        """The input this term's coefficient multiplies, for a value ``raw`` and a loss at
+        the bin ``loss``."""
+        u = ((raw - self.centre) / self.scale) ** self.power
+        if self.loss is None:
+            return u
+        return u * (loss - self.loss[0]) / self.loss[1]
+
+    def value(self, params: Mapping[str, float], loss: float = 0.0) -> float | None:
         raw = params.get(self.name)
         if raw is None:
             return None
-        edge = self.coefficient * (min(self.high, max(self.low, raw)) - self.centre) / self.scale
-        return min(edge, self.coefficient * (raw - self.centre) / self.scale)
+        edge = self.column(min(self.high, max(self.low, raw)), loss)
+        return min(self.coefficient * edge, self.coefficient * self.column(raw, loss))
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +147,7 @@ class Line:
         if not self.terms:
             return base
         by_name = dict(params)
-        parts = [term.value(by_name) for term in self.terms]
+        parts = [term.value(by_name, x[1]) for term in self.terms]
         if any(part is None for part in parts):
             return None
         return base + sum(part for part in parts if part is not None)
@@ -181,8 +200,9 @@ class Calibration:
 OFF = Calibration(lines=(None,) * BINS, reason="not calibrated yet")
 
 
-def calibrate(samples: Sequence[Sample]) -> Calibration:
-    """The limits the stored curves allow (see the module docstring)."""
+def calibrate(samples: Sequence[Sample], shapes: Sequence[Shape] = SHAPES) -> Calibration:
+    """The limits the stored curves allow (see the module docstring); ``shapes``: the
+    nonlinear hyperparameter terms the fits may read."""
     newest = sorted(samples, key=lambda s: s.completed_at)[-MAX_CURVES:]
     sources = len({s.sha256 for s in newest})
     if len(newest) < MIN_CURVES or sources < MIN_SOURCES:
@@ -200,7 +220,7 @@ def calibrate(samples: Sequence[Sample]) -> Calibration:
     rest = ranked[len(top) :]
     reference = ranked[int(INCUMBENT_SHARE * len(ranked))].final
     names = _shared_names(top)
-    fits = [_fit(top, k, names) if FIRST_BIN <= k < BINS - 1 else None for k in range(BINS)]
+    fits = [_fit(top, k, names, shapes) if FIRST_BIN <= k < BINS - 1 else None for k in range(BINS)]
     used = [k for k, fit in enumerate(fits) if fit is not None]
     z = math.inf
     # Dropping a bin lowers z, which can only raise the others' power: a few passes settle.
@@ -243,7 +263,9 @@ def _seed_noise(samples: Sequence[Sample]) -> tuple[float, int]:
 _Fit = tuple[Line, dict[int, float]]  # the line, and each top run's standardised error
 
 
-def _fit(top: Sequence[Sample], k: int, names: Sequence[str]) -> _Fit | None:
+def _fit(
+    top: Sequence[Sample], k: int, names: Sequence[str], shapes: Sequence[Shape] = ()
+) -> _Fit | None:
     """Bin ``k``'s prediction over the top runs, with leave-one-out errors (how much better
     each run ended than predicted without it); None when the bin has too few runs or the
     prediction does not rise with the loss (a whole curve shifted up must predict a worse
@@ -252,8 +274,8 @@ def _fit(top: Sequence[Sample], k: int, names: Sequence[str]) -> _Fit | None:
     rows = [(i, x, s) for i, s in enumerate(top) if (x := features(s.bins, k)) is not None]
     if len(rows) < MIN_TOP:
         return None
-    scales = _standardise([dict(s.params) for _, _, s in rows], names)
-    z = [[(dict(s.params)[t.name] - t.centre) / t.scale for t in scales] for _, _, s in rows]
+    scales = _shaped(_standardise([dict(s.params) for _, _, s in rows], names), rows, shapes)
+    z = [[t.column(dict(s.params)[t.name], x[1]) for t in scales] for _, x, s in rows]
     penalties = [share * len(rows) for share in PENALTY_SHARES] if scales else []
     y = [s.final for _, _, s in rows]
     size = len(rows[0][1])
@@ -286,6 +308,24 @@ def _standardise(params: Sequence[Mapping[str, float]], names: Sequence[str]) ->
         scale = statistics.pstdev(values, centre)
         if scale > 1e-9 * (1 + abs(centre)):
             terms.append(Term(name, centre, scale, min(values), max(values), 0.0))
+    return terms
+
+
+def _shaped(
+    linear: list[Term],
+    rows: Sequence[tuple[int, tuple[float, ...], Sample]],
+    shapes: Sequence[Shape],
+) -> list[Term]:
+    """The linear terms, then per shape asked for one more term per hyperparameter: its
+    square, or its product with the loss at the bin (standardised over ``rows``)."""
+    terms = list(linear)
+    if "square" in shapes:
+        terms += [replace(t, power=2) for t in linear]
+    losses = [x[1] for _, x, _ in rows]
+    centre = statistics.fmean(losses)
+    scale = statistics.pstdev(losses, centre)
+    if "product" in shapes and scale > 1e-9 * (1 + abs(centre)):
+        terms += [replace(t, loss=(centre, scale)) for t in linear]
     return terms
 
 
