@@ -58,9 +58,14 @@ a result's train.py gives them to the daemon), and each judged run its own. With
 ``--compare-curve-only`` a fourth arm, ``curve``, runs the rule on curves stored without
 hyperparameters (the rule before it read them) against the same candidates, and its figures
 and the ratio of its saving to the ``auto`` arm's (with a 90 % interval, the arms of a seed
-resampled together) are printed beside them.
+resampled together) are printed beside them. Each ``--compare-shapes SHAPES`` adds an arm
+(``sh1``, ``sh2``, ... in the order given) whose fits may also read nonlinear hyperparameter
+terms (``square``, ``product`` with the loss at the bin, comma-separated;
+:data:`~autoresearchd.calibration.SHAPES`), printed and compared with ``auto`` likewise: a
+candidate rule measured on the same seeds as the current one.
 Usage: ``python benchmarks/early_stopping.py [--seeds N] [--candidates N]
-[--family all|scaling|powerlaw|heldout|real] [--compare-curve-only]`` (about three minutes on
+[--family all|scaling|powerlaw|heldout|real] [--compare-curve-only] [--compare-shapes
+SHAPES ...]`` (about three minutes on
 one core for the first three; ``real`` trains each configuration it meets once, then reads it
 from its cache).
 """
@@ -82,7 +87,14 @@ import powerlaw_curves
 import real_curves
 import structlog
 
-from autoresearchd.calibration import FIRST_BIN, MIN_CURVES, Calibration, calibrate
+from autoresearchd.calibration import (
+    FIRST_BIN,
+    MIN_CURVES,
+    SHAPES,
+    Calibration,
+    Shape,
+    calibrate,
+)
 from autoresearchd.curves import BINS, Coordinates, Sample, bins_of
 from autoresearchd.early_stopping import Judge, LearningCurve, make_judge
 from autoresearchd.progress import Progress
@@ -259,6 +271,7 @@ class Arm:
     early_stopping: bool
     oracle: bool = False  # stops by the truth, not the rule: a bound on what a rule saves
     hyperparams: bool = True  # False: the rule reads the curve alone, as it did before
+    shapes: tuple[Shape, ...] = SHAPES  # the nonlinear hyperparameter terms its fits may read
     gpu_s: float = 0.0
     runs: int = 0
     stops: int = 0
@@ -302,7 +315,7 @@ def search(arm: Arm, seed: int, candidates: int, family: Family) -> None:
             arm.samples.append(Sample(key, bins_of(result.curve), result.final, clock, params))
             arm.completed_since += 1
             if arm.completed_since >= RECALIBRATE_EVERY:
-                arm.calibration = calibrate(arm.samples)
+                arm.calibration = calibrate(arm.samples, arm.shapes)
                 arm.samples = arm.samples[-400:]
                 arm.completed_since = 0
         return result
@@ -398,7 +411,7 @@ def bootstrap(
 def report(family: Family, seeds: list[dict[str, Arm]]) -> tuple[float, float]:
     """Print one family's figures; return the rule's ratio and loss share."""
     tag = f"[{family.name}]"
-    rules = tuple(name for name in ("auto", "curve") if name in seeds[0])
+    rules = ("auto", *(name for name in seeds[0] if name not in ("off", "auto", "oracle")))
     for name in ("off", *rules):
         arms = [arms[name] for arms in seeds]
         hours = sum(a.gpu_s for a in arms) / 3600
@@ -434,12 +447,12 @@ def report(family: Family, seeds: list[dict[str, Arm]]) -> tuple[float, float]:
             f"{tag} GPU-hours per real improvement: off {per_off:.2f}, {rule} {per_rule:.2f}; "
             f"off / {rule} {ratio:.2f}x (90% CI {r_low:.2f}..{r_high:.2f}, goal 1.5x)"
         )
-    if "curve" in rules:
-        low, high = intervals["curve"][2]
-        ratio = figures(seeds, "curve")[2] / figures(seeds)[2]
+    for rule in rules[1:]:
+        low, high = intervals[rule][2]
+        ratio = figures(seeds, rule)[2] / figures(seeds)[2]
         print(
-            f"{tag} the rule reading the curve alone against the rule: off / curve over "
-            f"off / auto {ratio:.2f} (90% CI {low:.2f}..{high:.2f}; below 1: auto saves more)"
+            f"{tag} the rule {_what(rule)} against the rule: off / {rule} over off / auto "
+            f"{ratio:.2f} (90% CI {low:.2f}..{high:.2f}; below 1: auto saves more)"
         )
     oracle = [
         sum(getattr(arms[n], a) for arms in seeds)
@@ -470,11 +483,23 @@ def main() -> None:
         action="store_true",
         help="also run the rule reading the curve alone (no hyperparameters), as before",
     )
+    parser.add_argument(
+        "--compare-shapes",
+        metavar="SHAPES",
+        action="append",
+        default=[],
+        help="also run the rule whose fits read these nonlinear hyperparameter terms "
+        "(comma-separated: square, product; 'none' for the linear ones alone), as arm "
+        "'shN' for the Nth time the option is given",
+    )
     args = parser.parse_args()
+    shaped = {f"sh{n}": _shapes(text) for n, text in enumerate(args.compare_shapes, 1)}
     # Each stop logs a line; a benchmark of thousands of runs wants only its figures.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     families = list(FAMILIES.values()) if args.family == "all" else [FAMILIES[args.family]]
     print(f"bins {BINS}")
+    for name, shapes in shaped.items():
+        print(f"arm {name}: the rule with hyperparameter terms {', '.join(shapes) or 'linear'}")
     results = {}
     for family in families:
         seeds = []
@@ -482,6 +507,7 @@ def main() -> None:
             arms = {"off": Arm(False), "auto": Arm(True), "oracle": Arm(False, oracle=True)}
             if args.compare_curve_only:
                 arms["curve"] = Arm(True, hyperparams=False)
+            arms |= {name: Arm(True, shapes=shapes) for name, shapes in shaped.items()}
             for arm in arms.values():
                 search(arm, seed, args.candidates, family)
             seeds.append(arms)
@@ -493,6 +519,19 @@ def main() -> None:
         f"{results[worst_ratio][0]:.2f}x ({worst_ratio}, goal 1.5x), true improvements lost "
         f"{results[worst_loss][1]:.1%} ({worst_loss}, goal <= 5%)"
     )
+
+
+def _what(rule: str) -> str:
+    return "reading the curve alone" if rule == "curve" else f"in arm {rule}"
+
+
+def _shapes(text: str) -> tuple[Shape, ...]:
+    known: dict[str, Shape] = {"square": "square", "product": "product"}
+    words = [w for w in text.split(",") if w and w != "none"]
+    unknown = [w for w in words if w not in known]
+    if unknown:
+        raise SystemExit(f"--compare-shapes: unknown shape {unknown[0]!r} (square, product, none)")
+    return tuple(known[w] for w in words)
 
 
 if __name__ == "__main__":

@@ -125,7 +125,10 @@ def test_reports_and_seed_spread_are_as_documented(curves: ModuleType) -> None:
 @pytest.mark.timeout(120)
 def test_the_benchmark_runs_the_powerlaw_family_through_the_rule() -> None:
     # Enough runs for the calibration to come on (100 finished curves) and stop some.
-    tiny = ("--family", "powerlaw", "--seeds", "2", "--candidates", "250", "--compare-curve-only")
+    tiny = (
+        *("--family", "powerlaw", "--seeds", "2", "--candidates", "250"),
+        *("--compare-curve-only", "--compare-shapes", "square,product"),
+    )
     done = subprocess.run(
         [sys.executable, str(BENCHMARK), *tiny],
         capture_output=True,
@@ -145,6 +148,11 @@ def test_the_benchmark_runs_the_powerlaw_family_through_the_rule() -> None:
     assert curve is not None and int(curve[2]) > 0
     assert re.search(r"true improvements lost by curve: \d+ of \d+ offered", done.stdout)
     assert re.search(r"off / curve over off / auto \d+\.\d\d \(90% CI", done.stdout)
+    # So did a candidate rule reading nonlinear hyperparameter terms.
+    assert "arm sh1: the rule with hyperparameter terms square, product" in done.stdout
+    shaped = re.search(r"\[powerlaw\]  sh1: (\d+) runs, (\d+) stopped early", done.stdout)
+    assert shaped is not None and int(shaped[2]) > 0
+    assert re.search(r"off / sh1 over off / auto \d+\.\d\d \(90% CI", done.stdout)
     assert re.search(
         r"\[powerlaw\] true improvements lost: \d+ of \d+ offered .*90% CI", done.stdout
     )
