@@ -75,16 +75,21 @@ FIRST_BIN = 1
 #: the runs it is fitted on (each standardised column's squares sum to that number).
 PENALTY_SHARES = (0.01, 0.1, 1.0, 10.0)
 #: The nonlinear terms a fit may read beside each hyperparameter's own: its square
-#: (``square``), and its product with the loss at the bin (``product``).
-Shape = Literal["square", "product"]
+#: (``square``), and its product with the loss at the bin (``product``); and ``history``:
+#: the curve's features also read the loss a quarter and three quarters of the way there.
+Shape = Literal["square", "product", "history"]
 SHAPES: tuple[Shape, ...] = ()
 
 
-def features(bins: Sequence[float | None], k: int) -> tuple[float, ...] | None:
+def features(
+    bins: Sequence[float | None], k: int, history: bool = False
+) -> tuple[float, ...] | None:
     """What bin ``k``'s fit reads of a curve: the loss there and at the bin before (their
     mix smooths the report noise and shows how fast the run still falls) and at bin
-    ``k // 2`` (how far it came); None when a bin among them is missing."""
-    picked = [bins[j] for j in sorted({k, max(0, k - 1), k // 2}, reverse=True)]
+    ``k // 2`` (how far it came), with ``history`` also at ``k // 4`` and ``3k // 4``; None
+    when a bin among them is missing."""
+    at = {k, max(0, k - 1), k // 2} | ({k // 4, 3 * k // 4} if history else set())
+    picked = [bins[j] for j in sorted(at, reverse=True)]
     if any(v is None for v in picked):
         return None
     return (1.0, *(v for v in picked if v is not None))
@@ -134,13 +139,14 @@ class Line:
     coefficients: tuple[float, ...]
     spread: float
     terms: tuple[Term, ...] = ()
+    history: bool = False  # the features read more of the curve (see :func:`features`)
 
     def predict(
         self, bins: Sequence[float | None], k: int, params: Coordinates = ()
     ) -> float | None:
         """The predicted final; None when a bin it reads, or a hyperparameter it reads, is
         missing."""
-        x = features(bins, k)
+        x = features(bins, k, self.history)
         if x is None:
             return None
         base = sum(b * v for b, v in zip(self.coefficients, x, strict=True))
@@ -271,7 +277,8 @@ def _fit(
     prediction does not rise with the loss (a whole curve shifted up must predict a worse
     final). The hyperparameters ``names`` join the curve's features, ridge-penalised at the
     penalty whose leave-one-out error is lowest, only where that beats the curve alone."""
-    rows = [(i, x, s) for i, s in enumerate(top) if (x := features(s.bins, k)) is not None]
+    history = "history" in shapes
+    rows = [(i, x, s) for i, s in enumerate(top) if (x := features(s.bins, k, history)) is not None]
     if len(rows) < MIN_TOP:
         return None
     scales = _shaped(_standardise([dict(s.params) for _, _, s in rows], names), rows, shapes)
@@ -294,7 +301,7 @@ def _fit(
     if math.isfinite(fit.penalty):
         on_z = fit.coefficients[size:]
         terms = tuple(replace(t, coefficient=b) for t, b in zip(scales, on_z, strict=True))
-    line = Line(fit.coefficients[:size], spread, terms)
+    line = Line(fit.coefficients[:size], spread, terms, history)
     return line, {i: r / spread for (i, _, _), r in zip(rows, fit.loo, strict=True)}
 
 

@@ -60,7 +60,8 @@ hyperparameters (the rule before it read them) against the same candidates, and 
 and the ratio of its saving to the ``auto`` arm's (with a 90 % interval, the arms of a seed
 resampled together) are printed beside them. Each ``--compare-shapes SHAPES`` adds an arm
 (``sh1``, ``sh2``, ... in the order given) whose fits may also read nonlinear hyperparameter
-terms (``square``, ``product`` with the loss at the bin, comma-separated;
+terms (``square``, ``product`` with the loss at the bin, comma-separated; or ``history``,
+more of the curve;
 :data:`~autoresearchd.calibration.SHAPES`), printed and compared with ``auto`` likewise: a
 candidate rule measured on the same seeds as the current one.
 Usage: ``python benchmarks/early_stopping.py [--seeds N] [--candidates N]
@@ -315,7 +316,8 @@ def search(arm: Arm, seed: int, candidates: int, family: Family) -> None:
             arm.samples.append(Sample(key, bins_of(result.curve), result.final, clock, params))
             arm.completed_since += 1
             if arm.completed_since >= RECALIBRATE_EVERY:
-                arm.calibration = calibrate(arm.samples, arm.shapes)
+                # An arm that never judges a run needs no calibration (it draws nothing).
+                arm.calibration = calibrate(arm.samples, arm.shapes) if arm.early_stopping else None
                 arm.samples = arm.samples[-400:]
                 arm.completed_since = 0
         return result
@@ -526,11 +528,11 @@ def _what(rule: str) -> str:
 
 
 def _shapes(text: str) -> tuple[Shape, ...]:
-    known: dict[str, Shape] = {"square": "square", "product": "product"}
+    known: dict[str, Shape] = {"square": "square", "product": "product", "history": "history"}
     words = [w for w in text.split(",") if w and w != "none"]
     unknown = [w for w in words if w not in known]
     if unknown:
-        raise SystemExit(f"--compare-shapes: unknown shape {unknown[0]!r} (square, product, none)")
+        raise SystemExit(f"--compare-shapes: unknown shape {unknown[0]!r} ({', '.join(known)})")
     return tuple(known[w] for w in words)
 
 

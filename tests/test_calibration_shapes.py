@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from autoresearchd.calibration import Shape, Term, calibrate
-from autoresearchd.curves import Sample
+from autoresearchd.calibration import Shape, Term, calibrate, features
+from autoresearchd.curves import BINS, Sample
 from tests.test_calibration_hyperparams import prediction_error, used_bins
 from tests.test_early_stopping import curve_bins
 
@@ -85,3 +85,38 @@ def test_beyond_the_fitted_range_a_nonlinear_term_counts_no_more_than_at_its_edg
     assert by_loss.value({"LR": 0.75}, 1.4) == pytest.approx(0.2)  # u 1, loss 2 sd up
     assert by_loss.value({"LR": 1.5}, 1.4) == pytest.approx(0.4)  # at the edge u is 2
     assert by_loss.value({"LR": 1.5}, 1.0) == pytest.approx(-0.8)  # extrapolated: lower
+
+
+def test_with_history_a_bin_also_reads_the_loss_a_quarter_and_three_quarters_there() -> None:
+    bins = tuple(float(k) for k in range(BINS))
+    assert features(bins, 12, history=True) == (1.0, 12.0, 11.0, 9.0, 6.0, 3.0)
+    assert features(bins, 12) == (1.0, 12.0, 11.0, 6.0)
+
+
+def early_dip_track(seed: int, sources: int = 80) -> list[Sample]:
+    """Runs whose loss over the first fifth of the budget sits ``dip`` above the rest of their
+    curve, and whose final is lower by half the dip (what sits in the first bins matters)."""
+    rng = random.Random(seed)
+    samples = []
+    for s in range(sources):
+        quality, dip = rng.uniform(1.0, 1.5), rng.uniform(0.0, 0.3)
+        for r in range(2):
+            offset = rng.gauss(0, 0.004)
+            curve = curve_bins(quality, offset=offset)
+            bins = tuple(
+                v + (dip if k < 4 else 0.0) + rng.gauss(0, 0.003) for k, v in enumerate(curve)
+            )
+            samples.append(Sample(f"s{s}", bins, quality - dip / 2 + offset, 2 * s + r))
+    return samples
+
+
+def test_only_the_fit_that_reads_more_of_the_curve_sees_an_early_dip_at_bin_twelve() -> None:
+    plain, history = calibrate(early_dip_track(5)), calibrate(early_dip_track(5), ("history",))
+    fresh = early_dip_track(6, sources=100)
+    errors = []
+    for calibration in (plain, history):
+        line = calibration.lines[12]
+        assert line is not None
+        predicted = [(line.predict(s.bins, 12), s.final) for s in fresh]
+        errors.append(max(abs(p - final) for p, final in predicted if p is not None))
+    assert errors[0] > 0.05 and errors[1] < 0.03
