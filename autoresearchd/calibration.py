@@ -4,9 +4,10 @@ and how far a run like an improvement may beat it.
 A stop answers a test: could this run still end below the incumbent's val_bpb? Per bin ``k``
 (a twentieth of the budget), over the newest :data:`MAX_CURVES` finished runs whose final is
 among the best :data:`TOP_SHARE` (the runs an improvement resembles), :func:`calibrate` fits
-by least squares the final from the loss at ``k``, at ``k - 1`` and at ``k // 2``
-(:func:`features`: the two last bins average away some of the report noise, and with the
-half-way bin they show how fast the run still falls), with each run's leave-one-out error
+by least squares the final from the loss at ``k``, at ``k - 1``, at ``k // 2`` and, with
+``history`` among :data:`SHAPES`, at ``k // 4`` and ``3k // 4`` (:func:`features`: the two
+last bins average away some of the report noise, and with the earlier ones they show how
+fast the run still falls and how it got there), with each run's leave-one-out error
 (predicted by a fit without it) and the errors' spread ``s_k``.
 
 A curve's shape depends on its hyperparameters (a high learning rate with a warm-down tied to
@@ -16,8 +17,8 @@ penalty (:mod:`autoresearchd.ridge`) chosen among :data:`PENALTY_SHARES` by leav
 error. It does so only where that error is lower than the curve's alone; elsewhere, or when
 a top run carries none (a result stored without its source), the bin reads the curve alone.
 The fit may also read, in the same penalised block, each hyperparameter's square and its
-product with the loss at the bin (``shapes``; the daemon uses :data:`SHAPES`), for a
-benchmark to weigh against the linear terms.
+product with the loss at the bin (``shapes``; the daemon uses :data:`SHAPES`, which reads
+neither: a benchmark weighs them against the linear terms).
 
 A run stops at bin ``k`` when its predicted final minus ``z s_k`` is above the incumbent's
 val_bpb plus :data:`SEED_Z` seed deviations of the difference of two finals (the seed noise
@@ -78,7 +79,7 @@ PENALTY_SHARES = (0.01, 0.1, 1.0, 10.0)
 #: (``square``), and its product with the loss at the bin (``product``); and ``history``:
 #: the curve's features also read the loss a quarter and three quarters of the way there.
 Shape = Literal["square", "product", "history"]
-SHAPES: tuple[Shape, ...] = ()
+SHAPES: tuple[Shape, ...] = ("history",)
 
 
 def features(
