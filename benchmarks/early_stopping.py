@@ -59,11 +59,11 @@ a result's train.py gives them to the daemon), and each judged run its own. With
 hyperparameters (the rule before it read them) against the same candidates, and its figures
 and the ratio of its saving to the ``auto`` arm's (with a 90 % interval, the arms of a seed
 resampled together) are printed beside them. Each ``--compare-shapes SHAPES`` adds an arm
-(``sh1``, ``sh2``, ... in the order given) whose fits may also read nonlinear hyperparameter
-terms (``square``, ``product`` with the loss at the bin, comma-separated; or ``history``,
-more of the curve;
-:data:`~autoresearchd.calibration.SHAPES`), printed and compared with ``auto`` likewise: a
-candidate rule measured on the same seeds as the current one.
+(``sh1``, ``sh2``, ... in the order given) whose fits read, in place of the daemon's
+:data:`~autoresearchd.calibration.SHAPES`, the terms named (comma-separated: ``square`` and
+``product`` with the loss at the bin, nonlinear hyperparameter terms; ``history``, more of
+the curve; ``none`` for the three bins and linear terms alone), printed and compared with
+``auto`` likewise: a candidate rule measured on the same seeds as the current one.
 Usage: ``python benchmarks/early_stopping.py [--seeds N] [--candidates N]
 [--family all|scaling|powerlaw|heldout|real] [--compare-curve-only] [--compare-shapes
 SHAPES ...]`` (about three minutes on
@@ -490,9 +490,9 @@ def main() -> None:
         metavar="SHAPES",
         action="append",
         default=[],
-        help="also run the rule whose fits read these nonlinear hyperparameter terms "
-        "(comma-separated: square, product; 'none' for the linear ones alone), as arm "
-        "'shN' for the Nth time the option is given",
+        help="also run the rule whose fits read these terms in place of the daemon's "
+        "(comma-separated: square, product, history; 'none' for the three bins and linear "
+        "terms alone), as arm 'shN' for the Nth time the option is given",
     )
     args = parser.parse_args()
     shaped = {f"sh{n}": _shapes(text) for n, text in enumerate(args.compare_shapes, 1)}
