@@ -97,6 +97,12 @@ class Claims:
         """Give up ``candidate``'s claim at the next chance, off the critical path."""
         self._dropped.append(candidate)
 
+    def forgo(self, candidate: Candidate) -> None:
+        """Give ``candidate`` up unrun: the hypothesis it came from may be taken up again,
+        and its claim is released at the next chance, off the critical path."""
+        self._host.ctx.ledger.give_back(candidate)
+        self.drop(candidate)
+
     async def release_dropped(self) -> None:
         while self._dropped:
             await self.release(self._dropped.pop())

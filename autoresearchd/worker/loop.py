@@ -196,8 +196,7 @@ class Worker:
         if ready is not None:
             # Rarely left current too (another agent's keep of the speculation's parent, say):
             # the speculation runs, and this one is freed as a stale one is.
-            self.claims.drop(ready.candidate)
-            self.ctx.ledger.give_back(ready.candidate)
+            self.claims.forgo(ready.candidate)
         return speculated
 
     def _take_prepared(self) -> Prepared | None:
@@ -206,8 +205,7 @@ class Worker:
             # Proposed from a best we have since beaten: make a fresh one from the new best,
             # and let a hypothesis it came from be applied to that best instead. ``cycle``
             # releases it (claim and in-flight entry) before it proposes again.
-            self.claims.drop(ready.candidate)
-            self.ctx.ledger.give_back(ready.candidate)
+            self.claims.forgo(ready.candidate)
             return None
         return ready
 

@@ -142,8 +142,7 @@ class Speculating:
             return Prepared(held.candidate, best, held.claimed_at)
         log.info("speculation_dropped", sha=held.candidate.sha256[:12])
         claims = self._host.claims
-        claims.drop(held.candidate)
-        self._host.ctx.ledger.give_back(held.candidate)
+        claims.forgo(held.candidate)
         self._host.beside(claims.release_dropped)
         return None
 
