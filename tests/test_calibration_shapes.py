@@ -5,6 +5,7 @@ how much the loss says of the end depends on the rate, only one that reads their
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -17,24 +18,11 @@ from tests.test_early_stopping import curve_bins
 BOWL = 0.4
 
 
-def bowl_track(seed: int, sources: int = 80) -> list[Sample]:
-    """Runs whose curve shows their quality alone and whose final is worse by the rate's
-    distance from the middle squared."""
-    rng = random.Random(seed)
-    samples = []
-    for s in range(sources):
-        quality, rate = rng.uniform(1.0, 1.5), rng.uniform(0.0, 1.0)
-        for r in range(2):
-            offset = rng.gauss(0, 0.004)
-            bins = tuple(v + rng.gauss(0, 0.003) for v in curve_bins(quality, offset=offset))
-            final = quality + BOWL * (rate - 0.5) ** 2 + offset
-            samples.append(Sample(f"s{s}", bins, final, 2 * s + r, (("LR", rate),)))
-    return samples
-
-
-def slope_track(seed: int, sources: int = 80) -> list[Sample]:
-    """Runs whose final follows their curve's level with a slope set by the rate: at rate 0
-    half the gap to 1.25 is left at the end, at rate 1 one and a half times it."""
+def rate_track(
+    seed: int, final: Callable[[float, float], float], sources: int = 80
+) -> list[Sample]:
+    """Runs whose curve shows their level alone and whose final is ``final(level, rate)``,
+    with seed noise."""
     rng = random.Random(seed)
     samples = []
     for s in range(sources):
@@ -42,9 +30,21 @@ def slope_track(seed: int, sources: int = 80) -> list[Sample]:
         for r in range(2):
             offset = rng.gauss(0, 0.004)
             bins = tuple(v + rng.gauss(0, 0.003) for v in curve_bins(level, offset=offset))
-            final = 1.25 + (level - 1.25) * (0.5 + rate) + offset
-            samples.append(Sample(f"s{s}", bins, final, 2 * s + r, (("LR", rate),)))
+            samples.append(
+                Sample(f"s{s}", bins, final(level, rate) + offset, 2 * s + r, (("LR", rate),))
+            )
     return samples
+
+
+def bowl_track(seed: int, sources: int = 80) -> list[Sample]:
+    """Finals worse than the curve shows by the rate's distance from the middle squared."""
+    return rate_track(seed, lambda level, rate: level + BOWL * (rate - 0.5) ** 2, sources)
+
+
+def slope_track(seed: int, sources: int = 80) -> list[Sample]:
+    """Finals that follow the curve's level with a slope set by the rate: at rate 0 half the
+    gap to 1.25 is left at the end, at rate 1 one and a half times it."""
+    return rate_track(seed, lambda level, rate: 1.25 + (level - 1.25) * (0.5 + rate), sources)
 
 
 def shapes_read(samples: list[Sample], shapes: tuple[Shape, ...]) -> list[tuple[int, int | None]]:
