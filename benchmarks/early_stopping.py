@@ -434,8 +434,9 @@ def report(family: Family, seeds: list[dict[str, Arm]]) -> tuple[float, float]:
             f"mean fraction used {statistics.fmean(stopped_at):.2f}"
         )
     intervals = bootstrap(seeds, rules)
+    measured = {rule: figures(seeds, rule) for rule in rules}
     for rule in rules:
-        per_off, per_rule, ratio, lost = figures(seeds, rule)
+        per_off, per_rule, ratio, lost = measured[rule]
         (r_low, r_high), (l_low, l_high), _ = intervals[rule]
         offered = sum(arms[rule].offered for arms in seeds)
         print(
@@ -451,7 +452,7 @@ def report(family: Family, seeds: list[dict[str, Arm]]) -> tuple[float, float]:
         )
     for rule in rules[1:]:
         low, high = intervals[rule][2]
-        ratio = figures(seeds, rule)[2] / figures(seeds)[2]
+        ratio = measured[rule][2] / measured["auto"][2]
         print(
             f"{tag} the rule {_what(rule)} against the rule: off / {rule} over off / auto "
             f"{ratio:.2f} (90% CI {low:.2f}..{high:.2f}; below 1: auto saves more)"
@@ -461,14 +462,14 @@ def report(family: Family, seeds: list[dict[str, Arm]]) -> tuple[float, float]:
         for n in ("off", "oracle")
         for a in ("gpu_s", "real_improvements")
     ]
-    per_off = figures(seeds)[0]
+    per_off = measured["auto"][0]
     per_oracle = oracle[2] / 3600 / max(1, oracle[3])
     print(
         f"{tag} bound: an oracle that stops at {ORACLE_FRACTION:.0%} of the budget every "
         f"candidate truly worse than the incumbent by {ORACLE_SD:g} seed sd, from run "
         f"{MIN_CURVES}: GPU-hours per real improvement off / oracle {per_off / per_oracle:.2f}x"
     )
-    return figures(seeds)[2:]
+    return measured["auto"][2:]
 
 
 def _by(rule: str) -> str:
