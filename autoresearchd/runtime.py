@@ -149,7 +149,9 @@ class Runtime:
 
     def live_runs(self) -> set[str]:
         """The run directories in use: each worker's run and its standby's."""
-        return {r for w in self.workers for r in (w.running.run_id, w.running.standby.run_id) if r}
+        return {
+            r for w in self.workers for r in (w.running.run_id, *w.running.standby.run_ids) if r
+        }
 
 
 @asynccontextmanager

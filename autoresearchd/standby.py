@@ -1,9 +1,9 @@
 """Standbys: the next run's process, started while the current run still holds the device.
 
-A worker keeps at most one. While a run trains, :class:`Standby` starts the process of the
-candidate prepared to run next (``Worker._next``), in its own run directory with its own run
-id and seed. The script imports torch and the harness, loads its data and initialises the
-device, then blocks in ``autoresearchd.harness.go.wait_for_go()`` holding no accelerator
+While a run trains, :class:`Standby` starts the process of the candidate prepared to run
+next (``Worker.up_next``), in its own run directory with its own run id and seed. The
+script imports torch and the harness, loads its data and initialises the device, then
+blocks in ``autoresearchd.harness.go.wait_for_go()`` holding no accelerator
 time. When that candidate's turn comes, the runner sends go and the run's time starts
 there, so the device waits for start-up only when the standby was not ready yet.
 
@@ -16,6 +16,13 @@ starts from the run's evaluation on: once the run's progress says its training i
 for a script that reports none, so that it is ready as the run is expected to end (learned
 from this worker's last runs). Only scripts whose code calls ``wait_for_go()`` are started
 early: any other script would begin training at once.
+
+A worker holds at most :data:`SLOTS`. On a GPU the second is the speculation's
+(:mod:`autoresearchd.worker.speculating`), the candidate that runs next after a keep, so that
+a keep need not pay a cold start-up either. It starts once the first standby is ready, and only
+while the device keeps :data:`SPARE_HEADROOM` of its memory free beyond what the first one
+took (:func:`room_for_spare`): the running job must never be starved of memory by a process
+that may never run. Whichever of the two does not run next is dropped.
 
 A standby is dropped cleanly (the socket closed, so a script waiting for go exits; then its
 group killed, as a run's, at once for one still starting up) when the candidate it holds
@@ -47,6 +54,13 @@ log = structlog.get_logger(__name__)
 
 #: A script opts in to standbys by calling this (``autoresearchd.harness.go``).
 OPT_IN = "wait_for_go"
+#: Standbys a worker may hold at once: the next candidate's and, on a GPU, the speculation's.
+SLOTS = 2
+#: The share of a GPU's memory that must stay free beside a second standby, beyond what the
+#: first one took while it started up.
+SPARE_HEADROOM = 0.10
+#: How often a second standby looks whether the first is ready.
+READY_POLL_S = 0.25
 #: On a CPU, start this much earlier than the learned start-up needs, for jitter.
 LEAD_FACTOR = 1.2
 LEAD_MARGIN_S = 0.25
@@ -72,6 +86,17 @@ def opts_in(source: str) -> bool:
     return False
 
 
+def room_for_spare(before: Device, now: Device) -> bool:
+    """Whether a second standby fits beside the run and the first standby: ``before`` is the
+    device as read when the first standby started, ``now`` once it is ready. The memory that
+    went meanwhile (the first standby's, and the running job's growth) is counted again for
+    the second, and :data:`SPARE_HEADROOM` of the device must stay free after it."""
+    if now.memory_total_mb <= 0:
+        return False  # nothing known of the memory: do not risk the running job
+    footprint = max(0.0, before.memory_free_mb - now.memory_free_mb)
+    return now.memory_free_mb - footprint >= SPARE_HEADROOM * now.memory_total_mb
+
+
 @dataclass(frozen=True, slots=True)
 class Key:
     """What a standby was started for; any difference at its turn means it is stale."""
@@ -93,17 +118,34 @@ class Held:
 
 
 class Standby:
-    """One worker's standby slot, and what its last runs say about their timing."""
+    """One worker's standby slots, and what its last runs say about their timing."""
 
     def __init__(self) -> None:
-        self.held: Held | None = None
+        self._held: list[Held] = []
         self._run_s: float | None = None
         self._startup_s: float | None = None
 
     @property
-    def run_id(self) -> str | None:
-        """The standby's run directory name: a live run for pruning."""
-        return self.held.spec.run_id if self.held is not None else None
+    def held(self) -> tuple[Held, ...]:
+        """The standbys started, oldest first."""
+        return tuple(self._held)
+
+    @property
+    def run_ids(self) -> tuple[str, ...]:
+        """The standbys' run directory names: live runs for pruning."""
+        return tuple(held.spec.run_id for held in self._held)
+
+    def holds(self, sha256: str) -> bool:
+        """Whether a standby of the candidate ``sha256`` is started."""
+        return any(held.key.sha256 == sha256 for held in self._held)
+
+    async def wait_ready(self) -> bool:
+        """Wait until a standby has said ready; False at once when none is held."""
+        while self._held:
+            if any(held.started.line.poll_ready() for held in self._held):
+                return True
+            await anyio.sleep(READY_POLL_S)
+        return False
 
     async def wait_until_due(self, device: Device, budget_s: float, run: LearningCurve) -> None:
         """Return when the successor of the run whose curve is ``run`` should start: on a GPU
@@ -139,8 +181,9 @@ class Standby:
         # Ready before go: its start-up fitted, and the last estimate still holds.
 
     async def start(self, key: Key, spec: RunSpec, seed: int) -> None:
-        """Start ``spec``'s process as the standby; a failure only costs the head start."""
-        if self.held is not None:
+        """Start ``spec``'s process as a standby, in a free slot; a failure only costs the
+        head start."""
+        if len(self._held) >= SLOTS or self.holds(key.sha256):
             return
         with anyio.CancelScope(shield=True):  # a process started is a process tracked
             try:
@@ -150,36 +193,40 @@ class Standby:
             except RunError as exc:
                 log.warning("standby_failed", run_id=spec.run_id, error=str(exc))
                 return
-        self.held = Held(key, spec, seed, started)
+        self._held.append(Held(key, spec, seed, started))
         log.info("standby_started", run_id=spec.run_id, sha=key.sha256[:12])
 
     def take(self, key: Key) -> Held | None:
-        """The standby for ``key``, now the caller's to run; None when it holds another."""
-        held = self.held
-        if held is None or held.key != key:
-            return None
-        self.held = None
-        return held
+        """The standby for ``key``, now the caller's to run; None when none matches."""
+        for held in self._held:
+            if held.key == key:
+                self._held.remove(held)
+                return held
+        return None
 
     def keep_only(self, key: Key | None) -> Callable[[], Coroutine[Any, Any, None]] | None:
-        """Let go of the standby unless it is the one for ``key`` (the run that comes next);
-        the ending of the one let go, for the caller to run beside the next run rather than
-        before it."""
-        held = self.held
-        if held is None or held.key == key:
+        """Let go of every standby but the one for ``key`` (the run that comes next); the
+        ending of those let go, for the caller to run beside the next run rather than
+        before it. None when there is none to end."""
+        gone = [held for held in self._held if held.key != key]
+        if not gone:
             return None
-        same = key is not None and held.key.sha256 == key.sha256
-        return self._let_go("stale" if same else "not next")
+        self._held = [held for held in self._held if held.key == key]
+        for held in gone:
+            same = key is not None and held.key.sha256 == key.sha256
+            reason = "stale" if same else "not next"
+            log.info("standby_discarded", run_id=held.spec.run_id, reason=reason)
+        return functools.partial(_end, gone)
 
     async def discard(self, reason: str = "dropped") -> None:
-        ending = self._let_go(reason)
-        if ending is not None:
-            await ending()
+        """End every standby now: the worker pauses or drains."""
+        gone, self._held = self._held, []
+        for held in gone:
+            log.info("standby_discarded", run_id=held.spec.run_id, reason=reason)
+        await _end(gone)
 
-    def _let_go(self, reason: str) -> Callable[[], Coroutine[Any, Any, None]] | None:
-        """Forget the standby; the ending of its process, None when there was none."""
-        held, self.held = self.held, None
-        if held is None:
-            return None
-        log.info("standby_discarded", run_id=held.spec.run_id, reason=reason)
-        return functools.partial(held.started.discard, held.spec)
+
+async def _end(gone: list[Held]) -> None:
+    """End the processes of standbys let go, one after the other."""
+    for held in gone:
+        await held.started.discard(held.spec)

@@ -9,16 +9,24 @@ prints ``training_seconds``. Two variants run one after the other in the same in
 - ``today``: the same stand-in without the call, so every run starts from scratch once the
   previous one has ended (the behaviour before standbys: the honest baseline).
 
+With ``--verdict keep`` every run scores below the one before it and is kept at once
+(``replicates = 0``), so each next run is the speculation made beside the run before it
+(:mod:`autoresearchd.worker.speculating`), not the candidate prepared from the best. A third
+variant then runs between the two: ``one``, standbys of the prepared candidate only (the
+behaviour before the speculation got a standby of its own on a GPU), and the ratio printed
+last is ``standby / one``.
+
 Share = the training seconds of runs 2..n over the wall time from the end of run 1 to the
 end of run n (the first run starts cold in both variants). Profiles: ``cpu`` (2 s start-up,
 1 s evaluation) and ``gpu`` (30 s start-up, 1 s evaluation). ``--scale`` shrinks every set
 time (budget, start-up, evaluation) by one factor, so a 300 s budget can be measured in
 minutes; the interpreter's own start-up is not scaled, which only makes the figure harder.
 
-Printed last: ``share_ratio = standby share / today share``; the goals are shares of at least
+Printed last: ``share_ratio = standby share / today share`` (``spare_ratio = standby share /
+one share`` with ``--verdict keep``); the goals are shares of at least
 97% at a 300 s budget and 92% at 20 s (CPU profile).
 Usage: ``python benchmarks/training_share.py [--profile cpu|gpu] [--budget S] [--runs N]
-[--scale F] [--only standby|today]``.
+[--scale F] [--verdict discard|keep] [--only standby|one|today]``.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import math
 import statistics
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +48,7 @@ from autoresearchd.logs import configure_logging
 from autoresearchd.memory.sqlite import SqliteMemory
 from autoresearchd.models import Result
 from autoresearchd.testing import FakeNvml
+from autoresearchd.worker.running import Running
 
 PROFILES = {"cpu": (2.0, 1.0), "gpu": (30.0, 1.0)}
 
@@ -54,12 +64,17 @@ time.sleep({budget_s!r})  # training
 trained = time.perf_counter() - start
 time.sleep({eval_s!r})  # evaluation
 print("---")
-print(f"val_bpb: {{3.0 + abs(LR - 0.01):.6f}}")  # the baseline is best: every run discards
+print(f"val_bpb: {{{score}:.6f}}")
 print(f"training_seconds: {{trained:.4f}}")
 sys.stdout.flush()
 os._exit(0)  # as the reference train.py ends: no interpreter teardown
 '''
 WAIT = "from autoresearchd.harness.go import wait_for_go\nwait_for_go()"
+#: Every run discards: the baseline is the best.
+DISCARD = "3.0 + abs(LR - 0.01)"
+#: Every run is kept: its score falls by 0.001 a second of wall time (at least a second
+#: apart, each run is below the one before by the default minimum improvement).
+KEEP = "3.0 - (time.time() - {t0!r}) * 1e-3"
 
 
 @dataclass(frozen=True)
@@ -75,9 +90,14 @@ class Share:
         return self.training_s / self.wall_s if self.wall_s > 0 else math.nan
 
 
-def stand_in(startup_s: float, budget_s: float, eval_s: float, *, standby: bool) -> str:
+def stand_in(
+    startup_s: float, budget_s: float, eval_s: float, *, standby: bool, keep: bool = False
+) -> str:
     wait = WAIT if standby else "pass  # no go signal: started only when the device is free"
-    return STAND_IN.format(startup_s=startup_s, budget_s=budget_s, eval_s=eval_s, wait=wait)
+    score = KEEP.format(t0=time.time()) if keep else DISCARD
+    return STAND_IN.format(
+        startup_s=startup_s, budget_s=budget_s, eval_s=eval_s, wait=wait, score=score
+    )
 
 
 def write_config(root: Path, script: str, budget_s: float, *, gpu: bool, data_dir: str) -> Path:
@@ -197,8 +217,10 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=20.0, help="training seconds per run")
     parser.add_argument("--runs", type=int, default=4, help="runs per variant (>= 2)")
     parser.add_argument("--scale", type=float, default=1.0, help="factor on every set time")
-    parser.add_argument("--only", choices=("standby", "today"), default=None)
+    parser.add_argument("--verdict", choices=("discard", "keep"), default="discard")
+    parser.add_argument("--only", choices=("standby", "one", "today"), default=None)
     args = parser.parse_args()
+    keep = args.verdict == "keep"
     startup, evaluation = PROFILES[args.profile]
     times = (startup * args.scale, args.budget * args.scale, evaluation * args.scale)
     gpu = args.profile == "gpu"
@@ -206,20 +228,27 @@ def main() -> None:
     print(
         f"profile {args.profile}: start-up {times[0]:g} s, budget {times[1]:g} s, "
         f"evaluation {times[2]:g} s (scale {args.scale:g} of a {args.budget:g} s budget), "
-        f"{args.runs} runs per variant"
+        f"{args.runs} runs per variant, every run {'kept' if keep else 'discarded'}"
     )
     shares: dict[str, Share] = {}
-    for name in ("standby", "today"):
+    for name in ("standby", "one", "today") if keep else ("standby", "today"):
         if args.only not in (None, name):
             continue
-        script = stand_in(*times, standby=name == "standby")
-        shares[name], results = measure(script, times[1], args.runs, gpu=gpu)
+        script = stand_in(*times, standby=name != "today", keep=keep)
+        Running.spare_standby = name != "one"
+        try:
+            shares[name], results = measure(script, times[1], args.runs, gpu=gpu)
+        finally:
+            Running.spare_standby = True
         report(name, shares[name], results)
     ideal = times[1] / (times[1] + times[2])
     print(f"ceiling (evaluation only, no start-up or gap): {ideal * 100:.2f}%")
-    if len(shares) == 2:
+    if "standby" in shares and "today" in shares:
         ratio = shares["standby"].fraction / shares["today"].fraction
         print(f"share_ratio = {ratio:.3f}")
+    if "standby" in shares and "one" in shares:
+        ratio = shares["standby"].fraction / shares["one"].fraction
+        print(f"spare_ratio = {ratio:.3f}")
 
 
 if __name__ == "__main__":

@@ -327,14 +327,14 @@ async def held_then_changed(spec: RunSpec) -> tuple[bool, bool, int | None]:
     standby, experiment = Standby(), ExperimentConfig()
     key = Key(spec.candidate.sha256, "cpu-0", experiment, sandboxed=False)
     await standby.start(key, spec, seed=3)
-    assert standby.held is not None and standby.run_id == spec.run_id
-    process = standby.held.started.process
+    assert standby.run_ids == (spec.run_id,)
+    process = standby.held[0].started.process
     # The config changed (a reload): the same candidate's standby no longer matches.
     reloaded = dataclasses.replace(key, experiment=dataclasses.replace(experiment, grace_s=9.0))
     taken = standby.take(reloaded) is not None
     ending = standby.keep_only(reloaded)
     assert ending is not None, "a stale standby was kept"
-    let_go = standby.held is None  # at once: the next run need not wait for its end
+    let_go = not standby.held  # at once: the next run need not wait for its end
     await ending()
     return taken, let_go, process.returncode
 

@@ -246,6 +246,14 @@ class Worker:
             return None
         return ready.candidate
 
+    async def up_after_keep(self) -> Candidate | None:
+        """The speculation once it is held, unless this device winds down."""
+        await self.speculation.settled()
+        held = self.speculation.held
+        if held is None or self.control.winding_down:
+            return None
+        return held.candidate
+
     # -- running, judging and queueing ----------------------------------------------
 
     async def run_judged(

@@ -1,12 +1,12 @@
 """One run on a worker's device: its spec, the run itself, and what it leaves as a result.
 
-A run is built from the config as it stands (a reload applies from the next run), pinned
-to the device, cached for ``torch.compile`` and wrapped in the sandbox where one is used.
-While it trains, the next candidate's process may start as a standby, so the next run
-skips its start-up. A candidate's first run may stop early when its learning curve is
-hopeless; replicates and re-measures always run to the end. The run's outcome also feeds
-the flap detector and, for our own baseline failing for this host's reasons, halts the
-worker rather than publish a crash per run.
+A run is built from the config as it stands (a reload applies from the next run), pinned to
+the device, cached for ``torch.compile`` and wrapped in the sandbox where one is used. While
+it trains, the next candidate's process may start as a standby, so the next run skips its
+start-up; on a GPU, so may the speculation's, for a keep. A candidate's first run may stop
+early when its learning curve is hopeless; replicates and re-measures always run to the end.
+The run's outcome also feeds the flap detector and, for our own baseline failing for this
+host's reasons, halts the worker rather than publish a crash per run.
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ import structlog
 
 from autoresearchd import compile_cache
 from autoresearchd.early_stopping import LearningCurve
+from autoresearchd.errors import GpuError
 from autoresearchd.health import FlapDetector
 from autoresearchd.judging import plausible
-from autoresearchd.models import Candidate, Result
+from autoresearchd.models import Candidate, Device, Result
 from autoresearchd.records import build_result, new_run_id
 from autoresearchd.run_spec import RunSpec
 from autoresearchd.runner import RunReport, run_experiment
 from autoresearchd.sandbox import environment_failure
-from autoresearchd.standby import Key, Standby, opts_in
+from autoresearchd.standby import Key, Standby, opts_in, room_for_spare
 from autoresearchd.worker.best import BestView
 from autoresearchd.worker.context import Host, origin
 from autoresearchd.worker.modes import DeviceControl
@@ -54,9 +55,16 @@ class Runs(Host, Protocol):
     async def up_next(self) -> Candidate | None:
         """The next candidate once it is prepared, if a standby of it may start now."""
 
+    async def up_after_keep(self) -> Candidate | None:
+        """The speculation once it is held, if a standby of it may start now."""
+
 
 class Running:
     """A worker's runs: the one in progress, its standby, and what the last one showed."""
+
+    #: On a GPU, a second standby for the speculation. Off only for a baseline measured
+    #: beside it (``benchmarks/training_share.py``, which builds its workers in a daemon).
+    spare_standby = True
 
     def __init__(self, host: Runs) -> None:
         self._host = host
@@ -69,6 +77,8 @@ class Running:
         self.last_stopped_early: float | None = None
         self._clock = 0.0
         self._flap_delay = 0.0
+        #: The device as read when the first standby beside the run started.
+        self._memory_before: Device | None = None
 
     async def run(self, candidate: Candidate, *, stoppable: bool = False) -> Result | None:
         """Run ``candidate`` once; None when the run leaves no result (stopped, halted)."""
@@ -126,23 +136,62 @@ class Running:
         self, running: Candidate, curve: LearningCurve
     ) -> AsyncIterator[None]:
         """While a run goes on, start the next candidate's process in time for its turn."""
+        first, self._memory_before = anyio.Event(), None
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._start_standby, running, curve)
+            tg.start_soon(self._start_standby, running, curve, first)
+            if self.spare_standby and self._host.device.is_gpu:
+                tg.start_soon(self._start_spare, running, first)
             try:
                 yield
             finally:
                 tg.cancel_scope.cancel()
 
-    async def _start_standby(self, running: Candidate, curve: LearningCurve) -> None:
+    async def _start_standby(
+        self, running: Candidate, curve: LearningCurve, done: anyio.Event
+    ) -> None:
+        """The next candidate's standby, in time for its turn; ``done`` once it is started
+        (or will not be)."""
+        try:
+            host = self._host
+            budget = host.config.experiment.time_budget_s
+            await self.standby.wait_until_due(host.device, budget, curve)
+            candidate = await host.up_next()
+            if candidate is None or self.standby.held:
+                return
+            self._memory_before = await self._read_device()
+            await self._start_one(running, candidate)
+        finally:
+            done.set()
+
+    async def _start_spare(self, running: Candidate, first: anyio.Event) -> None:
+        """On a GPU, the speculation's standby: once the first standby is ready, and only
+        while the device has memory to spare (:func:`~autoresearchd.standby.room_for_spare`)."""
+        try:
+            candidate = await self._host.up_after_keep()
+            await first.wait()
+            if candidate is None or not await self.standby.wait_ready():
+                return
+            before, now = self._memory_before, await self._read_device()
+            if before is None or now is None or not room_for_spare(before, now):
+                log.info("spare_standby_skipped", reason="memory", sha=candidate.sha256[:12])
+                return
+            await self._start_one(running, candidate)
+        except Exception:
+            # A bug here must cost a keep its head start only, never the run beside it.
+            log.exception("spare_standby_crashed")
+
+    async def _read_device(self) -> Device | None:
+        """The device as NVML reads it now; None when it cannot be read."""
+        try:
+            return await self._host.ctx.gpus.refresh(self._host.device)
+        except GpuError:
+            return None
+
+    async def _start_one(self, running: Candidate, candidate: Candidate) -> None:
         host = self._host
-        budget = host.config.experiment.time_budget_s
-        await self.standby.wait_until_due(host.device, budget, curve)
-        candidate = await host.up_next()
-        if candidate is None or self.standby.held is not None:
-            return
         if candidate.sha256 == running.sha256 or not opts_in(candidate.source):
             return
-        if host.ctx.draining.is_set():
+        if host.ctx.draining.is_set() or self.standby.holds(candidate.sha256):
             return
         run_id, seed = new_run_id(host.config.daemon.agent), host.ctx.new_seed()
         try:
