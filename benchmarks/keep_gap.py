@@ -11,8 +11,15 @@ claimed beside it. Both are measured in the same invocation, one after the other
 fresh state; the gaps after the baseline's run (its prefetch already builds on it) are left
 out. Each gap includes the stand-in's own interpreter start-up, the same for both.
 
-Printed last: ``keep_gap_ratio = median gap with speculation / median gap without``.
-Usage: ``python benchmarks/keep_gap.py [--runs R] [--seconds T] [--delay-ms D]``.
+Beside the gaps, the memory calls per run in each mode, by method: what a speculation adds
+to the load on a hub. With ``--verdict discard`` every run after the baseline scores above
+it instead, so each speculation is dropped and released: the gap then is the one after a
+discard, and the calls are a speculation's whole cost.
+
+Printed last: ``keep_gap_ratio = median gap with speculation / median gap without`` (named
+``discard_gap_ratio`` with ``--verdict discard``).
+Usage: ``python benchmarks/keep_gap.py [--runs R] [--seconds T] [--delay-ms D]
+[--verdict keep|discard]``.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import os
 import statistics
 import sys
 import tempfile
+from collections import Counter
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -41,7 +50,8 @@ from autoresearchd.testing import PLAN_ENV
 from autoresearchd.worker.context import WorkerContext
 from autoresearchd.worker.loop import Worker
 
-#: Every run scores 0.01 below the one before, so each is kept.
+#: Every run scores 0.01 below the one before, so each is kept (``sign`` -1), or above the
+#: baseline, so each is discarded (``sign`` 1).
 STAND_IN = '''"""Stand-in train.py: sleeps, logs its start and end, scores below each run before."""
 import os
 import time
@@ -57,15 +67,20 @@ END = time.time()
 with open(log, "a") as handle:
     handle.write(f"{{START}} {{END}}\\n")
 print("---")
-print(f"val_bpb: {{3.0 - 0.01 * done:.6f}}")
+print(f"val_bpb: {{3.0 + {sign} * 0.01 * done:.6f}}")
 '''
 
 
 class DelayedMemory:
-    """A memory whose every call first waits one round trip."""
+    """A memory whose every call first waits one round trip; it counts them by method."""
 
     def __init__(self, inner: CollectiveMemory, delay_s: float) -> None:
         self._inner, self._delay_s = inner, delay_s
+        self.calls: Counter[str] = Counter()
+
+    async def _trip(self, method: str) -> None:
+        self.calls[method] += 1
+        await anyio.sleep(self._delay_s)
 
     async def __aenter__(self) -> Self:
         await self._inner.__aenter__()
@@ -80,43 +95,43 @@ class DelayedMemory:
         await self._inner.__aexit__(exc_type, exc, tb)
 
     async def get_best(self, track: str, tier: str | None = None) -> Best | None:
-        await anyio.sleep(self._delay_s)
+        await self._trip("get_best")
         return await self._inner.get_best(track, tier)
 
     async def claim(
         self, track: str, sha256: str, agent_id: str, ttl_s: float, description: str = ""
     ) -> bool:
-        await anyio.sleep(self._delay_s)
+        await self._trip("claim")
         return await self._inner.claim(track, sha256, agent_id, ttl_s, description)
 
     async def release(self, track: str, sha256: str, agent_id: str) -> None:
-        await anyio.sleep(self._delay_s)
+        await self._trip("release")
         await self._inner.release(track, sha256, agent_id)
 
     async def publish(self, result: Result) -> PublishOutcome:
-        await anyio.sleep(self._delay_s)
+        await self._trip("publish")
         return await self._inner.publish(result)
 
     async def best_history(
         self, track: str, tier: str | None = None, limit: int | None = 100
     ) -> list[BestChange]:
-        await anyio.sleep(self._delay_s)
+        await self._trip("best_history")
         return await self._inner.best_history(track, tier, limit)
 
     async def results(self, track: str | None = None, limit: int | None = 100) -> list[Result]:
-        await anyio.sleep(self._delay_s)
+        await self._trip("results")
         return await self._inner.results(track, limit)
 
     async def was_run(self, track: str, sha256: str) -> bool:
-        await anyio.sleep(self._delay_s)
+        await self._trip("was_run")
         return await self._inner.was_run(track, sha256)
 
     async def put_note(self, kind: str, note: Note) -> bool:
-        await anyio.sleep(self._delay_s)
+        await self._trip("put_note")
         return await self._inner.put_note(kind, note)
 
     async def notes(self, kind: str, limit: int = 100) -> list[Note]:
-        await anyio.sleep(self._delay_s)
+        await self._trip("notes")
         return await self._inner.notes(kind, limit)
 
 
@@ -130,13 +145,16 @@ def run_log(logs: Path) -> list[tuple[float, float]]:
 
 
 async def measure(
-    root: Path, runs: int, seconds: float, delay_s: float, speculate: bool
-) -> list[float]:
-    """Serve one worker until ``runs`` runs are logged; the gaps after each keep but the first."""
+    root: Path, runs: int, seconds: float, delay_s: float, speculate: bool, *, keep: bool = True
+) -> tuple[list[float], Counter[str]]:
+    """Serve one worker until ``runs`` runs are logged; the gaps after each run but the first
+    (the baseline's), and the memory calls made by method."""
     workspace, logs = root / "workspace", root / "logs"
     workspace.mkdir()
     logs.mkdir()
-    (workspace / "train.py").write_text(STAND_IN.format(sleep_s=seconds, env=PLAN_ENV))
+    (workspace / "train.py").write_text(
+        STAND_IN.format(sleep_s=seconds, env=PLAN_ENV, sign=-1 if keep else 1)
+    )
     os.environ[PLAN_ENV] = str(logs)
     config = parse_config(
         {
@@ -151,7 +169,8 @@ async def measure(
     )
     outbox = Outbox(config.outbox_dir)
     outbox.open()
-    async with DelayedMemory(SqliteMemory(root / "memory.sqlite"), delay_s) as memory:
+    delayed = DelayedMemory(SqliteMemory(root / "memory.sqlite"), delay_s)
+    async with delayed as memory:
         ctx = WorkerContext(config, memory, outbox, Publisher(outbox, memory), Gpus())
         worker = Worker(Device.cpu(0), ctx)
         worker.speculation.enabled = speculate
@@ -169,7 +188,7 @@ async def measure(
             await worker.serve()
             tg.cancel_scope.cancel()
     pairs = sorted(run_log(logs))[:runs]
-    return [nxt[0] - prev[1] for prev, nxt in itertools.pairwise(pairs)][1:]
+    return [nxt[0] - prev[1] for prev, nxt in itertools.pairwise(pairs)][1:], delayed.calls
 
 
 def main() -> None:
@@ -177,23 +196,37 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10, help="runs per mode, the baseline's too")
     parser.add_argument("--seconds", type=float, default=1.0, help="T: each run's sleep")
     parser.add_argument("--delay-ms", type=float, default=100.0, help="the memory's round trip")
+    parser.add_argument("--verdict", choices=("keep", "discard"), default="keep")
     args = parser.parse_args()
+    keep = args.verdict == "keep"
     configure_logging("console", "warning", sys.stderr)
     gaps: dict[bool, list[float]] = {}
+    calls: dict[bool, Counter[str]] = {}
     for speculate in (False, True):
         with tempfile.TemporaryDirectory() as tmp:
-            gaps[speculate] = anyio.run(
-                measure, Path(tmp), args.runs, args.seconds, args.delay_ms / 1000, speculate
+            gaps[speculate], calls[speculate] = anyio.run(
+                partial(measure, keep=keep),
+                Path(tmp),
+                args.runs,
+                args.seconds,
+                args.delay_ms / 1000,
+                speculate,
             )
-    print(f"runs per mode: {args.runs}  T: {args.seconds}s  memory round trip: {args.delay_ms} ms")
+    print(
+        f"runs per mode: {args.runs}  T: {args.seconds}s  memory round trip: {args.delay_ms} ms"
+        f"  every run after the baseline: {'kept' if keep else 'discarded'}"
+    )
     for speculate, label in ((False, "without speculation"), (True, "with speculation")):
         found = gaps[speculate]
         print(
-            f"gap after a keep, {label}: median {statistics.median(found) * 1000:.1f} ms  "
-            f"max {max(found) * 1000:.1f} ms  (n={len(found)})"
+            f"gap after a {args.verdict}, {label}: median {statistics.median(found) * 1000:.1f} ms"
+            f"  max {max(found) * 1000:.1f} ms  (n={len(found)})"
         )
+        made = calls[speculate]
+        per_run = ", ".join(f"{m} {n / args.runs:.2f}" for m, n in sorted(made.items()))
+        print(f"  memory calls per run: {sum(made.values()) / args.runs:.2f} ({per_run})")
     ratio = statistics.median(gaps[True]) / statistics.median(gaps[False])
-    print(f"keep_gap_ratio = {ratio:.2f}")
+    print(f"{args.verdict}_gap_ratio = {ratio:.2f}")
 
 
 if __name__ == "__main__":
