@@ -169,7 +169,9 @@ class Running:
         try:
             candidate = await self._host.up_after_keep()
             await first.wait()
-            if candidate is None or not await self.standby.wait_ready():
+            if candidate is None or self.standby.holds(candidate.sha256):
+                return  # none, or started beside an earlier run (a replicate's, say)
+            if not await self.standby.wait_ready():
                 return
             before, now = self._memory_before, await self._read_device()
             if before is None or now is None or not room_for_spare(before, now):
