@@ -72,3 +72,54 @@ def test_collinear_base_columns_give_no_fit_and_no_extra_inputs_give_the_base_al
     assert fits(doubled, z, y, [1.0]) == []
     assert len(fits(x, [], y, [1.0])) == 1
     assert len(fits(x, z, y, [])) == 1
+
+
+def reference(x: list[list[float]], z: list[list[float]], y: list[float], penalty: float) -> Fit:
+    """The penalised fit the straightforward way: the normal equations of ``[x z]`` with the
+    penalty on z's diagonal, solved by elimination, and the hat matrix's diagonal from the
+    inverse itself."""
+    rows = [[*a, *b] for a, b in zip(x, z, strict=True)]
+    size, base = len(rows[0]), len(x[0])
+    gram = [
+        [sum(r[a] * r[b] for r in rows) + (penalty if a == b >= base else 0.0) for b in range(size)]
+        for a in range(size)
+    ]
+    inverse = invert(gram)
+    xty = [sum(r[a] * v for r, v in zip(rows, y, strict=True)) for a in range(size)]
+    beta = [sum(m * v for m, v in zip(row, xty, strict=True)) for row in inverse]
+    loo = []
+    for r, v in zip(rows, y, strict=True):
+        h = sum(r[a] * inverse[a][b] * r[b] for a in range(size) for b in range(size))
+        loo.append((sum(c * u for c, u in zip(beta, r, strict=True)) - v) / (1 - h))
+    return Fit(tuple(beta), tuple(loo), penalty)
+
+
+def invert(m: list[list[float]]) -> list[list[float]]:
+    size = len(m)
+    a = [[*row, *(float(i == j) for j in range(size))] for i, row in enumerate(m)]
+    for col in range(size):
+        pivot = max(range(col, size), key=lambda r: abs(a[r][col]))
+        a[col], a[pivot] = a[pivot], a[col]
+        a[col] = [v / a[col][col] for v in a[col]]
+        for r in range(size):
+            if r != col:
+                a[r] = [v - a[r][col] * w for v, w in zip(a[r], a[col], strict=True)]
+    return [row[size:] for row in a]
+
+
+@pytest.mark.parametrize(("seed", "n", "width"), [(5, 30, 1), (6, 150, 20), (7, 60, 40)])
+def test_the_penalised_fits_equal_the_normal_equations_solved_directly(
+    seed: int, n: int, width: int
+) -> None:
+    # As the calibration uses it: base columns of losses near one another (an intercept, the
+    # loss at two bins), extra inputs standardised, some more than there are rows to spare.
+    rng = random.Random(seed)
+    x = [[1.0, level := rng.uniform(1.0, 1.5), level + rng.gauss(0, 0.01)] for _ in range(n)]
+    z = [[rng.gauss(0, 1) + (r[1] - 1.25) for _ in range(width)] for r in x]
+    y = [r[1] + 0.05 * sum(w[:3]) + rng.gauss(0, 0.01) for r, w in zip(x, z, strict=True)]
+    penalties = [share * n for share in (0.01, 0.1, 1.0, 10.0)]
+    for fast, penalty in zip(fits(x, z, y, penalties)[1:], penalties, strict=True):
+        slow = reference(x, z, y, penalty)
+        assert fast.penalty == penalty
+        assert fast.coefficients == pytest.approx(slow.coefficients, rel=1e-7, abs=1e-9)
+        assert fast.loo == pytest.approx(slow.loo, rel=1e-7, abs=1e-10)
