@@ -41,6 +41,7 @@ track is off.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -89,11 +90,18 @@ def features(
     mix smooths the report noise and shows how fast the run still falls) and at bin
     ``k // 2`` (how far it came), with ``history`` also at ``k // 4`` and ``3k // 4``; None
     when a bin among them is missing."""
-    at = {k, max(0, k - 1), k // 2} | ({k // 4, 3 * k // 4} if history else set())
-    picked = [bins[j] for j in sorted(at, reverse=True)]
-    if any(v is None for v in picked):
+    picked = [bins[j] for j in _read(k, history)]
+    if None in picked:
         return None
     return (1.0, *(v for v in picked if v is not None))
+
+
+@functools.cache
+def _read(k: int, history: bool) -> tuple[int, ...]:
+    """The bins :func:`features` reads at bin ``k``, latest first (each bin's list is made
+    once: a calibration reads it for every stored run)."""
+    at = {k, max(0, k - 1), k // 2} | ({k // 4, 3 * k // 4} if history else set())
+    return tuple(sorted(at, reverse=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +135,8 @@ class Term:
         raw = params.get(self.name)
         if raw is None:
             return None
+        if self.low <= raw <= self.high:  # inside the range the edge is the value itself
+            return self.coefficient * self.column(raw, loss)
         edge = self.column(min(self.high, max(self.low, raw)), loss)
         return min(self.coefficient * edge, self.coefficient * self.column(raw, loss))
 
@@ -226,9 +236,11 @@ def calibrate(samples: Sequence[Sample], shapes: Sequence[Shape] = SHAPES) -> Ca
     top = ranked[: max(MIN_TOP + 1, math.ceil(TOP_SHARE * len(ranked)))]
     rest = ranked[len(top) :]
     reference = ranked[int(INCUMBENT_SHARE * len(ranked))].final
-    names = _shared_names(top)
-    fits = [_fit(top, k, names, shapes) if FIRST_BIN <= k < BINS - 1 else None for k in range(BINS)]
+    inputs = _Inputs(top, _shared_names(top), shapes)
+    fits = [_fit(top, k, inputs) if FIRST_BIN <= k < BINS - 1 else None for k in range(BINS)]
     used = [k for k, fit in enumerate(fits) if fit is not None]
+    # A bin's predictions of the rest do not change from one pass to the next: made once.
+    predicted: dict[int, list[float]] = {}
     z = math.inf
     # Dropping a bin lowers z, which can only raise the others' power: a few passes settle.
     for _ in range(BINS):
@@ -239,7 +251,7 @@ def calibrate(samples: Sequence[Sample], shapes: Sequence[Shape] = SHAPES) -> Ca
         powered = [
             k
             for k in used
-            if _power(rest, fits, k, threshold, z) * (1 - (k + 1) / BINS) >= MIN_POWER
+            if _power(rest, fits, k, threshold, z, predicted) * (1 - (k + 1) / BINS) >= MIN_POWER
         ]
         if powered == used:
             break
@@ -270,20 +282,57 @@ def _seed_noise(samples: Sequence[Sample]) -> tuple[float, int]:
 _Fit = tuple[Line, dict[int, float]]  # the line, and each top run's standardised error
 
 
-def _fit(
-    top: Sequence[Sample], k: int, names: Sequence[str], shapes: Sequence[Shape] = ()
-) -> _Fit | None:
+class _Inputs:
+    """The hyperparameter terms the fits over the top runs read, and their inputs: the
+    shared hyperparameters ``names``, standardised over a fit's rows, then per shape in
+    ``shapes`` their squares and their products with the loss at the bin (:func:`_shaped`).
+    Most bins fit the same rows (the top runs with every bin they read), so the
+    standardisation, and the inputs that do not read the loss at the bin, are made once per
+    set of rows rather than once per bin."""
+
+    def __init__(
+        self, top: Sequence[Sample], names: Sequence[str], shapes: Sequence[Shape]
+    ) -> None:
+        self.params = [dict(s.params) for s in top]
+        self.names = names
+        self.shapes = shapes
+        self._fixed: dict[tuple[int, ...], tuple[list[Term], int, list[list[float]]]] = {}
+
+    def of(
+        self, rows: Sequence[int], losses: Sequence[float]
+    ) -> tuple[list[Term], list[list[float]]]:
+        """The terms for the top runs ``rows``, whose losses at the bin are ``losses``, and
+        each row's inputs (one per term)."""
+        key = tuple(rows)
+        if key not in self._fixed:
+            params = [self.params[i] for i in key]
+            linear = _standardise(params, self.names)
+            fixed = _shaped(linear, [], self.shapes)  # with no losses: no products
+            z = [[t.column(p[t.name], 0.0) for t in fixed] for p in params]
+            self._fixed[key] = linear, len(fixed), z
+        linear, width, z = self._fixed[key]
+        terms = _shaped(linear, losses, self.shapes)
+        products = terms[width:]
+        if products:
+            z = [
+                [*inputs, *(t.column(self.params[i][t.name], loss) for t in products)]
+                for inputs, i, loss in zip(z, key, losses, strict=True)
+            ]
+        return terms, z
+
+
+def _fit(top: Sequence[Sample], k: int, inputs: _Inputs) -> _Fit | None:
     """Bin ``k``'s prediction over the top runs, with leave-one-out errors (how much better
     each run ended than predicted without it); None when the bin has too few runs or the
     prediction does not rise with the loss (a whole curve shifted up must predict a worse
-    final). The hyperparameters ``names`` join the curve's features, ridge-penalised at the
-    penalty whose leave-one-out error is lowest, only where that beats the curve alone."""
-    history = "history" in shapes
+    final). The hyperparameter terms (``inputs``) join the curve's features, ridge-penalised
+    at the penalty whose leave-one-out error is lowest, only where that beats the curve
+    alone."""
+    history = "history" in inputs.shapes
     rows = [(i, x, s) for i, s in enumerate(top) if (x := features(s.bins, k, history)) is not None]
     if len(rows) < MIN_TOP:
         return None
-    scales = _shaped(_standardise([dict(s.params) for _, _, s in rows], names), rows, shapes)
-    z = [[t.column(dict(s.params)[t.name], x[1]) for t in scales] for _, x, s in rows]
+    scales, z = inputs.of([i for i, _, _ in rows], [x[1] for _, x, _ in rows])
     penalties = [share * len(rows) for share in PENALTY_SHARES] if scales else []
     y = [s.final for _, _, s in rows]
     size = len(rows[0][1])
@@ -319,20 +368,18 @@ def _standardise(params: Sequence[Mapping[str, float]], names: Sequence[str]) ->
     return terms
 
 
-def _shaped(
-    linear: list[Term],
-    rows: Sequence[tuple[int, tuple[float, ...], Sample]],
-    shapes: Sequence[Shape],
-) -> list[Term]:
+def _shaped(linear: list[Term], losses: Sequence[float], shapes: Sequence[Shape]) -> list[Term]:
     """The linear terms, then per shape asked for one more term per hyperparameter: its
-    square, or its product with the loss at the bin (standardised over ``rows``)."""
+    square, or its product with the loss at the bin (standardised over ``losses``, the fit's
+    rows' own; none without them)."""
     terms = list(linear)
     if "square" in shapes:
         terms += [replace(t, power=2) for t in linear]
-    losses = [x[1] for _, x, _ in rows]
+    if "product" not in shapes or not losses:
+        return terms
     centre = statistics.fmean(losses)
     scale = statistics.pstdev(losses, centre)
-    if "product" in shapes and scale > 1e-9 * (1 + abs(centre)):
+    if scale > 1e-9 * (1 + abs(centre)):
         terms += [replace(t, loss=(centre, scale)) for t in linear]
     return terms
 
@@ -363,15 +410,22 @@ def _conformal_z(top: Sequence[Sample], fits: Sequence[_Fit | None], used: Seque
 
 
 def _power(
-    rest: Sequence[Sample], fits: Sequence[_Fit | None], k: int, reference: float, z: float
+    rest: Sequence[Sample],
+    fits: Sequence[_Fit | None],
+    k: int,
+    reference: float,
+    z: float,
+    made: dict[int, list[float]],
 ) -> float:
     """The share of stored runs outside the top that bin ``k`` stops against an incumbent at
-    ``reference``."""
+    ``reference``; ``made``: the predictions of the rest per bin, so far."""
     fit = fits[k]
     if fit is None:
         return 0.0
     line = fit[0]
-    predicted = [p for s in rest if (p := line.predict(s.bins, k, s.params)) is not None]
+    if k not in made:
+        made[k] = [p for s in rest if (p := line.predict(s.bins, k, s.params)) is not None]
+    predicted = made[k]
     if not predicted:
         return 0.0
     return sum(1 for p in predicted if p - z * line.spread > reference) / len(predicted)
