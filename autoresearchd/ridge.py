@@ -9,12 +9,13 @@ them, are never penalised). Each fit carries every row's leave-one-out error, in
 form: a fit whose predictions are ``H y`` for a fixed matrix ``H`` predicts row ``i``
 without it with error ``e_i / (1 - H_ii)``.
 
-The penalised fits share the work on ``x``: ``z`` with its part explained by ``x`` removed
+The penalised fits share one decomposition: ``z`` with its part explained by ``x`` removed
 (``z~``) is all the penalty acts on (Frisch-Waugh), so ``H = H_x + z~ (z~' z~ + penalty)^-1
-z~'``, and each penalty costs one Cholesky factorisation ``L L'`` of the small matrix
-``z~' z~ + penalty`` and one triangular solve over the rows: the leverage ``H_ii`` gains
-``||L^-1 z~_i||**2``. Sums over the rows run column by column (a dot product of two lists
-is one pass in C), so a fit on a few hundred rows and a few dozen columns takes milliseconds
+z~'``. With ``z~' z~ = Q T Q'`` (``T`` tridiagonal, by Householder reflections) and ``W = z~
+Q``, ``z~' z~ + penalty = Q (T + penalty) Q'``, and ``T + penalty = L L'`` with ``L``
+bidiagonal: each penalty costs one pass over ``W``'s columns, and ``H_ii`` gains
+``||L^-1 W_i||**2``. Sums over the rows run column by column (a dot product of two lists is
+one pass in C), so a fit on a few hundred rows and a few dozen columns takes milliseconds
 without an array library.
 """
 
@@ -69,20 +70,36 @@ def fits(x: Rows, z: Rows, y: Sequence[float], penalties: Sequence[float]) -> li
             column = [v - b * u for v, u in zip(column, c, strict=True)]
         explained.append(on_x)
         residual.append(column)
-    gram = _gram(residual)
+    # z~' z~ = Q T Q' with T tridiagonal: on W = z~ Q, each penalty's solve is bidiagonal.
+    diagonal, off, q = _tridiagonal(_gram(residual))
+    q_columns = list(zip(*q, strict=True))
+    w_rows = [[_dot(r, c) for c in q_columns] for r in zip(*residual, strict=True)]
+    w_columns = [list(c) for c in zip(*w_rows, strict=True)]
     errors = [v - f for v, f in zip(y, fitted, strict=True)]
-    c = [_dot(column, errors) for column in residual]
+    c = [_dot(column, errors) for column in w_columns]  # Q' z~' e
     out = [plain]
     for penalty in penalties:
-        # z~' z~ + penalty I = L L': the leverage z~_i' (L L')^-1 z~_i is ||L^-1 z~_i||^2.
-        lower = _cholesky(
-            [[g + penalty * (a == b) for b, g in enumerate(r)] for a, r in enumerate(gram)]
-        )
+        # T + penalty = L L', L lower bidiagonal: ``pivots`` on its diagonal, ``below`` under it.
+        pivots, below = [math.sqrt(diagonal[0] + penalty)], [0.0]
+        for d, e in zip(diagonal[1:], off, strict=True):
+            below.append(e / pivots[-1])
+            pivots.append(math.sqrt(d + penalty - below[-1] ** 2))
+        # The leverage z~_i' (z~' z~ + penalty)^-1 z~_i is ||L^-1 W_i||^2, by column of W.
         lev = leverage
-        for row in _forward(lower, residual):  # L^-1 z~': each row a list over the rows
-            lev = [h + r * r for h, r in zip(lev, row, strict=True)]
-        on_z = _backward(lower, [row[0] for row in _forward(lower, [[v] for v in c])])
-        predicted = [f + e for f, e in zip(fitted, _combine(on_z, residual), strict=True)]
+        solved: Sequence[float] = [0.0] * len(y)
+        for column, pivot, m in zip(w_columns, pivots, below, strict=True):
+            solved = [(v - m * u) / pivot for v, u in zip(column, solved, strict=True)]
+            lev = [h + r * r for h, r in zip(lev, solved, strict=True)]
+        # The coefficients on W solve (T + penalty) g = Q' z~' e; those on z are Q g.
+        forward: list[float] = []
+        for cj, pivot, m in zip(c, pivots, below, strict=True):
+            forward.append((cj - m * (forward[-1] if forward else 0.0)) / pivot)
+        g = [0.0] * width
+        for j in reversed(range(width)):
+            later = below[j + 1] * g[j + 1] if j + 1 < width else 0.0
+            g[j] = (forward[j] - later) / pivots[j]
+        on_z = _apply(q, g)
+        predicted = [f + e for f, e in zip(fitted, _combine(g, w_columns), strict=True)]
         on_x = [b - _dot(e, on_z) for b, e in zip(beta, zip(*explained, strict=True), strict=True)]
         out.append(Fit((*on_x, *on_z), _loo(predicted, lev, y), penalty))
     return out
@@ -152,36 +169,35 @@ def _inverse(m: Matrix) -> Matrix | None:
     return [row[size:] for row in a]
 
 
-def _cholesky(m: Matrix) -> Matrix:
-    """The lower-triangular ``L`` with ``L L' = m``, for a symmetric positive definite ``m``
-    (a Gram matrix plus a positive penalty)."""
+def _tridiagonal(m: Matrix) -> tuple[list[float], list[float], Matrix]:
+    """A symmetric ``m`` as ``Q T Q'`` by Householder reflections: ``T``'s diagonal and the
+    diagonal beside it, and the orthogonal ``Q``."""
     size = len(m)
-    lower = [[0.0] * size for _ in range(size)]
-    for j in range(size):
-        row = lower[j]
-        pivot = math.sqrt(m[j][j] - _dot(row[:j], row[:j]))
-        row[j] = pivot
-        for i in range(j + 1, size):
-            lower[i][j] = (m[i][j] - _dot(lower[i][:j], row[:j])) / pivot
-    return lower
-
-
-def _forward(lower: Matrix, rows: Matrix) -> Matrix:
-    """``L^-1 rows`` for a lower-triangular ``L``: row ``j`` is ``rows[j]`` less the rows
-    before it weighted by ``L[j]``, over ``L[j][j]``."""
-    out: Matrix = []
-    for j, (weights, row) in enumerate(zip(lower, rows, strict=True)):
-        for weight, done in zip(weights[:j], out, strict=True):
-            row = [v - weight * d for v, d in zip(row, done, strict=True)]
-        out.append([v / weights[j] for v in row])
-    return out
-
-
-def _backward(lower: Matrix, v: Sequence[float]) -> list[float]:
-    """``L'^-1 v`` for a lower-triangular ``L``."""
-    size = len(lower)
-    out = [0.0] * size
-    for j in reversed(range(size)):
-        later = sum(lower[i][j] * out[i] for i in range(j + 1, size))
-        out[j] = (v[j] - later) / lower[j][j]
-    return out
+    a = [row[:] for row in m]
+    q = [[float(i == j) for j in range(size)] for i in range(size)]
+    off = []
+    for k in range(size - 2):
+        x = [a[i][k] for i in range(k + 1, size)]
+        norm = math.sqrt(_dot(x, x))
+        if norm == 0.0:
+            off.append(0.0)
+            continue
+        alpha = -math.copysign(norm, x[0])
+        v = [x[0] - alpha, *x[1:]]
+        beta = 2 / _dot(v, v)
+        # H = I - beta v v' on the rows and columns after k: H B H = B - v w' - w v'.
+        block = [a[i][k + 1 :] for i in range(k + 1, size)]
+        p = [beta * _dot(row, v) for row in block]
+        kappa = beta * _dot(v, p) / 2
+        w = [pi - kappa * vi for pi, vi in zip(p, v, strict=True)]
+        for i, (row, vi, wi) in enumerate(zip(block, v, w, strict=True)):
+            a[k + 1 + i][k + 1 :] = [
+                b - vi * wj - wi * vj for b, vj, wj in zip(row, v, w, strict=True)
+            ]
+        for row in q:  # Q H
+            s = beta * _dot(row[k + 1 :], v)
+            row[k + 1 :] = [r - s * vi for r, vi in zip(row[k + 1 :], v, strict=True)]
+        off.append(alpha)
+    if size >= 2:
+        off.append(a[size - 1][size - 2])
+    return [a[i][i] for i in range(size)], off, q
