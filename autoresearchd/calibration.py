@@ -163,11 +163,13 @@ class Line:
         base = sum(b * v for b, v in zip(self.coefficients, x, strict=True))
         if not self.terms:
             return base
-        by_name = dict(params)
-        parts = [term.value(by_name, x[1]) for term in self.terms]
-        if any(part is None for part in parts):
-            return None
-        return base + sum(part for part in parts if part is not None)
+        by_name, loss, parts = dict(params), x[1], 0.0
+        for term in self.terms:
+            part = term.value(by_name, loss)
+            if part is None:
+                return None
+            parts += part
+        return base + parts
 
 
 @dataclass(frozen=True, slots=True)
