@@ -18,8 +18,9 @@ import pytest
 
 from autoresearchd.errors import HubError
 from autoresearchd.hub.storage.rows import Agent, NewMemory, ResultRow
+from autoresearchd.hub.storage.shared_sql import FIRST_AGENT
 from autoresearchd.hub.storage.sqlite import SqliteStore
-from autoresearchd.hub.storage.sqlite_migrations import MIGRATIONS, SCHEMA_VERSION
+from autoresearchd.hub.storage.sqlite_migrations import MIGRATIONS, SCHEMA_4, SCHEMA_VERSION
 from tests.hub.support import cli, free_port, write_hub_config
 
 pytestmark = pytest.mark.anyio
@@ -94,6 +95,42 @@ async def test_a_migrated_old_file_has_the_schema_of_a_fresh_one(tmp_path: Path)
     for path in (old, tmp_path / "fresh" / "hub.sqlite"):
         await SqliteStore(path).close()
     assert shape(old) == shape(tmp_path / "fresh" / "hub.sqlite")
+
+
+#: What every inserted result reads (who first published its source), and its replicates.
+SOURCE_READS = (
+    f"SELECT {FIRST_AGENT}",
+    "SELECT * FROM results WHERE org = ? AND train_py_sha256 = ?"
+    " ORDER BY created_at, key_name LIMIT ?",
+)
+
+
+@pytest.mark.parametrize("age", ["fresh", "schema 3", "schema 4"])
+async def test_a_sources_results_are_read_by_one_index_seek(tmp_path: Path, age: str) -> None:
+    """Not through ``results_by_time``, every result of the org, as before schema 5."""
+    path = tmp_path / "hub.sqlite"
+    if age == "schema 3":
+        old_file(tmp_path)
+    elif age == "schema 4":
+        old_file(tmp_path, *SCHEMA_4.split(";\n"), "UPDATE schema_version SET version = 4")
+    store = SqliteStore(path)
+    await store.close()
+    assert store.schema_change[1] == SCHEMA_VERSION
+    if age == "schema 4":
+        assert store.schema_change == (4, SCHEMA_VERSION)
+    conn = sqlite3.connect(path)
+    try:
+        for query in SOURCE_READS:
+            params = ("o", "s" * 64, "alice")[: query.count("?")]
+            plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {query}", params)]
+            assert any(
+                "USING INDEX results_by_source (org=? AND train_py_sha256=?)" in step
+                for step in plan
+            ), plan
+        indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        assert "results_by_sha" not in indexes  # the new index serves its lookups
+    finally:
+        conn.close()
 
 
 async def test_a_schema_3_file_without_the_auth_epoch_gets_it_and_revokes_reach_the_cache(

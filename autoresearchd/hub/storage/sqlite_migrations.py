@@ -76,6 +76,17 @@ CREATE TABLE IF NOT EXISTS auth_epoch (n INTEGER NOT NULL);
 INSERT INTO auth_epoch (n) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM auth_epoch)
 """
 
+#: A source's results in the order they came: who first published it (read by every result
+#: inserted) and its replicates are one seek. With only ``(org, train_py_sha256)``, SQLite
+#: read them through ``results_by_time`` instead (the order without a sort), every result
+#: of the org: 0.2 ms an insert at 1,600 results, growing with them. It serves every
+#: lookup the old index did, so that one goes.
+SCHEMA_5 = """
+CREATE INDEX IF NOT EXISTS results_by_source ON results
+    (org, train_py_sha256, created_at, key_name);
+DROP INDEX IF EXISTS results_by_sha
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Migration:
@@ -116,6 +127,7 @@ MIGRATIONS = (
         ),
     ),
     Migration(4, "the auth epoch every process's key cache watches", SCHEMA_4),
+    Migration(5, "a source's results by time, in one index", SCHEMA_5),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
