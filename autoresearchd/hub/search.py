@@ -17,16 +17,14 @@ dropped first, so a claim found by its bare description scores as identical.
 Scoring is on every search's path, over hundreds of candidates, so its cost is kept down
 without changing a score: each request profiles its query once, a text's profile (its
 counts and their norms) is kept in a bounded cache (:class:`Profiles`), the counting is
-done by the regex engine and :class:`~collections.Counter`, and a dot product walks the
-smaller of its two counts.
+done by the regex engine and :class:`~collections.Counter`, and a dot product is over the
+keys two counts share, found by a set intersection (:class:`Counts`).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
-import operator
 import re
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -56,20 +54,47 @@ def normalise(text: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Counts:
+    """A text's counts of words or of trigrams: the counts, their keys as a set, whether
+    every count is 1 (most trigrams of a short text are there once), and their Euclidean
+    norm. The dot product of two counts is over the keys they share, found by a set
+    intersection in C; when both are all ones, it is how many keys they share."""
+
+    counts: Mapping[str, int]
+    keys: frozenset[str]
+    ones: bool
+    norm: float
+
+    @classmethod
+    def of(cls, items: list[str]) -> Counts:
+        counts = Counter(items)
+        return cls(counts, frozenset(counts), len(counts) == len(items), _norm(counts))
+
+    def cosine(self, other: Counts) -> float:
+        if not self.norm or not other.norm:
+            return 0.0
+        shared = self.keys & other.keys
+        if self.ones and other.ones:
+            dot = len(shared)
+        else:
+            a, b = self.counts, other.counts
+            dot = sum([a[key] * b[key] for key in shared])
+        return dot / (self.norm * other.norm)
+
+
+@dataclass(frozen=True, slots=True)
 class Profile:
-    """A normalised text's word and trigram counts, with their Euclidean norms."""
+    """A normalised text's word and trigram counts."""
 
     text: str
-    words: Mapping[str, int]
-    words_norm: float
-    grams: Mapping[str, int]
-    grams_norm: float
+    words: Counts
+    grams: Counts
 
     @classmethod
     def of(cls, normalised: str) -> Profile:
-        words = Counter(_WORD.findall(normalised))
-        grams = Counter(_TRIGRAM.findall(f"  {normalised} "))
-        return cls(normalised, words, _norm(words), grams, _norm(grams))
+        words = Counts.of(_WORD.findall(normalised))
+        grams = Counts.of(_TRIGRAM.findall(f"  {normalised} "))
+        return cls(normalised, words, grams)
 
     def similarity(self, other: Profile) -> float:
         """The mean of the two cosines, in [0, 1]; 1.0 for the same text."""
@@ -77,23 +102,13 @@ class Profile:
             return 0.0
         if self.text == other.text:
             return 1.0
-        words = _cosine(self.words, self.words_norm, other.words, other.words_norm)
-        grams = _cosine(self.grams, self.grams_norm, other.grams, other.grams_norm)
+        words = self.words.cosine(other.words)
+        grams = self.grams.cosine(other.grams)
         return min(1.0, max(0.0, (words + grams) / 2))
 
 
 def _norm(counts: Counter[str]) -> float:
     return math.hypot(*counts.values())
-
-
-def _cosine(a: Mapping[str, int], a_norm: float, b: Mapping[str, int], b_norm: float) -> float:
-    if not a_norm or not b_norm:
-        return 0.0
-    if len(a) > len(b):
-        a, b = b, a
-    # map() keeps the loop in C: this runs for every source of hundreds of candidates.
-    dot: float = sum(map(operator.mul, a.values(), map(b.get, a.keys(), itertools.repeat(0))))
-    return dot / (a_norm * b_norm)
 
 
 class Profiles:
