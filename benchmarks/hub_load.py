@@ -19,12 +19,12 @@ thread per connection took CPU from the hub (about 90 us a request against 50 fo
    CPU per request.
 3. **Hub.** For each setup (SQLite with one process, committing with ``synchronous =
    FULL`` in groups as a hub does and, for comparison, with ``NORMAL``, with a commit per
-   write, and with the package of ``--compare-tree`` (a checkout of another commit); SQLite
-   with ``hub.workers = 2``, one config and one port as a user runs it; PostgreSQL with
-   one and with ``--replicas`` processes on one database; each a fresh
-   database in the recording's starting state), ``hub serve`` gets the recording at
-   ``--rate`` operations per second. The hub's CPU time is read from ``/proc`` before and
-   after.
+   write, and with the package of ``--compare-tree`` (a checkout of another commit, which
+   prepares its own file, in its own schema); SQLite with ``hub.workers = 2``, one config
+   and one port as a user runs it; PostgreSQL with one and with ``--replicas`` processes on
+   one database; each a fresh database in the recording's starting state), ``hub serve``
+   gets the recording at ``--rate`` operations per second. The hub's CPU time is read from
+   ``/proc`` before and after.
 
 A replay is not a client: the requests of one publish do not wait on each other's
 replies, so a compare-and-set can miss where the recording won (counted as JSON-RPC
@@ -608,7 +608,10 @@ def benchmark(folder: Path, args: argparse.Namespace, pg_url: str) -> None:
             )
         )
     for label, database, replicas, patch, tree, workers in setups:
-        anyio.run(_prepare, database, args.agents)
+        if tree:
+            prepare_with(tree, database, args.agents)
+        else:
+            anyio.run(_prepare, database, args.agents)
         place = folder / f"setup{len(loads)}"
         place.mkdir(parents=True)
         commands, ports = hub_commands(place, database, replicas, patch, tree, workers)
@@ -653,6 +656,21 @@ async def _prepare(database: str, agents: int) -> None:
     await prepare(
         database if database.startswith("postgres") else Path(database), agents, migrate=True
     )
+
+
+#: Prepares a setup's database with the package first found in ``paths``: a file another
+#: checkout serves must be in its schema, which may be older than this one's.
+PREPARE_WITH = (
+    "import sys; sys.path[:0] = {paths!r}; import anyio, hub_load;"
+    " anyio.run(hub_load._prepare, {database!r}, {agents!r})"
+)
+
+
+def prepare_with(tree: str, database: str, agents: int) -> None:
+    """:func:`_prepare`, run by the package in ``tree`` (this benchmark's code around it)."""
+    paths = [tree, str(Path(__file__).resolve().parent)]
+    code = PREPARE_WITH.format(paths=paths, database=database, agents=agents)
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def main() -> None:
