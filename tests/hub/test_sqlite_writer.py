@@ -324,3 +324,32 @@ async def test_a_write_that_raises_is_rolled_back_alone_and_its_caller_gets_the_
         await anyio.to_thread.run_sync(writer.stop)
         conn.close()
         setup.close()
+
+
+async def test_a_write_past_64_kib_rolls_back_alone_from_a_sub_journal_in_memory(
+    tmp_path: Path,
+) -> None:
+    """SQLite spills a savepoint's sub-journal to a temporary file past 64 KiB of pages, a
+    file per write; the writer keeps it in memory, and rolling back to it still works."""
+    path = tmp_path / "w.sqlite"
+    setup = sqlite3.connect(path, isolation_level=None)
+    setup.execute("CREATE TABLE t (n INTEGER PRIMARY KEY, pad BLOB)")
+    setup.executemany("INSERT INTO t VALUES (?, zeroblob(4000))", [(n,) for n in range(100)])
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    writer = GroupWriter(lambda: conn, lambda exc: exc)
+
+    def rewrite_then_fail(c: sqlite3.Connection) -> None:
+        c.execute("UPDATE t SET pad = randomblob(4000)")  # 100 pages of 4 KiB, then
+        c.execute("INSERT INTO t (n) VALUES (0)")  # a constraint failure
+
+    try:
+        assert await writer.run(lambda c: c.execute("PRAGMA temp_store").fetchone()[0]) == 2
+        with pytest.raises(sqlite3.IntegrityError):
+            await writer.run(rewrite_then_fail)
+        assert await writer.run(lambda c: c.execute("DELETE FROM t WHERE n = 99").rowcount) == 1
+        pads = setup.execute("SELECT count(*), sum(pad = zeroblob(4000)) FROM t").fetchone()
+        assert pads == (99, 99)  # every page as it was before the failed write
+    finally:
+        await anyio.to_thread.run_sync(writer.stop)
+        conn.close()
+        setup.close()

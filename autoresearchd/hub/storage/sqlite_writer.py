@@ -4,8 +4,8 @@ Each write is a function of the writer's connection. Callers queue them; the wri
 takes every write that queued while its last commit was in flight (at most
 :data:`GROUP_LIMIT`), runs each in its own ``SAVEPOINT`` of one transaction and commits them
 together, so a group costs one fsync of the WAL (``synchronous = FULL``) instead of one per
-write. A write whose own statements raise is rolled back to its savepoint alone and its
-neighbours commit; what a write returns (a refusal, a conflict) is its caller's only. Every
+write. A write whose own statements raise is rolled back to its savepoint alone (whose
+journal the writer keeps in memory) and its neighbours commit; what a write returns (a refusal, a conflict) is its caller's only. Every
 caller is answered after the commit that holds its write has returned, never before. The
 writers of several processes on one file (a hub's workers) take turns at its write lock
 (:class:`Turns`).
@@ -122,6 +122,10 @@ class GroupWriter:
 
     def _serve(self) -> None:
         conn = self._connect()
+        # A write's savepoint copies the pages it changes into a sub-journal, which SQLite
+        # spills to a temporary file past 64 KiB: a file created, written and deleted in
+        # most groups. In memory, it is a copy.
+        conn.execute("PRAGMA temp_store = MEMORY")
         while True:
             group, stop = self._take()
             if group:
