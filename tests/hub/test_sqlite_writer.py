@@ -353,3 +353,55 @@ async def test_a_write_past_64_kib_rolls_back_alone_from_a_sub_journal_in_memory
         await anyio.to_thread.run_sync(writer.stop)
         conn.close()
         setup.close()
+
+
+async def test_a_group_indexes_what_its_writes_left_in_their_order_and_none_of_a_failed_one(
+    tmp_path: Path,
+) -> None:
+    """The full-text index statements of a group run after its last write: what search
+    finds is what each write, in order, left indexed, and nothing of a write rolled back."""
+    path = tmp_path / "hub.sqlite"
+    store = SqliteStore(path)
+    other = sqlite3.connect(path, isolation_level=None)
+
+    async def found(query: str) -> list[str]:
+        return [hit.memory.key_name for hit in await store.search(query, "@o/", 10)]
+
+    try:
+        await store.create_org("o", 0.0)
+        assert (await store.create(ALICE, note("gone", "zebra"), 0.0)).version == 1
+        commits = store.writer.commits
+        other.execute("BEGIN IMMEDIATE")  # the writer waits on it, so the next writes queue
+        outcomes: list[object] = []
+
+        async def keep(write: Any) -> None:
+            try:
+                outcomes.append(await write)
+            except HubError as exc:
+                outcomes.append(exc)
+
+        writes = [
+            store.create(ALICE, note("moved", "alpha"), 1.0),
+            store.update(ALICE, note("moved", "gamma"), 1, ANYONE, 1.0),
+            store.delete(ALICE, "@o/insights/gone", 1.0),
+            store.create(ALICE, note("gone", "omega"), 1.0),  # again, as a new row
+            store.transact(half_then_unstorable()),  # creates "half", then fails
+        ]
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(keep, store.create(ALICE, note("blocker", "blocker"), 1.0))
+            await anyio.sleep(0.2)  # the writer has taken it and waits for the lock
+            for write in writes:
+                tasks.start_soon(keep, write)
+                await anyio.sleep(0.02)  # queued in this order
+            await anyio.sleep(0.2)
+            other.execute("COMMIT")
+        assert store.writer.commits == commits + 2  # the blocker alone, then one group
+        assert isinstance(outcomes[-1], HubError)
+        assert await found("alpha") == [] and await found("gamma") == ["@o/insights/moved"]
+        assert await found("zebra") == [] and await found("omega") == ["@o/insights/gone"]
+        assert await found("half") == []
+        counts = await store.select("SELECT count(*) FROM memories_fts", [])
+        assert counts == [(3,)]  # blocker, moved, gone
+    finally:
+        other.close()
+        await store.close()

@@ -7,13 +7,15 @@ a statement runs on; this module holds only what each one says. Create-if-absent
 with every decision between them taken by :mod:`~autoresearchd.hub.storage.decisions`.
 Every write appends to ``audit`` (which triggers keep append-only) in the same transaction;
 a ``results/`` record is indexed in ``results`` and added to its agent's ``standings`` in
-the transaction that creates it. A write that finds the write lock taken raises
-:class:`Busy` before it did anything, so it may run again elsewhere.
+the transaction that creates it; its statements on the full-text index may be held to the
+end of the writer's group (:func:`holding_index`). A write that finds the write lock taken
+raises :class:`Busy` before it did anything, so it may run again elsewhere.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -80,6 +82,42 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
             conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+#: The full-text index statements of the write running on this thread while the group
+#: writer holds them back (:func:`holding_index`); unset: they run at once.
+_held = threading.local()
+
+
+def _index(conn: sqlite3.Connection, statement: str, params: tuple[Any, ...]) -> None:
+    """Run a statement on ``memories_fts`` now, or hold it for the end of the group."""
+    held: list[tuple[str, tuple[Any, ...]]] | None = getattr(_held, "statements", None)
+    if held is None:
+        conn.execute(statement, params)
+    else:
+        held.append((statement, params))
+
+
+@contextmanager
+def holding_index() -> Iterator[list[tuple[str, tuple[Any, ...]]]]:
+    """Hold back the full-text index statements this thread runs meanwhile, in the list
+    yielded, for :func:`run_index` to run later in the same transaction, in order.
+
+    FTS5 writes what it has pending as a new segment of the index at every savepoint
+    (and merges segments as they pile up), so indexing inside each write's own savepoint
+    of a group cost a segment per write; held to the end of the group, it costs one. Each
+    statement names its row by rowid, so they do the same whenever they run."""
+    held: list[tuple[str, tuple[Any, ...]]] = []
+    _held.statements = held
+    try:
+        yield held
+    finally:
+        _held.statements = None
+
+
+def run_index(conn: sqlite3.Connection, statements: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
+    for statement, params in statements:
+        conn.execute(statement, params)
 
 
 def _audit(
@@ -204,7 +242,7 @@ def delete(conn: sqlite3.Connection, agent: str, key_name: str, now: float) -> b
         ).fetchone()
         if row is None:
             return False
-        conn.execute("DELETE FROM memories_fts WHERE rowid = ?", (row[0],))
+        _index(conn, "DELETE FROM memories_fts WHERE rowid = ?", (row[0],))
         conn.execute("DELETE FROM memories WHERE seq = ?", (row[0],))
         _audit(conn, now, agent, "delete", key_name, None)
         return True
@@ -293,7 +331,8 @@ def create(conn: sqlite3.Connection, write: KeyWrite) -> WriteOutcome:
         if not cur.rowcount:  # the key is there: at which version?
             return decisions.created(False, _version(conn, item.key_name))
         if indexed(item.key_name):
-            conn.execute(
+            _index(
+                conn,
                 "INSERT INTO memories_fts (rowid, key_name, description, body) VALUES (?, ?, ?, ?)",
                 (cur.lastrowid, item.key_name, item.description, search_text(item)),
             )
@@ -393,10 +432,11 @@ def update(conn: sqlite3.Connection, write: KeyWrite, if_match: int | None) -> W
         if outcome.version is None:
             return outcome
         if indexed(item.key_name):
-            conn.execute(
-                "UPDATE memories_fts SET body = ? WHERE rowid ="
-                " (SELECT seq FROM memories WHERE key_name = ?)",
-                (search_text(item), item.key_name),
+            (seq,) = conn.execute(
+                "SELECT seq FROM memories WHERE key_name = ?", (item.key_name,)
+            ).fetchone()
+            _index(
+                conn, "UPDATE memories_fts SET body = ? WHERE rowid = ?", (search_text(item), seq)
             )
         _audit(conn, now, write.agent.name, "update", item.key_name, outcome.version, write.detail)
         return outcome

@@ -5,10 +5,12 @@ takes every write that queued while its last commit was in flight (at most
 :data:`GROUP_LIMIT`), runs each in its own ``SAVEPOINT`` of one transaction and commits them
 together, so a group costs one fsync of the WAL (``synchronous = FULL``) instead of one per
 write. A write whose own statements raise is rolled back to its savepoint alone (whose
-journal the writer keeps in memory) and its neighbours commit; what a write returns (a refusal, a conflict) is its caller's only. Every
-caller is answered after the commit that holds its write has returned, never before. The
-writers of several processes on one file (a hub's workers) take turns at its write lock
-(:class:`Turns`).
+journal the writer keeps in memory) and its neighbours commit; what a write returns (a
+refusal, a conflict) is its caller's only. The full-text index statements of the writes
+that landed run after the last of them, before the commit (so FTS5 adds one segment to
+its index per group, not one per write). Every caller is answered after the commit that
+holds its write has returned, never before. The writers of several processes on one file
+(a hub's workers) take turns at its write lock (:class:`Turns`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any, TypeVar
 import anyio
 import structlog
 
-from autoresearchd.hub.storage.sqlite_statements import Busy
+from autoresearchd.hub.storage.sqlite_statements import Busy, holding_index, run_index
 
 #: The most writes one commit holds: enough to share an fsync among many, small enough that
 #: the first of a group does not wait long for the last.
@@ -170,8 +172,9 @@ class GroupWriter:
         except BaseException as exc:
             self._answer(group, exc)
             return
+        index: list[tuple[str, tuple[Any, ...]]] = []  # the group's, run before its commit
         for n, job in enumerate(group):
-            _apply(conn, job)
+            _apply(conn, job, index)
             if not conn.in_transaction:  # an error that ends the transaction (I/O, disk full)
                 lost = job.error or sqlite3.OperationalError("the transaction ended")
                 self._answer(group[:n], lost)  # their statements went with it
@@ -180,6 +183,7 @@ class GroupWriter:
                     self._commit(conn, group[n + 1 :])
                 return
         try:
+            run_index(conn, index)
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
@@ -210,11 +214,13 @@ def _begin(conn: sqlite3.Connection) -> None:
         raise
 
 
-def _apply(conn: sqlite3.Connection, job: _Job) -> None:
-    """Run one write in its own savepoint, rolled back alone if it raises."""
+def _apply(conn: sqlite3.Connection, job: _Job, index: list[tuple[str, tuple[Any, ...]]]) -> None:
+    """Run one write in its own savepoint, rolled back alone if it raises; its full-text
+    index statements go to ``index``, for the end of the group (``holding_index``)."""
     conn.execute("SAVEPOINT write")
     try:
-        job.result = job.func(conn)
+        with holding_index() as held:
+            job.result = job.func(conn)
     except BaseException as exc:
         job.error = exc
         try:
@@ -226,6 +232,7 @@ def _apply(conn: sqlite3.Connection, job: _Job) -> None:
                 conn.execute("ROLLBACK")
         return
     conn.execute("RELEASE write")
+    index += held
 
 
 class Turns:
