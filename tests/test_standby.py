@@ -27,7 +27,7 @@ from autoresearchd.run_spec import RunSpec
 from autoresearchd.runner import RunReport, run_experiment
 from autoresearchd.sandbox_probe import probe
 from autoresearchd.standby import Key, Standby, opts_in
-from autoresearchd.testing import ok_script
+from autoresearchd.testing import FakeNvml, ok_script
 from autoresearchd.tracks.prepare import prepare_track
 from autoresearchd.yielding import AUTOGROUP_NICENESS, NICENESS, group_threads
 
@@ -259,8 +259,19 @@ print(f"val_bpb: {3.0 + abs(LR - 0.01):.6f}")  # the baseline's is the best: no 
 """
 
 
-async def serve_for(config: Path, seconds: float) -> None:
-    daemon = Daemon(config)
+def stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str) -> tuple[Path, Path]:
+    """A workspace holding ``script``, and the folder its runs record their pids in
+    (``PIDS_DIR``, outside the run directories: the sandbox must be off)."""
+    workspace, pids = tmp_path / "ws", tmp_path / "pids"
+    workspace.mkdir()
+    pids.mkdir()
+    (workspace / "train.py").write_text(script)
+    monkeypatch.setenv("PIDS_DIR", str(pids))
+    return workspace, pids
+
+
+async def serve_for(config: Path, seconds: float, nvml: FakeNvml | None = None) -> None:
+    daemon = Daemon(config, nvml=nvml)
 
     async def stop_soon() -> None:
         await anyio.sleep(seconds)
@@ -286,11 +297,7 @@ def test_the_daemon_starts_each_next_run_before_its_turn(
 ) -> None:
     data = tmp_path / "data"
     prepare_track("synthetic", data)
-    workspace, pids = tmp_path / "ws", tmp_path / "pids"
-    workspace.mkdir()
-    pids.mkdir()
-    (workspace / "train.py").write_text(DAEMON_SCRIPT)
-    monkeypatch.setenv("PIDS_DIR", str(pids))
+    workspace, pids = stage(tmp_path, monkeypatch, DAEMON_SCRIPT)
     config = tmp_path / "config.toml"
     config.write_text(
         f'[daemon]\nagent = "solo"\nstate_dir = "{tmp_path / "state"}"\n'
@@ -300,12 +307,7 @@ def test_the_daemon_starts_each_next_run_before_its_turn(
         f'data_dir = "{data}"\nreplicates = 0\nsandbox = "off"\n'
     )
     anyio.run(serve_for, config, 9.0)
-
-    async def stored() -> list[Result]:
-        async with SqliteMemory(tmp_path / "state" / "memory.sqlite") as memory:
-            return await memory.results(limit=None)
-
-    results = sorted(anyio.run(stored), key=lambda r: r.started_at)
+    results = stored(tmp_path / "state")
     assert len(results) >= 3, [r.error for r in results]
     first, later = results[0].metrics, [r.metrics for r in results[1:]]
     assert first["startup_seconds"] >= 0.6 and "standby_seconds" not in first
@@ -321,6 +323,16 @@ def test_the_daemon_starts_each_next_run_before_its_turn(
     # Every run of this device and trust level shares one persistent compile cache.
     cache = tmp_path / "state" / "compile-cache" / "cpu-0" / "params-only" / "inductor"
     assert {w["cache"] for w in went} == {str(cache)}
+
+
+def stored(state: Path) -> list[Result]:
+    """The results a daemon stored in its solo memory under ``state``, oldest first."""
+
+    async def read() -> list[Result]:
+        async with SqliteMemory(state / "memory.sqlite") as memory:
+            return await memory.results(limit=None)
+
+    return sorted(anyio.run(read), key=lambda r: r.started_at)
 
 
 async def held_then_changed(spec: RunSpec) -> tuple[bool, bool, int | None]:

@@ -15,14 +15,12 @@ import anyio
 import pytest
 
 from autoresearchd.config import ExperimentConfig
-from autoresearchd.daemon import Daemon
-from autoresearchd.memory.sqlite import SqliteMemory
 from autoresearchd.models import Device, Result, Status
 from autoresearchd.standby import SLOTS, SPARE_HEADROOM, Key, Standby, room_for_spare
 from autoresearchd.testing import FakeNvml
 
 from .test_runner import make_spec
-from .test_standby import GO_SCRIPT, alive
+from .test_standby import GO_SCRIPT, alive, serve_for, stage, stored
 
 
 def gpu(free_gb: float, total_gb: float = 80.0) -> Device:
@@ -97,11 +95,7 @@ print(f"val_bpb: {3.0 - 0.01 * done:.6f}")
 
 
 def serve_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, used_gb: float) -> list[Result]:
-    workspace, pids = tmp_path / "ws", tmp_path / "pids"
-    workspace.mkdir()
-    pids.mkdir()
-    (workspace / "train.py").write_text(KEEP_SCRIPT)
-    monkeypatch.setenv("PIDS_DIR", str(pids))
+    workspace, pids = stage(tmp_path, monkeypatch, KEEP_SCRIPT)
     config = tmp_path / "config.toml"
     config.write_text(
         f'[daemon]\nagent = "solo"\nstate_dir = "{tmp_path / "state"}"\n'
@@ -110,25 +104,9 @@ def serve_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, used_gb: float) -
     )
     nvml = FakeNvml.with_gpus(1)
     nvml.gpus[0].used_gb = used_gb
-    daemon = Daemon(config, nvml=nvml)
-
-    async def serve() -> None:
-        async def stop_soon() -> None:
-            await anyio.sleep(14.0)
-            daemon.drain("test")
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(stop_soon)
-            with anyio.fail_after(60):
-                assert await daemon.serve() == 0
-
-    async def stored() -> list[Result]:
-        async with SqliteMemory(tmp_path / "state" / "memory.sqlite") as memory:
-            return await memory.results(limit=None)
-
-    anyio.run(serve)
+    anyio.run(serve_for, config, 14.0, nvml)
     assert not any(alive(int(path.name)) for path in pids.iterdir())
-    return sorted(anyio.run(stored), key=lambda r: r.started_at)
+    return stored(tmp_path / "state")
 
 
 def after_keeps(results: list[Result]) -> list[Result]:
