@@ -90,6 +90,17 @@ def test_crashes_count_as_the_worst_value_and_invalid_results_are_skipped() -> N
     assert [(t.params["DEPTH"], t.value) for t in trials] == [(4, 1.5), (4, 1.2), (8, 1.5)]
 
 
+def test_a_run_stopped_early_counts_as_the_worst_value() -> None:
+    proposer = TpeProposer(random.Random(0))
+    space = SearchSpace(parse_params(SMALL), proposer._optuna)
+    reading = proposer.history.reading(SMALL)
+    assert reading is not None
+    stopped = result(variant(DEPTH=6), None, n=2).with_(stopped_early=0.3)
+    results = [result(variant(LR=0.02), 1.5, n=1), stopped, result(variant(LR=0.03), 1.2, n=3)]
+    trials = proposer.trials(reading.skeleton, space, results)
+    assert [(t.params["DEPTH"], t.value) for t in trials] == [(4, 1.5), (6, 1.5), (4, 1.2)]
+
+
 @pytest.mark.anyio
 async def test_learns_from_history_and_never_proposes_a_known_candidate() -> None:
     """With a history favouring high LR, proposals concentrate there; none is a known hash."""

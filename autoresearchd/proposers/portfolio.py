@@ -10,10 +10,11 @@ works in the daemon's core install:
   parallel workers spread out instead of colliding.
 - **Model.** Otherwise, most of the time, a Tree-structured Parzen Estimator: the sources
   are split into the best :func:`good_count` and the rest (crashes and timeouts score as
-  the worst value seen, since an out-of-memory corner is information; candidates in flight
-  count among the rest, so new proposals steer away from them), a product-kernel density is
-  fitted to each in unit coordinates, and of :data:`CANDIDATES` draws from the good density
-  the one with the highest good/rest ratio is proposed.
+  the worst value seen, since an out-of-memory corner is information; so do runs stopped
+  early as hopeless, which have no val_bpb; candidates in flight count among the rest, so
+  new proposals steer away from them), a product-kernel density is fitted to each in unit
+  coordinates, and of :data:`CANDIDATES` draws from the good density the one with the
+  highest good/rest ratio is proposed.
 - **Local.** A share :data:`LOCAL` of proposals perturbs the parent (the current best) as
   the ``perturb`` strategy does: refinement near a good best.
 
@@ -287,7 +288,8 @@ class PortfolioProposer:
             point = self._point(skeleton, axes, result)
             if point is None:
                 continue
-            if result.status in _FAILED:
+            if result.status in _FAILED or result.stopped_early is not None:
+                # A run stopped early was judged hopeless: it ranks among the rest, unscored.
                 failed[point] = None
             elif result.val_bpb is not None and math.isfinite(result.val_bpb):
                 values.setdefault(point, []).append(result.val_bpb)

@@ -212,6 +212,7 @@ class TpeProposer:
             values = self.history.values(skeleton, result.train_py, result.train_py_sha256)
             encoded = space.encode(values) if values is not None else None
             if encoded is not None:
+                # None scores worst: a crash, a timeout, or a run stopped early as hopeless.
                 value = result.val_bpb if result.status not in _FAILED else None
                 found.append((encoded, value))
         finite = [v for _, v in found if v is not None and math.isfinite(v)]
