@@ -51,8 +51,17 @@ improvement, each with a 90 % bootstrap interval over the seeds (both arms of a 
 resampled together); and a bound, from a third arm that knows each candidate's true val_bpb
 and stops, at the rule's first judged bin, every one truly worse than the incumbent's by 2
 seed deviations, once the rule could first be on: what no rule that reads curves can beat
-by much. Last, the worst family's ratio and loss share. Goal: ratio >= 1.5 with <= 5 % of
+by much. Beside the count of improvements, their worth: the incumbent's true val_bpb in each
+arm once it had spent what the seed's thriftiest arm spent (an arm that stops runs finishes
+its candidates on fewer GPU-hours, and a count of improvements does not say how large they
+were). Last, the worst family's ratio and loss share. Goal: ratio >= 1.5 with <= 5 % of
 true improvements lost, on every family.
+
+With ``--proposer portfolio`` the daemon's default proposer draws the candidates in place of
+the 70/30 mix (``benchmarks/portfolio_draws.py``), reading each arm's own runs as a track's
+results (a stopped run with no val_bpb), so the arms no longer meet the same candidates;
+another arm, ``blind``, runs the rule with the stopped runs hidden from the proposer.
+
 Each stored curve carries its run's hyperparameters (each on 0..1 over its declared space, as
 a result's train.py gives them to the daemon), and each judged run its own. With
 ``--compare-curve-only`` a fourth arm, ``curve``, runs the rule on curves stored without
@@ -66,7 +75,7 @@ the curve; ``none`` for the three bins and linear terms alone), printed and comp
 ``auto`` likewise: a candidate rule measured on the same seeds as the current one.
 Usage: ``python benchmarks/early_stopping.py [--seeds N] [--candidates N]
 [--family all|scaling|powerlaw|heldout|real] [--compare-curve-only] [--compare-shapes
-SHAPES ...]`` (about three minutes on
+SHAPES ...] [--proposer mix|portfolio]`` (about three minutes on
 one core for the first three; ``real`` trains each configuration it meets once, then reads it
 from its cache).
 """
@@ -87,6 +96,7 @@ import heldout_curves  # sibling scripts of this one
 import powerlaw_curves
 import real_curves
 import structlog
+from portfolio_draws import PortfolioDraws
 
 from autoresearchd.calibration import (
     FIRST_BIN,
@@ -189,6 +199,7 @@ class Run:
     fraction: float  # of the budget it trained
     curve: tuple[tuple[float, float], ...]
     stopped: bool = False
+    oracle: bool = False  # stopped by the oracle arm, which knows the truth
 
     @property
     def gpu_s(self) -> float:
@@ -273,6 +284,9 @@ class Arm:
     oracle: bool = False  # stops by the truth, not the rule: a bound on what a rule saves
     hyperparams: bool = True  # False: the rule reads the curve alone, as it did before
     shapes: tuple[Shape, ...] = SHAPES  # the nonlinear hyperparameter terms its fits may read
+    # Who draws the candidates: "mix" (perturb or uniform), "portfolio" (the daemon's default
+    # proposer, reading every run), "blind" (the same, with the stopped runs hidden from it).
+    proposer: str = "mix"
     gpu_s: float = 0.0
     runs: int = 0
     stops: int = 0
@@ -284,6 +298,12 @@ class Arm:
     calibration: Calibration | None = None
     completed_since: int = 0
     final_true: float = math.nan
+    # (GPU-seconds spent, the incumbent's true val_bpb from then on), at each new incumbent.
+    trace: list[tuple[float, float]] = field(default_factory=list)
+
+    def true_at(self, gpu_s: float) -> float:
+        """The incumbent's true val_bpb once ``gpu_s`` GPU-seconds were spent."""
+        return [best for spent, best in self.trace if spent <= gpu_s][-1]
 
 
 def normalised(theta: dict[str, float], space: Space) -> Coordinates:
@@ -293,10 +313,48 @@ def normalised(theta: dict[str, float], space: Space) -> Coordinates:
     )
 
 
+@dataclass
+class MixDraws:
+    """The default candidates: 70 % perturb the incumbent, 30 % a uniform draw, from the
+    run's own random stream, so that every arm of a seed meets the same candidates."""
+
+    space: Space
+    rng: random.Random
+
+    def record(
+        self, theta: dict[str, float], final: float | None, stopped_at: float | None
+    ) -> None:
+        """Nothing: these draws read no history."""
+
+    def draw(self, best: dict[str, float]) -> dict[str, float]:
+        if self.rng.random() < 0.7:
+            return perturb(best, self.rng, self.space)
+        return sample_theta(self.rng, self.space)
+
+
+def drawer(arm: Arm, seed: int, rng: random.Random, space: Space) -> MixDraws | PortfolioDraws:
+    if arm.proposer == "mix":
+        return MixDraws(space, rng)
+    return PortfolioDraws(space, random.Random(seed), blind=arm.proposer == "blind")
+
+
+def store(arm: Arm, sample: Sample) -> None:
+    """A finished run's curve kept for the calibration, recalibrating every few runs."""
+    arm.samples.append(sample)
+    arm.completed_since += 1
+    if arm.completed_since >= RECALIBRATE_EVERY:
+        # An arm that never judges a run needs no calibration (it draws nothing).
+        arm.calibration = calibrate(arm.samples, arm.shapes) if arm.early_stopping else None
+        arm.samples = arm.samples[-400:]
+        arm.completed_since = 0
+
+
 def search(arm: Arm, seed: int, candidates: int, family: Family) -> None:
     rng = random.Random(seed)
+    draws = drawer(arm, seed, rng, family.space)
     best_theta = dict(family.baseline)
     best_true = family.true_final(best_theta)
+    arm.trace.append((0.0, best_true))
     clock = 0
 
     def run(theta: dict[str, float], stoppable: bool) -> Run:
@@ -307,30 +365,26 @@ def search(arm: Arm, seed: int, candidates: int, family: Family) -> None:
             incumbent = statistics.fmean(best_finals)
             judge = make_judge(arm.calibration, incumbent, len(best_finals), rng, params)
         result = family.simulate(theta, rng, judge)
+        draws.record(theta, result.final, result.fraction if result.stopped else None)
         arm.runs, arm.gpu_s, clock = arm.runs + 1, arm.gpu_s + result.gpu_s, clock + 1
         arm.stops += result.stopped
         if result.stopped:
             arm.stopped_at.append(result.fraction)
         if result.final is not None:
             key = repr(sorted(theta.items()))
-            arm.samples.append(Sample(key, bins_of(result.curve), result.final, clock, params))
-            arm.completed_since += 1
-            if arm.completed_since >= RECALIBRATE_EVERY:
-                # An arm that never judges a run needs no calibration (it draws nothing).
-                arm.calibration = calibrate(arm.samples, arm.shapes) if arm.early_stopping else None
-                arm.samples = arm.samples[-400:]
-                arm.completed_since = 0
+            store(arm, Sample(key, bins_of(result.curve), result.final, clock, params))
         return result
 
     best_finals: list[float] = []
     baseline = [run(best_theta, False) for _ in range(2)]
     best_finals = [r.final for r in baseline if r.final is not None]
     for _ in range(candidates):
-        space = family.space
-        theta = perturb(best_theta, rng, space) if rng.random() < 0.7 else sample_theta(rng, space)
+        theta = draws.draw(best_theta)
         true = family.true_final(theta)
         offered = true < best_true - MIN_IMPROVEMENT
         first = oracle_stop(arm, family, true, best_true) or run(theta, True)
+        if first.oracle:
+            draws.record(theta, None, first.fraction)
         arm.offered += offered
         arm.lost += offered and first.stopped
         incumbent = statistics.fmean(best_finals)
@@ -344,6 +398,7 @@ def search(arm: Arm, seed: int, candidates: int, family: Family) -> None:
         if incumbent - statistics.fmean(finals) > max(MIN_IMPROVEMENT, 2.5 * se):
             arm.real_improvements += true < best_true
             best_theta, best_true = theta, true
+            arm.trace.append((arm.gpu_s, true))
             best_finals = [first.final, *finals]
     arm.final_true = best_true
 
@@ -359,7 +414,7 @@ def oracle_stop(arm: Arm, family: Family, true: float, best_true: float) -> Run 
     """The oracle arm's stop of a candidate it knows to be worse; None: it runs as usual."""
     if not arm.oracle or arm.runs < MIN_CURVES or true <= best_true + ORACLE_SD * family.seed_sd:
         return None
-    stopped = Run(None, ORACLE_FRACTION, (), stopped=True)
+    stopped = Run(None, ORACLE_FRACTION, (), stopped=True, oracle=True)
     arm.runs, arm.gpu_s, arm.stops = arm.runs + 1, arm.gpu_s + stopped.gpu_s, arm.stops + 1
     return stopped
 
@@ -425,6 +480,8 @@ def report(family: Family, seeds: list[dict[str, Arm]]) -> tuple[float, float]:
             f"each), final true val_bpb {statistics.fmean(a.final_true for a in arms):.4f} "
             f"(mean of {len(arms)})"
         )
+    at_equal = ", ".join(f"{name} {value:.4f}" for name, value in equal_spend(seeds).items())
+    print(f"{tag} incumbent's true val_bpb at the GPU-hours every arm spent: {at_equal}")
     stopped_at = [f for arms in seeds for f in arms["auto"].stopped_at]
     if stopped_at:
         quarters = [sum(1 for f in stopped_at if q / 4 < f <= (q + 1) / 4) for q in range(4)]
@@ -445,7 +502,7 @@ def report(family: Family, seeds: list[dict[str, Arm]]) -> tuple[float, float]:
             f"({lost:.1%}, 90% CI {l_low:.1%}..{l_high:.1%}, goal <= 5%)"
         )
         spent = [sum(arms[n].gpu_s for arms in seeds) for n in ("off", rule)]
-        print(f"{tag} GPU-hours for the same candidates, off / {rule}: {spent[0] / spent[1]:.2f}x")
+        print(f"{tag} GPU-hours for as many candidates, off / {rule}: {spent[0] / spent[1]:.2f}x")
         print(
             f"{tag} GPU-hours per real improvement: off {per_off:.2f}, {rule} {per_rule:.2f}; "
             f"off / {rule} {ratio:.2f}x (90% CI {r_low:.2f}..{r_high:.2f}, goal 1.5x)"
@@ -472,6 +529,19 @@ def report(family: Family, seeds: list[dict[str, Arm]]) -> tuple[float, float]:
     return measured["auto"][2:]
 
 
+def equal_spend(seeds: list[dict[str, Arm]]) -> dict[str, float]:
+    """Per arm but the oracle, the mean over seeds of its incumbent's true val_bpb once it
+    had spent what the seed's thriftiest arm spent: quality per GPU-hour, whatever the count
+    of improvements (an arm that stops more runs spends less on the same candidates)."""
+    names = [name for name in seeds[0] if name != "oracle"]
+    found: dict[str, list[float]] = {name: [] for name in names}
+    for arms in seeds:
+        spent = min(arms[name].gpu_s for name in names)
+        for name in names:
+            found[name].append(arms[name].true_at(spent))
+    return {name: statistics.fmean(values) for name, values in found.items()}
+
+
 def _by(rule: str) -> str:
     return "" if rule == "auto" else f" by {rule}"
 
@@ -495,6 +565,14 @@ def main() -> None:
         "(comma-separated: square, product, history; 'none' for the three bins and linear "
         "terms alone), as arm 'shN' for the Nth time the option is given",
     )
+    parser.add_argument(
+        "--proposer",
+        choices=["mix", "portfolio"],
+        default="mix",
+        help="who draws the candidates: 'mix' (70%% perturb the incumbent, 30%% uniform; the "
+        "same candidates in every arm) or 'portfolio' (the daemon's default proposer, reading "
+        "each arm's own runs, with arm 'blind' beside it: stopped runs hidden from it)",
+    )
     args = parser.parse_args()
     shaped = {f"sh{n}": _shapes(text) for n, text in enumerate(args.compare_shapes, 1)}
     # Each stop logs a line; a benchmark of thousands of runs wants only its figures.
@@ -507,7 +585,14 @@ def main() -> None:
     for family in families:
         seeds = []
         for seed in range(args.seeds):
-            arms = {"off": Arm(False), "auto": Arm(True), "oracle": Arm(False, oracle=True)}
+            by = args.proposer
+            arms = {
+                "off": Arm(False, proposer=by),
+                "auto": Arm(True, proposer=by),
+                "oracle": Arm(False, oracle=True, proposer=by),
+            }
+            if by == "portfolio":
+                arms["blind"] = Arm(True, proposer="blind")
             if args.compare_curve_only:
                 arms["curve"] = Arm(True, hyperparams=False)
             arms |= {name: Arm(True, shapes=shapes) for name, shapes in shaped.items()}
@@ -525,6 +610,8 @@ def main() -> None:
 
 
 def _what(rule: str) -> str:
+    if rule == "blind":
+        return "with the stopped runs hidden from the proposer"
     return "reading the curve alone" if rule == "curve" else f"in arm {rule}"
 
 
