@@ -480,7 +480,7 @@ def report(family: Family, seeds: list[dict[str, Arm]]) -> tuple[float, float]:
             f"each), final true val_bpb {statistics.fmean(a.final_true for a in arms):.4f} "
             f"(mean of {len(arms)})"
         )
-    at_equal = ", ".join(f"{name} {value:.4f}" for name, value in equal_spend(seeds).items())
+    at_equal = equal_spend_text(seeds)
     print(f"{tag} incumbent's true val_bpb at the GPU-hours every arm spent: {at_equal}")
     stopped_at = [f for arms in seeds for f in arms["auto"].stopped_at]
     if stopped_at:
@@ -529,17 +529,34 @@ def report(family: Family, seeds: list[dict[str, Arm]]) -> tuple[float, float]:
     return measured["auto"][2:]
 
 
-def equal_spend(seeds: list[dict[str, Arm]]) -> dict[str, float]:
-    """Per arm but the oracle, the mean over seeds of its incumbent's true val_bpb once it
-    had spent what the seed's thriftiest arm spent: quality per GPU-hour, whatever the count
-    of improvements (an arm that stops more runs spends less on the same candidates)."""
+def equal_spend(seeds: list[dict[str, Arm]]) -> dict[str, list[float]]:
+    """Per arm but the oracle, per seed, its incumbent's true val_bpb once it had spent what
+    the seed's thriftiest arm spent: quality per GPU-hour, whatever the count of improvements
+    (an arm that stops more runs spends less on the same candidates)."""
     names = [name for name in seeds[0] if name != "oracle"]
     found: dict[str, list[float]] = {name: [] for name in names}
     for arms in seeds:
         spent = min(arms[name].gpu_s for name in names)
         for name in names:
             found[name].append(arms[name].true_at(spent))
-    return {name: statistics.fmean(values) for name, values in found.items()}
+    return found
+
+
+def equal_spend_text(seeds: list[dict[str, Arm]]) -> str:
+    """The arms' mean incumbents at equal spend, and each one's gap to ``off`` with a 90 %
+    bootstrap interval over the seeds (below 0: better than running every run to the end)."""
+    found = equal_spend(seeds)
+    means = ", ".join(f"{name} {statistics.fmean(v):.4f}" for name, v in found.items())
+    rng = random.Random(20261203)
+    gaps = []
+    for name, values in found.items():
+        if name == "off":
+            continue
+        paired = [a - b for a, b in zip(values, found["off"], strict=True)]
+        drawn = [statistics.fmean(rng.choices(paired, k=len(paired))) for _ in range(BOOTSTRAP)]
+        low, high = interval(drawn)
+        gaps.append(f"{name} - off {statistics.fmean(paired):+.4f} ({low:+.4f}..{high:+.4f})")
+    return f"{means}; {', '.join(gaps)}"
 
 
 def _by(rule: str) -> str:

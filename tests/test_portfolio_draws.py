@@ -77,7 +77,9 @@ def test_the_incumbent_at_equal_spend_is_read_at_the_thriftiest_arms_spend(
     cheap.trace, cheap.gpu_s = [(0.0, 2.0), (50.0, 1.5), (90.0, 1.2)], 100.0
     dear.trace, dear.gpu_s = [(0.0, 2.0), (80.0, 1.4), (150.0, 1.0)], 200.0
     # At 100 GPU-seconds the dear arm had found 1.4; its later 1.0 does not count.
-    assert bench.equal_spend([{"off": dear, "auto": cheap}]) == {"off": 1.4, "auto": 1.2}
+    assert bench.equal_spend([{"off": dear, "auto": cheap}]) == {"off": [1.4], "auto": [1.2]}
+    text = bench.equal_spend_text([{"off": dear, "auto": cheap}] * 3)
+    assert text == "off 1.4000, auto 1.2000; auto - off -0.2000 (-0.2000..-0.2000)"
 
 
 @pytest.mark.timeout(120)
@@ -97,7 +99,8 @@ def test_the_benchmark_runs_with_the_portfolio_proposer_and_a_blind_arm() -> Non
     assert runs["off"] == "0" and int(runs["auto"]) > 0 and int(runs["blind"]) > 0
     assert re.search(
         r"incumbent's true val_bpb at the GPU-hours every arm spent: "
-        r"off \d\.\d{4}, auto \d\.\d{4}, blind \d\.\d{4}",
+        r"off \d\.\d{4}, auto \d\.\d{4}, blind \d\.\d{4}; "
+        r"auto - off [+-]\d\.\d{4} \([+-]\d\.\d{4}\.\.[+-]\d\.\d{4}\), blind - off ",
         done.stdout,
     )
     assert "with the stopped runs hidden from the proposer against the rule" in done.stdout
