@@ -7,7 +7,9 @@ works in the daemon's core install:
   skeleton, and afterwards for a share :data:`EXPLORE` of proposals, it samples the
   declared spaces uniformly (log-uniform for ``log``), keeping the best of a few draws by
   distance to everything run or in flight (Mitchell's best-candidate sampling), so
-  parallel workers spread out instead of colliding.
+  parallel workers spread out instead of colliding. The distance wraps round each axis
+  (a torus) and leaves out the parent, so the draws' marginals stay uniform: on the plain
+  cube the farthest point lies in a corner (``benchmarks/broad_corners.py``).
 - **Model.** Otherwise, most of the time, a Tree-structured Parzen Estimator: the sources
   are split into the best :func:`good_count` and the rest (crashes and timeouts score as
   the worst value seen, since an out-of-memory corner is information; so do runs stopped
@@ -141,9 +143,16 @@ Point = tuple[float, ...]
 
 
 def _distance(a: Point, b: Point, axes: Sequence[Axis]) -> float:
+    """Squared distance on the torus: a numeric gap wraps round the unit interval.
+
+    On the plain cube the point farthest from what is known lies in a corner, so
+    best-candidate sampling in many dimensions pushed every coordinate to an edge (the
+    CPU shape parameters all at their top levels: a run too slow to finish). The torus has
+    no edge: the farthest draw from uniform points is itself uniform on each axis.
+    """
     total = 0.0
     for x, y, axis in zip(a, b, axes, strict=True):
-        gap = float(x != y) if axis.choices else x - y
+        gap = float(x != y) if axis.choices else min(abs(x - y), 1.0 - abs(x - y))
         total += gap * gap
     return total
 
@@ -256,7 +265,10 @@ class PortfolioProposer:
             if found is not None:
                 return found
         modelled = started and draw >= self.local + self.explore
-        known = history.known
+        # The parent does not repel broad draws: it is run already and is never proposed
+        # again, and spreading from it would push the first draws to its antipode.
+        home = _encode(axes, {axis.param.name: axis.param.value for axis in axes})
+        known = [p for p in history.known if p != home]
         for _ in range(self.attempts):
             if modelled:
                 point = await anyio.to_thread.run_sync(self.modelled, history, axes)
@@ -309,7 +321,7 @@ class PortfolioProposer:
         return _encode(axes, found) if found is not None else None
 
     def broad(self, known: Sequence[Point], axes: Sequence[Axis]) -> Point:
-        """The uniform draw farthest from the newest known points."""
+        """The uniform draw farthest, on the torus, from the newest known points."""
         draws = [tuple(axis.uniform(self._rng) for axis in axes) for _ in range(SPREAD_DRAWS)]
         near = known[-MAX_POINTS:]
         if not near:
