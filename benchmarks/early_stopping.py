@@ -60,7 +60,8 @@ true improvements lost, on every family.
 With ``--proposer portfolio`` the daemon's default proposer draws the candidates in place of
 the 70/30 mix (``benchmarks/portfolio_draws.py``), reading each arm's own runs as a track's
 results (a stopped run with no val_bpb), so the arms no longer meet the same candidates;
-another arm, ``blind``, runs the rule with the stopped runs hidden from the proposer.
+another arm, ``ranked``, runs the rule with the stopped runs told to the proposer as crashes,
+so that it ranks them among the rest (the daemon's proposer leaves them out).
 
 Each stored curve carries its run's hyperparameters (each on 0..1 over its declared space, as
 a result's train.py gives them to the daemon), and each judged run its own. With
@@ -285,7 +286,7 @@ class Arm:
     hyperparams: bool = True  # False: the rule reads the curve alone, as it did before
     shapes: tuple[Shape, ...] = SHAPES  # the nonlinear hyperparameter terms its fits may read
     # Who draws the candidates: "mix" (perturb or uniform), "portfolio" (the daemon's default
-    # proposer, reading every run), "blind" (the same, with the stopped runs hidden from it).
+    # proposer, reading every run), "ranked" (the same, told the stopped runs were crashes).
     proposer: str = "mix"
     gpu_s: float = 0.0
     runs: int = 0
@@ -335,7 +336,7 @@ class MixDraws:
 def drawer(arm: Arm, seed: int, rng: random.Random, space: Space) -> MixDraws | PortfolioDraws:
     if arm.proposer == "mix":
         return MixDraws(space, rng)
-    return PortfolioDraws(space, random.Random(seed), blind=arm.proposer == "blind")
+    return PortfolioDraws(space, random.Random(seed), ranked=arm.proposer == "ranked")
 
 
 def store(arm: Arm, sample: Sample) -> None:
@@ -588,7 +589,7 @@ def main() -> None:
         default="mix",
         help="who draws the candidates: 'mix' (70%% perturb the incumbent, 30%% uniform; the "
         "same candidates in every arm) or 'portfolio' (the daemon's default proposer, reading "
-        "each arm's own runs, with arm 'blind' beside it: stopped runs hidden from it)",
+        "each arm's own runs, with arm 'ranked' beside it: stopped runs told as crashes)",
     )
     args = parser.parse_args()
     shaped = {f"sh{n}": _shapes(text) for n, text in enumerate(args.compare_shapes, 1)}
@@ -609,7 +610,7 @@ def main() -> None:
                 "oracle": Arm(False, oracle=True, proposer=by),
             }
             if by == "portfolio":
-                arms["blind"] = Arm(True, proposer="blind")
+                arms["ranked"] = Arm(True, proposer="ranked")
             if args.compare_curve_only:
                 arms["curve"] = Arm(True, hyperparams=False)
             arms |= {name: Arm(True, shapes=shapes) for name, shapes in shaped.items()}
@@ -627,8 +628,8 @@ def main() -> None:
 
 
 def _what(rule: str) -> str:
-    if rule == "blind":
-        return "with the stopped runs hidden from the proposer"
+    if rule == "ranked":
+        return "with the stopped runs ranked among the rest by the proposer"
     return "reading the curve alone" if rule == "curve" else f"in arm {rule}"
 
 

@@ -5,8 +5,9 @@ train.py whose constants carry ``# search: float low..high`` annotations, so
 :class:`~autoresearchd.proposers.portfolio.PortfolioProposer` reads the history exactly as it
 reads a track's results: each run is a :class:`~autoresearchd.models.Result` holding its
 source, its val_bpb (None for a crash or a stop) and, for a run stopped as hopeless, the
-share of the budget it used. ``blind`` hides the stopped runs from the proposer, as the
-proposer saw them before it learnt from them.
+share of the budget it used (which the proposer leaves out of its history). ``ranked``
+records each stopped run as a crash instead, so the proposer ranks it among the rest: the
+reading it does not take, measured beside the one it takes.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class PortfolioDraws:
 
     space: Space
     rng: random.Random
-    blind: bool = False
+    ranked: bool = False
     results: list[Result] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -50,10 +51,10 @@ class PortfolioDraws:
     ) -> None:
         """One finished run of ``theta``: its final val_bpb, or None with where it stopped."""
         source = stand_in(theta, self.space)
-        status = Status.CRASH if final is None and stopped_at is None else Status.DISCARD
-        if self.blind and stopped_at is not None:
-            return
-        self.results.append(_result(len(self.results), source, status, final, stopped_at))
+        crashed = final is None and (stopped_at is None or self.ranked)
+        status = Status.CRASH if crashed else Status.DISCARD
+        stopped = None if self.ranked else stopped_at
+        self.results.append(_result(len(self.results), source, status, final, stopped))
 
     def draw(self, best: dict[str, float]) -> dict[str, float]:
         """The proposer's next configuration from the incumbent ``best``."""

@@ -120,31 +120,15 @@ async def test_crashes_score_worst_and_in_flight_candidates_count_among_the_rest
     assert len(found.known) == 3  # the invalid result says nothing about the objective
 
 
-@pytest.mark.anyio
-async def test_runs_stopped_early_rank_among_the_rest_and_steer_the_model_away() -> None:
-    rng = random.Random(4)
-    history, stopped = [], []
-    for n in range(60):
-        lr = float(f"{math.exp(rng.uniform(math.log(0.001), math.log(0.1))):.3g}")
-        source = variant(LR=lr, DEPTH=rng.randint(2, 8))
-        if lr > 0.01:  # every run of the upper half was stopped as hopeless: no val_bpb
-            stopped.append(lr)
-            history.append(result(source, None, n=n).with_(stopped_early=0.25))
-        else:
-            history.append(result(source, abs(math.log10(lr / 0.01)), n=n))  # best at the edge
-    proposer = PortfolioProposer(random.Random(5), SMALL, explore=0.0, local=0.0)
-    context = ProposalContext(results=history[::-1])
+def test_runs_stopped_early_are_left_out_of_the_history() -> None:
+    proposer = PortfolioProposer(random.Random(0), SMALL)
+    stopped = result(variant(LR=0.09), None, n=2).with_(stopped_early=0.25)
+    context = ProposalContext(results=[result(variant(LR=0.05), 2.0, n=1), stopped])
     found = proposer.history(parent(), proposer_axes(), context)
-    assert len(found.failed) == len(stopped) and len(found.measured) == 60 - len(stopped)
-    above = 0
-    for _ in range(30):
-        candidate = await proposer.propose(parent(), never, context)
-        assert candidate is not None
-        above += float(values(candidate)["LR"]) > 0.01  # type: ignore[arg-type]
-    # The best measured runs sit at 0.01, the edge of what ran to the end: a model blind to
-    # the stopped runs proposes beyond it nearly every time (29 of 30 when they were
-    # ignored); told they were hopeless, it mostly stays below.
-    assert above <= 12
+    # Neither measured nor failed (benchmarks/early_stopping.py --proposer portfolio measured
+    # both readings; ranking them among the rest cost more GPU-hours per improvement).
+    assert [value for value, _ in found.measured] == [2.0]
+    assert found.failed == [] and len(found.known) == 1
 
 
 def proposer_axes() -> list[Axis]:

@@ -12,6 +12,9 @@ from types import ModuleType
 import pytest
 
 from autoresearchd.hyperparams import parse_params
+from autoresearchd.models import Candidate
+from autoresearchd.proposers.base import ProposalContext
+from autoresearchd.proposers.portfolio import Axis
 
 from .test_early_stopping_benchmark import BENCHMARK, ROOT, load
 
@@ -52,22 +55,30 @@ def test_draws_stay_in_the_space_and_never_repeat_a_run(draws: ModuleType) -> No
         search.record(theta, 2.0 + n, None)
 
 
-def test_a_blind_search_never_sees_the_stopped_runs(draws: ModuleType) -> None:
-    seeing = draws.PortfolioDraws(SPACE, random.Random(0))
-    blind = draws.PortfolioDraws(SPACE, random.Random(0), blind=True)
-    for search in (seeing, blind):
+def test_a_ranked_search_is_told_the_stopped_runs_were_crashes(draws: ModuleType) -> None:
+    plain = draws.PortfolioDraws(SPACE, random.Random(0))
+    ranked = draws.PortfolioDraws(SPACE, random.Random(0), ranked=True)
+    for search in (plain, ranked):
         search.record({"lr": -3.0, "warmdown": 0.5}, 1.4, None)
         search.record({"lr": -2.0, "warmdown": 0.5}, None, 0.15)  # stopped early
         search.record({"lr": -1.0, "warmdown": 0.5}, None, None)  # crashed
-    assert [(r.status, r.stopped_early) for r in seeing.results] == [
+    assert [(r.status, r.stopped_early) for r in plain.results] == [
         ("discard", None),
         ("discard", 0.15),
         ("crash", None),
     ]
-    assert [(r.status, r.stopped_early) for r in blind.results] == [
+    assert [(r.status, r.stopped_early) for r in ranked.results] == [
         ("discard", None),
         ("crash", None),
+        ("crash", None),
     ]
+    # The proposer leaves a stopped run out of its history, and ranks a crash among the rest.
+    params = parse_params(draws.stand_in({"lr": -3.0, "warmdown": 0.5}, SPACE))
+    axes = [Axis(p) for p in params.values()]
+    baseline = Candidate(draws.stand_in({"lr": -3.0, "warmdown": 0.5}, SPACE), None, "")
+    for search, failed in ((plain, 1), (ranked, 2)):
+        context = ProposalContext(results=search.results[::-1])
+        assert len(search.proposer.history(baseline, axes, context).failed) == failed
 
 
 def test_the_incumbent_at_equal_spend_is_read_at_the_thriftiest_arms_spend(
@@ -83,7 +94,7 @@ def test_the_incumbent_at_equal_spend_is_read_at_the_thriftiest_arms_spend(
 
 
 @pytest.mark.timeout(120)
-def test_the_benchmark_runs_with_the_portfolio_proposer_and_a_blind_arm() -> None:
+def test_the_benchmark_runs_with_the_portfolio_proposer_and_a_ranked_arm() -> None:
     tiny = ("--family", "scaling", "--seeds", "1", "--candidates", "150", "--proposer", "portfolio")
     done = subprocess.run(
         [sys.executable, str(BENCHMARK), *tiny],
@@ -95,12 +106,12 @@ def test_the_benchmark_runs_with_the_portfolio_proposer_and_a_blind_arm() -> Non
     )
     assert done.returncode == 0, done.stderr[-3000:]
     runs = dict(re.findall(r"\[scaling\] +(\w+): \d+ runs, (\d+) stopped early", done.stdout))
-    assert runs.keys() == {"off", "auto", "blind"}
-    assert runs["off"] == "0" and int(runs["auto"]) > 0 and int(runs["blind"]) > 0
+    assert runs.keys() == {"off", "auto", "ranked"}
+    assert runs["off"] == "0" and int(runs["auto"]) > 0 and int(runs["ranked"]) > 0
     assert re.search(
         r"incumbent's true val_bpb at the GPU-hours every arm spent: "
-        r"off \d\.\d{4}, auto \d\.\d{4}, blind \d\.\d{4}; "
-        r"auto - off [+-]\d\.\d{4} \([+-]\d\.\d{4}\.\.[+-]\d\.\d{4}\), blind - off ",
+        r"off \d\.\d{4}, auto \d\.\d{4}, ranked \d\.\d{4}; "
+        r"auto - off [+-]\d\.\d{4} \([+-]\d\.\d{4}\.\.[+-]\d\.\d{4}\), ranked - off ",
         done.stdout,
     )
-    assert "with the stopped runs hidden from the proposer against the rule" in done.stdout
+    assert "with the stopped runs ranked among the rest by the proposer against" in done.stdout
