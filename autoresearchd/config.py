@@ -119,8 +119,8 @@ class ExperimentConfig:
     trust: Literal["params-only", "sandboxed", "any"] = "params-only"
     sandbox: Literal["auto", "off", "required"] = "auto"
     # "auto": stop hopeless runs where stored curves are calibrated (calibration.py). Off by
-    # default: benchmarks/early_stopping.py measures it short of its 1.5x goal on every curve
-    # family, the two held out from its development included.
+    # default: benchmarks/early_stopping.py measures fewer GPU-hours per improvement, but on
+    # equal GPU-hours no measurably better best than with every run finished.
     early_stopping: Literal["auto", "off"] = "off"
 
 
