@@ -304,8 +304,8 @@ class PortfolioProposer:
                 failed[point] = None
             # A run stopped early has no val_bpb and is left out. Ranked among the rest, it
             # steered proposals away from the incumbent's neighbourhood, where stops are
-            # cheap: 1.07 to 1.13x more GPU-hours per real improvement on three of four
-            # families of `benchmarks/early_stopping.py --proposer portfolio` (arm `blind`).
+            # cheap: 1.18 and 1.20x the GPU-hours per real improvement on two of four
+            # families of `benchmarks/early_stopping.py --proposer portfolio` (arm `ranked`).
             elif result.val_bpb is not None and math.isfinite(result.val_bpb):
                 values.setdefault(point, []).append(result.val_bpb)
         measured = sorted((statistics.fmean(v), p) for p, v in values.items())
