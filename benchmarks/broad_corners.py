@@ -19,36 +19,15 @@ import random
 from pathlib import Path
 
 import anyio
+from portfolio_draws import result_of  # a sibling script of this one
 
 from autoresearchd.hyperparams import movable, parse_params
-from autoresearchd.models import Candidate, Result, Status, sha256_text
+from autoresearchd.models import Candidate, Status
 from autoresearchd.proposers.base import ProposalContext
 from autoresearchd.proposers.portfolio import Axis, PortfolioProposer
 
 TRAIN_PY = Path(__file__).resolve().parent.parent / "train.py"
 SHAPES = ("CPU_DEPTH", "CPU_WIDTH", "CPU_BATCH_SIZE")
-
-
-def baseline_result(source: str) -> Result:
-    return Result(
-        id="run-0",
-        agent_id="bench",
-        track="bench",
-        status=Status.KEEP,
-        val_bpb=2.0,
-        description="baseline",
-        train_py=source,
-        train_py_sha256=sha256_text(source),
-        parent_sha256=None,
-        seed=0,
-        device_name="cpu",
-        device_uuid="cpu-0",
-        memory_gb=0.0,
-        vram_tier="cpu",
-        started_at=0.0,
-        completed_at=0.0,
-        duration_s=1.0,
-    )
 
 
 def at_top(values: dict[str, object], axes: dict[str, Axis]) -> dict[str, bool]:
@@ -67,7 +46,7 @@ async def proposer_draws(source: str, seed: int, steps: int) -> list[dict[str, o
 
     for _ in range(steps):
         context = ProposalContext(
-            results=[baseline_result(source)], in_flight=running, device="cpu"
+            results=[result_of(0, source, Status.KEEP, 2.0)], in_flight=running, device="cpu"
         )
         found = await proposer.propose(parent, is_known, context)
         assert found is not None

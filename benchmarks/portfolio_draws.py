@@ -54,7 +54,7 @@ class PortfolioDraws:
         crashed = final is None and (stopped_at is None or self.ranked)
         status = Status.CRASH if crashed else Status.DISCARD
         stopped = None if self.ranked else stopped_at
-        self.results.append(_result(len(self.results), source, status, final, stopped))
+        self.results.append(result_of(len(self.results), source, status, final, stopped))
 
     def draw(self, best: dict[str, float]) -> dict[str, float]:
         """The proposer's next configuration from the incumbent ``best``."""
@@ -72,9 +72,10 @@ class PortfolioDraws:
         return {name: float(params[name.upper()].value) for name in self.space}  # type: ignore[arg-type]
 
 
-def _result(
-    n: int, source: str, status: Status, final: float | None, stopped_at: float | None
+def result_of(
+    n: int, source: str, status: Status, final: float | None, stopped_at: float | None = None
 ) -> Result:
+    """Run ``n`` of ``source`` as a track's history holds it, on a simulated device."""
     return Result(
         id=f"run-{n}",
         agent_id="bench",

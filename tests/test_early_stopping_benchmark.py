@@ -28,6 +28,18 @@ def load(name: str, path: Path) -> ModuleType:
     return loaded
 
 
+def run_script(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A benchmark script run as a user runs it, from the repository's root."""
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+        cwd=ROOT,
+    )
+
+
 @pytest.fixture(scope="module")
 def curves() -> ModuleType:
     return load("powerlaw_curves", ROOT / "benchmarks" / "powerlaw_curves.py")
@@ -129,14 +141,7 @@ def test_the_benchmark_runs_the_powerlaw_family_through_the_rule() -> None:
         *("--family", "powerlaw", "--seeds", "2", "--candidates", "250"),
         *("--compare-curve-only", "--compare-shapes", "square,product"),
     )
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARK), *tiny],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-        cwd=ROOT,
-    )
+    done = run_script(BENCHMARK, *tiny)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     off = re.search(r"\[powerlaw\]  off: (\d+) runs, (\d+) stopped early", done.stdout)

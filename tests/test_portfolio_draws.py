@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import re
-import subprocess
 import sys
 from types import ModuleType
 
@@ -16,7 +15,7 @@ from autoresearchd.models import Candidate
 from autoresearchd.proposers.base import ProposalContext
 from autoresearchd.proposers.portfolio import Axis
 
-from .test_early_stopping_benchmark import BENCHMARK, ROOT, load
+from .test_early_stopping_benchmark import BENCHMARK, ROOT, load, run_script
 
 SPACE = {"lr": (-4.0, -1.0), "warmdown": (0.05, 0.9)}
 
@@ -96,14 +95,7 @@ def test_the_incumbent_at_equal_spend_is_read_at_the_thriftiest_arms_spend(
 @pytest.mark.timeout(120)
 def test_the_benchmark_runs_with_the_portfolio_proposer_and_a_ranked_arm() -> None:
     tiny = ("--family", "scaling", "--seeds", "1", "--candidates", "150", "--proposer", "portfolio")
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARK), *tiny],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-        cwd=ROOT,
-    )
+    done = run_script(BENCHMARK, *tiny)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = dict(re.findall(r"\[scaling\] +(\w+): \d+ runs, (\d+) stopped early", done.stdout))
     assert runs.keys() == {"off", "auto", "ranked"}
