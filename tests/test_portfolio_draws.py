@@ -1,5 +1,6 @@
 """benchmarks/early_stopping.py with the daemon's default proposer drawing its candidates
-(benchmarks/portfolio_draws.py), and its figure of quality at equal GPU-hours."""
+(benchmarks/portfolio_draws.py), its figure of quality at equal GPU-hours, and
+benchmarks/broad_corners.py, which builds its history with the same results."""
 
 from __future__ import annotations
 
@@ -107,3 +108,16 @@ def test_the_benchmark_runs_with_the_portfolio_proposer_and_a_ranked_arm() -> No
         done.stdout,
     )
     assert "with the stopped runs ranked among the rest by the proposer against" in done.stdout
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("seeds", ["40", "10"])  # at 10 no uniform draw hits all three tops
+def test_the_corner_benchmark_prints_each_shape_parameters_odds_against_uniform(
+    seeds: str,
+) -> None:
+    done = run_script(ROOT / "benchmarks" / "broad_corners.py", "--seeds", seeds, "--steps", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {line.split(" | ")[0]: line for line in done.stdout.splitlines() if line[:2] == "| "}
+    assert rows.keys() >= {"| uniform", "| first", "| proposals 2..2"}
+    cell = r"\d\.\d{3} \((\d+\.\d\dx|no uniform hit)\)"
+    assert re.fullmatch(rf"\| first \| {cell} \| {cell} \| {cell} \| {cell} \|", rows["| first"])
