@@ -235,6 +235,17 @@ async def test_list_keys_takes_a_literal_prefix_in_creation_order(store: HubStor
     assert len(await store.list_keys("@o/k/", 3)) == 3
 
 
+async def test_a_prefix_tells_case_apart_in_listings_and_searches(store: HubStore) -> None:
+    """A key under ``@o/RESULTS/`` is not under ``@o/results/``: on SQLite, whose ``LIKE``
+    ignores case, a listing showed unvalidated text among the write-once results."""
+    for key in ("@o/RESULTS/t/fake", "@o/results/t/real", "@o/resultsX", "@o/result"):
+        await store.create(ALICE, NewMemory(key, "learning rate", False), 0.0)
+    assert [m.key_name for m in await store.list_keys("@o/results/", 10)] == ["@o/results/t/real"]
+    hits = await store.search("learning", "@o/results/", 10)
+    assert [h.memory.key_name for h in hits] == ["@o/results/t/real"]
+    assert len(await store.list_keys("", 10)) == 4
+
+
 async def test_search_ranks_by_relevance_with_scores_in_0_1(store: HubStore) -> None:
     texts = {"a": "learning rate warmup", "b": "learning rate learning rate", "c": "depth"}
     for name, value in texts.items():

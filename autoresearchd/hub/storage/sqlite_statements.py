@@ -50,7 +50,6 @@ from autoresearchd.hub.storage.shared_sql import (
     RESULT_COLUMNS,
     STANDING_UPSERT,
     check_read_only,
-    like_prefix,
     memory_of,
     result_of,
     revoked_key_hash,
@@ -460,10 +459,37 @@ def select(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[tu
         conn.execute("COMMIT")
 
 
+#: The last code point: a prefix's successor drops it and carries to the character before.
+_LAST = chr(0x10FFFF)
+_SURROGATES = range(0xD800, 0xE000)
+
+
+def prefix_range(prefix: str) -> tuple[str, str | None]:
+    """The text that starts with ``prefix`` as a half-open range ``[low, high)`` in code-point
+    order, which is UTF-8's byte order and SQLite's BINARY collation: a range on an indexed
+    column reads the index, and tells case apart, where SQLite's ``LIKE`` does neither.
+    ``high`` is None when no text sorts after every match (an empty prefix)."""
+    stem = prefix.rstrip(_LAST)
+    if not stem:
+        return prefix, None
+    after = ord(stem[-1]) + 1
+    if after in _SURROGATES:  # no text holds them; the next code point a key may hold
+        after = _SURROGATES.stop
+    return prefix, stem[:-1] + chr(after)
+
+
+def prefix_condition(column: str, prefix: str) -> tuple[str, tuple[str, ...]]:
+    """``column`` starts with ``prefix``, as SQL and its parameters (see :func:`prefix_range`)."""
+    low, high = prefix_range(prefix)
+    if high is None:
+        return f"{column} >= ?", (low,)
+    return f"({column} >= ? AND {column} < ?)", (low, high)
+
+
 def list_keys(conn: sqlite3.Connection, prefix: str, limit: int) -> list[Memory]:
+    under, params = prefix_condition("key_name", prefix)
     rows = conn.execute(
-        f"SELECT {COLUMNS} FROM memories WHERE key_name LIKE ? ESCAPE '\\' ORDER BY seq LIMIT ?",
-        (like_prefix(prefix), limit),
+        f"SELECT {COLUMNS} FROM memories WHERE {under} ORDER BY seq LIMIT ?", (*params, limit)
     ).fetchall()
     return [memory_of(row) for row in rows]
 
@@ -481,20 +507,21 @@ def _fts_query(query: str) -> str:
 _HIT_COLUMNS = ", ".join("m." + column.strip() for column in COLUMNS.split(","))
 #: The best matches by bm25 (ties: the older row first), picked inside the full-text index
 #: before any row of ``memories`` is read, each with whether its key is under the prefix
-#: (the same ``LIKE`` as :data:`TOP_MATCHES_UNDER`): reading and sorting every match's
-#: whole row took half of a search's time. Parameters: the LIKE pattern, MATCH, the limit.
+#: (``{under}``, the same condition as in :data:`TOP_MATCHES_UNDER`): reading and sorting
+#: every match's whole row took half of a search's time. Parameters: the condition's, MATCH,
+#: the limit.
 TOP_MATCHES = (
-    f"SELECT {_HIT_COLUMNS}, top.rank, m.key_name LIKE ? ESCAPE '\\'"
+    f"SELECT {_HIT_COLUMNS}, top.rank, {{under}}"
     " FROM (SELECT rowid, bm25(memories_fts) AS rank FROM memories_fts"
     " WHERE memories_fts MATCH ? ORDER BY rank, rowid LIMIT ?) AS top"
     " JOIN memories m ON m.seq = top.rowid ORDER BY top.rank, top.rowid"
 )
 #: The best matches under the prefix, in the same order, when :data:`TOP_MATCHES` found
-#: keys outside it; it reads every match's key. Parameters: MATCH, the LIKE pattern, limit.
+#: keys outside it; it reads every match's key. Parameters: MATCH, the condition's, limit.
 TOP_MATCHES_UNDER = (
     f"SELECT {_HIT_COLUMNS}, bm25(memories_fts) AS rank, 1"
     " FROM memories_fts JOIN memories m ON m.seq = memories_fts.rowid"
-    " WHERE memories_fts MATCH ? AND m.key_name LIKE ? ESCAPE '\\'"
+    " WHERE memories_fts MATCH ? AND {under}"
     " ORDER BY rank, memories_fts.rowid LIMIT ?"
 )
 
@@ -503,12 +530,13 @@ def search(conn: sqlite3.Connection, query: str, prefix: str, limit: int) -> lis
     match = _fts_query(query)
     if not match:
         return []
-    pattern = like_prefix(prefix)
-    rows = conn.execute(TOP_MATCHES, (pattern, match, limit)).fetchall()
+    under, params = prefix_condition("m.key_name", prefix)
+    rows = conn.execute(TOP_MATCHES.format(under=under), (*params, match, limit)).fetchall()
     # Fewer than ``limit`` rows are every match; ``limit`` all under the prefix are the
     # best under it too (any other is ranked after them). Only otherwise read them all.
     if len(rows) == limit and not all(row[10] for row in rows):
-        rows = conn.execute(TOP_MATCHES_UNDER, (match, pattern, limit)).fetchall()
+        query_under = TOP_MATCHES_UNDER.format(under=under)
+        rows = conn.execute(query_under, (match, *params, limit)).fetchall()
     return [Hit(memory_of(row[:9]), _score(row[9])) for row in rows if row[10]]
 
 
