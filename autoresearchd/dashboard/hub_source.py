@@ -33,7 +33,9 @@ from autoresearchd.ensue.keys import slug
 from autoresearchd.ensue.records import claim_times
 from autoresearchd.hub.storage.protocol import HubStore
 from autoresearchd.hub.storage.rows import decode_text
+from autoresearchd.hub.storage.shared_sql import like_prefix
 from autoresearchd.hub.storage.sqlite import SqliteStore
+from autoresearchd.hub.storage.sqlite_statements import prefix_condition
 from autoresearchd.models import sha256_text
 
 ROW_COLUMNS = (
@@ -92,11 +94,11 @@ class HubSource:
     async def _improvements(self) -> dict[str, int]:
         """Per agent: moves of a track's best (not a tier's); the seeded baseline is none."""
         bare = f"{self.root}best/metadata"
+        under, params = self._under("key_name", f"{self.root}tracks/")
         rows = await self.store.select(
-            "SELECT agent, key_name, count(*) FROM audit WHERE (key_name = ? OR"
-            f" {self._prefix_sql('key_name')}) AND action IN ('create', 'update')"
-            " AND agent <> 'admin' GROUP BY agent, key_name",
-            (bare, *self._prefix_params(f"{self.root}tracks/")),
+            f"SELECT agent, key_name, count(*) FROM audit WHERE (key_name = ? OR {under})"
+            " AND action IN ('create', 'update') AND agent <> 'admin' GROUP BY agent, key_name",
+            (bare, *params),
         )
         moves: dict[str, int] = {}
         for agent, key, count in rows:
@@ -104,17 +106,12 @@ class HubSource:
                 moves[str(agent)] = moves.get(str(agent), 0) + int(count)
         return moves
 
-    def _prefix_sql(self, column: str) -> str:
+    def _under(self, column: str, prefix: str) -> tuple[str, tuple[str, ...]]:
+        """``column`` starts with ``prefix``: SQL and its parameters."""
         # SQLite's LIKE ignores case and skips the index; a range on the key reads it.
         if self._ranges:
-            return f"({column} >= ? AND {column} < ?)"
-        return f"{column} LIKE ? ESCAPE '\\'"
-
-    def _prefix_params(self, prefix: str) -> tuple[str, ...]:
-        if self._ranges:
-            return (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))
-        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        return (escaped + "%",)
+            return prefix_condition(column, prefix)
+        return f"{column} LIKE ? ESCAPE '\\'", (like_prefix(prefix),)
 
     async def results(self, filters: Filters, before: Cursor | None, limit: int) -> Page:
         limit = bounded(limit)
@@ -225,10 +222,11 @@ class HubSource:
         return []
 
     async def notes(self, kind: str, limit: int) -> list[NoteRow]:
+        under, params = self._under("key_name", f"{self.root}{kind}/")
         rows = await self.store.select(
-            "SELECT owner, value, is_base64, created_at FROM memories WHERE"
-            f" {self._prefix_sql('key_name')} ORDER BY seq DESC LIMIT ?",
-            (*self._prefix_params(f"{self.root}{kind}/"), bounded(limit)),
+            f"SELECT owner, value, is_base64, created_at FROM memories WHERE {under}"
+            " ORDER BY seq DESC LIMIT ?",
+            (*params, bounded(limit)),
         )
         return [_note(kind, str(o), decode_text(v, bool(b)), float(c)) for o, v, b, c in rows]
 
