@@ -275,3 +275,42 @@ async def test_the_client_opens_once_and_is_used_only_while_open(hub: InProcessH
         await memory.get_best(TRACK)
     with pytest.raises(MemoryBackendError, match="closed"):
         await memory.__aenter__()
+
+
+async def test_keys_a_server_lists_or_finds_outside_the_prefix_are_not_read() -> None:
+    """A server whose prefix match ignores case (SQLite's ``LIKE``) lists ``RESULTS/`` keys,
+    which no result's checks saw, among ``results/``: the client reads neither."""
+    from autoresearchd.memory.ensue_client.results import result_text
+
+    real, fake = make_result(), make_result(val_bpb=0.01, description="made up")
+    stored = {
+        "results/alice--real--abc123": result_text(real),
+        "RESULTS/mallory--fake--def456": result_text(fake),
+        "resultsX/mallory--fake--def456": result_text(fake),
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        call = json.loads(request.content)["params"]
+        name, args = call["name"], call["arguments"]
+        if name in ("list_keys", "search_memories"):
+            under = [key for key in stored if key.lower().startswith("results")]
+            listed = [{"key_name": key, "score": 0.99, "value": stored[key]} for key in under]
+            payload = {"keys" if name == "list_keys" else "results": listed}
+        else:
+            asked = [key.removeprefix(f"@{ORG}/") for key in args["key_names"]]
+            payload = {
+                "results": [
+                    {"key_name": key, "status": "ok", "value": stored[key]}
+                    for key in asked
+                    if key in stored
+                ]
+            }
+        return httpx.Response(200, text=rpc_text(payload))
+
+    memory = EnsueMemory(
+        "http://x/", ORG, "k", primary_track=TRACK, transport=httpx.MockTransport(handler)
+    )
+    async with memory:
+        assert [r.id for r in await memory.results(TRACK)] == [real.id]
+        hits = await memory.keys.search("made up", f"@{ORG}/results/")
+    assert [key for key, _, _ in hits] == [f"@{ORG}/results/alice--real--abc123"]

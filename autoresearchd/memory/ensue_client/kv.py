@@ -186,10 +186,14 @@ class KeyValues:
         return again is not None and again.text == text
 
     async def list_names(self, prefix: str) -> list[str]:
+        """The full names a listing of ``prefix`` (a full name) gives, those under it only:
+        a server that matched ``@o/RESULTS/`` for ``@o/results/`` would pass text no
+        result's checks saw as results."""
         reply = await self.tool("list_keys", {"prefix": prefix, "limit": LIST_LIMIT}, key=prefix)
         listed = reply.payload.get("keys", reply.payload.get("results", []))
         names = [k.get("key_name") if isinstance(k, dict) else k for k in listed or []]
-        return [self._keyspace.full(name) for name in names if isinstance(name, str)]
+        full = [self._keyspace.full(name) for name in names if isinstance(name, str)]
+        return [name for name in full if name.startswith(prefix)]
 
     async def read_all(self, prefix: str) -> list[Stored]:
         """Every key under ``prefix``, each with its place in the listing as ``order``."""
@@ -215,8 +219,11 @@ class KeyValues:
             if not isinstance(hit, dict) or not isinstance(hit.get("key_name"), str):
                 continue
             score = records.finite(hit.get("score")) or 0.0
+            name = self._keyspace.full(hit["key_name"])
+            if not name.startswith(prefix):  # as in list_names
+                continue
             text = decode(hit.get("value"), hit.get("base64"))
-            found.append((self._keyspace.full(hit["key_name"]), score, json_object(text)))
+            found.append((name, score, json_object(text)))
         return found
 
 
