@@ -19,7 +19,7 @@ import random
 from pathlib import Path
 
 import anyio
-from portfolio_draws import result_of  # a sibling script of this one
+from simulated import simulated_run  # a sibling script of this one
 
 from autoresearchd.hyperparams import movable, parse_params
 from autoresearchd.models import Candidate, Status
@@ -46,7 +46,7 @@ async def proposer_draws(source: str, seed: int, steps: int) -> list[dict[str, o
 
     for _ in range(steps):
         context = ProposalContext(
-            results=[result_of(0, source, Status.KEEP, 2.0)], in_flight=running, device="cpu"
+            results=[simulated_run(0, source, Status.KEEP, 2.0)], in_flight=running, device="cpu"
         )
         found = await proposer.propose(parent, is_known, context)
         assert found is not None

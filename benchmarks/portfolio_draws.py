@@ -16,9 +16,10 @@ import random
 from dataclasses import dataclass, field
 
 import anyio
+from simulated import simulated_run  # a sibling script of this one
 
 from autoresearchd.hyperparams import parse_params
-from autoresearchd.models import Candidate, Result, Status, sha256_text
+from autoresearchd.models import Candidate, Result, Status
 from autoresearchd.proposers.base import ProposalContext
 from autoresearchd.proposers.portfolio import PortfolioProposer
 
@@ -54,7 +55,8 @@ class PortfolioDraws:
         crashed = final is None and (stopped_at is None or self.ranked)
         status = Status.CRASH if crashed else Status.DISCARD
         stopped = None if self.ranked else stopped_at
-        self.results.append(result_of(len(self.results), source, status, final, stopped))
+        n = len(self.results)
+        self.results.append(simulated_run(n, source, status, final, stopped_early=stopped))
 
     def draw(self, best: dict[str, float]) -> dict[str, float]:
         """The proposer's next configuration from the incumbent ``best``."""
@@ -70,29 +72,3 @@ class PortfolioDraws:
             return dict(best)
         params = parse_params(found.source)
         return {name: float(params[name.upper()].value) for name in self.space}  # type: ignore[arg-type]
-
-
-def result_of(
-    n: int, source: str, status: Status, final: float | None, stopped_at: float | None = None
-) -> Result:
-    """Run ``n`` of ``source`` as a track's history holds it, on a simulated device."""
-    return Result(
-        id=f"run-{n}",
-        agent_id="bench",
-        track="bench",
-        status=status,
-        val_bpb=final,
-        description="",
-        train_py=source,
-        train_py_sha256=sha256_text(source),
-        parent_sha256=None,
-        seed=n,
-        device_name="sim",
-        device_uuid="sim",
-        memory_gb=80.0,
-        vram_tier="sim",
-        started_at=float(n),
-        completed_at=float(n),
-        duration_s=0.0,
-        stopped_early=stopped_at,
-    )

@@ -45,10 +45,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
+from simulated import simulated_run  # a sibling script of this one
 
 from autoresearchd.config_loader import parse_config
 from autoresearchd.judging import improves
-from autoresearchd.models import Best, Result, Status
+from autoresearchd.models import Best, Status
 from autoresearchd.promotion import (
     accepts,
     make_rule,
@@ -113,21 +114,16 @@ class Swarm:
     def run(self, sha: str, true: float) -> float:
         """One run of source ``sha``: its score, recorded as the memory would hold it."""
         value = true + self.rng.gauss(0.0, self.sd)
-        record = Result(
-            id=f"run-{next(self.ids)}",
-            agent_id="bench",
+        record = simulated_run(
+            next(self.ids),
+            "",
+            Status.DISCARD,
+            value,
             track=TRACK,
-            status=Status.DISCARD,
-            val_bpb=value,
-            description="",
-            train_py="",
-            train_py_sha256=sha,
-            parent_sha256=None,
-            seed=0,
-            device_name="sim",
-            device_uuid="sim-0",
-            memory_gb=80.0,
             vram_tier=TIER,
+            train_py_sha256=sha,
+            seed=0,
+            device_uuid="sim-0",
             started_at=0.0,
             completed_at=0.0,
             duration_s=RUN_S,

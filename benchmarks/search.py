@@ -66,6 +66,7 @@ import anyio  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import landscapes  # noqa: E402
+from simulated import simulated_run  # noqa: E402
 
 from autoresearchd.config import ExperimentConfig  # noqa: E402
 from autoresearchd.config_loader import parse_config  # noqa: E402
@@ -314,24 +315,19 @@ class Swarm:
 
 
 def _result(n: int, candidate: Candidate, status: Status, val: float | None, now: float) -> Result:
-    return Result(
-        id=f"run-{n}",
-        agent_id="bench",
+    return simulated_run(
+        n,
+        candidate.source,
+        status,
+        val,
         track=TRACK,
-        status=status,
-        val_bpb=val,
         description=candidate.description,
-        train_py=candidate.source,
         train_py_sha256=candidate.sha256,
         parent_sha256=candidate.parent_sha256,
-        seed=n,
-        device_name="sim",
-        device_uuid="sim",
         memory_gb=16.0,
         vram_tier=TIER,
         started_at=now,
         completed_at=now,
-        duration_s=0.0,
         proposer=candidate.proposer,
     )
 
